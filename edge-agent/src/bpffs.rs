@@ -1,0 +1,170 @@
+//! Where the agent pins what must outlive it. Every bpffs path is built here and nowhere else.
+//!
+//! ```text
+//! <root>/maps/<MAP_NAME>      maps, reused by the next agent (counters and state survive)
+//! <root>/progs/<program>      the program last loaded, for `bpftool prog show pinned`
+//! <root>/links/xdp-<iface>    the XDP attachment; while it is pinned the program stays attached
+//! ```
+
+use std::{
+    ffi::CString,
+    io,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+/// The default root; a deployment (or a lab) running several agents gives each its own root.
+pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/edgeproxy";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Error)]
+pub enum BpffsError {
+    #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs { path: PathBuf },
+    #[error("mounting bpffs at {path}: {source}")]
+    Mount { path: PathBuf, source: io::Error },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// The pin layout under one root directory.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        PinDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    pub fn progs(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.progs().join(name)
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn xdp_link(&self, iface: &str) -> PathBuf {
+        self.links().join(format!("xdp-{iface}"))
+    }
+
+    /// Interfaces with a pinned XDP link, from the link file names.
+    pub fn attached_ifaces(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.links()) else {
+            return Vec::new();
+        };
+        let mut ifaces: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("xdp-")
+                    .map(str::to_owned)
+            })
+            .collect();
+        ifaces.sort();
+        ifaces
+    }
+
+    /// Creates the directories of the layout; the parent must be on bpffs.
+    pub fn create(&self) -> Result<(), BpffsError> {
+        ensure_mounted(self.root.parent().unwrap_or(Path::new("/")))?;
+        for dir in [self.maps(), self.progs(), self.links()] {
+            std::fs::create_dir_all(&dir).map_err(|source| BpffsError::Io {
+                op: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every pinned object under the root. Unpinning the link detaches the program.
+    pub fn remove(&self) -> Result<bool, BpffsError> {
+        match std::fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(BpffsError::Io {
+                op: "removing",
+                path: self.root.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain old data; the kernel fills it on success.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a valid out pointer.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Makes sure `dir` (or `/sys/fs/bpf` above it) is on bpffs, mounting `/sys/fs/bpf` if it is a
+/// plain directory: fresh machines of this kind boot without it.
+pub fn ensure_mounted(dir: &Path) -> Result<(), BpffsError> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(parent) => probe = parent,
+            None => break,
+        }
+    }
+    if is_bpffs(probe) {
+        return Ok(());
+    }
+    let sys_bpf = Path::new("/sys/fs/bpf");
+    if dir.starts_with(sys_bpf) && !is_bpffs(sys_bpf) {
+        let target = CString::new("/sys/fs/bpf").map_err(|e| BpffsError::Mount {
+            path: sys_bpf.into(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
+        let fstype = c"bpf";
+        // SAFETY: all pointers are valid NUL-terminated strings; data may be NULL.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(BpffsError::Mount {
+                path: sys_bpf.into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        return Ok(());
+    }
+    Err(BpffsError::NotBpffs { path: probe.into() })
+}

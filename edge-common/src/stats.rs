@@ -1,0 +1,139 @@
+//! Packet classification counters.
+//!
+//! The counter map is a per-CPU array rather than a hash keyed by a struct: an array lookup is a
+//! bounds check and an add, which keeps counting off the per-packet budget. The index packs
+//! (L3 class, L4 class, XDP action) as `(l3 * L4_CLASSES + l4) * ACTIONS + action`.
+
+/// How a frame's network layer was classified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum L3Class {
+    Ipv4 = 0,
+    Ipv6 = 1,
+    /// Not IP (ARP, LLDP, ...).
+    Other = 2,
+    /// Shorter than its Ethernet, VLAN or IP header, or an IP header that contradicts itself.
+    Malformed = 3,
+}
+
+/// How a packet's transport layer was classified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum L4Class {
+    Tcp = 0,
+    Udp = 1,
+    /// ICMP for IPv4, ICMPv6 for IPv6.
+    Icmp = 2,
+    /// Any other protocol, and non-first IP fragments (which carry no transport header).
+    Other = 3,
+    /// No transport layer was reached (the frame is not IP, or its IP header is malformed).
+    None = 4,
+    /// The transport header is truncated, or IPv6 extension headers could not be walked.
+    Malformed = 5,
+}
+
+pub const L3_CLASSES: u32 = 4;
+pub const L4_CLASSES: u32 = 6;
+/// XDP actions are 0..=4: ABORTED, DROP, PASS, TX, REDIRECT.
+pub const ACTIONS: u32 = 5;
+pub const STATS_ENTRIES: u32 = L3_CLASSES * L4_CLASSES * ACTIONS;
+
+impl L3Class {
+    pub const ALL: [L3Class; L3_CLASSES as usize] = [
+        L3Class::Ipv4,
+        L3Class::Ipv6,
+        L3Class::Other,
+        L3Class::Malformed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            L3Class::Ipv4 => "ipv4",
+            L3Class::Ipv6 => "ipv6",
+            L3Class::Other => "other",
+            L3Class::Malformed => "malformed",
+        }
+    }
+}
+
+impl L4Class {
+    pub const ALL: [L4Class; L4_CLASSES as usize] = [
+        L4Class::Tcp,
+        L4Class::Udp,
+        L4Class::Icmp,
+        L4Class::Other,
+        L4Class::None,
+        L4Class::Malformed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            L4Class::Tcp => "tcp",
+            L4Class::Udp => "udp",
+            L4Class::Icmp => "icmp",
+            L4Class::Other => "other",
+            L4Class::None => "none",
+            L4Class::Malformed => "malformed",
+        }
+    }
+}
+
+/// Name of an XDP action as bpftool and the kernel docs spell it.
+pub const fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "aborted",
+        1 => "drop",
+        2 => "pass",
+        3 => "tx",
+        4 => "redirect",
+        _ => "unknown",
+    }
+}
+
+/// Index of the counter for a classified packet and the action taken on it.
+#[inline(always)]
+pub const fn stats_index(l3: L3Class, l4: L4Class, action: u32) -> u32 {
+    (l3 as u32 * L4_CLASSES + l4 as u32) * ACTIONS + action
+}
+
+/// The inverse of [`stats_index`], for readers of the map.
+pub const fn stats_class(index: u32) -> Option<(L3Class, L4Class, u32)> {
+    if index >= STATS_ENTRIES {
+        return None;
+    }
+    let action = index % ACTIONS;
+    let l4 = (index / ACTIONS) % L4_CLASSES;
+    let l3 = index / (ACTIONS * L4_CLASSES);
+    Some((L3Class::ALL[l3 as usize], L4Class::ALL[l4 as usize], action))
+}
+
+/// One counter slot: packets and bytes (frame length as XDP sees it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: two u64 fields, no padding; every bit pattern is a valid value.
+unsafe impl aya::Pod for Counters {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trips_for_every_class() {
+        for l3 in L3Class::ALL {
+            for l4 in L4Class::ALL {
+                for action in 0..ACTIONS {
+                    let index = stats_index(l3, l4, action);
+                    assert!(index < STATS_ENTRIES, "{l3:?}/{l4:?}/{action} -> {index}");
+                    assert_eq!(stats_class(index), Some((l3, l4, action)));
+                }
+            }
+        }
+        assert_eq!(stats_class(STATS_ENTRIES), None);
+    }
+}
