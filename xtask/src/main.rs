@@ -1,1 +1,96 @@
-fn main() {}
+//! `cargo xtask`: set up the machine, run the lab, run the tests. No product logic lives here.
+
+mod demo;
+mod setup;
+mod shell;
+mod test;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "edgeProxy build, lab and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install everything the build and the lab need (idempotent; `run` and `test` call it).
+    Setup,
+    /// Without arguments: a self-contained lab showing live data-plane counters until Ctrl-C.
+    /// With arguments after `--`: run `edge-agent run <args>` on this host.
+    Run {
+        /// Skip `setup` and the build (the test suite uses this after doing both).
+        #[arg(long, hide = true)]
+        no_setup: bool,
+        /// Stop the lab by itself after this many seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Arguments for `edge-agent run` on the host.
+        #[arg(last = true)]
+        agent_args: Vec<String>,
+    },
+    /// Setup, format and lint checks, unit tests, BPF packet tests and lab tests.
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, for example).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Lab housekeeping.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Remove every namespace, interface, socket, process and pin a killed lab run left behind.
+    Clean,
+    /// List what a killed lab run left behind, without removing it.
+    Leftovers,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Run {
+            no_setup,
+            duration,
+            agent_args,
+        } => {
+            if !no_setup {
+                setup::run()?;
+            }
+            let agent = shell::build_agent(!no_setup)?;
+            if agent_args.is_empty() {
+                demo::run(&agent, duration.map(std::time::Duration::from_secs))
+            } else {
+                shell::exec_agent(&agent, &agent_args)
+            }
+        }
+        Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Lab { command } => match command {
+            LabCommand::Clean => {
+                let removed = edge_lab::clean_all().context("cleaning lab leftovers")?;
+                if removed.is_empty() {
+                    println!("nothing left behind by lab runs");
+                } else {
+                    println!("removed:\n{removed}");
+                }
+                Ok(())
+            }
+            LabCommand::Leftovers => {
+                let found = edge_lab::find_leftovers(None);
+                if found.is_empty() {
+                    println!("nothing left behind by lab runs");
+                } else {
+                    println!("{found}");
+                }
+                Ok(())
+            }
+        },
+    }
+}

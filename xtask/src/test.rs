@@ -1,0 +1,43 @@
+//! `cargo xtask test`: setup, format and lint checks, then every test, then a check that the lab
+//! left nothing behind. `.ci/run` calls exactly this.
+
+use anyhow::{bail, Context as _};
+
+use crate::{setup, shell};
+
+pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    shell::run(shell::cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+    shell::run(shell::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The kernel crate only builds for the BPF target, with nightly's build-std.
+    shell::run(
+        shell::cargo()
+            .args(["+nightly", "clippy", "--package", "edge-ebpf", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"])
+            .env_remove("RUSTC")
+            .env_remove("CARGO"),
+    )?;
+    let agent = shell::build_agent(true)?;
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+
+    let before = edge_lab::find_leftovers(None);
+    if !before.is_empty() {
+        println!("note: an earlier run left lab objects behind; removing them first:\n{before}");
+        edge_lab::clean_all().context("cleaning earlier lab leftovers")?;
+    }
+    shell::run(
+        shell::cargo()
+            .args(["test", "--workspace", "--exclude", "edge-ebpf"])
+            .args(cargo_args)
+            .env("EDGE_AGENT_BIN", &agent)
+            .env("EDGE_XTASK_BIN", &xtask),
+    )?;
+    let left = edge_lab::find_leftovers(None);
+    if !left.is_empty() {
+        bail!("the test suite left lab objects behind (`cargo xtask lab clean` removes them):\n{left}");
+    }
+    println!("all tests passed; the lab left nothing behind");
+    Ok(())
+}
