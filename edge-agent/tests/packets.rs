@@ -57,7 +57,10 @@ impl Harness {
     fn expect(&mut self, what: &str, frame: &[u8], ip: &str, proto: &str) -> TestResult {
         let before = self.snapshot()?;
         let verdict = self.run(frame)?;
-        assert_eq!(verdict, XDP_PASS, "{what}: expected XDP_PASS, got {verdict}");
+        assert_eq!(
+            verdict, XDP_PASS,
+            "{what}: expected XDP_PASS, got {verdict}"
+        );
         let after = self.snapshot()?;
         let moved: Vec<_> = after
             .classes
@@ -83,7 +86,11 @@ impl Harness {
             .iter()
             .find(|b| (b.ip, b.proto, b.verdict) == (ip, proto, "pass"))
             .map_or(0, |b| b.bytes);
-        assert_eq!(c.bytes, before_bytes + frame.len() as u64, "{what}: byte count");
+        assert_eq!(
+            c.bytes,
+            before_bytes + frame.len() as u64,
+            "{what}: byte count"
+        );
         Ok(())
     }
 }
@@ -121,7 +128,9 @@ fn ipv6_with_extensions(exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
         tail.extend_from_slice(&bytes);
     }
     // TCP header: ports 40000 -> 443, data offset 5, SYN.
-    tail.extend_from_slice(&[0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
+    tail.extend_from_slice(&[
+        0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0,
+    ]);
     let mut v = Vec::new();
     v.extend_from_slice(&MAC_B);
     v.extend_from_slice(&MAC_A);
@@ -246,7 +255,10 @@ fn ipv6_extension_headers_are_walked() -> TestResult {
     h.expect("hop-by-hop + destination options", &frame, "ipv6", "tcp")?;
 
     // A routing header with hdr_ext_len 1 is 16 bytes.
-    let routing = (ROUTING, vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let routing = (
+        ROUTING,
+        vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
     h.expect(
         "routing header (16 bytes)",
         &ipv6_with_extensions(&[routing]),
@@ -298,7 +310,13 @@ fn ipv4_header_anomalies() -> TestResult {
 }
 
 /// What a frame cut to `len` bytes must be counted as, given where its headers end.
-fn truncated_class(len: usize, l3_start: usize, l3_len: usize, l4_len: usize, ip: &'static str) -> (&'static str, &'static str) {
+fn truncated_class(
+    len: usize,
+    l3_start: usize,
+    l3_len: usize,
+    l4_len: usize,
+    ip: &'static str,
+) -> (&'static str, &'static str) {
     if len < l3_start + l3_len {
         ("malformed", "none")
     } else if len < l3_start + l3_len + l4_len {
@@ -316,7 +334,11 @@ fn frames_truncated_at_every_length_pass_and_count_as_malformed() -> TestResult 
         ("IPv6 TCP", ipv6_tcp()?, 14, 40, "ipv6"),
     ];
     for (what, full, l3_start, l3_len, ip) in cases {
-        assert_eq!(full.len(), l3_start + l3_len + 20, "{what}: test frame layout");
+        assert_eq!(
+            full.len(),
+            l3_start + l3_len + 20,
+            "{what}: test frame layout"
+        );
         // The kernel refuses test frames shorter than an Ethernet header (ETH_HLEN), so the
         // lengths 0..14 are checked for the refusal and the counters staying still.
         for len in 0..=full.len() {
@@ -326,7 +348,10 @@ fn frames_truncated_at_every_length_pass_and_count_as_malformed() -> TestResult 
                 let before = h.snapshot()?;
                 let program = dataplane::xdp_program(&mut h.ebpf)?;
                 let refused = test_run(program.fd()?, frame, 1).is_err();
-                assert!(refused, "{label}: the kernel should refuse a frame without an Ethernet header");
+                assert!(
+                    refused,
+                    "{label}: the kernel should refuse a frame without an Ethernet header"
+                );
                 assert_eq!(h.snapshot()?, before, "{label}: nothing may be counted");
                 continue;
             }

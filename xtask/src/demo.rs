@@ -93,8 +93,14 @@ fn client_loop(target: &str, socat_host: &str) -> String {
 pub fn run(agent: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
     }
     let lab = topology().up().context("bringing up the demo lab")?;
     println!("lab run id: {}", lab.run_id());
@@ -116,29 +122,52 @@ fn drive(lab: &Lab, agent: &Path, pins: &Path, duration: Option<Duration>) -> an
     let pins_str = pins.to_string_lossy();
     let backend = lab.ns("backend").spawn(
         "backend",
-        &["socat", &format!("TCP6-LISTEN:{BACKEND_PORT},fork,reuseaddr,ipv6only=0"), "SYSTEM:cat"],
+        &[
+            "socat",
+            &format!("TCP6-LISTEN:{BACKEND_PORT},fork,reuseaddr,ipv6only=0"),
+            "SYSTEM:cat",
+        ],
         &[],
     )?;
     let pop_agent = lab.ns("pop").spawn(
         "agent",
-        &[&agent_str, "--bpffs-root", &pins_str, "run", "--iface", "eth0", "--reset"],
+        &[
+            &agent_str,
+            "--bpffs-root",
+            &pins_str,
+            "run",
+            "--iface",
+            "eth0",
+            "--reset",
+        ],
         &[("EDGEPROXY_STATS_LOG_SECS", "0")],
     )?;
     pop_agent
         .wait_for_output("edge-agent ready", Duration::from_secs(20))
         .context("the agent did not start")?;
-    let _client_a = lab
-        .ns("client-a")
-        .spawn("client-a", &["sh", "-c", &client_loop(BACKEND_V4, BACKEND_V4)], &[])?;
-    let _client_b = lab
-        .ns("client-b")
-        .spawn("client-b", &["sh", "-c", &client_loop(BACKEND_V6, &format!("[{BACKEND_V6}]"))], &[])?;
+    let _client_a = lab.ns("client-a").spawn(
+        "client-a",
+        &["sh", "-c", &client_loop(BACKEND_V4, BACKEND_V4)],
+        &[],
+    )?;
+    let _client_b = lab.ns("client-b").spawn(
+        "client-b",
+        &[
+            "sh",
+            "-c",
+            &client_loop(BACKEND_V6, &format!("[{BACKEND_V6}]")),
+        ],
+        &[],
+    )?;
 
     println!(
         "edgeProxy lab {}: client-a, client-b -> router -> pop (XDP on eth0) -> backend {BACKEND_V4} / [{BACKEND_V6}]:{BACKEND_PORT}",
         lab.run_id()
     );
-    println!("inspect: bpftool map dump pinned {}/maps/EDGE_STATS", pins.display());
+    println!(
+        "inspect: bpftool map dump pinned {}/maps/EDGE_STATS",
+        pins.display()
+    );
     println!("Ctrl-C stops the lab and removes it.\n");
     let started = Instant::now();
     while !STOP.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {

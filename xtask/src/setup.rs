@@ -17,7 +17,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool: tx checksum offload off on lab veths"),
     ("bpftool", "bpftool: inspecting programs and maps"),
     ("wireguard-tools", "wg"),
-    ("wireguard-go", "userspace WireGuard (no kernel module here)"),
+    (
+        "wireguard-go",
+        "userspace WireGuard (no kernel module here)",
+    ),
     ("bird2", "BGP router of the lab"),
     ("iperf3", "throughput in the lab and benchmarks"),
     ("socat", "TCP clients and servers in the lab"),
@@ -120,14 +123,26 @@ fn nightly_rust_src() -> anyhow::Result<String> {
         .lines()
         .any(|l| l.starts_with("nightly"))
     {
-        shell::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        shell::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
         did.push("installed nightly");
     }
     if !rustup(&["component", "list", "--toolchain", "nightly", "--installed"])?
         .lines()
         .any(|l| l.starts_with("rust-src"))
     {
-        shell::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        shell::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
         did.push("added rust-src");
     }
     Ok(if did.is_empty() {
@@ -147,7 +162,8 @@ fn llvm_prefix() -> PathBuf {
 fn cargo_bin(name: &str) -> PathBuf {
     let cargo_home = std::env::var_os("CARGO_HOME").map_or_else(
         || {
-            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
             home.join(".cargo")
         },
         PathBuf::from,
@@ -209,8 +225,19 @@ fn bpf_linker() -> anyhow::Result<String> {
     println!("setup:   building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm_major} (about a minute)");
     shell::run(
         shell::cargo()
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
-            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
             .env("LLVM_PREFIX", &prefix),
     )
     .context("building bpf-linker failed; see ../shared/TOOLCHAIN.md for the recipe")?;

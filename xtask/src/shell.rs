@@ -51,7 +51,10 @@ pub fn build_agent(build: bool) -> anyhow::Result<PathBuf> {
     }
     let agent = target_dir().join("debug").join("edge-agent");
     if !agent.exists() {
-        bail!("{} is missing; run `cargo xtask run` without --no-setup", agent.display());
+        bail!(
+            "{} is missing; run `cargo xtask run` without --no-setup",
+            agent.display()
+        );
     }
     Ok(agent)
 }

@@ -1,0 +1,6 @@
+//! End-to-end tests: real agents in network-namespace labs. They need root and the binaries
+//! `cargo xtask test` builds (`EDGE_AGENT_BIN`, `EDGE_XTASK_BIN`).
+
+mod agent_lifecycle;
+mod common;
+mod xtask_run;
