@@ -206,16 +206,24 @@ fn bpf_linker() -> anyhow::Result<String> {
         })
         .with_context(|| format!("no libLLVM.so.*-nightly in {}/lib", sysroot.display()))?;
 
-    // Re-point the link every time: a nightly update moves the library, and bpf-linker's rpath
-    // follows the link, not the library.
+    // Re-point the links every time: a nightly update moves the library, and bpf-linker's rpath
+    // follows the links, not the library. `libLLVM.so` is what the build links against; the
+    // versioned name is the soname the binary asks the loader for (rustup's LD_LIBRARY_PATH
+    // hides its absence when rustc runs the linker, but not when anything else does).
     let prefix = llvm_prefix();
     let lib_dir = prefix.join("lib");
     std::fs::create_dir_all(&lib_dir).with_context(|| format!("creating {}", lib_dir.display()))?;
-    let link = lib_dir.join("libLLVM.so");
-    if std::fs::read_link(&link).ok().as_deref() != Some(libllvm.as_path()) {
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&libllvm, &link)
-            .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
+    let soname = libllvm
+        .file_name()
+        .map(PathBuf::from)
+        .context("libLLVM has no file name")?;
+    for name in [PathBuf::from("libLLVM.so"), soname] {
+        let link = lib_dir.join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(libllvm.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&libllvm, &link)
+                .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
+        }
     }
 
     let installed = cargo_bin("bpf-linker");

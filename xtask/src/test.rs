@@ -1,6 +1,8 @@
 //! `cargo xtask test`: setup, format and lint checks, then every test, then a check that the lab
 //! left nothing behind. `.ci/run` calls exactly this.
 
+use std::process::Command;
+
 use anyhow::{bail, Context as _};
 
 use crate::{setup, shell};
@@ -12,11 +14,20 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     shell::run(shell::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The kernel crate only builds for the BPF target, with nightly's build-std.
     shell::run(
-        shell::cargo()
-            .args(["+nightly", "clippy", "--package", "edge-ebpf", "--release"])
+        Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "edge-ebpf",
+                "--release",
+            ])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .args(["--", "-D", "warnings"])
             .env_remove("RUSTC")
+            .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO"),
     )?;
     let agent = shell::build_agent(true)?;

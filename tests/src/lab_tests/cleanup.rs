@@ -76,12 +76,13 @@ fn clean_removes_what_a_crashed_run_left() -> Result<()> {
         .spawn()
         .map_err(io("spawn orphan"))?;
     let orphan_pid = orphan.id() as i32;
-    // nsenter has switched namespaces once the pid shows up there.
+    // Its command line names the namespace from the start, so wait for the
+    // namespace itself: nsenter may not have switched yet.
     let deadline = Instant::now() + Duration::from_secs(2);
     while !find_leftovers(Some(run.as_str()))
         .processes
         .iter()
-        .any(|p| p.pid == orphan_pid)
+        .any(|p| p.pid == orphan_pid && p.netns.is_some())
     {
         assert!(Instant::now() < deadline, "orphan never entered {ns}");
         std::thread::sleep(Duration::from_millis(10));
