@@ -2,16 +2,73 @@
 //!
 //! Everything here is `#[repr(C)]` with explicit padding and no `bool`/enum fields, so that every
 //! bit pattern the kernel hands back is a valid value. The `user` feature adds `aya::Pod` impls.
+//! Addresses are 16 bytes; IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291
+//! section 2.5.5.2) so that one key type serves both families.
 #![no_std]
 
+pub mod flow;
+pub mod hash;
+pub mod pop;
+pub mod service;
 pub mod stats;
 
-pub use stats::{Counters, L3Class, L4Class, STATS_ENTRIES};
+pub use flow::{FlowKey, FlowValue};
+pub use pop::PopConfig;
+pub use service::{BackendValue, ServiceKey, ServiceValue};
+pub use stats::{BackendStats, Counters, DropStats, L3Class, L4Class, ServiceStats, STATS_ENTRIES};
+
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
 
 /// Names of the maps and programs, as the kernel object declares them and as the agent pins them.
 pub mod names {
     /// The XDP ingress program on the public interface.
     pub const XDP_INGRESS: &str = "edge_xdp";
+    /// A program that parses like `edge_xdp` and passes: the benchmarks' baseline.
+    pub const XDP_BASELINE: &str = "edge_xdp_baseline";
+    /// The TC ingress program on the overlay interface (the reply path).
+    pub const TC_REPLY: &str = "edge_tc_reply";
     /// Per-CPU packet counters per (IP version, protocol, verdict).
     pub const STATS_MAP: &str = "EDGE_STATS";
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const FLOWS: &str = "FLOWS";
+    pub const POP_CONFIG: &str = "POP_CONFIG";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const DROP_STATS: &str = "DROP_STATS";
+}
+
+/// Sizes of the maps whose size the agent does not choose at load time.
+pub mod limits {
+    /// Services (VIP, port) and their per-service counters.
+    pub const MAX_SERVICES: u32 = 1024;
+    /// Backends, indexed by the id the agent assigns.
+    pub const MAX_BACKENDS: u32 = 4096;
+    /// Maglev tables (rings). Each service uses one, and a second while a new one is swapped in.
+    pub const MAX_RINGS: u32 = 2 * MAX_SERVICES;
+    /// Default flow table size (entries, both directions count).
+    pub const DEFAULT_FLOWS: u32 = 1_000_000;
+    /// Source ports tried per new flow before giving up.
+    pub const PORT_TRIES: u32 = 8;
+}
+
+/// An IPv4 address as the maps store it.
+pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+/// Whether a stored address is IPv4-mapped.
+pub const fn is_ipv4_mapped(addr: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 10 {
+        if addr[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    addr[10] == 0xff && addr[11] == 0xff
 }

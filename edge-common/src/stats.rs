@@ -119,6 +119,62 @@ pub struct Counters {
 // SAFETY: two u64 fields, no padding; every bit pattern is a valid value.
 unsafe impl aya::Pod for Counters {}
 
+/// Per-service counters (per CPU, indexed by service id).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ServiceStats {
+    /// Client -> backend direction.
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// SYNs dropped because the service had no backend to give them.
+    pub no_backend: u64,
+}
+
+/// Per-backend counters (per CPU, indexed by backend id).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct BackendStats {
+    pub packets_to: u64,
+    pub bytes_to: u64,
+    pub packets_from: u64,
+    pub bytes_from: u64,
+    pub new_flows: u64,
+    /// RSTs the backend sent: a passive health signal.
+    pub resets_from: u64,
+}
+
+/// Packets the data plane dropped or could not translate, by reason (one per-CPU entry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DropStats {
+    /// SYN to a service with no backend.
+    pub no_backend: u64,
+    /// No free source port after `PORT_TRIES` attempts.
+    pub port_exhausted: u64,
+    /// Flow entry could not be written.
+    pub flow_insert: u64,
+    /// To a VIP but not translatable: IPv4 options, fragments, VLAN tags, IPv6 extension headers.
+    pub unsupported: u64,
+    /// Header room could not be changed (NAT46/NAT64).
+    pub resize_failed: u64,
+    /// Not a drop: non-SYN to a VIP with no flow, passed to the kernel, which resets it.
+    pub no_flow: u64,
+    /// Reply could not be redirected to the public interface.
+    pub redirect_failed: u64,
+    pub _reserved: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: u64 fields only.
+unsafe impl aya::Pod for ServiceStats {}
+#[cfg(feature = "user")]
+// SAFETY: u64 fields only.
+unsafe impl aya::Pod for BackendStats {}
+#[cfg(feature = "user")]
+// SAFETY: u64 fields only.
+unsafe impl aya::Pod for DropStats {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

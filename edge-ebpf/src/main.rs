@@ -1,23 +1,62 @@
 //! edgeProxy kernel programs.
 //!
-//! Entry points stay a few lines long: classify, decide, count, return the action. The parsing
-//! lives in `parse`, the counting in `stats`.
+//! Entry points stay a few lines long: classify, decide, count, return the action. Parsing lives
+//! in `parse`, translation in `forward` (XDP, client -> backend) and `reply` (TC, backend ->
+//! client), counting in `stats`.
 #![no_std]
 #![no_main]
 
+mod csum;
+mod ctx;
+mod forward;
+mod maps;
 mod parse;
+mod reply;
 mod stats;
+mod tcp;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_SHOT},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
-/// XDP ingress on the public interface. In this first slice it only classifies and counts;
-/// everything passes, because traffic the data plane does not own must never be disturbed.
+/// XDP ingress on the public interface: translate flows to configured services; everything else
+/// passes untouched, because traffic the data plane does not own must never be disturbed.
 #[xdp]
 pub fn edge_xdp(ctx: XdpContext) -> u32 {
+    let frame_len = ctx.data_end() - ctx.data();
     let packet = parse::classify(&ctx);
-    let action = xdp_action::XDP_PASS;
-    stats::count(packet.l3, packet.l4, action, ctx.data_end() - ctx.data());
+    let action = match forward::forward(&ctx, &packet) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::drop(reason);
+            xdp_action::XDP_DROP
+        }
+    };
+    stats::count(packet.l3, packet.l4, action, frame_len);
     action
+}
+
+/// The benchmarks' baseline: the same parse and count, no service lookup.
+#[xdp]
+pub fn edge_xdp_baseline(ctx: XdpContext) -> u32 {
+    let frame_len = ctx.data_end() - ctx.data();
+    let packet = parse::classify(&ctx);
+    stats::count(packet.l3, packet.l4, xdp_action::XDP_PASS, frame_len);
+    xdp_action::XDP_PASS
+}
+
+/// TC ingress on the overlay interface: replies of translated flows go back to their clients.
+#[classifier]
+pub fn edge_tc_reply(ctx: TcContext) -> i32 {
+    match reply::reply(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::drop(reason);
+            TC_ACT_SHOT
+        }
+    }
 }
 
 #[cfg(not(test))]

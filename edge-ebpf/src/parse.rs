@@ -1,9 +1,9 @@
 //! Header parsing: Ethernet, up to two VLAN tags, IPv4 or IPv6 (with extension headers), then the
 //! transport header. Every read goes through [`ptr_at`], which bounds-checks a whole header.
 
-use core::mem;
-
 use aya_ebpf::programs::XdpContext;
+
+use crate::ctx::ptr_at;
 use edge_common::stats::{L3Class, L4Class};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, vlan::VlanHdr};
 
@@ -36,23 +36,30 @@ const ICMP_HDR_LEN: usize = 8;
 pub struct Packet {
     pub l3: L3Class,
     pub l4: L4Class,
+    /// Offset of the IP header (after Ethernet and VLAN tags).
+    pub l3_off: usize,
+    /// Offset of the transport header, when `l4` is a parsed protocol.
+    pub l4_off: usize,
+    /// An IPv4 fragment, or an IPv6 packet with a fragment header.
+    pub fragment: bool,
 }
 
 impl Packet {
     const fn new(l3: L3Class, l4: L4Class) -> Self {
-        Packet { l3, l4 }
+        Packet {
+            l3,
+            l4,
+            l3_off: 0,
+            l4_off: 0,
+            fragment: false,
+        }
     }
-}
 
-/// Pointer to a `T` at `offset` from the start of the frame, if the whole `T` is inside it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + mem::size_of::<T>() > end {
-        return None;
+    const fn at(mut self, l3_off: usize, l4_off: usize) -> Self {
+        self.l3_off = l3_off;
+        self.l4_off = l4_off;
+        self
     }
-    Some((start + offset) as *const T)
 }
 
 /// An IPv6 extension header's first two bytes, common to all of them.
@@ -65,7 +72,7 @@ struct Ipv6ExtHdr {
 
 #[inline(always)]
 pub fn classify(ctx: &XdpContext) -> Packet {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
         return Packet::new(L3Class::Malformed, L4Class::None);
     };
     // SAFETY: ptr_at checked the whole header is inside the frame.
@@ -75,7 +82,7 @@ pub fn classify(ctx: &XdpContext) -> Packet {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
-        let Some(vlan) = ptr_at::<VlanHdr>(ctx, offset) else {
+        let Some(vlan) = ptr_at::<_, VlanHdr>(ctx, offset) else {
             return Packet::new(L3Class::Malformed, L4Class::None);
         };
         // SAFETY: bounds-checked above.
@@ -91,7 +98,7 @@ pub fn classify(ctx: &XdpContext) -> Packet {
 
 #[inline(always)]
 fn classify_ipv4(ctx: &XdpContext, offset: usize) -> Packet {
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
+    let Some(ip) = ptr_at::<_, Ipv4Hdr>(ctx, offset) else {
         return Packet::new(L3Class::Malformed, L4Class::None);
     };
     // SAFETY: bounds-checked above.
@@ -113,7 +120,7 @@ fn classify_ipv4(ctx: &XdpContext, offset: usize) -> Packet {
 
 #[inline(always)]
 fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
+    let Some(ip) = ptr_at::<_, Ipv6Hdr>(ctx, offset) else {
         return Packet::new(L3Class::Malformed, L4Class::None);
     };
     // SAFETY: bounds-checked above.
@@ -121,11 +128,13 @@ fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
     if version != 6 {
         return Packet::new(L3Class::Malformed, L4Class::None);
     }
+    let l3_off = offset;
     let mut offset = offset + Ipv6Hdr::LEN;
+    let mut fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let ext_len = match next_hdr {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT | IPPROTO_AH => {
-                let Some(ext) = ptr_at::<Ipv6ExtHdr>(ctx, offset) else {
+                let Some(ext) = ptr_at::<_, Ipv6ExtHdr>(ctx, offset) else {
                     return Packet::new(L3Class::Ipv6, L4Class::Malformed);
                 };
                 // SAFETY: bounds-checked above.
@@ -136,8 +145,13 @@ fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
                         u16::from_be_bytes([(*ext)._rest[0], (*ext)._rest[1]]),
                     )
                 };
-                if next_hdr == IPPROTO_FRAGMENT && frag_off >> 3 != 0 {
-                    return Packet::new(L3Class::Ipv6, L4Class::Other);
+                if next_hdr == IPPROTO_FRAGMENT {
+                    if frag_off >> 3 != 0 {
+                        let mut packet = Packet::new(L3Class::Ipv6, L4Class::Other).at(l3_off, 0);
+                        packet.fragment = true;
+                        return packet;
+                    }
+                    fragment = true;
                 }
                 let ext_len = match next_hdr {
                     IPPROTO_FRAGMENT => 8,
@@ -150,10 +164,10 @@ fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
                 ext_len
             }
             _ => {
-                return Packet::new(
-                    L3Class::Ipv6,
-                    classify_l4(ctx, offset, next_hdr, IPPROTO_ICMPV6),
-                )
+                let l4 = classify_l4(ctx, offset, next_hdr, IPPROTO_ICMPV6);
+                let mut packet = Packet::new(L3Class::Ipv6, l4).at(l3_off, offset);
+                packet.fragment = fragment;
+                return packet;
             }
         };
         offset += ext_len;

@@ -1,10 +1,12 @@
-//! Per-CPU packet counters, indexed as `edge_common::stats` documents.
+//! Per-CPU counters: packet classes (`EDGE_STATS`), per service, per backend, and drops by reason.
 
 use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
 use edge_common::{
     stats::{stats_index, L3Class, L4Class},
     Counters, STATS_ENTRIES,
 };
+
+use crate::maps::{BACKEND_STATS, DROP_STATS, SERVICE_STATS};
 
 #[btf_map]
 static EDGE_STATS: PerCpuArray<Counters, { STATS_ENTRIES as usize }> = PerCpuArray::new();
@@ -16,6 +18,93 @@ pub fn count(l3: L3Class, l4: L4Class, action: u32, frame_len: usize) {
         unsafe {
             (*slot).packets += 1;
             (*slot).bytes += frame_len as u64;
+        }
+    }
+}
+
+/// Why a packet for a service was not translated.
+#[derive(Clone, Copy)]
+pub enum Drop {
+    NoBackend,
+    PortExhausted,
+    FlowInsert,
+    Unsupported,
+    ResizeFailed,
+    RedirectFailed,
+}
+
+#[inline(always)]
+pub fn drop(reason: Drop) {
+    if let Some(d) = DROP_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            match reason {
+                Drop::NoBackend => (*d).no_backend += 1,
+                Drop::PortExhausted => (*d).port_exhausted += 1,
+                Drop::FlowInsert => (*d).flow_insert += 1,
+                Drop::Unsupported => (*d).unsupported += 1,
+                Drop::ResizeFailed => (*d).resize_failed += 1,
+                Drop::RedirectFailed => (*d).redirect_failed += 1,
+            }
+        }
+    }
+}
+
+/// A non-SYN packet for a VIP with no flow: passed to the kernel (see `forward`).
+#[inline(always)]
+pub fn no_flow() {
+    if let Some(d) = DROP_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*d).no_flow += 1 }
+    }
+}
+
+#[inline(always)]
+pub fn service_packet(service_id: u32, bytes: usize, new_flow: bool) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += bytes as u64;
+            if new_flow {
+                (*s).new_flows += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn service_no_backend(service_id: u32) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*s).no_backend += 1 }
+    }
+}
+
+#[inline(always)]
+pub fn backend_to(backend_id: u32, bytes: usize, new_flow: bool) {
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*b).packets_to += 1;
+            (*b).bytes_to += bytes as u64;
+            if new_flow {
+                (*b).new_flows += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn backend_from(backend_id: u32, bytes: usize, reset: bool) {
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*b).packets_from += 1;
+            (*b).bytes_from += bytes as u64;
+            if reset {
+                (*b).resets_from += 1;
+            }
         }
     }
 }

@@ -1,0 +1,74 @@
+//! The flow table: one entry per direction of each connection.
+//!
+//! The forward entry is keyed by the packet as the client sends it (client -> VIP) and says what
+//! to write into it (POP overlay address -> backend); the reverse entry is keyed by the backend's
+//! reply as it arrives on the overlay (backend -> POP overlay address) and says how to restore it
+//! (VIP -> client). The kernel only looks entries up, ORs TCP flags into them and stamps
+//! `last_seen_ns`; the agent derives TCP state and expiry from the two entries together.
+
+/// A 5-tuple as seen on the wire in one direction. Ports in network byte order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// This entry is the reply direction (backend -> client).
+pub const FLOW_REVERSE: u8 = 1;
+/// The client is IPv4: forward packets get NAT46, replies NAT64.
+pub const FLOW_V4_CLIENT: u8 = 2;
+
+/// TCP flag bits as in the TCP header's flags byte (RFC 9293 section 3.1).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// What to do with packets of one direction of a flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FlowValue {
+    /// Source and destination to write into the packet.
+    pub new_src: [u8; 16],
+    pub new_dst: [u8; 16],
+    pub new_sport: u16,
+    pub new_dport: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `FLOW_*` bits.
+    pub flags: u8,
+    /// OR of the TCP flags seen in this direction.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_ns` at creation and at the last packet (CLOCK_MONOTONIC).
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl FlowValue {
+    /// The key of the other direction of this flow.
+    pub const fn partner_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.new_dst,
+            dst: self.new_src,
+            sport: self.new_dport,
+            dport: self.new_sport,
+            proto: crate::IPPROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), explicit padding, integer fields only.
+unsafe impl aya::Pod for FlowKey {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), explicit padding, integer fields only.
+unsafe impl aya::Pod for FlowValue {}

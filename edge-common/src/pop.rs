@@ -1,0 +1,30 @@
+//! This POP's data-plane settings, one entry written by the agent.
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PopConfig {
+    /// The POP's overlay address: the source of every translated flow.
+    pub overlay_addr: [u8; 16],
+    /// MSS written into SYN and SYN-ACK segments that offer more (0: no clamping).
+    pub mss_clamp: u16,
+    /// Source ports allocated to translated flows, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Bytes before the IP header on the overlay interface: 14 on Ethernet (veth), 0 on
+    /// WireGuard, which carries bare IP packets.
+    pub overlay_l2_len: u16,
+    /// Slots per Maglev ring.
+    pub ring_size: u32,
+    /// Where replies leave: the public interface.
+    pub public_ifindex: u32,
+    /// `POP_*` bits.
+    pub flags: u32,
+    pub _pad2: u32,
+}
+
+/// Set once the agent has written a complete configuration; until then nothing is translated.
+pub const POP_READY: u32 = 1;
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), explicit padding, integer fields only.
+unsafe impl aya::Pod for PopConfig {}

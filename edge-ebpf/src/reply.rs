@@ -1,0 +1,226 @@
+//! The backend -> client direction, in TC ingress on the overlay interface: the reverse flow
+//! entry restores VIP -> client (NAT64 for IPv4 clients), then the packet is redirected out of
+//! the public interface with the kernel's neighbour resolution (`bpf_redirect_neigh`). Going
+//! through the IP stack instead would drop it: its source, the VIP, is a local address.
+//!
+//! Checksums go through `bpf_l4_csum_replace`, which knows whether the skb carries a full
+//! checksum or a partial one (a locally generated packet with offload), and updates the
+//! pseudo-header part accordingly (`BPF_F_PSEUDO_HDR`).
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use edge_common::{
+    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_RST, TCP_SYN},
+    pop::POP_READY,
+    FlowKey, IPPROTO_TCP,
+};
+use network_types::ip::Ipv6Hdr;
+
+use crate::{
+    csum,
+    ctx::ptr_at,
+    maps::{FLOWS, POP_CONFIG},
+    stats::{self, Drop},
+    tcp,
+};
+
+const BPF_F_PSEUDO_HDR: u64 = 0x10;
+const ETH_P_IP: u16 = 0x0800;
+
+#[repr(C)]
+struct Ports {
+    source: u16,
+    dest: u16,
+}
+
+#[inline(always)]
+pub fn reply(ctx: &TcContext) -> Result<i32, Drop> {
+    let Some(config) = POP_CONFIG.get(0) else {
+        return Ok(TC_ACT_OK);
+    };
+    if config.flags & POP_READY == 0 {
+        return Ok(TC_ACT_OK);
+    }
+    let l2 = usize::from(config.overlay_l2_len & 0x3f);
+    let tcp_off = l2 + Ipv6Hdr::LEN;
+    let (Some(ip), Some(hdr)) = (
+        ptr_at::<_, Ipv6Hdr>(ctx, l2),
+        ptr_at::<_, [u8; 20]>(ctx, tcp_off),
+    ) else {
+        return Ok(TC_ACT_OK);
+    };
+    let ports = hdr as *mut Ports;
+    // SAFETY: bounds-checked above.
+    let (key, tcp_flags, hop_limit, tclass, payload_len) = unsafe {
+        if (*ip).vcf[0] >> 4 != 6 || (*ip).next_hdr != IPPROTO_TCP {
+            return Ok(TC_ACT_OK);
+        }
+        (
+            FlowKey {
+                src: (*ip).src_addr,
+                dst: (*ip).dst_addr,
+                sport: (*ports).source,
+                dport: (*ports).dest,
+                proto: IPPROTO_TCP,
+                _pad: [0; 3],
+            },
+            (*hdr)[13],
+            (*ip).hop_limit,
+            ((*ip).vcf[0] << 4) | ((*ip).vcf[1] >> 4),
+            u16::from_be_bytes((*ip).payload_len),
+        )
+    };
+    let Some(entry) = FLOWS.get_ptr_mut(&key) else {
+        return Ok(TC_ACT_OK);
+    };
+    let bytes = ctx.len() as usize;
+    // SAFETY: bpf_ktime_get_ns has no preconditions; the entry is valid for this run.
+    let (flags, backend_id, new_sport, new_dport) = unsafe {
+        (*entry).tcp_flags |= tcp_flags;
+        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        (*entry).packets += 1;
+        (*entry).bytes += bytes as u64;
+        (
+            (*entry).flags,
+            (*entry).backend_id,
+            (*entry).new_sport,
+            (*entry).new_dport,
+        )
+    };
+    if flags & FLOW_REVERSE == 0 {
+        // A forward key seen on the overlay: not a reply of ours.
+        return Ok(TC_ACT_OK);
+    }
+    stats::backend_from(backend_id, bytes, tcp_flags & TCP_RST != 0);
+
+    // The key's src and dst, and the entry's new_src and new_dst, are 32 contiguous bytes each.
+    let old_addrs = (&key as *const FlowKey).cast::<u8>();
+    let out_tcp = if flags & FLOW_V4_CLIENT != 0 {
+        // SAFETY: the entry is valid for this run.
+        let (vip, client) = unsafe { (&(*entry).new_src, &(*entry).new_dst) };
+        let new_addrs = [
+            u32::from_ne_bytes([vip[12], vip[13], vip[14], vip[15]]),
+            u32::from_ne_bytes([client[12], client[13], client[14], client[15]]),
+        ];
+        nat64(
+            ctx,
+            l2,
+            old_addrs,
+            &new_addrs,
+            tclass,
+            hop_limit,
+            payload_len,
+        )?
+    } else {
+        let diff = csum::diff_raw(old_addrs, 32, entry.cast::<u8>(), 32, 0);
+        ctx.l4_csum_replace(tcp_off + 16, 0, u64::from(diff), BPF_F_PSEUDO_HDR)
+            .map_err(|_| Drop::ResizeFailed)?;
+        let Some(ip) = ptr_at::<_, Ipv6Hdr>(ctx, l2) else {
+            return Err(Drop::ResizeFailed);
+        };
+        // SAFETY: bounds-checked; the entry is valid for this run.
+        unsafe {
+            (*ip).src_addr = (*entry).new_src;
+            (*ip).dst_addr = (*entry).new_dst;
+        }
+        tcp_off
+    };
+    let old_ports = [csum::ports_word(key.sport, key.dport)];
+    let new_ports = [csum::ports_word(new_sport, new_dport)];
+    let diff = csum::diff_raw(
+        old_ports.as_ptr().cast(),
+        4,
+        new_ports.as_ptr().cast(),
+        4,
+        0,
+    );
+    ctx.l4_csum_replace(out_tcp + 16, 0, u64::from(diff), 0)
+        .map_err(|_| Drop::ResizeFailed)?;
+    let Some(ports) = ptr_at::<_, Ports>(ctx, out_tcp) else {
+        return Err(Drop::ResizeFailed);
+    };
+    // SAFETY: bounds-checked.
+    unsafe {
+        (*ports).source = new_sport;
+        (*ports).dest = new_dport;
+    }
+    if tcp_flags & TCP_SYN != 0 {
+        tcp::clamp_mss(ctx, out_tcp, config.mss_clamp);
+    }
+    // SAFETY: a NULL neighbour asks the kernel to look the next hop up itself.
+    let action = unsafe { bpf_redirect_neigh(config.public_ifindex, core::ptr::null_mut(), 0, 0) };
+    if action as i32 == TC_ACT_SHOT {
+        return Err(Drop::RedirectFailed);
+    }
+    Ok(action as i32)
+}
+
+/// Turns the IPv6 reply into IPv4 (RFC 7915 section 5.1) and returns the new TCP offset.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn nat64(
+    ctx: &TcContext,
+    l2: usize,
+    old_addrs: *const u8,
+    new_addrs: &[u32; 2],
+    tclass: u8,
+    hop_limit: u8,
+    payload_len: u16,
+) -> Result<usize, Drop> {
+    let src4 = new_addrs[0].to_ne_bytes();
+    let dst4 = new_addrs[1].to_ne_bytes();
+    let diff = csum::diff_raw(old_addrs, 32, new_addrs.as_ptr().cast(), 8, 0);
+    ctx.change_proto(ETH_P_IP.to_be(), 0)
+        .map_err(|_| Drop::ResizeFailed)?;
+    let tcp_off = l2 + 20;
+    let tot_len = payload_len.wrapping_add(20).to_be_bytes();
+    let mut header = [
+        0x45,
+        tclass,
+        tot_len[0],
+        tot_len[1],
+        0,
+        0,
+        0x40,
+        0,
+        hop_limit,
+        IPPROTO_TCP,
+        0,
+        0,
+        src4[0],
+        src4[1],
+        src4[2],
+        src4[3],
+        dst4[0],
+        dst4[1],
+        dst4[2],
+        dst4[3],
+    ];
+    let words = [
+        u32::from_ne_bytes([header[0], header[1], header[2], header[3]]),
+        u32::from_ne_bytes([header[4], header[5], header[6], header[7]]),
+        u32::from_ne_bytes([header[8], header[9], header[10], header[11]]),
+        u32::from_ne_bytes(src4),
+        u32::from_ne_bytes(dst4),
+    ];
+    let [c0, c1] = csum::ipv4_header(&words).to_ne_bytes();
+    header[10] = c0;
+    header[11] = c1;
+    let Some(ip) = ptr_at::<_, [u8; 20]>(ctx, l2) else {
+        return Err(Drop::ResizeFailed);
+    };
+    // SAFETY: bounds-checked.
+    unsafe { *ip = header };
+    if l2 == 14 {
+        if let Some(eth_type) = ptr_at::<_, [u8; 2]>(ctx, 12) {
+            // SAFETY: bounds-checked.
+            unsafe { *eth_type = ETH_P_IP.to_be_bytes() };
+        }
+    }
+    ctx.l4_csum_replace(tcp_off + 16, 0, u64::from(diff), BPF_F_PSEUDO_HDR)
+        .map_err(|_| Drop::ResizeFailed)?;
+    Ok(tcp_off)
+}
