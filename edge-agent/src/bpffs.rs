@@ -4,6 +4,7 @@
 //! <root>/maps/<MAP_NAME>      maps, reused by the next agent (counters and state survive)
 //! <root>/progs/<program>      the program last loaded, for `bpftool prog show pinned`
 //! <root>/links/xdp-<iface>    the XDP attachment; while it is pinned the program stays attached
+//! <root>/links/tc-<iface>     the TC reply program on the overlay interface
 //! ```
 
 use std::{
@@ -70,6 +71,10 @@ impl PinDir {
 
     pub fn xdp_link(&self, iface: &str) -> PathBuf {
         self.links().join(format!("xdp-{iface}"))
+    }
+
+    pub fn tc_link(&self, iface: &str) -> PathBuf {
+        self.links().join(format!("tc-{iface}"))
     }
 
     /// Interfaces with a pinned XDP link, from the link file names.

@@ -1,6 +1,7 @@
 //! Agent configuration: a TOML file, then `EDGEPROXY_*` environment overrides, then flags.
 
 use std::{
+    net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -69,6 +70,14 @@ pub struct AgentConfig {
     /// Seconds between counter summaries in the agent's log; 0 turns them off
     /// (`EDGEPROXY_STATS_LOG_SECS`).
     pub stats_log_secs: u64,
+    /// The overlay towards the backends.
+    pub overlay: OverlayConfig,
+    /// Flow table sizing and timeouts.
+    pub flows: FlowConfig,
+    /// Maglev table sizing.
+    pub maglev: MaglevConfig,
+    /// Services and their backends (the SQLite state source replaces this list later).
+    pub services: Vec<ServiceConfig>,
 }
 
 impl Default for AgentConfig {
@@ -78,8 +87,119 @@ impl Default for AgentConfig {
             bpffs_root: PathBuf::from(bpffs::DEFAULT_ROOT),
             xdp_mode: XdpMode::Auto,
             stats_log_secs: 10,
+            overlay: OverlayConfig::default(),
+            flows: FlowConfig::default(),
+            maglev: MaglevConfig::default(),
+            services: Vec::new(),
         }
     }
+}
+
+/// The overlay interface and this POP's address on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OverlayConfig {
+    /// Interface backends are reached through (WireGuard or, in labs, a veth). Without it the
+    /// agent only counts packets.
+    pub iface: Option<String>,
+    /// This POP's overlay address: the source of translated flows.
+    pub addr: Option<Ipv6Addr>,
+    /// Overlay MTU; SYN and SYN-ACK MSS are clamped to `mtu - 60` (IPv6 and TCP headers).
+    /// 1420 is WireGuard's default over a 1500-byte path.
+    pub mtu: u16,
+    /// Source ports allocated to translated flows, inclusive. Below Linux's default ephemeral
+    /// range (32768-60999), so that the POP's own connections never collide with them.
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        OverlayConfig {
+            iface: None,
+            addr: None,
+            mtu: 1420,
+            port_min: 10_000,
+            port_max: 32_767,
+        }
+    }
+}
+
+/// Flow table size and how long idle flows live, per TCP state the agent derives from the
+/// flags seen in both directions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Entries in the flow table (each connection takes two). Evicts least recently used.
+    pub max_entries: u32,
+    /// SYN seen, no SYN-ACK yet.
+    pub syn_timeout_secs: u64,
+    /// Both directions seen, no FIN or RST.
+    pub established_timeout_secs: u64,
+    /// A FIN seen in one direction.
+    pub fin_timeout_secs: u64,
+    /// RST seen, or FIN in both directions: kept briefly for the last ACKs and retransmits.
+    pub closed_timeout_secs: u64,
+    /// How often the sweeper walks the table.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            max_entries: edge_common::limits::DEFAULT_FLOWS,
+            syn_timeout_secs: 30,
+            established_timeout_secs: 3600,
+            fin_timeout_secs: 30,
+            closed_timeout_secs: 10,
+            sweep_interval_secs: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaglevConfig {
+    /// Slots per table; must be prime. At least 100 per backend keeps the split within about
+    /// 1% of the weights (Maglev paper, section 5.3).
+    pub table_size: u32,
+    /// Services the kernel tables are sized for (each has two tables, for atomic swaps).
+    pub max_services: u32,
+}
+
+impl Default for MaglevConfig {
+    fn default() -> Self {
+        MaglevConfig {
+            table_size: 4099,
+            max_services: 256,
+        }
+    }
+}
+
+/// A service: clients connect to `vip:port` (TCP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A backend of a service, on the overlay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub addr: Ipv6Addr,
+    pub port: u16,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 impl AgentConfig {

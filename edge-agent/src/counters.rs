@@ -6,7 +6,7 @@ use aya::maps::{Map, MapData, MapError, PerCpuArray};
 use edge_common::{
     names,
     stats::{action_name, stats_class},
-    Counters, STATS_ENTRIES,
+    Counters, DropStats, STATS_ENTRIES,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -115,5 +115,192 @@ impl fmt::Display for Snapshot {
             )?;
         }
         Ok(())
+    }
+}
+
+/// One service's counters, summed over CPUs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceRow {
+    pub service_id: u32,
+    pub vip: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub no_backend: u64,
+}
+
+/// One backend's counters, summed over CPUs.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendRow {
+    pub backend_id: u32,
+    pub addr: String,
+    pub active: bool,
+    pub packets_to: u64,
+    pub bytes_to: u64,
+    pub packets_from: u64,
+    pub bytes_from: u64,
+    pub new_flows: u64,
+    pub resets_from: u64,
+}
+
+/// Everything `edge-agent status` shows about translation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NatReport {
+    pub services: Vec<ServiceRow>,
+    pub backends: Vec<BackendRow>,
+    pub drops: DropStats,
+}
+
+fn open_map(pins: &PinDir, name: &'static str) -> Result<Map, CountersError> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).map_err(|source| CountersError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let shape = |source| CountersError::Shape { name, source };
+    let info = data.info().map_err(|e| shape(MapError::from(e)))?;
+    Ok(match info.map_type() {
+        Ok(aya::maps::MapType::PerCpuArray) => Map::PerCpuArray(data),
+        Ok(aya::maps::MapType::Array) => Map::Array(data),
+        Ok(aya::maps::MapType::Hash) => Map::HashMap(data),
+        Ok(aya::maps::MapType::LruHash) => Map::LruHashMap(data),
+        _ => Map::Unsupported(data),
+    })
+}
+
+fn sum_per_cpu<V: aya::Pod + Default>(
+    map: &PerCpuArray<MapData, V>,
+    index: u32,
+    add: impl Fn(&mut V, &V),
+) -> Result<V, CountersError> {
+    let values = map
+        .get(&index, 0)
+        .map_err(|source| CountersError::Read { index, source })?;
+    let mut total = V::default();
+    for v in values.iter() {
+        add(&mut total, v);
+    }
+    Ok(total)
+}
+
+/// Reads services, backends and drops from the pinned maps.
+pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
+    use aya::maps::{Array, HashMap};
+    use edge_common::{
+        service::BACKEND_ACTIVE, BackendStats, BackendValue, ServiceKey, ServiceStats, ServiceValue,
+    };
+    let shape = |name| move |source| CountersError::Shape { name, source };
+    let services: HashMap<MapData, ServiceKey, ServiceValue> =
+        HashMap::try_from(open_map(pins, names::SERVICES)?).map_err(shape(names::SERVICES))?;
+    let service_stats: PerCpuArray<MapData, ServiceStats> =
+        PerCpuArray::try_from(open_map(pins, names::SERVICE_STATS)?)
+            .map_err(shape(names::SERVICE_STATS))?;
+    let mut report = NatReport::default();
+    for entry in services.iter() {
+        let Ok((key, value)) = entry else { continue };
+        let s = sum_per_cpu(&service_stats, value.service_id, |t, v| {
+            t.packets += v.packets;
+            t.bytes += v.bytes;
+            t.new_flows += v.new_flows;
+            t.no_backend += v.no_backend;
+        })?;
+        report.services.push(ServiceRow {
+            service_id: value.service_id,
+            vip: crate::flows::endpoint(&key.addr, key.port),
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+            no_backend: s.no_backend,
+        });
+    }
+    report.services.sort_by_key(|s| s.service_id);
+
+    let backends: Array<MapData, BackendValue> =
+        Array::try_from(open_map(pins, names::BACKENDS)?).map_err(shape(names::BACKENDS))?;
+    let backend_stats: PerCpuArray<MapData, BackendStats> =
+        PerCpuArray::try_from(open_map(pins, names::BACKEND_STATS)?)
+            .map_err(shape(names::BACKEND_STATS))?;
+    for id in 0..backends.len() {
+        let value = backends
+            .get(&id, 0)
+            .map_err(|source| CountersError::Read { index: id, source })?;
+        let b = sum_per_cpu(&backend_stats, id, |t, v| {
+            t.packets_to += v.packets_to;
+            t.bytes_to += v.bytes_to;
+            t.packets_from += v.packets_from;
+            t.bytes_from += v.bytes_from;
+            t.new_flows += v.new_flows;
+            t.resets_from += v.resets_from;
+        })?;
+        let active = value.flags & BACKEND_ACTIVE != 0;
+        // Slots never used have neither a backend nor traffic.
+        if !active && b.packets_to == 0 && b.packets_from == 0 {
+            continue;
+        }
+        report.backends.push(BackendRow {
+            backend_id: id,
+            addr: crate::flows::endpoint(&value.addr, value.port),
+            active,
+            packets_to: b.packets_to,
+            bytes_to: b.bytes_to,
+            packets_from: b.packets_from,
+            bytes_from: b.bytes_from,
+            new_flows: b.new_flows,
+            resets_from: b.resets_from,
+        });
+    }
+    let drops: PerCpuArray<MapData, DropStats> =
+        PerCpuArray::try_from(open_map(pins, names::DROP_STATS)?)
+            .map_err(shape(names::DROP_STATS))?;
+    report.drops = sum_per_cpu(&drops, 0, |t, v| {
+        t.no_backend += v.no_backend;
+        t.port_exhausted += v.port_exhausted;
+        t.flow_insert += v.flow_insert;
+        t.unsupported += v.unsupported;
+        t.resize_failed += v.resize_failed;
+        t.no_flow += v.no_flow;
+        t.redirect_failed += v.redirect_failed;
+    })?;
+    Ok(report)
+}
+
+impl fmt::Display for NatReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<4} {:<44} {:>12} {:>14} {:>10} {:>10}",
+            "SVC", "VIP", "PACKETS", "BYTES", "NEW FLOWS", "NO BACKEND"
+        )?;
+        for s in &self.services {
+            writeln!(
+                f,
+                "{:<4} {:<44} {:>12} {:>14} {:>10} {:>10}",
+                s.service_id, s.vip, s.packets, s.bytes, s.new_flows, s.no_backend
+            )?;
+        }
+        writeln!(
+            f,
+            "\n{:<4} {:<44} {:>6} {:>12} {:>12} {:>10} {:>7}",
+            "BE", "OVERLAY ADDRESS", "ACTIVE", "PKTS TO", "PKTS FROM", "NEW FLOWS", "RESETS"
+        )?;
+        for b in &self.backends {
+            writeln!(
+                f,
+                "{:<4} {:<44} {:>6} {:>12} {:>12} {:>10} {:>7}",
+                b.backend_id,
+                b.addr,
+                if b.active { "yes" } else { "no" },
+                b.packets_to,
+                b.packets_from,
+                b.new_flows,
+                b.resets_from
+            )?;
+        }
+        let d = &self.drops;
+        writeln!(
+            f,
+            "\ndrops: no_backend {} port_exhausted {} flow_insert {} unsupported {} resize_failed {} redirect_failed {}; no_flow (passed to the kernel) {}",
+            d.no_backend, d.port_exhausted, d.flow_insert, d.unsupported, d.resize_failed, d.redirect_failed, d.no_flow
+        )
     }
 }

@@ -1,17 +1,24 @@
 //! Loading, attaching, pinning and adopting the kernel programs.
 //!
 //! Maps are always loaded through their pin paths, so a new agent reuses the maps of the previous
-//! one (counters and state carry on). The XDP attachment is a pinned `bpf_link`: it outlives the
-//! agent, and a new agent swaps its program into the existing link atomically
-//! (`BPF_LINK_UPDATE`), so the interface is never without the data plane.
+//! one (flows, counters and tables carry on). Each attachment is a pinned `bpf_link`: it outlives
+//! the agent, and a new agent swaps its program into the existing link atomically
+//! (`BPF_LINK_UPDATE`), so the interfaces are never without the data plane and no flow is lost.
+
+use std::path::Path;
 
 use aya::{
-    programs::{links::FdLink, links::PinnedLink, xdp::XdpLink, Xdp},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink, TcAttachType},
+        xdp::XdpLink,
+        SchedClassifier, Xdp,
+    },
     Ebpf, EbpfLoader,
 };
-use edge_common::names;
+use edge_common::{limits::MAX_BACKENDS, names};
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     bpffs::{BpffsError, PinDir},
@@ -20,7 +27,17 @@ use crate::{
 };
 
 /// Maps the agent pins, by the names the object declares.
-pub const PINNED_MAPS: &[&str] = &[names::STATS_MAP];
+pub const PINNED_MAPS: &[&str] = &[
+    names::STATS_MAP,
+    names::SERVICES,
+    names::BACKENDS,
+    names::MAGLEV,
+    names::FLOWS,
+    names::POP_CONFIG,
+    names::SERVICE_STATS,
+    names::BACKEND_STATS,
+    names::DROP_STATS,
+];
 
 #[derive(Debug, Error)]
 pub enum DataPlaneError {
@@ -37,15 +54,16 @@ pub enum DataPlaneError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("attaching XDP to {iface} in {mode} mode: {source}")]
+    #[error("attaching {name} to {iface}: {source}")]
     Attach {
+        name: &'static str,
         iface: String,
-        mode: &'static str,
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("XDP on {iface} is not a bpf_link (kernel older than 5.9?): {source}")]
+    #[error("{name} on {iface} is not a bpf_link (kernel older than 6.6?): {source}")]
     Link {
+        name: &'static str,
         iface: String,
         #[source]
         source: aya::programs::links::LinkError,
@@ -61,7 +79,35 @@ pub enum DataPlaneError {
     NoSuchInterface { iface: String },
 }
 
-/// How the XDP program came to be attached.
+/// Map sizes chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub flows: u32,
+    /// Slots in all Maglev tables together.
+    pub maglev: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        let maglev = crate::config::MaglevConfig::default();
+        MapSizes {
+            flows: edge_common::limits::DEFAULT_FLOWS,
+            maglev: 2 * maglev.max_services * maglev.table_size,
+        }
+    }
+}
+
+/// Where and how to attach.
+#[derive(Clone, Debug)]
+pub struct Attach<'a> {
+    pub public_iface: &'a str,
+    pub overlay_iface: Option<&'a str>,
+    pub xdp_mode: XdpMode,
+    pub reset: bool,
+    pub sizes: MapSizes,
+}
+
+/// How a program came to be attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attachment {
     /// Attached by this agent, in this mode.
@@ -73,13 +119,18 @@ pub enum Attachment {
 /// The loaded data plane. Dropping it leaves everything pinned and attached.
 pub struct DataPlane {
     pub ebpf: Ebpf,
-    pub attachment: Attachment,
+    pub xdp: Attachment,
+    pub tc: Option<Attachment>,
 }
 
 /// Loads the embedded object. With `pins`, maps are created at (or reused from) their pin paths;
 /// without, they are private to this load (packet tests and benchmarks).
-pub fn load_object(pins: Option<&PinDir>) -> Result<Ebpf, DataPlaneError> {
+pub fn load_object(pins: Option<&PinDir>, sizes: MapSizes) -> Result<Ebpf, DataPlaneError> {
     let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::FLOWS, sizes.flows)
+        .map_max_entries(names::MAGLEV, sizes.maglev)
+        .map_max_entries(names::BACKENDS, MAX_BACKENDS);
     if let Some(pins) = pins {
         for name in PINNED_MAPS {
             loader.map_pin_path(name, pins.map(name));
@@ -90,105 +141,176 @@ pub fn load_object(pins: Option<&PinDir>) -> Result<Ebpf, DataPlaneError> {
         .map_err(|e| DataPlaneError::Load(Box::new(e)))
 }
 
-/// The loaded (not attached) XDP ingress program of `ebpf`.
-pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataPlaneError> {
-    let name = names::XDP_INGRESS;
+fn program_error(
+    op: &'static str,
+    name: &'static str,
+) -> impl FnOnce(aya::programs::ProgramError) -> DataPlaneError {
+    move |e| DataPlaneError::Program {
+        op,
+        name,
+        source: Box::new(e),
+    }
+}
+
+/// The loaded (not attached) XDP program `name` of `ebpf`.
+pub fn xdp_program<'e>(
+    ebpf: &'e mut Ebpf,
+    name: &'static str,
+) -> Result<&'e mut Xdp, DataPlaneError> {
     let program: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or(DataPlaneError::MissingProgram { name })?
         .try_into()
-        .map_err(|e| DataPlaneError::Program {
-            op: "typing",
-            name,
-            source: Box::new(e),
-        })?;
+        .map_err(program_error("typing", name))?;
     if program.fd().is_err() {
-        program.load().map_err(|e| DataPlaneError::Program {
-            op: "loading (verifier)",
-            name,
-            source: Box::new(e),
-        })?;
+        program
+            .load()
+            .map_err(program_error("loading (verifier)", name))?;
     }
     Ok(program)
 }
 
-/// Loads the data plane and attaches it to `iface`, adopting what an earlier agent pinned.
+/// The loaded (not attached) TC reply program of `ebpf`.
+pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataPlaneError> {
+    let name = names::TC_REPLY;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(DataPlaneError::MissingProgram { name })?
+        .try_into()
+        .map_err(program_error("typing", name))?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .map_err(program_error("loading (verifier)", name))?;
+    }
+    Ok(program)
+}
+
+/// Loads the data plane and attaches it, adopting what an earlier agent pinned.
 /// `reset` first removes every pinned object (maps included) under `pins`.
-pub fn start(
-    pins: &PinDir,
-    iface: &str,
-    mode: XdpMode,
-    reset: bool,
-) -> Result<DataPlane, DataPlaneError> {
-    if reset && pins.remove()? {
+pub fn start(pins: &PinDir, attach: &Attach<'_>) -> Result<DataPlane, DataPlaneError> {
+    if attach.reset && pins.remove()? {
         info!(root = %pins.root().display(), "reset: removed pinned objects");
     }
     pins.create()?;
-    if !iface_exists(iface) {
-        return Err(DataPlaneError::NoSuchInterface {
-            iface: iface.to_owned(),
-        });
+    for iface in std::iter::once(attach.public_iface).chain(attach.overlay_iface) {
+        if crate::netdev::ifindex(iface).is_none() {
+            return Err(DataPlaneError::NoSuchInterface {
+                iface: iface.to_owned(),
+            });
+        }
     }
-    let mut ebpf = load_object(Some(pins))?;
-    let program = xdp_program(&mut ebpf)?;
+    let mut ebpf = load_object(Some(pins), attach.sizes)?;
 
-    let link_path = pins.xdp_link(iface);
-    let attachment = match adopt(program, &link_path) {
-        Some(attachment) => attachment,
-        None => attach(program, iface, mode, &link_path)?,
+    let xdp = {
+        let program = xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let link_path = pins.xdp_link(attach.public_iface);
+        let attachment = match adopt_xdp(program, &link_path) {
+            Some(attachment) => attachment,
+            None => attach_xdp(program, attach.public_iface, attach.xdp_mode, &link_path)?,
+        };
+        pin_program(pins, names::XDP_INGRESS, |path| program.pin(path))?;
+        attachment
     };
 
-    let prog_path = pins.prog(names::XDP_INGRESS);
-    // The previous agent's program pin would keep its program loaded for nothing.
-    let _ = std::fs::remove_file(&prog_path);
-    program
-        .pin(&prog_path)
-        .map_err(|source| DataPlaneError::Pin {
-            what: "program",
-            path: prog_path.display().to_string(),
-            source,
-        })?;
-    Ok(DataPlane { ebpf, attachment })
+    let tc = match attach.overlay_iface {
+        Some(iface) => {
+            let program = tc_program(&mut ebpf)?;
+            let link_path = pins.tc_link(iface);
+            let attachment = match adopt_tc(program, &link_path) {
+                Some(attachment) => attachment,
+                None => attach_tc(program, iface, &link_path)?,
+            };
+            pin_program(pins, names::TC_REPLY, |path| program.pin(path))?;
+            Some(attachment)
+        }
+        None => None,
+    };
+    Ok(DataPlane { ebpf, xdp, tc })
 }
 
-/// Swaps `program` into the link an earlier agent pinned, if there is one that still works.
-fn adopt(program: &mut Xdp, link_path: &std::path::Path) -> Option<Attachment> {
-    if !link_path.exists() {
-        return None;
-    }
-    let swapped = PinnedLink::from_pin(link_path)
-        .map_err(|e| e.to_string())
-        .and_then(|pinned| XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string()))
-        .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()));
-    match swapped {
-        Ok(link_id) => {
-            // The pin keeps the link; this process's handle is not needed.
-            drop(program.take_link(link_id));
-            info!(link = %link_path.display(), "adopted the pinned XDP link; program swapped atomically");
+fn pin_program(
+    pins: &PinDir,
+    name: &'static str,
+    pin: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>,
+) -> Result<(), DataPlaneError> {
+    let path = pins.prog(name);
+    // The previous agent's program pin would keep its program loaded for nothing.
+    let _ = std::fs::remove_file(&path);
+    pin(&path).map_err(|source| DataPlaneError::Pin {
+        what: "program",
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn pin_link(fd_link: FdLink, path: &Path) -> Result<(), DataPlaneError> {
+    fd_link
+        .pin(path)
+        .map(drop)
+        .map_err(|source| DataPlaneError::Pin {
+            what: "link",
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// The pinned link at `path` as an `FdLink`, if there is one.
+fn pinned_link(path: &Path) -> Option<Result<FdLink, String>> {
+    path.exists().then(|| {
+        PinnedLink::from_pin(path)
+            .map(FdLink::from)
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn adopted(path: &Path, result: Result<(), String>) -> Option<Attachment> {
+    match result {
+        Ok(()) => {
+            info!(link = %path.display(), "adopted the pinned link; program swapped atomically");
             Some(Attachment::Adopted)
         }
         Err(error) => {
-            warn!(link = %link_path.display(), %error, "pinned XDP link unusable; attaching afresh");
-            let _ = std::fs::remove_file(link_path);
+            warn!(link = %path.display(), %error, "pinned link unusable; attaching afresh");
+            let _ = std::fs::remove_file(path);
             None
         }
     }
 }
 
-fn attach(
+/// Swaps `program` into the XDP link an earlier agent pinned, if there is one that still works.
+fn adopt_xdp(program: &mut Xdp, path: &Path) -> Option<Attachment> {
+    let swapped = pinned_link(path)?
+        .and_then(|link| XdpLink::try_from(link).map_err(|e| e.to_string()))
+        .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()))
+        // The pin keeps the link; this process's handle is not needed.
+        .map(|id| drop(program.take_link(id)));
+    adopted(path, swapped)
+}
+
+fn adopt_tc(program: &mut SchedClassifier, path: &Path) -> Option<Attachment> {
+    let swapped = pinned_link(path)?
+        .and_then(|link| SchedClassifierLink::try_from(link).map_err(|e| e.to_string()))
+        .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()))
+        .map(|id| drop(program.take_link(id)));
+    adopted(path, swapped)
+}
+
+fn attach_xdp(
     program: &mut Xdp,
     iface: &str,
     mode: XdpMode,
-    link_path: &std::path::Path,
+    link_path: &Path,
 ) -> Result<Attachment, DataPlaneError> {
     use aya::programs::XdpMode as Kernel;
+    let name = names::XDP_INGRESS;
     let attempts: &[(Kernel, &'static str)] = match mode {
         XdpMode::Auto => &[(Kernel::Driver, "driver"), (Kernel::Skb, "skb")],
         XdpMode::Driver => &[(Kernel::Driver, "driver")],
         XdpMode::Skb => &[(Kernel::Skb, "skb")],
     };
     let mut last_error = None;
-    for &(kernel_mode, name) in attempts {
+    for &(kernel_mode, mode_name) in attempts {
         match program.attach(iface, kernel_mode) {
             Ok(link_id) => {
                 if last_error.is_some() {
@@ -199,47 +321,59 @@ fn attach(
                 }
                 let link = program
                     .take_link(link_id)
-                    .map_err(|e| DataPlaneError::Program {
-                        op: "taking the link of",
-                        name: names::XDP_INGRESS,
-                        source: Box::new(e),
-                    })?;
+                    .map_err(program_error("taking the link of", name))?;
                 let fd_link = FdLink::try_from(link).map_err(|source| DataPlaneError::Link {
+                    name,
                     iface: iface.to_owned(),
                     source,
                 })?;
-                fd_link
-                    .pin(link_path)
-                    .map_err(|source| DataPlaneError::Pin {
-                        what: "XDP link",
-                        path: link_path.display().to_string(),
-                        source,
-                    })?;
-                info!(iface, mode = name, link = %link_path.display(), "XDP attached and pinned");
-                return Ok(Attachment::Fresh { mode: name });
+                pin_link(fd_link, link_path)?;
+                info!(iface, mode = mode_name, link = %link_path.display(), "XDP attached and pinned");
+                return Ok(Attachment::Fresh { mode: mode_name });
             }
-            Err(source) => last_error = Some((name, source)),
+            Err(source) => last_error = Some(source),
         }
     }
-    let (mode, source) = last_error.ok_or(DataPlaneError::MissingProgram {
-        name: names::XDP_INGRESS,
-    })?;
+    let source = last_error.ok_or(DataPlaneError::MissingProgram { name })?;
     Err(DataPlaneError::Attach {
+        name,
         iface: iface.to_owned(),
-        mode,
         source: Box::new(source),
     })
 }
 
-/// Removes every pinned object: the program is detached once its link is unpinned.
-pub fn detach(pins: &PinDir) -> Result<bool, DataPlaneError> {
-    Ok(pins.remove()?)
+fn attach_tc(
+    program: &mut SchedClassifier,
+    iface: &str,
+    link_path: &Path,
+) -> Result<Attachment, DataPlaneError> {
+    let name = names::TC_REPLY;
+    // Kernels before 6.6 attach through the clsact qdisc; on newer ones (tcx) it is not needed
+    // and an existing one is fine.
+    if let Err(error) = tc::qdisc_add_clsact(iface) {
+        debug!(iface, %error, "clsact qdisc not added");
+    }
+    let link_id = program
+        .attach(iface, TcAttachType::Ingress)
+        .map_err(|source| DataPlaneError::Attach {
+            name,
+            iface: iface.to_owned(),
+            source: Box::new(source),
+        })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(program_error("taking the link of", name))?;
+    let fd_link = FdLink::try_from(link).map_err(|source| DataPlaneError::Link {
+        name,
+        iface: iface.to_owned(),
+        source,
+    })?;
+    pin_link(fd_link, link_path)?;
+    info!(iface, link = %link_path.display(), "TC reply program attached and pinned");
+    Ok(Attachment::Fresh { mode: "tcx" })
 }
 
-fn iface_exists(iface: &str) -> bool {
-    let Ok(name) = std::ffi::CString::new(iface) else {
-        return false;
-    };
-    // SAFETY: valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+/// Removes every pinned object: the programs are detached once their links are unpinned.
+pub fn detach(pins: &PinDir) -> Result<bool, DataPlaneError> {
+    Ok(pins.remove()?)
 }

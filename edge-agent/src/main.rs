@@ -7,9 +7,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edge_agent::{
     bpffs::PinDir,
     config::{AgentConfig, XdpMode},
-    counters, dataplane,
+    counters,
+    dataplane::{self, Attach, MapSizes},
+    flows, netdev,
+    services::{PopSettings, Reconciler},
 };
-use tracing::{info, warn};
+use edge_common::{names, FlowKey, FlowValue};
+use tracing::{debug, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -33,8 +37,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load, attach and pin the data plane, then run until SIGINT/SIGTERM. The data plane stays
-    /// attached after the agent exits; the next agent adopts it.
+    /// Load, attach and pin the data plane, apply the configured services, then run until
+    /// SIGINT/SIGTERM (SIGHUP re-reads the config). The data plane stays attached after the agent
+    /// exits; the next agent adopts it.
     Run {
         /// Public interface to attach the XDP program to.
         #[arg(long)]
@@ -42,7 +47,7 @@ enum Command {
         /// XDP attach mode.
         #[arg(long)]
         xdp_mode: Option<XdpMode>,
-        /// Remove every pinned object (maps included) before loading.
+        /// Remove every pinned object (maps and flows included) before loading.
         #[arg(long)]
         reset: bool,
     },
@@ -50,6 +55,14 @@ enum Command {
     Status {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// List the connections in the flow table (from the pinned map).
+    Flows {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Show at most this many connections.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
     /// Detach the data plane and remove every pinned object.
     Detach,
@@ -64,8 +77,7 @@ enum Output {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let mut config = AgentConfig::load(cli.config.as_deref(), |var| std::env::var(var).ok())
-        .context("loading configuration")?;
+    let mut config = load_config(cli.config.as_deref())?;
     if let Some(root) = cli.bpffs_root {
         config.bpffs_root = root;
     }
@@ -82,9 +94,10 @@ fn main() -> anyhow::Result<()> {
             if let Some(mode) = xdp_mode {
                 config.xdp_mode = mode;
             }
-            run(&config, &pins, reset)
+            run(config, cli.config, &pins, reset)
         }
         Command::Status { output } => status(&pins, output),
+        Command::Flows { output, limit } => list_flows(&config, &pins, output, limit),
         Command::Detach => {
             if dataplane::detach(&pins).context("detaching")? {
                 println!("detached; removed {}", pins.root().display());
@@ -94,6 +107,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<AgentConfig> {
+    AgentConfig::load(path, |var| std::env::var(var).ok()).context("loading configuration")
 }
 
 fn init_logging(json: bool) {
@@ -109,49 +126,163 @@ fn init_logging(json: bool) {
     }
 }
 
-fn run(config: &AgentConfig, pins: &PinDir, reset: bool) -> anyhow::Result<()> {
-    let Some(iface) = config.iface.as_deref() else {
+/// This POP's settings for the kernel, from the config and the interfaces.
+fn pop_settings(config: &AgentConfig, public_iface: &str) -> anyhow::Result<Option<PopSettings>> {
+    let Some(overlay_iface) = config.overlay.iface.as_deref() else {
+        return Ok(None);
+    };
+    let Some(overlay_addr) = config.overlay.addr else {
+        bail!("overlay.iface is set but overlay.addr (this POP's overlay address) is not");
+    };
+    if config.overlay.mtu < 1280 {
+        bail!(
+            "overlay.mtu {} is below IPv6's minimum of 1280",
+            config.overlay.mtu
+        );
+    }
+    if config.overlay.port_min == 0 || config.overlay.port_min > config.overlay.port_max {
+        bail!(
+            "overlay port range {}-{} is empty or starts at 0",
+            config.overlay.port_min,
+            config.overlay.port_max
+        );
+    }
+    let public_ifindex = netdev::ifindex(public_iface)
+        .with_context(|| format!("interface {public_iface} does not exist"))?;
+    Ok(Some(PopSettings {
+        overlay_addr,
+        // IPv6 (40) and TCP (20) headers inside the overlay MTU.
+        mss_clamp: config.overlay.mtu - 60,
+        port_min: config.overlay.port_min,
+        port_max: config.overlay.port_max,
+        public_ifindex,
+        overlay_l2_len: netdev::l2_header_len(overlay_iface),
+    }))
+}
+
+fn run(
+    mut config: AgentConfig,
+    config_path: Option<PathBuf>,
+    pins: &PinDir,
+    reset: bool,
+) -> anyhow::Result<()> {
+    let Some(iface) = config.iface.clone() else {
         bail!("no interface to attach to: pass --iface, set EDGEPROXY_IFACE, or `iface` in the config");
     };
-    let dataplane = dataplane::start(pins, iface, config.xdp_mode, reset)
+    if !edge_agent::maglev::is_prime(config.maglev.table_size) {
+        bail!(
+            "maglev.table_size {} is not prime (next prime: {})",
+            config.maglev.table_size,
+            edge_agent::maglev::next_prime(config.maglev.table_size)
+        );
+    }
+    let pop = pop_settings(&config, &iface)?;
+    let sizes = MapSizes {
+        flows: config.flows.max_entries,
+        maglev: 2 * config.maglev.max_services * config.maglev.table_size,
+    };
+    let attach = Attach {
+        public_iface: &iface,
+        overlay_iface: config.overlay.iface.as_deref(),
+        xdp_mode: config.xdp_mode,
+        reset,
+        sizes,
+    };
+    let mut dataplane = dataplane::start(pins, &attach)
         .with_context(|| format!("starting the data plane on {iface}"))?;
-    info!(iface, attachment = ?dataplane.attachment, root = %pins.root().display(), "data plane running");
+    info!(iface, xdp = ?dataplane.xdp, tc = ?dataplane.tc, root = %pins.root().display(), "data plane running");
+
+    let mut reconciler = match &pop {
+        Some(pop) => {
+            let mut reconciler = Reconciler::recover(
+                &mut dataplane.ebpf,
+                config.maglev.table_size,
+                config.maglev.max_services,
+            )?;
+            let applied = reconciler.apply(&mut dataplane.ebpf, pop, &config.services)?;
+            info!(
+                services = applied.services,
+                backends = applied.backends,
+                tables_swapped = applied.tables_swapped,
+                rejected = applied.rejected.len(),
+                "services applied"
+            );
+            Some(reconciler)
+        }
+        None => {
+            if !config.services.is_empty() {
+                warn!(
+                    "services are configured but no overlay: counting only, nothing is translated"
+                );
+            }
+            None
+        }
+    };
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, pins))?;
-    info!("agent stopping; the data plane stays attached (`edge-agent detach` removes it)");
-    drop(dataplane);
-    Ok(())
-}
-
-/// Runs until SIGINT or SIGTERM, logging counter summaries.
-async fn serve(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let period = Duration::from_secs(config.stats_log_secs.max(1));
-    let mut ticker = tokio::time::interval(period);
-    ticker.tick().await;
-    println!("edge-agent ready");
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
-            _ = ticker.tick(), if config.stats_log_secs > 0 => {
-                match counters::open_pinned(pins).and_then(|map| counters::snapshot(&map)) {
-                    Ok(snapshot) => info!(packets = snapshot.total_packets(), "counters"),
-                    Err(error) => warn!(%error, "reading counters"),
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let mut sweep = tokio::time::interval(Duration::from_secs(config.flows.sweep_interval_secs.max(1)));
+        let mut stats_log = tokio::time::interval(Duration::from_secs(config.stats_log_secs.max(1)));
+        println!("edge-agent ready");
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return anyhow::Ok(()),
+                _ = sigterm.recv() => return anyhow::Ok(()),
+                _ = sighup.recv() => {
+                    match load_config(config_path.as_deref()) {
+                        Ok(new) => {
+                            if let (Some(reconciler), Some(pop)) = (reconciler.as_mut(), pop.as_ref()) {
+                                match reconciler.apply(&mut dataplane.ebpf, pop, &new.services) {
+                                    Ok(applied) => info!(services = applied.services, tables_swapped = applied.tables_swapped, rejected = applied.rejected.len(), "config reloaded"),
+                                    Err(error) => warn!(%error, "applying reloaded config; the previous state stays"),
+                                }
+                            }
+                            config.services = new.services;
+                        }
+                        Err(error) => warn!(error = %format!("{error:#}"), "reloading config failed; keeping the current one"),
+                    }
+                }
+                _ = sweep.tick(), if pop.is_some() => {
+                    if let Err(error) = sweep_flows(&mut dataplane.ebpf, &config) {
+                        warn!(%error, "sweeping the flow table");
+                    }
+                }
+                _ = stats_log.tick(), if config.stats_log_secs > 0 => {
+                    match counters::open_pinned(pins).and_then(|map| counters::snapshot(&map)) {
+                        Ok(snapshot) => info!(packets = snapshot.total_packets(), "counters"),
+                        Err(error) => warn!(%error, "reading counters"),
+                    }
                 }
             }
         }
-    }
+    })?;
+    info!("agent stopping; the data plane stays attached (`edge-agent detach` removes it)");
+    Ok(())
+}
+
+fn sweep_flows(ebpf: &mut aya::Ebpf, config: &AgentConfig) -> anyhow::Result<()> {
+    let map = ebpf.map_mut(names::FLOWS).context("FLOWS map missing")?;
+    let mut flows: aya::maps::HashMap<_, FlowKey, FlowValue> = aya::maps::HashMap::try_from(map)?;
+    let (report, _) = flows::sweep(&mut flows, &config.flows, flows::monotonic_ns(), true)?;
+    debug!(
+        entries = report.entries,
+        connections = report.connections,
+        expired = report.expired,
+        "flow table swept"
+    );
+    Ok(())
 }
 
 fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
     let map = counters::open_pinned(pins)?;
     let snapshot = counters::snapshot(&map)?;
+    let nat = counters::nat_report(pins)?;
     let attached = pins.attached_ifaces();
     match output {
         Output::Json => {
@@ -159,6 +290,9 @@ fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
                 "bpffs_root": pins.root(),
                 "attached": attached,
                 "counters": snapshot.classes,
+                "services": nat.services,
+                "backends": nat.backends,
+                "drops": nat.drops,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
@@ -173,6 +307,55 @@ fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
                 );
             }
             print!("{snapshot}");
+            if !nat.services.is_empty() || !nat.backends.is_empty() {
+                println!();
+                print!("{nat}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_flows(
+    config: &AgentConfig,
+    pins: &PinDir,
+    output: Output,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let path = pins.map(names::FLOWS);
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening {}; is the data plane loaded?", path.display()))?;
+    let mut map: aya::maps::HashMap<_, FlowKey, FlowValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))?;
+    let (report, mut listing) =
+        flows::sweep(&mut map, &config.flows, flows::monotonic_ns(), false)?;
+    listing.sort_by(|a, b| a.idle_secs.total_cmp(&b.idle_secs));
+    listing.truncate(limit);
+    match output {
+        Output::Json => {
+            let doc = serde_json::json!({ "summary": report, "flows": listing });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Table => {
+            println!(
+                "{} entries, {} connections; by state: {:?}",
+                report.entries, report.connections, report.by_state
+            );
+            println!(
+                "{:<46} {:<46} {:<46} {:<11} {:>8} {:>8}",
+                "CLIENT", "VIP", "BACKEND", "STATE", "IDLE s", "PKTS IN"
+            );
+            for f in &listing {
+                println!(
+                    "{:<46} {:<46} {:<46} {:<11} {:>8.1} {:>8}",
+                    f.client,
+                    f.vip,
+                    f.backend,
+                    format!("{:?}", f.state),
+                    f.idle_secs,
+                    f.packets_in
+                );
+            }
         }
     }
     Ok(())

@@ -27,14 +27,14 @@ struct Harness {
 
 impl Harness {
     fn new() -> Result<Self, Box<dyn std::error::Error>> {
-        let mut ebpf = dataplane::load_object(None)?;
-        dataplane::xdp_program(&mut ebpf)?;
+        let mut ebpf = dataplane::load_object(None, dataplane::MapSizes::default())?;
+        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         Ok(Harness { ebpf })
     }
 
     /// Runs `frame` once; checks the program left it unchanged and returns the verdict.
     fn run(&mut self, frame: &[u8]) -> Result<u32, Box<dyn std::error::Error>> {
-        let program = dataplane::xdp_program(&mut self.ebpf)?;
+        let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
         let out = test_run(program.fd()?, frame, 1)?;
         assert_eq!(
             out.data_out, frame,
@@ -346,7 +346,7 @@ fn frames_truncated_at_every_length_pass_and_count_as_malformed() -> TestResult 
             let label = format!("{what} cut to {len} bytes");
             if len < 14 {
                 let before = h.snapshot()?;
-                let program = dataplane::xdp_program(&mut h.ebpf)?;
+                let program = dataplane::xdp_program(&mut h.ebpf, names::XDP_INGRESS)?;
                 let refused = test_run(program.fd()?, frame, 1).is_err();
                 assert!(
                     refused,

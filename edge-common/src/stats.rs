@@ -146,6 +146,7 @@ pub struct BackendStats {
 
 /// Packets the data plane dropped or could not translate, by reason (one per-CPU entry).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 #[repr(C)]
 pub struct DropStats {
     /// SYN to a service with no backend.

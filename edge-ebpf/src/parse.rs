@@ -108,14 +108,18 @@ fn classify_ipv4(ctx: &XdpContext, offset: usize) -> Packet {
         return Packet::new(L3Class::Malformed, L4Class::None);
     }
     // A non-first fragment carries no transport header.
-    let fragment_offset = u16::from_be_bytes(frags) & 0x1fff;
-    if fragment_offset != 0 {
-        return Packet::new(L3Class::Ipv4, L4Class::Other);
+    let frags = u16::from_be_bytes(frags);
+    if frags & 0x1fff != 0 {
+        let mut packet = Packet::new(L3Class::Ipv4, L4Class::Other).at(offset, 0);
+        packet.fragment = true;
+        return packet;
     }
-    Packet::new(
-        L3Class::Ipv4,
-        classify_l4(ctx, offset + header_len, proto, IPPROTO_ICMP),
-    )
+    let l4_off = offset + header_len;
+    let l4 = classify_l4(ctx, l4_off, proto, IPPROTO_ICMP);
+    let mut packet = Packet::new(L3Class::Ipv4, l4).at(offset, l4_off);
+    // More fragments follow this first one.
+    packet.fragment = frags & 0x2000 != 0;
+    packet
 }
 
 #[inline(always)]

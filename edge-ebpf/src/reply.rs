@@ -15,7 +15,7 @@ use aya_ebpf::{
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_RST, TCP_SYN},
     pop::POP_READY,
-    FlowKey, IPPROTO_TCP,
+    FlowKey, PopConfig, IPPROTO_TCP,
 };
 use network_types::ip::Ipv6Hdr;
 
@@ -44,7 +44,17 @@ pub fn reply(ctx: &TcContext) -> Result<i32, Drop> {
     if config.flags & POP_READY == 0 {
         return Ok(TC_ACT_OK);
     }
-    let l2 = usize::from(config.overlay_l2_len & 0x3f);
+    // Constant offsets per link type keep the verifier's packet-range tracking simple.
+    if config.overlay_l2_len == 0 {
+        reply_at::<0>(ctx, config)
+    } else {
+        reply_at::<14>(ctx, config)
+    }
+}
+
+#[inline(always)]
+fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop> {
+    let l2 = L2;
     let tcp_off = l2 + Ipv6Hdr::LEN;
     let (Some(ip), Some(hdr)) = (
         ptr_at::<_, Ipv6Hdr>(ctx, l2),

@@ -1,5 +1,6 @@
 //! `cargo xtask`: set up the machine, run the lab, run the tests. No product logic lives here.
 
+mod bench;
 mod demo;
 mod setup;
 mod shell;
@@ -38,6 +39,10 @@ enum Command {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// End-to-end benchmark: plain routing, nftables DNAT, HAProxy, a tokio proxy and edgeProxy
+    /// in the same lab, one after the other; prints a table of ratios to plain routing and
+    /// writes it to target/bench/e2e.json.
+    Bench(bench::BenchArgs),
     /// Lab housekeeping.
     Lab {
         #[command(subcommand)]
@@ -72,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Bench(args) => bench::run(args),
         Command::Lab { command } => match command {
             LabCommand::Clean => {
                 let removed = edge_lab::clean_all().context("cleaning lab leftovers")?;

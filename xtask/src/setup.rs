@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("socat", "TCP clients and servers in the lab"),
     ("iputils-ping", "ping"),
     ("procps", "ps, sysctl"),
+    ("nftables", "nft: the kernel-NAT baseline of the benchmark"),
+    ("haproxy", "the HAProxy baseline of the benchmark"),
+    ("nginx", "the benchmark's HTTP backend"),
+    ("wrk", "HTTP load in the benchmark"),
 ];
 
 /// bpf-linker release known to build against the nightly's LLVM here (see ../shared/TOOLCHAIN.md).

@@ -1,0 +1,223 @@
+//! The flow table seen from user space: TCP state derived from both directions' flags, expiry,
+//! per-backend active-flow counts, and listings for `edge-agent flows`.
+
+use std::{
+    borrow::Borrow,
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use edge_common::{
+    flow::{FLOW_REVERSE, TCP_FIN, TCP_RST, TCP_SYN},
+    is_ipv4_mapped, FlowKey, FlowValue,
+};
+use serde::Serialize;
+
+use crate::config::FlowConfig;
+
+/// TCP state of a connection as the two directions' flags tell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpState {
+    /// The client's SYN went out; no SYN-ACK yet.
+    SynSent,
+    Established,
+    /// A FIN in one direction.
+    Closing,
+    /// A RST, or FINs both ways.
+    Closed,
+}
+
+impl TcpState {
+    pub fn of(forward_flags: u8, reverse_flags: u8) -> Self {
+        let both = forward_flags | reverse_flags;
+        if both & TCP_RST != 0 || (forward_flags & TCP_FIN != 0 && reverse_flags & TCP_FIN != 0) {
+            TcpState::Closed
+        } else if both & TCP_FIN != 0 {
+            TcpState::Closing
+        } else if reverse_flags & TCP_SYN != 0 {
+            TcpState::Established
+        } else {
+            TcpState::SynSent
+        }
+    }
+
+    pub fn timeout(self, config: &FlowConfig) -> Duration {
+        Duration::from_secs(match self {
+            TcpState::SynSent => config.syn_timeout_secs,
+            TcpState::Established => config.established_timeout_secs,
+            TcpState::Closing => config.fin_timeout_secs,
+            TcpState::Closed => config.closed_timeout_secs,
+        })
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One connection: its forward entry and, if still there, its reverse one.
+#[derive(Clone, Debug, Serialize)]
+pub struct Flow {
+    pub client: String,
+    pub vip: String,
+    pub backend: String,
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub state: TcpState,
+    pub age_secs: f64,
+    pub idle_secs: f64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+fn addr(a: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*a);
+    if is_ipv4_mapped(a) {
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    } else {
+        IpAddr::V6(v6)
+    }
+}
+
+/// `a.b.c.d:port` or `[v6]:port` of a stored address and network-order port.
+pub fn endpoint(a: &[u8; 16], port_be: u16) -> String {
+    match addr(a) {
+        IpAddr::V4(v4) => format!("{v4}:{}", u16::from_be(port_be)),
+        IpAddr::V6(v6) => format!("[{v6}]:{}", u16::from_be(port_be)),
+    }
+}
+
+/// What a sweep found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SweepReport {
+    /// Entries in the table (both directions).
+    pub entries: u64,
+    pub connections: u64,
+    /// Entries removed (both directions of expired connections, and orphaned halves).
+    pub expired: u64,
+    /// Connections not closed, per backend id: what the balancer weighs against the limits.
+    pub active_per_backend: BTreeMap<u32, u64>,
+    pub by_state: BTreeMap<String, u64>,
+}
+
+/// Reads every entry; with `expire`, removes the ones past their state's timeout.
+pub fn sweep<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
+    flows: &mut BpfHashMap<T, FlowKey, FlowValue>,
+    config: &FlowConfig,
+    now_ns: u64,
+    expire: bool,
+) -> Result<(SweepReport, Vec<Flow>), MapError> {
+    let mut entries: Vec<(FlowKey, FlowValue)> = Vec::new();
+    for entry in flows.iter() {
+        match entry {
+            Ok(kv) => entries.push(kv),
+            // An entry evicted or removed between get_next_key and lookup: skip it.
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let by_key: std::collections::HashMap<FlowKey, FlowValue> = entries.iter().copied().collect();
+    let mut report = SweepReport {
+        entries: entries.len() as u64,
+        ..SweepReport::default()
+    };
+    let mut listing = Vec::new();
+    let mut doomed = Vec::new();
+    for (key, value) in &entries {
+        let partner_key = value.partner_key();
+        let partner = by_key.get(&partner_key);
+        if value.flags & FLOW_REVERSE != 0 {
+            // Reverse halves are judged with their forward half; alone, they are orphans.
+            if partner.is_none() {
+                let idle = now_ns.saturating_sub(value.last_seen_ns);
+                if Duration::from_nanos(idle) > TcpState::Closed.timeout(config) {
+                    doomed.push(*key);
+                }
+            }
+            continue;
+        }
+        report.connections += 1;
+        let reverse_flags = partner.map_or(0, |p| p.tcp_flags);
+        let state = TcpState::of(value.tcp_flags, reverse_flags);
+        let last = partner.map_or(value.last_seen_ns, |p| {
+            p.last_seen_ns.max(value.last_seen_ns)
+        });
+        let idle = Duration::from_nanos(now_ns.saturating_sub(last));
+        *report.by_state.entry(format!("{state:?}")).or_default() += 1;
+        if idle > state.timeout(config) {
+            doomed.push(*key);
+            if partner.is_some() {
+                doomed.push(partner_key);
+            }
+            continue;
+        }
+        if state != TcpState::Closed {
+            *report
+                .active_per_backend
+                .entry(value.backend_id)
+                .or_default() += 1;
+        }
+        listing.push(Flow {
+            client: endpoint(&key.src, key.sport),
+            vip: endpoint(&key.dst, key.dport),
+            backend: endpoint(&value.new_dst, value.new_dport),
+            backend_id: value.backend_id,
+            service_id: value.service_id,
+            state,
+            age_secs: now_ns.saturating_sub(value.created_ns) as f64 / 1e9,
+            idle_secs: idle.as_secs_f64(),
+            packets_in: value.packets,
+            bytes_in: value.bytes,
+            packets_out: partner.map_or(0, |p| p.packets),
+            bytes_out: partner.map_or(0, |p| p.bytes),
+        });
+    }
+    if expire {
+        for key in &doomed {
+            match flows.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => report.expired += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((report, listing))
+}
+
+#[cfg(test)]
+mod tests {
+    use edge_common::flow::TCP_ACK;
+
+    use super::*;
+
+    #[test]
+    fn state_follows_both_directions() {
+        assert_eq!(TcpState::of(TCP_SYN, 0), TcpState::SynSent);
+        assert_eq!(
+            TcpState::of(TCP_SYN | TCP_ACK, TCP_SYN | TCP_ACK),
+            TcpState::Established
+        );
+        assert_eq!(
+            TcpState::of(TCP_SYN | TCP_ACK | TCP_FIN, TCP_SYN | TCP_ACK),
+            TcpState::Closing
+        );
+        assert_eq!(
+            TcpState::of(TCP_SYN | TCP_FIN, TCP_SYN | TCP_FIN),
+            TcpState::Closed
+        );
+        assert_eq!(TcpState::of(TCP_SYN, TCP_RST), TcpState::Closed);
+        let config = FlowConfig::default();
+        assert!(TcpState::Closed.timeout(&config) < TcpState::Established.timeout(&config));
+    }
+}

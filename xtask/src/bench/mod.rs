@@ -1,0 +1,674 @@
+//! `cargo xtask bench`: the end-to-end benchmark (DESIGN.md, "Performance method").
+//!
+//! For each mode, the same three-namespace lab (`client` — `lb` — `backend`, see [`lab`]) is
+//! built, the backend's servers and the mode's balancer on `lb` are started, the path is probed,
+//! then iperf3 (1 and 4 streams), wrk (a new connection per request, and keep-alive) and an echo
+//! round-trip client run from `client`; the lab is then torn down. Every process shares the
+//! machine's cores, so the absolute figures say little: what counts is each mode's ratio to
+//! `plain` (no balancer) measured in the same run. The table goes to stdout and, as JSON, to
+//! `target/bench/e2e.json`.
+//!
+//! A mode that fails (the edgeproxy agent rejecting its config, a balancer dying) is reported and
+//! makes the command exit non-zero, after the other modes have been measured and printed.
+
+mod json;
+mod lab;
+mod load;
+pub mod micro;
+mod modes;
+
+use std::{
+    fmt,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::{setup, shell};
+use json::Json;
+use lab::{Tools, CLIENT};
+use modes::{Inputs, Mode};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Modes to compare, comma-separated, in any order (default: all):
+    /// plain, nft-dnat, haproxy, tokio-proxy, edgeproxy. Ratios are to `plain`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    modes: Vec<Mode>,
+    /// Duration of each iperf3 and wrk test, in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    seconds: u64,
+    /// Use this edge-agent binary for the edgeproxy mode instead of building the release one.
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Skip `cargo xtask setup` (packages, bpffs, toolchain checks).
+    #[arg(long)]
+    no_setup: bool,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Checked between steps: a Ctrl-C stops the tool in the foreground (it shares our process
+/// group), then the run unwinds through the labs' destructors instead of leaving them behind.
+fn check_stop() -> anyhow::Result<()> {
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Pause between tests, so that one test's connections (TIME_WAIT, closing proxies) settle
+/// before the next starts.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// A failed request is not a served one: above this share of errors, a wrk rate is discarded.
+const MAX_WRK_ERROR_RATIO: f64 = 0.01;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    Iperf1,
+    Iperf4,
+    HttpClose,
+    HttpKeepAlive,
+    EchoP50,
+    EchoP99,
+}
+
+impl Metric {
+    const ALL: [Metric; 6] = [
+        Metric::Iperf1,
+        Metric::Iperf4,
+        Metric::HttpClose,
+        Metric::HttpKeepAlive,
+        Metric::EchoP50,
+        Metric::EchoP99,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Metric::Iperf1 => "iperf3_1_stream",
+            Metric::Iperf4 => "iperf3_4_streams",
+            Metric::HttpClose => "http_new_connection_per_request",
+            Metric::HttpKeepAlive => "http_keepalive",
+            Metric::EchoP50 => "echo_rtt_p50",
+            Metric::EchoP99 => "echo_rtt_p99",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Metric::Iperf1 => "iperf3, 1 stream",
+            Metric::Iperf4 => "iperf3, 4 streams",
+            Metric::HttpClose => "HTTP, new connection per request (= new conn/s)",
+            Metric::HttpKeepAlive => "HTTP, keep-alive",
+            Metric::EchoP50 => "echo round trip p50 (lower is better)",
+            Metric::EchoP99 => "echo round trip p99 (lower is better)",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Metric::Iperf1 | Metric::Iperf4 => "Gbit/s",
+            Metric::HttpClose | Metric::HttpKeepAlive => "req/s",
+            Metric::EchoP50 | Metric::EchoP99 => "us",
+        }
+    }
+
+    fn lower_is_better(self) -> bool {
+        matches!(self, Metric::EchoP50 | Metric::EchoP99)
+    }
+
+    fn format(self, value: f64) -> String {
+        match self {
+            Metric::Iperf1 | Metric::Iperf4 => format!("{value:.2}"),
+            Metric::HttpClose | Metric::HttpKeepAlive => format!("{value:.0}"),
+            Metric::EchoP50 | Metric::EchoP99 => format!("{value:.1}"),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One mode's outcome: a value or an error per metric, or an error for the whole mode.
+#[derive(Debug)]
+struct ModeResult {
+    mode: Mode,
+    error: Option<String>,
+    values: Vec<(Metric, Result<f64, String>)>,
+    /// Facts worth a look beside the figures (retransmits, tolerated socket errors).
+    notes: Vec<String>,
+}
+
+impl ModeResult {
+    fn value(&self, metric: Metric) -> Option<&Result<f64, String>> {
+        self.values
+            .iter()
+            .find(|(m, _)| *m == metric)
+            .map(|(_, v)| v)
+    }
+
+    fn failed(&self) -> bool {
+        self.error.is_some() || self.values.iter().any(|(_, v)| v.is_err())
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let modes: Vec<Mode> = if args.modes.is_empty() {
+        Mode::ALL.to_vec()
+    } else {
+        let mut m = args.modes.clone();
+        // Columns in a fixed order, `plain` (the baseline) first; each mode once.
+        m.sort();
+        m.dedup();
+        m
+    };
+    if !args.no_setup {
+        setup::run()?;
+    }
+    let tools = build_tools()?;
+    let agent: Result<PathBuf, String> = if !modes.contains(&Mode::EdgeProxy) {
+        Err("not needed".into())
+    } else if let Some(path) = &args.agent {
+        if path.exists() {
+            Ok(path.clone())
+        } else {
+            Err(format!("{} does not exist", path.display()))
+        }
+    } else {
+        // A broken agent build fails the edgeproxy mode only: the baselines still get measured.
+        build_agent().map_err(|e| format!("{e:#}"))
+    };
+
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
+    }
+
+    let started = Instant::now();
+    let inputs = Inputs {
+        tools: &tools,
+        agent: &agent,
+    };
+    let mut run_ids = Vec::new();
+    let mut results = Vec::new();
+    for &mode in &modes {
+        if STOP.load(Ordering::SeqCst) {
+            break;
+        }
+        println!("\nbench: === {mode} ===");
+        let result = measure_mode(mode, args.seconds, &inputs, &mut run_ids);
+        if let Some(e) = &result.error {
+            eprintln!("bench: {mode} FAILED: {e}");
+        }
+        results.push(result);
+    }
+    let elapsed = started.elapsed();
+
+    println!();
+    print!("{}", render_table(&results, args.seconds));
+    let path = shell::workspace_root().join("target/bench/e2e.json");
+    write_json(&path, &results, args.seconds, elapsed)?;
+    println!("\nwritten to {}", path.display());
+
+    let mut problems = Vec::new();
+    for r in &results {
+        if let Some(e) = &r.error {
+            problems.push(format!("{}: {e}", r.mode));
+        }
+        for (metric, value) in &r.values {
+            if let Err(e) = value {
+                problems.push(format!("{} / {}: {e}", r.mode, metric.label()));
+            }
+        }
+    }
+    if STOP.load(Ordering::SeqCst) {
+        problems.push("interrupted before every mode was measured".into());
+    }
+    if let Err(e) = micro::run() {
+        problems.push(format!("per-packet section: {e:#}"));
+    }
+    for id in &run_ids {
+        let left = edge_lab::find_leftovers(Some(id));
+        if !left.is_empty() {
+            problems.push(format!(
+                "lab run {id} left objects behind (remove with `cargo xtask lab clean`):\n{left}"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("the bench had failures:\n- {}", problems.join("\n- "));
+    }
+    Ok(())
+}
+
+fn build_tools() -> anyhow::Result<Tools> {
+    // Release: the tokio proxy is a contender, and a debug build would handicap it.
+    shell::run(shell::cargo().args(["build", "--release", "--package", "edge-tests", "--bins"]))?;
+    let dir = shell::target_dir().join("release");
+    let tools = Tools {
+        echo_server: dir.join("echo-server"),
+        echo_client: dir.join("echo-client"),
+        tokio_proxy: dir.join("tokio-proxy"),
+    };
+    for path in [&tools.echo_server, &tools.echo_client, &tools.tokio_proxy] {
+        if !path.exists() {
+            bail!("{} is missing after the build", path.display());
+        }
+    }
+    Ok(tools)
+}
+
+/// Like `shell::build_agent`, in release: the data plane is measured, not debugged.
+fn build_agent() -> anyhow::Result<PathBuf> {
+    shell::run(shell::cargo().args(["build", "--release", "--package", "edge-agent"]))?;
+    let agent = shell::target_dir().join("release").join("edge-agent");
+    if !agent.exists() {
+        bail!("{} is missing after the build", agent.display());
+    }
+    Ok(agent)
+}
+
+fn measure_mode(
+    mode: Mode,
+    seconds: u64,
+    inputs: &Inputs<'_>,
+    run_ids: &mut Vec<String>,
+) -> ModeResult {
+    let mut result = ModeResult {
+        mode,
+        error: None,
+        values: Vec::new(),
+        notes: Vec::new(),
+    };
+    if let Err(e) = measure_into(&mut result, seconds, inputs, run_ids) {
+        result.error = Some(format!("{e:#}"));
+    }
+    result
+}
+
+fn measure_into(
+    result: &mut ModeResult,
+    seconds: u64,
+    inputs: &Inputs<'_>,
+    run_ids: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let mode = result.mode;
+    let lab = lab::topology(mode.has_vip())
+        .up()
+        .context("bringing up the lab")?;
+    let run_id = lab.run_id().to_string();
+    run_ids.push(run_id.clone());
+    println!("bench: {mode}: lab run {run_id} up");
+    // Declared after the lab, so dropped before it: processes stop before their namespaces go.
+    let _backends = lab::start_backends(&lab, inputs.tools).context("starting the backend")?;
+    let balancer = modes::start(mode, &lab, inputs).with_context(|| format!("starting {mode}"))?;
+    let client = lab.ns(CLIENT);
+    let target = mode.target();
+    load::probe(client, target, Duration::from_secs(15), &|| {
+        balancer.check_alive()
+    })
+    .with_context(|| format!("HTTP and echo from client to {target} through {mode}"))?;
+    println!("bench: {mode}: path client -> {target} -> backend works");
+
+    // Before each test: stop if asked to, fail the mode if its balancer died, let the last
+    // test's connections settle.
+    let step = || -> anyhow::Result<()> {
+        check_stop()?;
+        balancer
+            .check_alive()
+            .with_context(|| format!("{mode} died during the run"))?;
+        std::thread::sleep(SETTLE);
+        Ok(())
+    };
+
+    step()?;
+    match load::echo(client, &inputs.tools.echo_client, target) {
+        Ok(echo) => {
+            println!(
+                "bench: {mode}: echo {} round trips: p50 {:.1} us, p99 {:.1} us",
+                echo.samples, echo.p50_us, echo.p99_us
+            );
+            result.values.push((Metric::EchoP50, Ok(echo.p50_us)));
+            result.values.push((Metric::EchoP99, Ok(echo.p99_us)));
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            result.values.push((Metric::EchoP50, Err(e.clone())));
+            result.values.push((Metric::EchoP99, Err(e)));
+        }
+    }
+
+    for (metric, streams) in [(Metric::Iperf1, 1), (Metric::Iperf4, 4)] {
+        step()?;
+        let value = load::iperf3(client, target, streams, seconds).and_then(|r| {
+            println!(
+                "bench: {mode}: iperf3 {streams} stream(s): {:.2} Gbit/s, {} retransmits",
+                r.gbps, r.retransmits
+            );
+            if r.retransmits > 0.0 {
+                result.notes.push(format!(
+                    "iperf3 {streams} stream(s): {} retransmits",
+                    r.retransmits
+                ));
+            }
+            if r.gbps <= 0.0 {
+                bail!("iperf3 moved no data");
+            }
+            Ok(r.gbps)
+        });
+        result
+            .values
+            .push((metric, value.map_err(|e| format!("{e:#}"))));
+    }
+
+    for (metric, close) in [(Metric::HttpKeepAlive, false), (Metric::HttpClose, true)] {
+        step()?;
+        let value =
+            load::wrk(client, target, close, seconds).and_then(|w| {
+                println!(
+                "bench: {mode}: wrk {}: {:.0} req/s ({} requests, {} socket errors, {} non-2xx)",
+                if close { "Connection: close" } else { "keep-alive" },
+                w.requests_per_sec,
+                w.requests,
+                w.socket_errors,
+                w.non_2xx
+            );
+                let errors = w.socket_errors + w.non_2xx;
+                if w.error_ratio() > MAX_WRK_ERROR_RATIO || w.requests == 0 {
+                    bail!(
+                        "{errors} of {} requests failed (socket errors or non-2xx)",
+                        w.requests
+                    );
+                }
+                if errors > 0 {
+                    result.notes.push(format!(
+                        "{}: {errors} of {} requests failed",
+                        metric.label(),
+                        w.requests
+                    ));
+                }
+                Ok(w.requests_per_sec)
+            });
+        result
+            .values
+            .push((metric, value.map_err(|e| format!("{e:#}"))));
+    }
+    balancer
+        .check_alive()
+        .with_context(|| format!("{mode} died during the run"))?;
+    Ok(())
+}
+
+/// `value / plain`, when both exist.
+fn ratio(results: &[ModeResult], r: &ModeResult, metric: Metric) -> Option<f64> {
+    let base = results.iter().find(|b| b.mode == Mode::Plain)?;
+    let base = *base.value(metric)?.as_ref().ok()?;
+    let value = *r.value(metric)?.as_ref().ok()?;
+    (base > 0.0).then(|| value / base)
+}
+
+fn cell(results: &[ModeResult], r: &ModeResult, metric: Metric) -> String {
+    match r.value(metric) {
+        _ if r.error.is_some() && r.value(metric).is_none() => "FAILED".into(),
+        None => "-".into(),
+        Some(Err(_)) => "error".into(),
+        Some(Ok(v)) => match ratio(results, r, metric) {
+            Some(q) => format!("{} ({q:.2})", metric.format(*v)),
+            None => metric.format(*v),
+        },
+    }
+}
+
+fn render_table(results: &[ModeResult], seconds: u64) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut header = vec!["metric".to_owned()];
+    header.extend(results.iter().map(|r| r.mode.to_string()));
+    rows.push(header);
+    for metric in Metric::ALL {
+        let mut row = vec![format!("{} [{}]", metric.label(), metric.unit())];
+        row.extend(results.iter().map(|r| cell(results, r, metric)));
+        rows.push(row);
+    }
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|row| row.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = format!(
+        "end-to-end, value (ratio to plain), {seconds} s per iperf3/wrk test, \
+         wrk {} threads x {} connections, echo {} x {} B round trips:\n",
+        load::WRK_THREADS,
+        load::WRK_CONNECTIONS,
+        load::ECHO_COUNT,
+        load::ECHO_SIZE
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (s, w))| {
+                if c == 0 {
+                    format!("{s:<w$}")
+                } else {
+                    format!("{s:>w$}")
+                }
+            })
+            .collect();
+        out.push_str(&format!("| {} |\n", line.join(" | ")));
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+        }
+    }
+    out.push_str(
+        "Throughput and request rates: higher is better. Round trips: lower is better.\n\
+         The new-connection-per-request rate (wrk with `Connection: close`) is the new \
+         connections per second.\n",
+    );
+    if !results.iter().any(|r| r.mode == Mode::Plain) {
+        out.push_str("No ratios: `plain` was not among the modes.\n");
+    }
+    for r in results {
+        for note in &r.notes {
+            out.push_str(&format!("note: {}: {note}\n", r.mode));
+        }
+        if let Some(e) = &r.error {
+            out.push_str(&format!("FAILED: {}: {e}\n", r.mode));
+        }
+        for (metric, value) in &r.values {
+            if let Err(e) = value {
+                out.push_str(&format!("error: {} / {}: {e}\n", r.mode, metric.label()));
+            }
+        }
+    }
+    out
+}
+
+fn to_json(results: &[ModeResult], seconds: u64, elapsed: Duration) -> Json {
+    let unix_time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs() as f64);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let metrics = Metric::ALL
+        .iter()
+        .map(|&metric| {
+            let per_mode = results.iter().map(|r| {
+                let v = match r.value(metric) {
+                    Some(Ok(v)) => Json::obj([
+                        ("value", Json::Num(*v)),
+                        (
+                            "ratio_to_plain",
+                            ratio(results, r, metric).map_or(Json::Null, Json::Num),
+                        ),
+                    ]),
+                    Some(Err(e)) => Json::obj([("error", Json::str(e.clone()))]),
+                    None => Json::obj([(
+                        "error",
+                        Json::str(r.error.clone().unwrap_or_else(|| "not measured".into())),
+                    )]),
+                };
+                (r.mode.name(), v)
+            });
+            Json::obj([
+                ("key", Json::str(metric.key())),
+                ("label", Json::str(metric.label())),
+                ("unit", Json::str(metric.unit())),
+                (
+                    "better",
+                    Json::str(if metric.lower_is_better() {
+                        "lower"
+                    } else {
+                        "higher"
+                    }),
+                ),
+                ("modes", Json::obj(per_mode)),
+            ])
+        })
+        .collect();
+    Json::obj([
+        ("generated_by", Json::str("cargo xtask bench")),
+        ("unix_time", Json::Num(unix_time)),
+        ("duration_s", Json::Num(elapsed.as_secs_f64().round())),
+        ("kernel", Json::str(kernel.trim())),
+        ("cpus", Json::Num(cpus as f64)),
+        ("baseline", Json::str(Mode::Plain.name())),
+        (
+            "settings",
+            Json::obj([
+                ("seconds_per_test", Json::Num(seconds as f64)),
+                ("wrk_threads", Json::Num(load::WRK_THREADS.into())),
+                ("wrk_connections", Json::Num(load::WRK_CONNECTIONS.into())),
+                ("echo_round_trips", Json::Num(load::ECHO_COUNT.into())),
+                ("echo_warmup", Json::Num(load::ECHO_WARMUP.into())),
+                ("echo_message_bytes", Json::Num(load::ECHO_SIZE.into())),
+            ]),
+        ),
+        (
+            "modes",
+            Json::Arr(results.iter().map(|r| Json::str(r.mode.name())).collect()),
+        ),
+        ("metrics", Json::Arr(metrics)),
+        (
+            "failed_modes",
+            Json::obj(results.iter().filter(|r| r.failed()).map(|r| {
+                let why = r.error.clone().unwrap_or_else(|| "a metric failed".into());
+                (r.mode.name(), Json::str(why))
+            })),
+        ),
+        (
+            "notes",
+            Json::obj(results.iter().filter(|r| !r.notes.is_empty()).map(|r| {
+                (
+                    r.mode.name(),
+                    Json::Arr(r.notes.iter().cloned().map(Json::Str).collect()),
+                )
+            })),
+        ),
+    ])
+}
+
+fn write_json(
+    path: &std::path::Path,
+    results: &[ModeResult],
+    seconds: u64,
+    elapsed: Duration,
+) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, to_json(results, seconds, elapsed).pretty())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<ModeResult> {
+        vec![
+            ModeResult {
+                mode: Mode::Plain,
+                error: None,
+                values: vec![
+                    (Metric::Iperf1, Ok(10.0)),
+                    (Metric::HttpClose, Ok(20000.0)),
+                    (Metric::EchoP50, Ok(40.0)),
+                ],
+                notes: vec![],
+            },
+            ModeResult {
+                mode: Mode::Haproxy,
+                error: None,
+                values: vec![
+                    (Metric::Iperf1, Ok(5.0)),
+                    (Metric::HttpClose, Err("boom".into())),
+                    (Metric::EchoP50, Ok(50.0)),
+                ],
+                notes: vec!["x".into()],
+            },
+            ModeResult {
+                mode: Mode::EdgeProxy,
+                error: Some("agent exited".into()),
+                values: vec![],
+                notes: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn table_shows_values_ratios_and_failures() {
+        let results = sample();
+        let table = render_table(&results, 5);
+        assert!(table.contains("10.00 (1.00)"), "{table}");
+        assert!(table.contains("5.00 (0.50)"), "{table}");
+        assert!(table.contains("50.0 (1.25)"), "{table}");
+        assert!(table.contains("FAILED: edgeproxy: agent exited"), "{table}");
+        assert!(table.contains("error: haproxy / HTTP"), "{table}");
+    }
+
+    #[test]
+    fn json_report_parses_back() {
+        let results = sample();
+        let text = to_json(&results, 5, Duration::from_secs(3)).pretty();
+        let doc = Json::parse(&text).unwrap_or(Json::Null);
+        let Some(Json::Arr(metrics)) = doc.get("metrics") else {
+            panic!("no metrics in {text}");
+        };
+        let iperf = &metrics[0];
+        assert_eq!(
+            iperf.at(&["modes", "haproxy", "ratio_to_plain"]),
+            Some(&Json::Num(0.5))
+        );
+        assert_eq!(
+            iperf
+                .at(&["modes", "edgeproxy", "error"])
+                .and_then(Json::as_str),
+            Some("agent exited")
+        );
+        assert!(doc.at(&["failed_modes", "haproxy"]).is_some());
+    }
+}
