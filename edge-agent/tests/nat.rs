@@ -1,0 +1,564 @@
+//! Packet tests of the full-NAT data plane through `BPF_PROG_TEST_RUN`: for map contents written
+//! by the agent's own reconciler, each input frame must produce exactly the expected output frame,
+//! checked with `etherparse` (headers and checksums). Needs root, as `cargo xtask test` runs.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    Ebpf,
+};
+use edge_agent::{
+    config::{BackendConfig, FlowConfig, ServiceConfig},
+    dataplane::{self, MapSizes},
+    flows::{self, TcpState},
+    services::{PopSettings, Reconciler},
+    test_run::test_run,
+};
+use edge_common::{
+    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_RST},
+    ipv4_mapped, names, DropStats, FlowKey, FlowValue,
+};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+type Error = Box<dyn std::error::Error>;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const MAC_POP: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+const CLIENT4: [u8; 4] = [198, 51, 100, 7];
+const VIP4: [u8; 4] = [198, 18, 0, 10];
+const CLIENT6: &str = "2001:db8:1::7";
+const VIP6: &str = "2001:db8:ff::10";
+const OVERLAY: &str = "fd00:ee::1";
+const TABLE_SIZE: u32 = 1021;
+const MSS_CLAMP: u16 = 1360;
+
+fn v6(s: &str) -> Result<[u8; 16], Error> {
+    Ok(s.parse::<Ipv6Addr>()?.octets())
+}
+
+fn backend(name: &str, last: u8) -> BackendConfig {
+    BackendConfig {
+        name: name.into(),
+        addr: Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, u16::from(last)),
+        port: 8080,
+        weight: 1,
+    }
+}
+
+fn services() -> Result<Vec<ServiceConfig>, Error> {
+    let backends = vec![backend("be2", 2), backend("be3", 3), backend("be4", 4)];
+    Ok(vec![
+        ServiceConfig {
+            name: "web4".into(),
+            vip: IpAddr::from(VIP4),
+            port: 80,
+            backends: backends.clone(),
+        },
+        ServiceConfig {
+            name: "web6".into(),
+            vip: VIP6.parse()?,
+            port: 80,
+            backends,
+        },
+        ServiceConfig {
+            name: "empty".into(),
+            vip: IpAddr::from(VIP4),
+            port: 81,
+            backends: Vec::new(),
+        },
+    ])
+}
+
+/// The data plane loaded with private maps, filled by the agent's reconciler.
+struct Nat {
+    ebpf: Ebpf,
+}
+
+impl Nat {
+    fn new() -> Result<Self, Error> {
+        Self::with_flows(4096)
+    }
+
+    fn with_flows(flows: u32) -> Result<Self, Error> {
+        let sizes = MapSizes {
+            flows,
+            maglev: 2 * 8 * TABLE_SIZE,
+        };
+        let mut ebpf = dataplane::load_object(None, sizes)?;
+        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        dataplane::tc_program(&mut ebpf)?;
+        let pop = PopSettings {
+            overlay_addr: OVERLAY.parse()?,
+            mss_clamp: MSS_CLAMP,
+            port_min: 10_000,
+            port_max: 32_767,
+            public_ifindex: 1,
+            overlay_l2_len: 14,
+        };
+        let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE, 8)?;
+        let applied = reconciler.apply(&mut ebpf, &pop, &services()?)?;
+        assert_eq!(applied.services, 3, "services applied: {applied:?}");
+        assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+        Ok(Nat { ebpf })
+    }
+
+    fn xdp(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
+        let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
+        let out = test_run(program.fd()?, frame, 1)?;
+        Ok((out.retval, out.data_out))
+    }
+
+    fn tc(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
+        let program = dataplane::tc_program(&mut self.ebpf)?;
+        let out = test_run(program.fd()?, frame, 1)?;
+        Ok((out.retval, out.data_out))
+    }
+
+    fn flows(&mut self) -> Result<BpfHashMap<&mut MapData, FlowKey, FlowValue>, Error> {
+        let map = self.ebpf.map_mut(names::FLOWS).ok_or("no FLOWS map")?;
+        Ok(BpfHashMap::try_from(map)?)
+    }
+
+    fn entries(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
+        Ok(self.flows()?.iter().collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn drops(&self) -> Result<DropStats, Error> {
+        let map = self
+            .ebpf
+            .map(names::DROP_STATS)
+            .ok_or("no DROP_STATS map")?;
+        let map: PerCpuArray<&MapData, DropStats> = PerCpuArray::try_from(map)?;
+        let mut total = DropStats::default();
+        for d in map.get(&0, 0)?.iter() {
+            total.no_backend += d.no_backend;
+            total.port_exhausted += d.port_exhausted;
+            total.no_flow += d.no_flow;
+            total.unsupported += d.unsupported;
+        }
+        Ok(total)
+    }
+}
+
+fn syn4(sport: u16, dport: u16) -> Result<Vec<u8>, Error> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
+        .ipv4(CLIENT4, VIP4, 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn()
+        .options(&[TcpOptionElement::MaximumSegmentSize(1460)])?
+        .write(&mut v, &[])?;
+    Ok(v)
+}
+
+fn data4(sport: u16, payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
+        .ipv4(CLIENT4, VIP4, 64)
+        .tcp(sport, 80, 1001, 64240)
+        .ack(5001)
+        .psh()
+        .write(&mut v, payload)?;
+    Ok(v)
+}
+
+fn syn6(sport: u16) -> Result<Vec<u8>, Error> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
+        .ipv6(v6(CLIENT6)?, v6(VIP6)?, 64)
+        .tcp(sport, 80, 1000, 64240)
+        .syn()
+        .options(&[TcpOptionElement::MaximumSegmentSize(1440)])?
+        .write(&mut v, &[])?;
+    Ok(v)
+}
+
+/// What the checked output frame carried.
+#[derive(Debug)]
+struct Seen {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    mss: Option<u16>,
+    payload: Vec<u8>,
+    syn: bool,
+    ack: bool,
+}
+
+/// Parses `frame` with etherparse and checks every checksum it carries.
+fn check(frame: &[u8]) -> Result<Seen, Error> {
+    let p = SlicedPacket::from_ethernet(frame)?;
+    let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+        return Err(format!("no TCP in {p:?}").into());
+    };
+    let (src, dst, ttl, expected) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            let header = h.to_header();
+            assert_eq!(
+                h.header_checksum(),
+                header.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
+            (
+                IpAddr::from(h.source()),
+                IpAddr::from(h.destination()),
+                h.ttl(),
+                tcp.calc_checksum_ipv4(h.source(), h.destination())?,
+            )
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            (
+                IpAddr::from(h.source()),
+                IpAddr::from(h.destination()),
+                h.hop_limit(),
+                tcp.calc_checksum_ipv6(h.source(), h.destination())?,
+            )
+        }
+        other => return Err(format!("no IP in {other:?}").into()),
+    };
+    assert_eq!(tcp.checksum(), expected, "TCP checksum of {src} -> {dst}");
+    let mss = tcp.options_iterator().find_map(|o| match o {
+        Ok(TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
+        _ => None,
+    });
+    Ok(Seen {
+        src,
+        dst,
+        sport: tcp.source_port(),
+        dport: tcp.destination_port(),
+        ttl,
+        mss,
+        payload: tcp.payload().to_vec(),
+        syn: tcp.syn(),
+        ack: tcp.ack(),
+    })
+}
+
+fn backends() -> Vec<IpAddr> {
+    (2..=4)
+        .map(|i| IpAddr::V6(Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i)))
+        .collect()
+}
+
+#[test]
+fn ipv4_syn_and_data_are_translated_to_ipv6() -> TestResult {
+    let mut nat = Nat::new()?;
+    let (verdict, out) = nat.xdp(&syn4(40000, 80)?)?;
+    assert_eq!(
+        verdict, XDP_PASS,
+        "translated SYN goes to the kernel's routing"
+    );
+    let syn = check(&out)?;
+    assert_eq!(
+        syn.src,
+        OVERLAY.parse::<IpAddr>()?,
+        "source is the POP's overlay address"
+    );
+    assert!(
+        backends().contains(&syn.dst),
+        "destination {} is a backend",
+        syn.dst
+    );
+    assert_eq!(syn.dport, 8080);
+    assert!(
+        (10_000..=32_767).contains(&syn.sport),
+        "source port {}",
+        syn.sport
+    );
+    assert_eq!(
+        syn.ttl, 64,
+        "hop limit carries the TTL (the kernel decrements as it forwards)"
+    );
+    assert_eq!(
+        syn.mss,
+        Some(MSS_CLAMP),
+        "MSS 1460 clamped to the overlay's"
+    );
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    assert_eq!(&out[..12], &syn4(40000, 80)?[..12], "MAC addresses kept");
+
+    let entries = nat.entries()?;
+    assert_eq!(entries.len(), 2, "both directions recorded: {entries:?}");
+    let reverse = entries
+        .iter()
+        .find(|(_, v)| v.flags & FLOW_REVERSE != 0)
+        .ok_or("no reverse entry")?;
+    assert_eq!(reverse.1.flags & FLOW_V4_CLIENT, FLOW_V4_CLIENT);
+    assert_eq!(reverse.1.new_dst, ipv4_mapped(CLIENT4));
+    assert_eq!(u16::from_be(reverse.0.dport), syn.sport);
+
+    let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    let (verdict, out) = nat.xdp(&data4(40000, &payload)?)?;
+    assert_eq!(verdict, XDP_PASS);
+    let data = check(&out)?;
+    assert_eq!(
+        (data.src, data.dst, data.sport, data.dport),
+        (syn.src, syn.dst, syn.sport, syn.dport),
+        "same flow"
+    );
+    assert_eq!(data.payload, payload, "payload intact");
+    assert_eq!(data.mss, None);
+    Ok(())
+}
+
+#[test]
+fn ipv6_syn_is_translated_and_its_reply_comes_back() -> TestResult {
+    let mut nat = Nat::new()?;
+    let (verdict, out) = nat.xdp(&syn6(50000)?)?;
+    assert_eq!(verdict, XDP_PASS);
+    let syn = check(&out)?;
+    assert_eq!(syn.src, OVERLAY.parse::<IpAddr>()?);
+    assert!(backends().contains(&syn.dst));
+    assert_eq!(syn.mss, Some(MSS_CLAMP), "MSS 1440 clamped");
+
+    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
+        return Err("expected IPv6".into());
+    };
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+        .ipv6(backend.octets(), overlay.octets(), 63)
+        .tcp(8080, syn.sport, 9000, 65000)
+        .syn()
+        .ack(1001)
+        .options(&[TcpOptionElement::MaximumSegmentSize(1440)])?
+        .write(&mut reply, &[])?;
+    let (verdict, out) = nat.tc(&reply)?;
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "replies are redirected to the public interface"
+    );
+    let back = check(&out)?;
+    assert_eq!(back.src, VIP6.parse::<IpAddr>()?);
+    assert_eq!(back.dst, CLIENT6.parse::<IpAddr>()?);
+    assert_eq!((back.sport, back.dport), (80, 50000));
+    assert_eq!(back.mss, Some(MSS_CLAMP), "SYN-ACK MSS clamped too");
+    assert!(back.syn && back.ack);
+    Ok(())
+}
+
+#[test]
+fn reply_to_an_ipv4_client_is_translated_to_ipv4() -> TestResult {
+    let mut nat = Nat::new()?;
+    let (_, out) = nat.xdp(&syn4(40001, 80)?)?;
+    let syn = check(&out)?;
+    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
+        return Err("expected IPv6".into());
+    };
+    let payload = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+        .ipv6(backend.octets(), overlay.octets(), 61)
+        .tcp(8080, syn.sport, 9001, 65000)
+        .ack(1001)
+        .psh()
+        .write(&mut reply, &payload)?;
+    let (verdict, out) = nat.tc(&reply)?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[12..14], &[0x08, 0x00], "EtherType IPv4");
+    assert_eq!(
+        out.len(),
+        reply.len() - 20,
+        "the IPv6 header became a 20-byte IPv4 header"
+    );
+    let back = check(&out)?;
+    assert_eq!(back.src, IpAddr::from(VIP4));
+    assert_eq!(back.dst, IpAddr::from(CLIENT4));
+    assert_eq!((back.sport, back.dport), (80, 40001));
+    assert_eq!(back.ttl, 61, "TTL carries the hop limit");
+    assert_eq!(back.payload, payload);
+
+    let mut syn_ack = Vec::new();
+    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+        .ipv6(backend.octets(), overlay.octets(), 64)
+        .tcp(8080, syn.sport, 9000, 65000)
+        .syn()
+        .ack(1001)
+        .options(&[TcpOptionElement::MaximumSegmentSize(1440)])?
+        .write(&mut syn_ack, &[])?;
+    let (_, out) = nat.tc(&syn_ack)?;
+    assert_eq!(
+        check(&out)?.mss,
+        Some(MSS_CLAMP),
+        "SYN-ACK MSS clamped on NAT64 too"
+    );
+    Ok(())
+}
+
+#[test]
+fn traffic_that_is_not_for_a_service_passes_untouched() -> TestResult {
+    let mut nat = Nat::new()?;
+    let mut other_host = Vec::new();
+    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
+        .ipv4(CLIENT4, [198, 18, 0, 11], 64)
+        .tcp(40000, 80, 1, 64240)
+        .syn()
+        .write(&mut other_host, &[])?;
+    let mut udp_to_vip = Vec::new();
+    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
+        .ipv4(CLIENT4, VIP4, 64)
+        .udp(40000, 80)
+        .write(&mut udp_to_vip, b"dns?")?;
+    let reply_unknown = {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+            .ipv6(v6("fd00:ee::9")?, v6(OVERLAY)?, 64)
+            .tcp(22, 50000, 1, 100)
+            .ack(1)
+            .write(&mut v, b"ssh")?;
+        v
+    };
+    for (what, frame) in [
+        ("TCP to another address", other_host),
+        ("TCP to the VIP on another port", syn4(40000, 443)?),
+        ("UDP to the VIP's port", udp_to_vip),
+    ] {
+        let (verdict, out) = nat.xdp(&frame)?;
+        assert_eq!(verdict, XDP_PASS, "{what}");
+        assert_eq!(out, frame, "{what}: must not be modified");
+    }
+    let (verdict, out) = nat.tc(&reply_unknown)?;
+    assert_eq!(verdict, 0, "TC_ACT_OK for the host's own overlay traffic");
+    assert_eq!(out, reply_unknown);
+    assert!(nat.entries()?.is_empty(), "no flow created");
+    Ok(())
+}
+
+#[test]
+fn non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops() -> TestResult {
+    let mut nat = Nat::new()?;
+    let frame = data4(41000, b"late")?;
+    let (verdict, out) = nat.xdp(&frame)?;
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, frame, "untranslated: the kernel answers it with a RST");
+    assert_eq!(nat.drops()?.no_flow, 1);
+
+    let (verdict, _) = nat.xdp(&syn4(41001, 81)?)?;
+    assert_eq!(verdict, XDP_DROP, "a service with no backend drops SYNs");
+    assert_eq!(nat.drops()?.no_backend, 1);
+    Ok(())
+}
+
+#[test]
+fn rst_closes_the_flow_and_the_sweeper_removes_it() -> TestResult {
+    let mut nat = Nat::new()?;
+    nat.xdp(&syn4(42000, 80)?)?;
+    let mut rst = Vec::new();
+    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
+        .ipv4(CLIENT4, VIP4, 64)
+        .tcp(42000, 80, 1001, 0)
+        .rst()
+        .write(&mut rst, &[])?;
+    let (verdict, out) = nat.xdp(&rst)?;
+    assert_eq!(verdict, XDP_PASS);
+    assert!(
+        check(&out)?.dst.is_ipv6(),
+        "the RST is translated to the backend too"
+    );
+    let entries = nat.entries()?;
+    let forward = entries
+        .iter()
+        .find(|(_, v)| v.flags & FLOW_REVERSE == 0)
+        .ok_or("no forward entry")?;
+    assert_eq!(forward.1.tcp_flags & TCP_RST, TCP_RST);
+
+    let config = FlowConfig::default();
+    let now = forward.1.last_seen_ns;
+    let (report, listing) = flows::sweep(&mut nat.flows()?, &config, now, true)?;
+    assert_eq!(listing.first().map(|f| f.state), Some(TcpState::Closed));
+    assert_eq!(report.expired, 0, "a closed flow lingers for its timeout");
+    let later = now + (config.closed_timeout_secs + 1) * 1_000_000_000;
+    let (report, _) = flows::sweep(&mut nat.flows()?, &config, later, true)?;
+    assert_eq!(report.expired, 2, "both directions removed");
+    assert!(nat.entries()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn new_flows_are_admitted_when_the_flow_table_is_full() -> TestResult {
+    // 32 entries hold 16 connections; open 64: the least recently used are evicted.
+    let mut nat = Nat::with_flows(32)?;
+    for sport in 43000..43064 {
+        let (verdict, out) = nat.xdp(&syn4(sport, 80)?)?;
+        assert_eq!(verdict, XDP_PASS, "SYN from port {sport}");
+        assert!(
+            check(&out)?.dst.is_ipv6(),
+            "SYN from port {sport} translated"
+        );
+    }
+    let entries = nat.entries()?.len();
+    assert!(entries <= 32, "table holds at most its size: {entries}");
+    let frame = data4(43000, b"evicted?")?;
+    let (verdict, out) = nat.xdp(&frame)?;
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        out, frame,
+        "the oldest flow was evicted; its packet is not translated"
+    );
+    assert!(nat.drops()?.no_flow >= 1);
+    Ok(())
+}
+
+#[test]
+fn source_ports_in_use_are_skipped_and_exhaustion_drops() -> TestResult {
+    let mut nat = Nat::new()?;
+    let (_, out) = nat.xdp(&syn4(44000, 80)?)?;
+    let first = check(&out)?;
+    let taken: Vec<(FlowKey, FlowValue)> = nat.entries()?;
+    let reverse = taken
+        .iter()
+        .find(|(_, v)| v.flags & FLOW_REVERSE != 0)
+        .ok_or("no reverse entry")?
+        .0;
+    // Forget the connection but keep its reverse key: the port stays in use.
+    let forward = taken
+        .iter()
+        .find(|(_, v)| v.flags & FLOW_REVERSE == 0)
+        .ok_or("no forward entry")?
+        .0;
+    nat.flows()?.remove(&forward)?;
+    let (verdict, out) = nat.xdp(&syn4(44000, 80)?)?;
+    assert_eq!(verdict, XDP_PASS);
+    let second = check(&out)?;
+    assert_eq!(second.dst, first.dst, "Maglev picks the same backend");
+    assert_ne!(
+        second.sport, first.sport,
+        "the taken port {} was skipped",
+        first.sport
+    );
+    assert_eq!(second.sport, first.sport + 1, "next candidate port");
+
+    // Take every candidate port of this connection: its SYN is dropped, and counted.
+    let all: Vec<FlowKey> = nat.entries()?.into_iter().map(|(k, _)| k).collect();
+    let mut flows = nat.flows()?;
+    for key in all {
+        flows.remove(&key)?;
+    }
+    let value = FlowValue {
+        flags: FLOW_REVERSE,
+        ..FlowValue::default()
+    };
+    for n in 0..edge_common::limits::PORT_TRIES as u16 {
+        let key = FlowKey {
+            dport: (first.sport + n).to_be(),
+            ..reverse
+        };
+        flows.insert(key, value, 0)?;
+    }
+    drop(flows);
+    let (verdict, _) = nat.xdp(&syn4(44000, 80)?)?;
+    assert_eq!(
+        verdict, XDP_DROP,
+        "no free source port among the candidates"
+    );
+    assert_eq!(nat.drops()?.port_exhausted, 1);
+    Ok(())
+}
