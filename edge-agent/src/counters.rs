@@ -158,7 +158,7 @@ fn open_map(pins: &PinDir, name: &'static str) -> Result<Map, CountersError> {
         source,
     })?;
     let shape = |source| CountersError::Shape { name, source };
-    let info = data.info().map_err(|e| shape(MapError::from(e)))?;
+    let info = data.info().map_err(shape)?;
     Ok(match info.map_type() {
         Ok(aya::maps::MapType::PerCpuArray) => Map::PerCpuArray(data),
         Ok(aya::maps::MapType::Array) => Map::Array(data),

@@ -538,22 +538,23 @@ fn source_ports_in_use_are_skipped_and_exhaustion_drops() -> TestResult {
 
     // Take every candidate port of this connection: its SYN is dropped, and counted.
     let all: Vec<FlowKey> = nat.entries()?.into_iter().map(|(k, _)| k).collect();
-    let mut flows = nat.flows()?;
-    for key in all {
-        flows.remove(&key)?;
-    }
-    let value = FlowValue {
-        flags: FLOW_REVERSE,
-        ..FlowValue::default()
-    };
-    for n in 0..edge_common::limits::PORT_TRIES as u16 {
-        let key = FlowKey {
-            dport: (first.sport + n).to_be(),
-            ..reverse
+    {
+        let mut flows = nat.flows()?;
+        for key in all {
+            flows.remove(&key)?;
+        }
+        let value = FlowValue {
+            flags: FLOW_REVERSE,
+            ..FlowValue::default()
         };
-        flows.insert(key, value, 0)?;
+        for n in 0..edge_common::limits::PORT_TRIES as u16 {
+            let key = FlowKey {
+                dport: (first.sport + n).to_be(),
+                ..reverse
+            };
+            flows.insert(key, value, 0)?;
+        }
     }
-    drop(flows);
     let (verdict, _) = nat.xdp(&syn4(44000, 80)?)?;
     assert_eq!(
         verdict, XDP_DROP,

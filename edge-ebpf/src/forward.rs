@@ -7,6 +7,11 @@
 //! with a RST and the client reconnects at once. Re-picking a backend cannot resume the
 //! connection anyway: the backend knows it by the source port this POP allocated, which is gone.
 
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values go by reference: a copy would cost BPF stack (512 bytes)"
+)]
+
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head},

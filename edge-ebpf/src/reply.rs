@@ -83,7 +83,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
             u16::from_be_bytes((*ip).payload_len),
         )
     };
-    let Some(entry) = FLOWS.get_ptr_mut(&key) else {
+    let Some(entry) = FLOWS.get_ptr_mut(key) else {
         return Ok(TC_ACT_OK);
     };
     let bytes = ctx.len() as usize;

@@ -63,7 +63,7 @@ pub fn clamp_mss<C: Packet>(ctx: &C, tcp_off: usize, clamp: u16) {
                 let new = clamp.to_be_bytes();
                 // A 16-bit field at an odd offset from the header start straddles two checksum
                 // words: its contribution is the byte-swapped value.
-                let (old_word, new_word) = if (off + 2 - tcp_off) % 2 == 0 {
+                let (old_word, new_word) = if (off + 2 - tcp_off).is_multiple_of(2) {
                     (u16::from_ne_bytes(*value), u16::from_ne_bytes(new))
                 } else {
                     (
