@@ -3,4 +3,5 @@
 
 mod agent_lifecycle;
 mod common;
+mod nat_lab;
 mod xtask_run;
