@@ -4,12 +4,13 @@
 //!
 //! ```text
 //! echo-load --target ADDR:PORT [--target ...] --connections N --max-bytes B [--seed S]
-//!           [--hold-secs H]
+//!           [--hold-secs H] [--recheck]
 //! ```
 //! Connections are spread round-robin over the targets. Payloads are generated and checked as
 //! streams (xorshift per connection), so memory stays flat however large they are. After every
 //! connection is verified, it prints `holding`, keeps them all open for `--hold-secs` (so that a
-//! test can look at them from the servers' side), then prints one JSON summary line.
+//! test can look at them from the servers' side, or disturb the path), with `--recheck` echoes a
+//! second payload on every one of them, then prints one JSON summary line.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -27,6 +28,7 @@ struct Args {
     max_bytes: usize,
     seed: u64,
     hold: Duration,
+    recheck: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -36,9 +38,14 @@ fn parse_args() -> Result<Args, String> {
         max_bytes: 64 * 1024,
         seed: 1,
         hold: Duration::ZERO,
+        recheck: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--recheck" {
+            args.recheck = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
         match flag.as_str() {
@@ -99,7 +106,17 @@ async fn one(target: SocketAddr, seed: u64, len: usize) -> Result<Open, String> 
     let stream = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect {target}: {e}"))?;
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
+    echo(reader, writer, seed, len).await
+}
+
+/// Sends `len` bytes of the `seed` stream and checks that the same bytes come back.
+async fn echo(
+    mut reader: OwnedReadHalf,
+    mut writer: OwnedWriteHalf,
+    seed: u64,
+    len: usize,
+) -> Result<Open, String> {
     // Payload chunks are 8-byte aligned so that the reader regenerates the same stream.
     const CHUNK: usize = 64 * 1024;
     let write = async move {
@@ -109,7 +126,10 @@ async fn one(target: SocketAddr, seed: u64, len: usize) -> Result<Open, String> 
         while left > 0 {
             let n = left.min(CHUNK);
             gen.fill(&mut buf[..n]);
-            writer.write_all(&buf[..n]).await.map_err(|e| format!("write: {e}"))?;
+            writer
+                .write_all(&buf[..n])
+                .await
+                .map_err(|e| format!("write: {e}"))?;
             left -= n;
         }
         Ok::<_, String>(writer)
@@ -173,10 +193,28 @@ async fn main() {
         println!("holding {ok}");
         tokio::time::sleep(args.hold).await;
     }
+    let mut rechecked = 0usize;
+    if args.recheck {
+        let mut again = tokio::task::JoinSet::new();
+        for (i, (reader, writer, _)) in open.drain(..).enumerate() {
+            let seed = args.seed.wrapping_mul(7_000_003).wrapping_add(i as u64);
+            again.spawn(echo(reader, writer, seed, 4096));
+        }
+        while let Some(result) = again.join_next().await {
+            match result {
+                Ok(Ok(conn)) => {
+                    rechecked += 1;
+                    open.push(conn);
+                }
+                Ok(Err(e)) => errors.push(format!("after the hold: {e}")),
+                Err(e) => errors.push(format!("task: {e}")),
+            }
+        }
+    }
     drop(open);
     let errors_json: Vec<String> = errors.iter().take(20).map(|e| format!("{e:?}")).collect();
     println!(
-        "{{\"connections\":{},\"ok\":{ok},\"failed\":{},\"bytes\":{bytes},\"errors\":[{}]}}",
+        "{{\"connections\":{},\"ok\":{ok},\"rechecked\":{rechecked},\"failed\":{},\"bytes\":{bytes},\"errors\":[{}]}}",
         args.connections,
         errors.len(),
         errors_json.join(",")

@@ -4,4 +4,5 @@
 mod agent_lifecycle;
 mod common;
 mod nat_lab;
+mod restart_under_load;
 mod xtask_run;

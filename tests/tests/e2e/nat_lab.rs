@@ -109,12 +109,20 @@ pub fn start_backends(lab: &Lab) -> Result<Vec<LabProcess>, Box<dyn std::error::
     Ok(servers)
 }
 
-pub fn start_agent(lab: &Lab, config: &str, extra_args: &[&str]) -> Result<LabProcess, Box<dyn std::error::Error>> {
+pub fn start_agent(
+    lab: &Lab,
+    config: &str,
+    extra_args: &[&str],
+) -> Result<LabProcess, Box<dyn std::error::Error>> {
     let path = lab.log_dir().join("agent.toml");
     std::fs::write(&path, config)?;
     let agent = agent_bin();
     let pins = bpffs_pin_dir(lab.ns("pop").name());
-    let (agent, pins, path) = (agent.to_string_lossy(), pins.to_string_lossy(), path.to_string_lossy());
+    let (agent, pins, path) = (
+        agent.to_string_lossy(),
+        pins.to_string_lossy(),
+        path.to_string_lossy(),
+    );
     let mut argv = vec![&*agent, "--bpffs-root", &*pins, "--config", &*path, "run"];
     argv.extend_from_slice(extra_args);
     let process = lab.ns("pop").spawn("agent", &argv, &[])?;
@@ -169,7 +177,13 @@ fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
     // Every connection is open now: look at them from both ends.
     let mut peers_seen = 0;
     for n in 1..=BACKENDS.len() {
-        let out = lab.ns(&format!("be{n}")).exec_ok(&["ss", "-Htn", "state", "established", "( sport = :7007 )"])?;
+        let out = lab.ns(&format!("be{n}")).exec_ok(&[
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "( sport = :7007 )",
+        ])?;
         for line in out.stdout.lines() {
             let peer = line.split_whitespace().last().unwrap_or_default();
             assert!(
@@ -179,7 +193,10 @@ fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
             peers_seen += 1;
         }
     }
-    assert_eq!(peers_seen, 1000, "the backends together hold every connection");
+    assert_eq!(
+        peers_seen, 1000,
+        "the backends together hold every connection"
+    );
 
     let flows = std::process::Command::new(agent_bin())
         .arg("--bpffs-root")
@@ -213,7 +230,9 @@ fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
         *predicted.entry(expected.to_owned()).or_default() += 1;
     }
     let shares = maglev::shares(&table, names.len());
-    eprintln!("table shares {shares:?}; predicted per backend {predicted:?}; observed {observed:?}");
+    eprintln!(
+        "table shares {shares:?}; predicted per backend {predicted:?}; observed {observed:?}"
+    );
     for (backend, count) in &predicted {
         let seen = observed.get(backend).copied().unwrap_or(0);
         assert!(

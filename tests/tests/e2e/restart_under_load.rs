@@ -1,0 +1,121 @@
+//! An agent SIGKILLed and restarted in the middle of a bulk stream through the VIP and 200 idle
+//! connections: the pinned maps and links keep every flow, so nothing is reset, the stream
+//! completes and the idle connections still echo afterwards.
+
+use std::time::Duration;
+
+use edge_lab::{bpffs_pin_dir, find_leftovers};
+
+use super::{
+    common::{agent_bin, TestResult},
+    nat_lab::{agent_config, start_agent, start_backends, topology, VIP4},
+};
+
+#[test]
+fn sigkill_and_restart_under_load_resets_nothing() -> TestResult {
+    let lab = topology("restart").up()?;
+    let run = lab.run_id().to_string();
+    let _servers = start_backends(&lab)?;
+    // iperf3's control and data connections must meet the same server: one backend.
+    let config = agent_config(&format!(
+        r#"
+[[services]]
+name = "iperf"
+vip = "{VIP4}"
+port = 5201
+backends = [{{ name = "be1", addr = "{}", port = 5201 }}]
+"#,
+        super::nat_lab::BACKENDS[0]
+    ));
+    let iperf_server = lab.ns("be1").spawn(
+        "iperf3-server",
+        &["iperf3", "-s", "-p", "5201", "--forceflush"],
+        &[],
+    )?;
+    iperf_server.wait_for_output("Server listening", Duration::from_secs(10))?;
+    let first = start_agent(&lab, &config, &["--reset"])?;
+
+    let idle = lab.ns("client").spawn(
+        "echo-load",
+        &[
+            env!("CARGO_BIN_EXE_echo-load"),
+            "--target",
+            &format!("{VIP4}:7"),
+            "--target",
+            &format!("[{}]:7", super::nat_lab::VIP6),
+            "--connections",
+            "200",
+            "--max-bytes",
+            "8192",
+            "--hold-secs",
+            "36",
+            "--recheck",
+        ],
+        &[],
+    )?;
+    idle.wait_for_output("holding 200", Duration::from_secs(60))?;
+    let stream = lab.ns("client").spawn(
+        "iperf3",
+        &["iperf3", "-c", VIP4, "-p", "5201", "-t", "30", "-J"],
+        &[],
+    )?;
+    std::thread::sleep(Duration::from_secs(8));
+    first.kill()?;
+    first.wait_exit(Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let second = start_agent(&lab, &config, &[])?;
+    assert!(
+        second.output_so_far().contains("adopted the pinned link"),
+        "the new agent adopts the running data plane:\n{}",
+        second.output_so_far()
+    );
+
+    let status = stream.wait_exit(Duration::from_secs(60))?;
+    let report = stream.output_so_far();
+    assert!(
+        status.success(),
+        "iperf3 failed across the restart:\n{report}"
+    );
+    let json_start = report.find('{').ok_or("no iperf3 JSON")?;
+    let doc: serde_json::Value = serde_json::from_str(&report[json_start..])?;
+    assert!(
+        doc.get("error").is_none(),
+        "iperf3 reported an error: {}",
+        doc["error"]
+    );
+    let sent = doc["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
+    let seconds = doc["end"]["sum_sent"]["seconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        seconds >= 29.0 && sent > 0,
+        "the stream ran its 30 s: {seconds} s, {sent} bytes"
+    );
+
+    let status = idle.wait_exit(Duration::from_secs(60))?;
+    let summary = idle.output_so_far();
+    assert!(
+        status.success() && summary.contains("\"rechecked\":200"),
+        "all 200 idle connections must echo after the restart: {summary}"
+    );
+
+    let status = std::process::Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(bpffs_pin_dir(lab.ns("pop").name()))
+        .args(["status", "--output", "json"])
+        .output()?;
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(
+        doc["drops"]["no_flow"].as_u64(),
+        Some(0),
+        "no packet may miss its flow across the restart: {}",
+        doc["drops"]
+    );
+    eprintln!(
+        "iperf3 through the restart: {:.2} Gbit/s over {seconds:.1} s",
+        sent as f64 * 8.0 / seconds / 1e9
+    );
+    drop(second);
+    drop(lab);
+    let left = find_leftovers(Some(&run));
+    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+    Ok(())
+}
