@@ -21,6 +21,7 @@ mod link;
 mod logdir;
 mod names;
 mod netns;
+pub mod pop_lab;
 mod process;
 mod procfs;
 mod topology;

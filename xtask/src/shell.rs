@@ -44,19 +44,32 @@ pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Builds `edge-agent` (which builds and embeds the kernel programs) and returns its path.
+/// Builds `edge-agent` (which builds and embeds the kernel programs) and the lab's helper
+/// binaries (`edge-tests`: echo-server, echo-load, ...), and returns the agent's path.
 pub fn build_agent(build: bool) -> anyhow::Result<PathBuf> {
     if build {
-        run(cargo().args(["build", "--package", "edge-agent"]))?;
+        run(cargo().args([
+            "build",
+            "--package",
+            "edge-agent",
+            "--package",
+            "edge-tests",
+            "--bins",
+        ]))?;
     }
-    let agent = target_dir().join("debug").join("edge-agent");
-    if !agent.exists() {
+    debug_bin("edge-agent")
+}
+
+/// A binary of the debug build, which must exist.
+pub fn debug_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = target_dir().join("debug").join(name);
+    if !path.exists() {
         bail!(
             "{} is missing; run `cargo xtask run` without --no-setup",
-            agent.display()
+            path.display()
         );
     }
-    Ok(agent)
+    Ok(path)
 }
 
 /// Replaces this process with `edge-agent run <args>`, so signals reach the agent directly.

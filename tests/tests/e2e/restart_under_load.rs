@@ -4,36 +4,41 @@
 
 use std::time::Duration;
 
-use edge_lab::{bpffs_pin_dir, find_leftovers};
-
-use super::{
-    common::{agent_bin, TestResult},
-    nat_lab::{agent_config, start_agent, start_backends, topology, VIP4},
+use edge_lab::{
+    bpffs_pin_dir, find_leftovers,
+    pop_lab::{agent_config, backend_addr, start_agent, start_backends, topology, VIP4, VIP6},
 };
+
+use super::common::{agent_bin, TestResult};
+
+const BACKENDS: usize = 3;
 
 #[test]
 fn sigkill_and_restart_under_load_resets_nothing() -> TestResult {
-    let lab = topology("restart").up()?;
+    let lab = topology("restart", BACKENDS).up()?;
     let run = lab.run_id().to_string();
-    let _servers = start_backends(&lab)?;
+    let _servers = start_backends(&lab, BACKENDS, env!("CARGO_BIN_EXE_echo-server").as_ref())?;
     // iperf3's control and data connections must meet the same server: one backend.
-    let config = agent_config(&format!(
-        r#"
+    let config = agent_config(
+        BACKENDS,
+        &format!(
+            r#"
 [[services]]
 name = "iperf"
 vip = "{VIP4}"
 port = 5201
 backends = [{{ name = "be1", addr = "{}", port = 5201 }}]
 "#,
-        super::nat_lab::BACKENDS[0]
-    ));
+            backend_addr(1)
+        ),
+    );
     let iperf_server = lab.ns("be1").spawn(
         "iperf3-server",
         &["iperf3", "-s", "-p", "5201", "--forceflush"],
         &[],
     )?;
     iperf_server.wait_for_output("Server listening", Duration::from_secs(10))?;
-    let first = start_agent(&lab, &config, &["--reset"])?;
+    let first = start_agent(&lab, &agent_bin(), &config, &["--reset"])?;
 
     let idle = lab.ns("client").spawn(
         "echo-load",
@@ -42,7 +47,7 @@ backends = [{{ name = "be1", addr = "{}", port = 5201 }}]
             "--target",
             &format!("{VIP4}:7"),
             "--target",
-            &format!("[{}]:7", super::nat_lab::VIP6),
+            &format!("[{VIP6}]:7"),
             "--connections",
             "200",
             "--max-bytes",
@@ -63,7 +68,7 @@ backends = [{{ name = "be1", addr = "{}", port = 5201 }}]
     first.kill()?;
     first.wait_exit(Duration::from_secs(5))?;
     std::thread::sleep(Duration::from_secs(1));
-    let second = start_agent(&lab, &config, &[])?;
+    let second = start_agent(&lab, &agent_bin(), &config, &[])?;
     assert!(
         second.output_so_far().contains("adopted the pinned link"),
         "the new agent adopts the running data plane:\n{}",

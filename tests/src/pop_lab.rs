@@ -1,0 +1,145 @@
+//! The POP lab used by the end-to-end tests and by `cargo xtask run`: a client namespace with
+//! IPv4 and IPv6 addresses, a POP with the data plane on its public `eth0` and the overlay on
+//! `ovl0`, a hub routing the overlay, and IPv6-only backends behind it.
+//!
+//! ```text
+//! client --eth0-- pop (XDP eth0, TC ovl0) --ovl0-- hub --b1-- be1 [fd00:ee:1:1::2]
+//!                 VIPs on lo                           --b2-- be2 [fd00:ee:1:2::2] ...
+//! ```
+
+use std::{path::Path, time::Duration};
+
+use crate::{bpffs_pin_dir, Lab, LabProcess, Result, Topology};
+
+pub const VIP4: &str = "198.18.0.10";
+pub const VIP6: &str = "2001:db8:ff::10";
+/// The POP's overlay address: the source backends see.
+pub const OVERLAY: &str = "fd00:ee::1";
+pub const CLIENT4: &str = "10.0.1.2";
+pub const CLIENT6: &str = "2001:db8:1::2";
+/// The echo port the backends listen on.
+pub const BACKEND_PORT: u16 = 7007;
+pub const TABLE_SIZE: u32 = 4099;
+
+/// The overlay address of backend `n` (1-based).
+pub fn backend_addr(n: usize) -> String {
+    format!("fd00:ee:1:{n}::2")
+}
+
+/// The topology with `backends` backend namespaces `be1`...
+pub fn topology(label: &str, backends: usize) -> Topology {
+    let mut t = Topology::new(label)
+        .ns("client")
+        .ns("pop")
+        .ns("hub")
+        .veth(("client", "eth0"), ("pop", "eth0"))
+        .veth(("pop", "ovl0"), ("hub", "up"))
+        // What a wire delivers: full checksums into the XDP program (see TOOLCHAIN.md).
+        .tx_checksum_off("client", "eth0")
+        .sysctl("pop", "net.ipv4.ip_forward", "1")
+        .sysctl("pop", "net.ipv6.conf.all.forwarding", "1")
+        .sysctl("hub", "net.ipv6.conf.all.forwarding", "1")
+        .addr("client", "eth0", &format!("{CLIENT4}/24"))
+        .addr("client", "eth0", &format!("{CLIENT6}/64"))
+        .addr("pop", "eth0", "10.0.1.1/24")
+        .addr("pop", "eth0", "2001:db8:1::1/64")
+        // The VIPs are local to the POP: a non-SYN packet with no flow reaches the kernel,
+        // which answers with a RST.
+        .addr("pop", "lo", &format!("{VIP4}/32"))
+        .addr("pop", "lo", &format!("{VIP6}/128"))
+        .addr("pop", "ovl0", &format!("{OVERLAY}/64"))
+        .addr("hub", "up", "fd00:ee::fe/64")
+        .route("client", "default", "10.0.1.1")
+        .route("client", "default", "2001:db8:1::1")
+        .route("pop", "fd00:ee:1::/48", "fd00:ee::fe");
+    for n in 1..=backends {
+        let (ns, port) = (format!("be{n}"), format!("b{n}"));
+        t = t
+            .ns(&ns)
+            .veth(("hub", &port), (&ns, "eth0"))
+            .addr("hub", &port, &format!("fd00:ee:1:{n}::1/64"))
+            .addr(&ns, "eth0", &format!("{}/64", backend_addr(n)))
+            .route(&ns, "default", &format!("fd00:ee:1:{n}::1"));
+    }
+    t
+}
+
+/// An agent configuration serving echo on both VIPs (port 7) from `backends` backends, with
+/// `extra` TOML appended.
+pub fn agent_config(backends: usize, extra: &str) -> String {
+    let list: Vec<String> = (1..=backends)
+        .map(|n| {
+            format!(
+                "{{ name = \"be{n}\", addr = \"{}\", port = {BACKEND_PORT} }}",
+                backend_addr(n)
+            )
+        })
+        .collect();
+    let list = list.join(", ");
+    format!(
+        r#"iface = "eth0"
+stats_log_secs = 0
+
+[overlay]
+iface = "ovl0"
+addr = "{OVERLAY}"
+
+[flows]
+max_entries = 65536
+
+[maglev]
+table_size = {TABLE_SIZE}
+max_services = 8
+
+[[services]]
+name = "echo4"
+vip = "{VIP4}"
+port = 7
+backends = [{list}]
+
+[[services]]
+name = "echo6"
+vip = "{VIP6}"
+port = 7
+backends = [{list}]
+{extra}"#
+    )
+}
+
+/// Starts `echo_server` (the `echo-server` binary) in every backend namespace.
+pub fn start_backends(lab: &Lab, backends: usize, echo_server: &Path) -> Result<Vec<LabProcess>> {
+    let server = echo_server.to_string_lossy();
+    let listen = format!("[::]:{BACKEND_PORT}");
+    let mut servers = Vec::new();
+    for n in 1..=backends {
+        let process = lab
+            .ns(&format!("be{n}"))
+            .spawn("echo-server", &[&server, &listen], &[])?;
+        process.wait_for_output("echo-server ready", Duration::from_secs(10))?;
+        servers.push(process);
+    }
+    Ok(servers)
+}
+
+/// Writes `config` to the lab's log directory and starts `agent` in the POP with it, pinning
+/// under the POP's own bpffs directory; returns once the agent is ready.
+pub fn start_agent(
+    lab: &Lab,
+    agent: &Path,
+    config: &str,
+    extra_args: &[&str],
+) -> Result<LabProcess> {
+    let path = lab.log_dir().join("agent.toml");
+    std::fs::write(&path, config).map_err(|e| crate::LabError::io_path("write", &path, e))?;
+    let pins = bpffs_pin_dir(lab.ns("pop").name());
+    let (agent, pins, path) = (
+        agent.to_string_lossy(),
+        pins.to_string_lossy(),
+        path.to_string_lossy(),
+    );
+    let mut argv = vec![&*agent, "--bpffs-root", &*pins, "--config", &*path, "run"];
+    argv.extend_from_slice(extra_args);
+    let process = lab.ns("pop").spawn("agent", &argv, &[])?;
+    process.wait_for_output("edge-agent ready", Duration::from_secs(30))?;
+    Ok(process)
+}
