@@ -7,6 +7,7 @@ pub mod counters;
 pub mod dataplane;
 pub mod flows;
 pub mod maglev;
+pub mod model;
 pub mod netdev;
 pub mod object;
 pub mod services;

@@ -1,0 +1,192 @@
+//! The control-plane state as the agent uses it, whatever its source (config file, SQLite file,
+//! Corrosion): validated values only. Sources turn rows into these and reject what does not fit.
+
+use std::{fmt, net::IpAddr, net::Ipv6Addr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// An ISO 3166-1 alpha-2 country code, upper case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Country([u8; 2]);
+
+impl Country {
+    pub fn code(&self) -> &str {
+        // The constructor admits ASCII letters only.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+
+    pub const fn bytes(&self) -> [u8; 2] {
+        self.0
+    }
+}
+
+impl FromStr for Country {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Ok(Country([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => Err(format!("{s:?} is not an ISO 3166-1 alpha-2 country code")),
+        }
+    }
+}
+
+impl TryFrom<String> for Country {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Country> for String {
+    fn from(c: Country) -> Self {
+        c.code().to_owned()
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A region id (`sa`, `us`, `eu`, `ap`, ...): short, lower case, letters, digits and dashes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Region(String);
+
+impl Region {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Region {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 16
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(Region(s.to_owned()))
+        } else {
+            Err(format!(
+                "{s:?} is not a region id (1-16 lower-case letters, digits, dashes)"
+            ))
+        }
+    }
+}
+
+impl TryFrom<String> for Region {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Region> for String {
+    fn from(r: Region) -> Self {
+        r.0
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a backend listens: an overlay address, or a `.internal` name the agent resolves from
+/// its own state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendAddr {
+    Ip(Ipv6Addr),
+    Name(String),
+}
+
+/// A service clients reach at `vip:port` (TCP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Stable id (the primary key in state); backends refer to it.
+    pub id: String,
+    pub vip: IpAddr,
+    pub port: u16,
+}
+
+/// A backend of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub id: String,
+    /// The service (its id) this backend serves.
+    pub service: String,
+    pub region: Region,
+    pub country: Country,
+    pub addr: BackendAddr,
+    pub port: u16,
+    /// Relative share of new flows, 1..=1000; 0 takes the backend out of new flows.
+    pub weight: u32,
+    /// Live connections above which the backend gets a shrinking share (v1's soft limit).
+    pub soft_limit: u32,
+    /// Live connections at which the backend gets no new flows.
+    pub hard_limit: u32,
+    /// No new flows; existing ones go on.
+    pub draining: bool,
+    pub enabled: bool,
+}
+
+/// A POP (or host) of the deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pop {
+    pub id: String,
+    pub region: Region,
+    pub overlay_addr: Option<Ipv6Addr>,
+    pub public_key: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Unknown,
+    Up,
+    /// Serving, but slow or erroring: loses weight before it is marked down.
+    Degraded,
+    Down,
+}
+
+/// One POP's view of one backend's health.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub pop_id: String,
+    pub backend_id: String,
+    pub status: HealthStatus,
+    /// Smoothed round-trip time in microseconds, when measured.
+    pub rtt_us: Option<u32>,
+    /// Unix seconds.
+    pub checked_at: i64,
+}
+
+/// A consistent view of the whole state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub services: Vec<Service>,
+    pub backends: Vec<Backend>,
+    pub pops: Vec<Pop>,
+    pub health: Vec<Health>,
+}
+
+/// A row a source could not turn into state, and why; the source counts and logs these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RejectedRow {
+    pub table: &'static str,
+    /// The row's key as far as it could be read.
+    pub key: String,
+    pub reason: String,
+}
