@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use edge_common::{
@@ -116,8 +116,9 @@ fn flow_for(
     service: &ServiceValue,
     v4: bool,
 ) -> Result<Option<*mut FlowValue>, Drop> {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: no preconditions. The coarse clock (CLOCK_MONOTONIC_COARSE, jiffy resolution) is
+    // plenty for idle timeouts and avoids a clocksource read per packet.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
         // SAFETY: an LRU entry stays valid for this program run; counter updates may race with
         // another CPU's, which only costs a count.

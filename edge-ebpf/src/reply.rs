@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect_neigh},
     programs::TcContext,
 };
 use edge_common::{
@@ -87,10 +87,10 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         return Ok(TC_ACT_OK);
     };
     let bytes = ctx.len() as usize;
-    // SAFETY: bpf_ktime_get_ns has no preconditions; the entry is valid for this run.
+    // SAFETY: no preconditions (coarse clock, as in `forward`); the entry is valid for this run.
     let (flags, backend_id, new_sport, new_dport) = unsafe {
         (*entry).tcp_flags |= tcp_flags;
-        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        (*entry).last_seen_ns = bpf_ktime_get_coarse_ns();
         (*entry).packets += 1;
         (*entry).bytes += bytes as u64;
         (
