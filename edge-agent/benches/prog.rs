@@ -14,7 +14,8 @@ use std::{net::Ipv6Addr, time::Instant};
 
 use aya::Ebpf;
 use edge_agent::{
-    config::{BackendConfig, ServiceConfig},
+    agent::static_plan,
+    config::{AgentConfig, BackendConfig, ServiceConfig},
     dataplane::{self, MapSizes},
     services::{PopSettings, Reconciler},
     test_run::test_run,
@@ -35,6 +36,7 @@ fn load() -> Result<Ebpf, Error> {
     let sizes = MapSizes {
         flows: 1 << 20,
         maglev: 2 * 8 * TABLE_SIZE,
+        affinity: 1 << 16,
     };
     let mut ebpf = dataplane::load_object(None, sizes)?;
     dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
@@ -45,6 +47,10 @@ fn load() -> Result<Ebpf, Error> {
             addr: Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i),
             port: 8080,
             weight: 1,
+            region: None,
+            country: None,
+            soft_limit: 10_000,
+            hard_limit: 100_000,
         })
         .collect();
     let services = vec![ServiceConfig {
@@ -60,8 +66,13 @@ fn load() -> Result<Ebpf, Error> {
         port_max: 60_000,
         public_ifindex: 1,
         overlay_l2_len: 14,
+        affinity_ttl: std::time::Duration::ZERO,
     };
-    Reconciler::recover(&mut ebpf, TABLE_SIZE, 8)?.apply(&mut ebpf, &pop, &services)?;
+    let config = AgentConfig {
+        services,
+        ..AgentConfig::default()
+    };
+    Reconciler::recover(&mut ebpf, TABLE_SIZE)?.apply(&mut ebpf, &pop, &static_plan(&config))?;
     Ok(ebpf)
 }
 

@@ -9,7 +9,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::bpffs;
+use crate::{
+    bpffs,
+    model::{Backend, BackendAddr, Country, Region, RejectedRow, Service, Snapshot},
+};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -76,8 +79,50 @@ pub struct AgentConfig {
     pub flows: FlowConfig,
     /// Maglev table sizing.
     pub maglev: MaglevConfig,
-    /// Services and their backends (the SQLite state source replaces this list later).
+    /// This POP's id: the key of the rows it writes (health, registrations).
+    pub pop_id: String,
+    /// This POP's region (`EDGEPROXY_REGION`; v1's default `sa`).
+    pub region: Region,
+    /// Client affinity.
+    pub affinity: AffinityConfig,
+    /// Geo classification of clients.
+    pub geo: GeoConfig,
+    /// Services and their backends, when state does not come from a database.
     pub services: Vec<ServiceConfig>,
+}
+
+/// Client -> backend bindings (v1: `EDGEPROXY_BINDING_TTL_SECS`,
+/// `EDGEPROXY_BINDING_GC_INTERVAL_SECS`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AffinityConfig {
+    /// How long an unused binding lasts (refreshed by every new connection); 0 turns affinity
+    /// off.
+    pub ttl_secs: u64,
+    /// How often expired bindings are removed.
+    pub gc_interval_secs: u64,
+    /// Bindings kept (least recently used evicted).
+    pub max_entries: u32,
+}
+
+impl Default for AffinityConfig {
+    fn default() -> Self {
+        AffinityConfig {
+            ttl_secs: 600,
+            gc_interval_secs: 60,
+            max_entries: edge_common::limits::DEFAULT_AFFINITY,
+        }
+    }
+}
+
+/// Where client countries come from (`EDGEPROXY_GEOIP_PATH`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// A MaxMind-format `.mmdb` country database, or a `prefix,country` CSV.
+    pub database: Option<PathBuf>,
+    /// Countries whose region differs from the built-in table (`{ "MX" = "sa" }`).
+    pub regions: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for AgentConfig {
@@ -90,6 +135,10 @@ impl Default for AgentConfig {
             overlay: OverlayConfig::default(),
             flows: FlowConfig::default(),
             maglev: MaglevConfig::default(),
+            pop_id: default_pop_id(),
+            region: Region::from_str("sa").unwrap_or_else(|_| unreachable!("a valid region id")),
+            affinity: AffinityConfig::default(),
+            geo: GeoConfig::default(),
             services: Vec::new(),
         }
     }
@@ -196,10 +245,125 @@ pub struct BackendConfig {
     pub port: u16,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Defaults to the POP's region.
+    #[serde(default)]
+    pub region: Option<Region>,
+    /// Defaults to `ZZ` (ISO 3166's user-assigned code: no country).
+    #[serde(default)]
+    pub country: Option<Country>,
+    #[serde(default = "default_soft_limit")]
+    pub soft_limit: u32,
+    #[serde(default = "default_hard_limit")]
+    pub hard_limit: u32,
 }
 
 fn default_weight() -> u32 {
     1
+}
+
+fn default_soft_limit() -> u32 {
+    10_000
+}
+
+fn default_hard_limit() -> u32 {
+    100_000
+}
+
+fn default_pop_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pop".to_owned())
+}
+
+/// Weight bounds: 0 takes a backend out of new flows; above this is a typo.
+pub const MAX_WEIGHT: u32 = 1000;
+
+impl AgentConfig {
+    /// The configured services as control-plane state. Invalid entries are left out, each
+    /// with the reason.
+    pub fn snapshot(&self) -> (Snapshot, Vec<RejectedRow>) {
+        let mut snapshot = Snapshot::default();
+        let mut rejected = Vec::new();
+        let mut seen = std::collections::BTreeMap::new();
+        let zz = Country::from_str("ZZ").unwrap_or_else(|_| unreachable!("a valid code"));
+        for service in &self.services {
+            let reject = |reason: String| RejectedRow {
+                table: "services",
+                key: service.name.clone(),
+                reason,
+            };
+            if service.port == 0 {
+                rejected.push(reject("port 0".into()));
+                continue;
+            }
+            if service.vip.is_unspecified() || service.vip.is_multicast() {
+                rejected.push(reject(format!(
+                    "VIP {} is not a unicast address",
+                    service.vip
+                )));
+                continue;
+            }
+            if let Some(first) = seen.insert((service.vip, service.port), &service.name) {
+                rejected.push(reject(format!(
+                    "{}:{} is already service {first}",
+                    service.vip, service.port
+                )));
+                continue;
+            }
+            snapshot.services.push(Service {
+                id: service.name.clone(),
+                vip: service.vip,
+                port: service.port,
+            });
+            let mut names = std::collections::BTreeSet::new();
+            for backend in &service.backends {
+                let key = format!("{}/{}", service.name, backend.name);
+                let reason = if backend.port == 0 {
+                    Some("port 0".to_owned())
+                } else if backend.weight > MAX_WEIGHT {
+                    Some(format!("weight {} above {MAX_WEIGHT}", backend.weight))
+                } else if backend.soft_limit > backend.hard_limit {
+                    Some(format!(
+                        "soft_limit {} above hard_limit {}",
+                        backend.soft_limit, backend.hard_limit
+                    ))
+                } else if backend.addr.is_unspecified() || backend.addr.is_multicast() {
+                    Some(format!("address {} is not a unicast address", backend.addr))
+                } else if !names.insert(backend.name.as_str()) {
+                    Some("duplicate name".to_owned())
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    rejected.push(RejectedRow {
+                        table: "backends",
+                        key,
+                        reason,
+                    });
+                    continue;
+                }
+                snapshot.backends.push(Backend {
+                    id: key,
+                    service: service.name.clone(),
+                    region: backend
+                        .region
+                        .clone()
+                        .unwrap_or_else(|| self.region.clone()),
+                    country: backend.country.unwrap_or(zz),
+                    addr: BackendAddr::Ip(backend.addr),
+                    port: backend.port,
+                    weight: backend.weight,
+                    soft_limit: backend.soft_limit,
+                    hard_limit: backend.hard_limit,
+                    draining: false,
+                    enabled: true,
+                });
+            }
+        }
+        (snapshot, rejected)
+    }
 }
 
 impl AgentConfig {
@@ -234,6 +398,31 @@ impl AgentConfig {
                 value: mode.clone(),
                 reason,
             })?;
+        }
+        if let Some(region) = env("EDGEPROXY_REGION") {
+            config.region = region.parse().map_err(|reason| ConfigError::Env {
+                var: "EDGEPROXY_REGION",
+                value: region.clone(),
+                reason,
+            })?;
+        }
+        if let Some(path) = env("EDGEPROXY_GEOIP_PATH") {
+            config.geo.database = Some(path.into());
+        }
+        for (var, field) in [
+            ("EDGEPROXY_BINDING_TTL_SECS", &mut config.affinity.ttl_secs),
+            (
+                "EDGEPROXY_BINDING_GC_INTERVAL_SECS",
+                &mut config.affinity.gc_interval_secs,
+            ),
+        ] {
+            if let Some(secs) = env(var) {
+                *field = secs.parse().map_err(|e| ConfigError::Env {
+                    var,
+                    value: secs.clone(),
+                    reason: format!("{e}"),
+                })?;
+            }
         }
         if let Some(secs) = env("EDGEPROXY_STATS_LOG_SECS") {
             config.stats_log_secs = secs.parse().map_err(|e| ConfigError::Env {

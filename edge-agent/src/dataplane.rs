@@ -37,6 +37,10 @@ pub const PINNED_MAPS: &[&str] = &[
     names::SERVICE_STATS,
     names::BACKEND_STATS,
     names::DROP_STATS,
+    names::GEO_V4,
+    names::GEO_V6,
+    names::SERVICE_RINGS,
+    names::AFFINITY,
 ];
 
 #[derive(Debug, Error)]
@@ -85,6 +89,8 @@ pub struct MapSizes {
     pub flows: u32,
     /// Slots in all Maglev tables together.
     pub maglev: u32,
+    /// Client bindings.
+    pub affinity: u32,
 }
 
 impl Default for MapSizes {
@@ -93,6 +99,7 @@ impl Default for MapSizes {
         MapSizes {
             flows: edge_common::limits::DEFAULT_FLOWS,
             maglev: 2 * maglev.max_services * maglev.table_size,
+            affinity: edge_common::limits::DEFAULT_AFFINITY,
         }
     }
 }
@@ -130,6 +137,7 @@ pub fn load_object(pins: Option<&PinDir>, sizes: MapSizes) -> Result<Ebpf, DataP
     loader
         .map_max_entries(names::FLOWS, sizes.flows)
         .map_max_entries(names::MAGLEV, sizes.maglev)
+        .map_max_entries(names::AFFINITY, sizes.affinity)
         .map_max_entries(names::BACKENDS, MAX_BACKENDS);
     if let Some(pins) = pins {
         for name in PINNED_MAPS {

@@ -1,14 +1,18 @@
 //! The edgeProxy agent as a library: the binary (`main.rs`) is a thin CLI over these modules, and
 //! the tests use them directly.
 
+pub mod agent;
+pub mod balancer;
 pub mod bpffs;
 pub mod config;
 pub mod counters;
 pub mod dataplane;
 pub mod flows;
+pub mod geo;
 pub mod maglev;
 pub mod model;
 pub mod netdev;
 pub mod object;
 pub mod services;
+pub mod state;
 pub mod test_run;

@@ -1,14 +1,17 @@
-//! Writes the desired services and backends into the kernel maps: stable ids, Maglev tables
-//! swapped in atomically, and this POP's settings.
+//! Writes a balancing plan into the kernel maps: stable ids, deduplicated Maglev tables swapped
+//! in atomically, per-country table pointers, and this POP's settings.
 //!
 //! Ids survive agent restarts because they are read back from the pinned maps: a backend is
-//! known by its overlay address and port, a service by its VIP and port. A Maglev table is swapped
-//! by writing the service's spare ring and then flipping `ServiceValue::ring`, one map update, so
-//! a SYN never sees a half-written table.
+//! known by its overlay address and port, a service by its VIP and port. A table is never
+//! rewritten in place: a changed eligible set gets a free ring, and then each country's pointer
+//! (`SERVICE_RINGS`) is flipped with one map update, so a SYN always reads a complete table.
+//! Rings no longer pointed at are reused only after a grace period, once no program run can
+//! still be reading them.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -16,18 +19,19 @@ use aya::{
     Ebpf,
 };
 use edge_common::{
+    geo::GEO_CLASSES,
     ipv4_mapped,
     limits::MAX_BACKENDS,
     names,
     pop::POP_READY,
-    service::{BACKEND_ACTIVE, NO_BACKEND},
+    service::{BACKEND_ACTIVE, BACKEND_ELIGIBLE, NO_BACKEND, SERVICE_AFFINITY},
     BackendValue, PopConfig, ServiceKey, ServiceValue, IPPROTO_TCP,
 };
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
-    config::{BackendConfig, ServiceConfig},
+    balancer::{Member, Plan},
     maglev,
 };
 
@@ -58,6 +62,8 @@ pub struct PopSettings {
     pub port_max: u16,
     pub public_ifindex: u32,
     pub overlay_l2_len: u16,
+    /// How long an unused client binding lasts; zero turns affinity off.
+    pub affinity_ttl: Duration,
 }
 
 /// A service or backend left out of the maps, and why.
@@ -72,19 +78,29 @@ pub struct Rejected {
 pub struct Applied {
     pub services: usize,
     pub backends: usize,
-    /// Services whose Maglev table was rebuilt and swapped.
-    pub tables_swapped: usize,
+    /// Maglev tables built and written.
+    pub tables_built: usize,
+    /// Distinct tables in use.
+    pub tables: usize,
     pub rejected: Vec<Rejected>,
 }
+
+/// How long a ring that nothing points at any more stays untouched.
+const RING_GRACE: Duration = Duration::from_secs(2);
 
 /// The agent's view of what it wrote, rebuilt from the maps at start.
 pub struct Reconciler {
     table_size: u32,
-    max_services: u32,
+    rings: u32,
     service_ids: HashMap<ServiceKey, ServiceValue>,
     backend_ids: HashMap<(Ipv6Addr, u16), u32>,
-    /// The (backend id, weight, key) list each service's current table was built from.
-    built: HashMap<ServiceKey, Vec<(u32, u32, String)>>,
+    backend_flags: HashMap<u32, u32>,
+    /// Ring per distinct member list, with the backend ids the table was built from.
+    ring_of: HashMap<Vec<Member>, u32>,
+    /// `SERVICE_RINGS` as last written.
+    pointers: HashMap<u32, u32>,
+    retiring: Vec<(u32, Instant)>,
+    free: BTreeSet<u32>,
 }
 
 pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
@@ -121,176 +137,163 @@ fn array<'e, V: aya::Pod>(
 }
 
 impl Reconciler {
-    /// Reads the ids an earlier agent assigned from the (pinned) maps.
-    pub fn recover(
-        ebpf: &mut Ebpf,
-        table_size: u32,
-        max_services: u32,
-    ) -> Result<Self, ServicesError> {
+    /// Reads the ids an earlier agent assigned from the (pinned) maps; the rings it used are
+    /// kept out of reuse until this agent's own tables have replaced them.
+    pub fn recover(ebpf: &mut Ebpf, table_size: u32) -> Result<Self, ServicesError> {
         let mut service_ids = HashMap::new();
         for entry in services_map(ebpf)?.iter() {
             let (key, value) = entry.map_err(map_err(names::SERVICES))?;
             service_ids.insert(key, value);
         }
         let mut backend_ids = HashMap::new();
+        let mut backend_flags = HashMap::new();
         let backends = array::<BackendValue>(ebpf, names::BACKENDS)?;
-        for id in 0..MAX_BACKENDS {
+        for id in 0..backends.len().min(MAX_BACKENDS) {
             let value = backends.get(&id, 0).map_err(map_err(names::BACKENDS))?;
             if value.flags & BACKEND_ACTIVE != 0 {
                 backend_ids.insert((Ipv6Addr::from(value.addr), u16::from_be(value.port)), id);
+                backend_flags.insert(id, value.flags);
             }
         }
-        if !service_ids.is_empty() || !backend_ids.is_empty() {
+        let rings = array::<u32>(ebpf, names::MAGLEV)?.len() / table_size.max(1);
+        let mut in_use = BTreeSet::new();
+        let pointers_map = array::<u32>(ebpf, names::SERVICE_RINGS)?;
+        let mut pointers = HashMap::new();
+        for value in service_ids.values() {
+            for class in 0..GEO_CLASSES {
+                let index = value.service_id * GEO_CLASSES + class;
+                let ring = pointers_map
+                    .get(&index, 0)
+                    .map_err(map_err(names::SERVICE_RINGS))?;
+                in_use.insert(ring);
+                pointers.insert(index, ring);
+            }
+        }
+        let now = Instant::now();
+        let retiring = in_use.iter().map(|&r| (r, now)).collect();
+        let free = (0..rings).filter(|r| !in_use.contains(r)).collect();
+        if !service_ids.is_empty() {
             info!(
                 services = service_ids.len(),
                 backends = backend_ids.len(),
-                "recovered service and backend ids from the pinned maps"
+                rings_in_use = in_use.len(),
+                "recovered ids from the pinned maps"
             );
         }
         Ok(Reconciler {
             table_size,
-            max_services,
+            rings,
             service_ids,
             backend_ids,
-            built: HashMap::new(),
+            backend_flags,
+            ring_of: HashMap::new(),
+            pointers,
+            retiring,
+            free,
         })
     }
 
-    /// Makes the maps match `services`. Invalid entries are rejected one by one, with the
-    /// reason; everything valid is applied.
+    /// Makes the maps match `plan`. What cannot be applied (too many services, backends or
+    /// tables) is rejected with the reason; everything else is applied.
     pub fn apply(
         &mut self,
         ebpf: &mut Ebpf,
         pop: &PopSettings,
-        services: &[ServiceConfig],
+        plan: &Plan,
     ) -> Result<Applied, ServicesError> {
         let mut applied = Applied::default();
-        let valid = validate(services, &mut applied.rejected);
+        self.release_retired();
+        self.apply_backends(ebpf, plan, &mut applied)?;
 
-        // Backends: keep the ids of those still wanted, give new ones the lowest free ids.
-        let wanted: BTreeSet<(Ipv6Addr, u16)> = valid
+        let wanted: HashSet<ServiceKey> = plan
+            .services
             .iter()
-            .flat_map(|(_, backends)| backends.iter().map(|b| (b.addr, b.port)))
-            .collect();
-        let mut backends = array::<BackendValue>(ebpf, names::BACKENDS)?;
-        let gone: Vec<_> = self
-            .backend_ids
-            .iter()
-            .filter(|(k, _)| !wanted.contains(k))
-            .map(|(k, id)| (*k, *id))
-            .collect();
-        for (key, id) in gone {
-            // Flows already set up carry their backend's address and keep working.
-            backends
-                .set(id, BackendValue::default(), 0)
-                .map_err(map_err(names::BACKENDS))?;
-            self.backend_ids.remove(&key);
-        }
-        let mut used: BTreeSet<u32> = self.backend_ids.values().copied().collect();
-        for &(addr, port) in &wanted {
-            if self.backend_ids.contains_key(&(addr, port)) {
-                continue;
-            }
-            let Some(id) = (0..MAX_BACKENDS).find(|id| !used.contains(id)) else {
-                applied.rejected.push(Rejected {
-                    what: format!("backend [{addr}]:{port}"),
-                    reason: format!("more than {MAX_BACKENDS} backends"),
-                });
-                continue;
-            };
-            used.insert(id);
-            self.backend_ids.insert((addr, port), id);
-            let value = BackendValue {
-                addr: addr.octets(),
-                port: port.to_be(),
-                _pad: 0,
-                flags: BACKEND_ACTIVE,
-            };
-            backends
-                .set(id, value, 0)
-                .map_err(map_err(names::BACKENDS))?;
-        }
-        applied.backends = self.backend_ids.len();
-
-        // Services: ids, tables, then the one-word flip.
-        let wanted_keys: HashSet<ServiceKey> = valid
-            .iter()
-            .map(|(s, _)| service_key(s.vip, s.port))
+            .map(|s| service_key(s.vip, s.port))
             .collect();
         let removed: Vec<ServiceKey> = self
             .service_ids
             .keys()
-            .filter(|k| !wanted_keys.contains(k))
+            .filter(|k| !wanted.contains(k))
             .copied()
             .collect();
-        {
-            let mut map = services_map(ebpf)?;
-            for key in &removed {
-                map.remove(key).map_err(map_err(names::SERVICES))?;
-            }
-        }
         for key in removed {
-            self.service_ids.remove(&key);
-            self.built.remove(&key);
-        }
-        let mut used_ids: BTreeSet<u32> = self.service_ids.values().map(|v| v.service_id).collect();
-        for (service, backends) in &valid {
-            let key = service_key(service.vip, service.port);
-            let members: Vec<(u32, u32, String)> = backends
-                .iter()
-                .filter_map(|b| {
-                    let id = *self.backend_ids.get(&(b.addr, b.port))?;
-                    Some((id, b.weight, b.name.clone()))
-                })
-                .collect();
-            let current = self.service_ids.get(&key).copied();
-            if current.is_some() && self.built.get(&key) == Some(&members) {
-                applied.services += 1;
-                continue;
+            services_map(ebpf)?
+                .remove(&key)
+                .map_err(map_err(names::SERVICES))?;
+            if let Some(value) = self.service_ids.remove(&key) {
+                for class in 0..GEO_CLASSES {
+                    self.pointers
+                        .remove(&(value.service_id * GEO_CLASSES + class));
+                }
             }
-            let service_id = match current {
+        }
+
+        let flags = if pop.affinity_ttl.is_zero() {
+            0
+        } else {
+            SERVICE_AFFINITY
+        };
+        let max_services = edge_common::limits::MAX_SERVICES;
+        let mut used_ids: BTreeSet<u32> = self.service_ids.values().map(|v| v.service_id).collect();
+        for service in &plan.services {
+            let key = service_key(service.vip, service.port);
+            let service_id = match self.service_ids.get(&key) {
                 Some(value) => value.service_id,
-                None => match (0..self.max_services).find(|id| !used_ids.contains(id)) {
+                None => match (0..max_services).find(|id| !used_ids.contains(id)) {
                     Some(id) => id,
                     None => {
                         applied.rejected.push(Rejected {
-                            what: format!("service {}", service.name),
-                            reason: format!("more than {} services", self.max_services),
+                            what: format!("service {}", service.id),
+                            reason: format!("more than {max_services} services"),
                         });
                         continue;
                     }
                 },
             };
             used_ids.insert(service_id);
-            let (ring_a, ring_b) = (2 * service_id, 2 * service_id + 1);
-            let ring = match current {
-                Some(value) if value.ring == ring_a => ring_b,
-                _ => ring_a,
-            };
-            let table = self.table(&members)?;
-            {
-                let mut rings = array::<u32>(ebpf, names::MAGLEV)?;
-                let base = ring * self.table_size;
-                for (slot, backend) in table.iter().enumerate() {
-                    rings
-                        .set(base + slot as u32, backend, 0)
-                        .map_err(map_err(names::MAGLEV))?;
+            let default = service.sets.get(&0).cloned().unwrap_or_default();
+            let mut class_rings = BTreeMap::new();
+            for class in 0..GEO_CLASSES {
+                let set = service.sets.get(&(class as u16)).unwrap_or(&default);
+                match self.ring_for(ebpf, set, &mut applied)? {
+                    Some(ring) => {
+                        class_rings.insert(class, ring);
+                    }
+                    None => {
+                        applied.rejected.push(Rejected {
+                            what: format!("service {}", service.id),
+                            reason: format!("more than {} distinct tables", self.rings),
+                        });
+                        break;
+                    }
                 }
             }
-            let value = ServiceValue {
-                service_id,
-                ring,
-                flags: 0,
-                _pad: 0,
-            };
-            services_map(ebpf)?
-                .insert(key, value, 0)
-                .map_err(map_err(names::SERVICES))?;
-            self.service_ids.insert(key, value);
-            self.built.insert(key, members);
+            if class_rings.len() != GEO_CLASSES as usize {
+                continue;
+            }
+            {
+                let mut pointers = array::<u32>(ebpf, names::SERVICE_RINGS)?;
+                for (class, ring) in class_rings {
+                    let index = service_id * GEO_CLASSES + class;
+                    if self.pointers.get(&index) != Some(&ring) {
+                        pointers
+                            .set(index, ring, 0)
+                            .map_err(map_err(names::SERVICE_RINGS))?;
+                        self.pointers.insert(index, ring);
+                    }
+                }
+            }
+            let value = ServiceValue { service_id, flags };
+            if self.service_ids.get(&key) != Some(&value) {
+                services_map(ebpf)?
+                    .insert(key, value, 0)
+                    .map_err(map_err(names::SERVICES))?;
+                self.service_ids.insert(key, value);
+            }
             applied.services += 1;
-            applied.tables_swapped += 1;
         }
+        self.retire_unused();
+        applied.tables = self.ring_of.len();
 
         let config = PopConfig {
             overlay_addr: pop.overlay_addr.octets(),
@@ -302,6 +305,7 @@ impl Reconciler {
             public_ifindex: pop.public_ifindex,
             flags: POP_READY,
             _pad2: 0,
+            affinity_ttl_ns: pop.affinity_ttl.as_nanos().min(u128::from(u64::MAX)) as u64,
         };
         array::<PopConfig>(ebpf, names::POP_CONFIG)?
             .set(0, config, 0)
@@ -312,84 +316,147 @@ impl Reconciler {
         Ok(applied)
     }
 
-    /// The ring contents (backend ids) for one service's members.
-    fn table(&self, members: &[(u32, u32, String)]) -> Result<Vec<u32>, ServicesError> {
-        if members.iter().all(|(_, weight, _)| *weight == 0) {
-            return Ok(vec![NO_BACKEND; self.table_size as usize]);
+    fn apply_backends(
+        &mut self,
+        ebpf: &mut Ebpf,
+        plan: &Plan,
+        applied: &mut Applied,
+    ) -> Result<(), ServicesError> {
+        let wanted: HashMap<(Ipv6Addr, u16), bool> = plan
+            .backends
+            .iter()
+            .map(|b| ((b.addr, b.port), b.eligible))
+            .collect();
+        let mut backends = array::<BackendValue>(ebpf, names::BACKENDS)?;
+        let gone: Vec<_> = self
+            .backend_ids
+            .iter()
+            .filter(|(k, _)| !wanted.contains_key(k))
+            .map(|(k, id)| (*k, *id))
+            .collect();
+        for (key, id) in gone {
+            // Flows already set up carry their backend's address and keep working.
+            backends
+                .set(id, BackendValue::default(), 0)
+                .map_err(map_err(names::BACKENDS))?;
+            self.backend_ids.remove(&key);
+            self.backend_flags.remove(&id);
         }
+        let mut used: BTreeSet<u32> = self.backend_ids.values().copied().collect();
+        for (&(addr, port), &eligible) in &wanted {
+            let id = match self.backend_ids.get(&(addr, port)) {
+                Some(&id) => id,
+                None => {
+                    let Some(id) = (0..MAX_BACKENDS).find(|id| !used.contains(id)) else {
+                        applied.rejected.push(Rejected {
+                            what: format!("backend [{addr}]:{port}"),
+                            reason: format!("more than {MAX_BACKENDS} backends"),
+                        });
+                        continue;
+                    };
+                    used.insert(id);
+                    self.backend_ids.insert((addr, port), id);
+                    id
+                }
+            };
+            let flags = BACKEND_ACTIVE | if eligible { BACKEND_ELIGIBLE } else { 0 };
+            if self.backend_flags.get(&id) != Some(&flags) {
+                let value = BackendValue {
+                    addr: addr.octets(),
+                    port: port.to_be(),
+                    _pad: 0,
+                    flags,
+                };
+                backends
+                    .set(id, value, 0)
+                    .map_err(map_err(names::BACKENDS))?;
+                self.backend_flags.insert(id, flags);
+            }
+        }
+        applied.backends = self.backend_ids.len();
+        Ok(())
+    }
+
+    /// The ring holding the table of `members`, building it if no ring has it yet.
+    fn ring_for(
+        &mut self,
+        ebpf: &mut Ebpf,
+        members: &[Member],
+        applied: &mut Applied,
+    ) -> Result<Option<u32>, ServicesError> {
+        if let Some(&ring) = self.ring_of.get(members) {
+            return Ok(Some(ring));
+        }
+        let Some(ring) = self.free.pop_first() else {
+            return Ok(None);
+        };
+        let table = self.table(members)?;
+        let mut rings = array::<u32>(ebpf, names::MAGLEV)?;
+        let base = ring * self.table_size;
+        for (slot, backend) in table.iter().enumerate() {
+            rings
+                .set(base + slot as u32, backend, 0)
+                .map_err(map_err(names::MAGLEV))?;
+        }
+        debug!(ring, members = members.len(), "Maglev table written");
+        self.ring_of.insert(members.to_vec(), ring);
+        applied.tables_built += 1;
+        Ok(Some(ring))
+    }
+
+    /// The table for `members` as backend ids (all `NO_BACKEND` for an empty set).
+    fn table(&self, members: &[Member]) -> Result<Vec<u32>, ServicesError> {
+        let ids: Vec<Option<u32>> = members
+            .iter()
+            .map(|m| self.backend_ids.get(&(m.addr, m.port)).copied())
+            .collect();
         let candidates: Vec<maglev::Candidate<'_>> = members
             .iter()
-            .map(|(_, weight, key)| maglev::Candidate {
-                key,
-                weight: *weight,
+            .zip(&ids)
+            .map(|(m, id)| maglev::Candidate {
+                key: &m.key,
+                weight: if id.is_some() { m.weight } else { 0 },
             })
             .collect();
+        if candidates.iter().all(|c| c.weight == 0) {
+            return Ok(vec![NO_BACKEND; self.table_size as usize]);
+        }
         let table = maglev::build(&candidates, self.table_size)?;
-        Ok(table.iter().map(|&i| members[i as usize].0).collect())
+        Ok(table
+            .iter()
+            .map(|&i| ids[i as usize].unwrap_or(NO_BACKEND))
+            .collect())
+    }
+
+    /// Rings no pointer uses any more start their grace period.
+    fn retire_unused(&mut self) {
+        let pointed: HashSet<u32> = self.pointers.values().copied().collect();
+        let now = Instant::now();
+        let unused: Vec<Vec<Member>> = self
+            .ring_of
+            .iter()
+            .filter(|(_, ring)| !pointed.contains(ring))
+            .map(|(members, _)| members.clone())
+            .collect();
+        for members in unused {
+            if let Some(ring) = self.ring_of.remove(&members) {
+                self.retiring.push((ring, now));
+            }
+        }
+    }
+
+    fn release_retired(&mut self) {
+        let pointed: HashSet<u32> = self.pointers.values().copied().collect();
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .retiring
+            .drain(..)
+            .partition(|(ring, since)| since.elapsed() >= RING_GRACE && !pointed.contains(ring));
+        self.retiring = waiting;
+        self.free.extend(ready.into_iter().map(|(ring, _)| ring));
     }
 
     /// Backend ids by overlay address and port, as assigned.
     pub fn backend_ids(&self) -> BTreeMap<u32, (Ipv6Addr, u16)> {
         self.backend_ids.iter().map(|(k, id)| (*id, *k)).collect()
     }
-}
-
-/// Weight bounds: 0 takes a backend out of new flows; the upper bound keeps Maglev's credit
-/// arithmetic far from overflow and catches typos.
-pub const MAX_WEIGHT: u32 = 1_000_000;
-
-/// The services and backends that can be applied; every other one goes to `rejected`.
-fn validate<'a>(
-    services: &'a [ServiceConfig],
-    rejected: &mut Vec<Rejected>,
-) -> Vec<(&'a ServiceConfig, Vec<&'a BackendConfig>)> {
-    let mut seen = BTreeMap::new();
-    let mut valid = Vec::new();
-    for service in services {
-        let what = format!("service {}", service.name);
-        let reject = |reason: String| Rejected {
-            what: what.clone(),
-            reason,
-        };
-        if service.port == 0 {
-            rejected.push(reject("port 0".into()));
-            continue;
-        }
-        if service.vip.is_unspecified() || service.vip.is_multicast() {
-            rejected.push(reject(format!(
-                "VIP {} is not a unicast address",
-                service.vip
-            )));
-            continue;
-        }
-        if let Some(first) = seen.insert((service.vip, service.port), &service.name) {
-            rejected.push(reject(format!(
-                "{}:{} is already service {first}",
-                service.vip, service.port
-            )));
-            continue;
-        }
-        let mut names = BTreeSet::new();
-        let mut backends = Vec::new();
-        for backend in &service.backends {
-            let what = format!("backend {} of service {}", backend.name, service.name);
-            let reason = if backend.port == 0 {
-                Some("port 0".to_owned())
-            } else if backend.weight > MAX_WEIGHT {
-                Some(format!("weight {} above {MAX_WEIGHT}", backend.weight))
-            } else if backend.addr.is_unspecified() || backend.addr.is_multicast() {
-                Some(format!("address {} is not a unicast address", backend.addr))
-            } else if !names.insert(backend.name.as_str()) {
-                Some("duplicate name".to_owned())
-            } else {
-                None
-            };
-            match reason {
-                Some(reason) => rejected.push(Rejected { what, reason }),
-                None => backends.push(backend),
-            }
-        }
-        valid.push((service, backends));
-    }
-    valid
 }

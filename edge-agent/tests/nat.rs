@@ -9,7 +9,8 @@ use aya::{
     Ebpf,
 };
 use edge_agent::{
-    config::{BackendConfig, FlowConfig, ServiceConfig},
+    agent::static_plan,
+    config::{AgentConfig, BackendConfig, FlowConfig, ServiceConfig},
     dataplane::{self, MapSizes},
     flows::{self, TcpState},
     services::{PopSettings, Reconciler},
@@ -47,6 +48,10 @@ fn backend(name: &str, last: u8) -> BackendConfig {
         addr: Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, u16::from(last)),
         port: 8080,
         weight: 1,
+        region: None,
+        country: None,
+        soft_limit: 10_000,
+        hard_limit: 100_000,
     }
 }
 
@@ -88,6 +93,7 @@ impl Nat {
         let sizes = MapSizes {
             flows,
             maglev: 2 * 8 * TABLE_SIZE,
+            affinity: 1024,
         };
         let mut ebpf = dataplane::load_object(None, sizes)?;
         dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
@@ -99,9 +105,14 @@ impl Nat {
             port_max: 32_767,
             public_ifindex: 1,
             overlay_l2_len: 14,
+            affinity_ttl: std::time::Duration::ZERO,
         };
-        let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE, 8)?;
-        let applied = reconciler.apply(&mut ebpf, &pop, &services()?)?;
+        let config = AgentConfig {
+            services: services()?,
+            ..AgentConfig::default()
+        };
+        let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
+        let applied = reconciler.apply(&mut ebpf, &pop, &static_plan(&config))?;
         assert_eq!(applied.services, 3, "services applied: {applied:?}");
         assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
         Ok(Nat { ebpf })

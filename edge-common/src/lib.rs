@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod flow;
+pub mod geo;
 pub mod hash;
 pub mod pop;
 pub mod service;
@@ -38,6 +39,10 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const DROP_STATS: &str = "DROP_STATS";
+    pub const GEO_V4: &str = "GEO_V4";
+    pub const GEO_V6: &str = "GEO_V6";
+    pub const SERVICE_RINGS: &str = "SERVICE_RINGS";
+    pub const AFFINITY: &str = "AFFINITY";
 }
 
 /// Sizes of the maps whose size the agent does not choose at load time.
@@ -46,8 +51,12 @@ pub mod limits {
     pub const MAX_SERVICES: u32 = 1024;
     /// Backends, indexed by the id the agent assigns.
     pub const MAX_BACKENDS: u32 = 4096;
-    /// Maglev tables (rings). Each service uses one, and a second while a new one is swapped in.
+    /// Maglev tables (rings) compiled into the object; the agent sizes the map at load time.
     pub const MAX_RINGS: u32 = 2 * MAX_SERVICES;
+    /// Prefixes in each geo trie.
+    pub const MAX_GEO_PREFIXES: u32 = 1 << 20;
+    /// Default client bindings.
+    pub const DEFAULT_AFFINITY: u32 = 1 << 18;
     /// Default flow table size (entries, both directions count).
     pub const DEFAULT_FLOWS: u32 = 1_000_000;
     /// Source ports tried per new flow before giving up.

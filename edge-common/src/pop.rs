@@ -20,6 +20,8 @@ pub struct PopConfig {
     /// `POP_*` bits.
     pub flags: u32,
     pub _pad2: u32,
+    /// How long an unused client binding lasts (v1: 600 s).
+    pub affinity_ttl_ns: u64,
 }
 
 /// Set once the agent has written a complete configuration; until then nothing is translated.

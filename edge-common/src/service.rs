@@ -10,16 +10,17 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
-/// A service: its id (index of its counters) and the Maglev ring new flows are picked from.
-/// The agent swaps tables by writing a new ring and then this value: one atomic update.
+/// A service: its id (index of its counters and of its rows in `SERVICE_RINGS`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct ServiceValue {
     pub service_id: u32,
-    pub ring: u32,
+    /// `SERVICE_*` bits.
     pub flags: u32,
-    pub _pad: u32,
 }
+
+/// Clients of this service stay with their backend (see `AffinityKey`).
+pub const SERVICE_AFFINITY: u32 = 1;
 
 /// A ring slot with no backend (a service with no eligible backend): new flows are dropped.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -37,6 +38,9 @@ pub struct BackendValue {
 
 /// The slot holds a configured backend (an all-zero slot is free).
 pub const BACKEND_ACTIVE: u32 = 1;
+/// The backend may take new flows (enabled, not draining, healthy, under its hard limit): a
+/// client bound to a backend without this bit is bound anew.
+pub const BACKEND_ELIGIBLE: u32 = 2;
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), explicit padding, integer fields only.

@@ -12,6 +12,7 @@
     reason = "map keys and values go by reference: a copy would cost BPF stack (512 bytes)"
 )]
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head},
@@ -19,11 +20,12 @@ use aya_ebpf::{
 };
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_SYN},
+    geo::{AffinityKey, AffinityValue, GEO_CLASSES},
     hash::flow_hash,
     ipv4_mapped,
     limits::PORT_TRIES,
     pop::POP_READY,
-    service::{BACKEND_ACTIVE, NO_BACKEND},
+    service::{BACKEND_ACTIVE, BACKEND_ELIGIBLE, NO_BACKEND, SERVICE_AFFINITY},
     stats::{L3Class, L4Class},
     FlowKey, FlowValue, PopConfig, ServiceKey, ServiceValue, IPPROTO_TCP,
 };
@@ -32,7 +34,10 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     csum,
     ctx::ptr_at,
-    maps::{BACKENDS, FLOWS, MAGLEV, POP_CONFIG, SERVICES},
+    maps::{
+        NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V6, MAGLEV, POP_CONFIG, SCRATCH,
+        SERVICES, SERVICE_RINGS,
+    },
     parse,
     stats::{self, Drop},
     tcp,
@@ -52,7 +57,7 @@ struct Ports {
 }
 
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Drop> {
+pub fn forward(ctx: &XdpContext, packet: &parse::Packet, frame_len: usize) -> Result<u32, Drop> {
     if packet.l4 != L4Class::Tcp {
         return Ok(xdp_action::XDP_PASS);
     }
@@ -100,9 +105,9 @@ pub fn forward(ctx: &XdpContext, packet: &parse::Packet) -> Result<u32, Drop> {
         return Err(Drop::Unsupported);
     }
     if v4 {
-        forward_v4(ctx, config, &service)
+        forward_v4(ctx, config, &service, frame_len)
     } else {
-        forward_v6(ctx, config, &service)
+        forward_v6(ctx, config, &service, frame_len)
     }
 }
 
@@ -112,7 +117,6 @@ fn flow_for(
     key: &FlowKey,
     tcp_flags: u8,
     bytes: usize,
-    config: &PopConfig,
     service: &ServiceValue,
     v4: bool,
 ) -> Result<Option<*mut FlowValue>, Drop> {
@@ -136,7 +140,14 @@ fn flow_for(
         stats::no_flow();
         return Ok(None);
     }
-    let backend_id = new_flow(key, tcp_flags, bytes, now, config, service, v4)?;
+    let meta = u32::from(tcp_flags) | u32::from(v4) << 8;
+    let backend_id = decode(new_flow(
+        key,
+        service.service_id,
+        service.flags,
+        meta,
+        bytes as u64,
+    ))?;
     stats::service_packet(service.service_id, bytes, true);
     stats::backend_to(backend_id, bytes, true);
     // Read back the entry just written, so that the rewrite works from map memory, not a copy
@@ -144,8 +155,61 @@ fn flow_for(
     FLOWS.get_ptr_mut(key).map(Some).ok_or(Drop::FlowInsert)
 }
 
+/// `new_flow`'s result in one register: a backend id, or `FAILED | drop reason`.
+const FAILED: u64 = 1 << 32;
+
 #[inline(always)]
-fn new_flow(
+fn decode(result: u64) -> Result<u32, Drop> {
+    if result & FAILED == 0 {
+        return Ok(result as u32);
+    }
+    Err(match result as u32 {
+        0 => Drop::NoBackend,
+        1 => Drop::PortExhausted,
+        _ => Drop::FlowInsert,
+    })
+}
+
+#[inline(always)]
+fn encode(result: Result<u32, Drop>) -> u64 {
+    match result {
+        Ok(id) => u64::from(id),
+        Err(Drop::NoBackend) => FAILED,
+        Err(Drop::PortExhausted) => FAILED | 1,
+        Err(_) => FAILED | 2,
+    }
+}
+
+/// Sets up a new flow. Not inlined: a BPF-to-BPF call gets its own stack frame, and the packet
+/// path's frame plus this one fit the 512-byte limit where one merged frame does not. It takes
+/// no packet pointer (the verifier's rule for calls; see TOOLCHAIN.md), only the flow key.
+/// `meta` packs the TCP flags (bits 0-7) and the client family (bit 8: IPv4): a BPF call has at
+/// most five arguments. (Packing the frame length too made LLVM shift packet pointers, which
+/// the verifier refuses.)
+#[inline(never)]
+fn new_flow(key: &FlowKey, service_id: u32, service_flags: u32, meta: u32, bytes: u64) -> u64 {
+    let Some(config) = POP_CONFIG.get(0) else {
+        return FAILED;
+    };
+    // SAFETY: no preconditions; the same coarse clock as the caller's.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let service = ServiceValue {
+        service_id,
+        flags: service_flags,
+    };
+    encode(setup_flow(
+        key,
+        meta as u8,
+        bytes as usize,
+        now,
+        config,
+        &service,
+        meta & 0x100 != 0,
+    ))
+}
+
+#[inline(always)]
+fn setup_flow(
     key: &FlowKey,
     tcp_flags: u8,
     bytes: usize,
@@ -155,61 +219,52 @@ fn new_flow(
     v4: bool,
 ) -> Result<u32, Drop> {
     let hash = flow_hash(&key.src, &key.dst, key.sport, key.dport);
-    let ring_size = config.ring_size;
-    if ring_size == 0 {
+    let Some(backend_id) = pick_backend(key, hash, now, config, service, v4) else {
         stats::service_no_backend(service.service_id);
         return Err(Drop::NoBackend);
-    }
-    let slot = service
-        .ring
-        .wrapping_mul(ring_size)
-        .wrapping_add(hash % ring_size);
-    let backend_id = match MAGLEV.get(slot) {
-        Some(&id) if id != NO_BACKEND => id,
-        _ => {
-            stats::service_no_backend(service.service_id);
-            return Err(Drop::NoBackend);
-        }
     };
     let backend = match BACKENDS.get(backend_id) {
-        Some(b) if b.flags & BACKEND_ACTIVE != 0 => *b,
+        Some(b) if b.flags & BACKEND_ACTIVE != 0 => b,
         _ => {
             stats::service_no_backend(service.service_id);
             return Err(Drop::NoBackend);
         }
     };
     let family = if v4 { FLOW_V4_CLIENT } else { 0 };
-    // One value on the stack, written as the reverse entry and then turned into the forward one.
-    let mut value = FlowValue {
-        new_src: key.dst,
-        new_dst: key.src,
-        new_sport: key.dport,
-        new_dport: key.sport,
-        service_id: service.service_id,
-        backend_id,
-        flags: FLOW_REVERSE | family,
-        created_ns: now,
-        last_seen_ns: now,
-        ..FlowValue::default()
-    };
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Drop::FlowInsert)?;
+    // SAFETY: this CPU's scratch slot, used only within this program run.
+    let (value, reverse_key) = unsafe { (&mut (*scratch).value, &mut (*scratch).reverse_key) };
+    // One value, written as the reverse entry and then turned into the forward one.
+    // Field by field: a struct literal would be built on the stack first and copied.
+    value.new_src = key.dst;
+    value.new_dst = key.src;
+    value.new_sport = key.dport;
+    value.new_dport = key.sport;
+    value.service_id = service.service_id;
+    value.backend_id = backend_id;
+    value.flags = FLOW_REVERSE | family;
+    value.tcp_flags = 0;
+    value._pad = [0; 2];
+    value.created_ns = now;
+    value.last_seen_ns = now;
+    value.packets = 0;
+    value.bytes = 0;
+    reverse_key.src = backend.addr;
+    reverse_key.dst = config.overlay_addr;
+    reverse_key.sport = backend.port;
+    reverse_key.proto = IPPROTO_TCP;
+    reverse_key._pad = [0; 3];
     let range = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
     // Start from other hash bits than the ring slot's, so that one backend's flows spread over
     // the whole port range.
     let start = hash.rotate_left(16);
     for attempt in 0..PORT_TRIES {
         let port = (u32::from(config.port_min) + start.wrapping_add(attempt) % range) as u16;
-        let reverse_key = FlowKey {
-            src: backend.addr,
-            dst: config.overlay_addr,
-            sport: backend.port,
-            dport: port.to_be(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        reverse_key.dport = port.to_be();
         // NOEXIST makes the insert the allocation: a port in use by any flow to this backend
         // fails here and the next one is tried.
         if FLOWS
-            .insert(&reverse_key, &value, BPF_NOEXIST as u64)
+            .insert(&*reverse_key, &*value, BPF_NOEXIST as u64)
             .is_err()
         {
             continue;
@@ -222,8 +277,8 @@ fn new_flow(
         value.tcp_flags = tcp_flags;
         value.packets = 1;
         value.bytes = bytes as u64;
-        if FLOWS.insert(key, &value, BPF_ANY as u64).is_err() {
-            let _ = FLOWS.remove(&reverse_key);
+        if FLOWS.insert(key, &*value, BPF_ANY as u64).is_err() {
+            let _ = FLOWS.remove(&*reverse_key);
             return Err(Drop::FlowInsert);
         }
         return Ok(backend_id);
@@ -231,34 +286,129 @@ fn new_flow(
     Err(Drop::PortExhausted)
 }
 
+/// This CPU's scratch flow key, with its constant fields set.
 #[inline(always)]
-fn forward_v6(ctx: &XdpContext, config: &PopConfig, service: &ServiceValue) -> Result<u32, Drop> {
-    let bytes = ctx.data_end() - ctx.data();
-    let (Some(ip), Some(hdr)) = (
-        ptr_at::<_, Ipv6Hdr>(ctx, ETH_LEN),
-        ptr_at::<_, [u8; 20]>(ctx, V6_TCP),
-    ) else {
+fn scratch_key() -> Result<*mut FlowKey, Drop> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Drop::FlowInsert)?;
+    // SAFETY: this CPU's scratch slot, used only within this program run.
+    unsafe {
+        let key = &raw mut (*scratch).key;
+        (*key).proto = IPPROTO_TCP;
+        (*key)._pad = [0; 3];
+        Ok(key)
+    }
+}
+
+/// The client's country class: 0 when the geo tries do not know its address.
+#[inline(always)]
+fn geo_class(scratch: *mut NewFlowScratch, client: &[u8; 16], v4: bool) -> u32 {
+    let found = if v4 {
+        let key = Key::new(32, [client[12], client[13], client[14], client[15]]);
+        GEO_V4.get(&key).map(|g| g.class)
+    } else {
+        // SAFETY: this CPU's scratch slot.
+        let key = unsafe { &mut (*scratch).geo_v6 };
+        *key = Key::new(128, *client);
+        GEO_V6.get(key).map(|g| g.class)
+    };
+    u32::from(found.unwrap_or(0))
+}
+
+/// The backend for a new flow: the client's binding if it is still eligible, else the Maglev
+/// pick from the ring of the client's country class (the binding is then renewed).
+#[inline(always)]
+fn pick_backend(
+    key: &FlowKey,
+    hash: u32,
+    now: u64,
+    config: &PopConfig,
+    service: &ServiceValue,
+    v4: bool,
+) -> Option<u32> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    let sticky = service.flags & SERVICE_AFFINITY != 0 && config.affinity_ttl_ns != 0;
+    // SAFETY: this CPU's scratch slot, used only within this program run.
+    let binding = unsafe { &mut (*scratch).binding };
+    *binding = AffinityKey {
+        service_id: service.service_id,
+        client: key.src,
+    };
+    if sticky {
+        if let Some(bound) = AFFINITY.get_ptr_mut(&*binding) {
+            // SAFETY: the LRU entry is valid for this run.
+            unsafe {
+                let backend_id = (*bound).backend_id;
+                let fresh = now.saturating_sub((*bound).last_used_ns) < config.affinity_ttl_ns;
+                let eligible =
+                    matches!(BACKENDS.get(backend_id), Some(b) if b.flags & BACKEND_ELIGIBLE != 0);
+                if fresh && eligible {
+                    (*bound).last_used_ns = now;
+                    return Some(backend_id);
+                }
+            }
+        }
+    }
+    let ring_size = config.ring_size;
+    if ring_size == 0 {
+        return None;
+    }
+    let class = geo_class(scratch, &key.src, v4);
+    let ring = *SERVICE_RINGS.get(
+        service
+            .service_id
+            .wrapping_mul(GEO_CLASSES)
+            .wrapping_add(class),
+    )?;
+    let slot = ring.wrapping_mul(ring_size).wrapping_add(hash % ring_size);
+    let backend_id = match MAGLEV.get(slot) {
+        Some(&id) if id != NO_BACKEND => id,
+        _ => return None,
+    };
+    if sticky {
+        let value = AffinityValue {
+            backend_id,
+            _pad: 0,
+            last_used_ns: now,
+        };
+        // Best effort: without a binding the client is simply picked again next time.
+        let _ = AFFINITY.insert(&*binding, &value, BPF_ANY as u64);
+    }
+    Some(backend_id)
+}
+
+#[inline(always)]
+fn forward_v6(
+    ctx: &XdpContext,
+    config: &PopConfig,
+    service: &ServiceValue,
+    bytes: usize,
+) -> Result<u32, Drop> {
+    let Some(frame) = ptr_at::<_, [u8; V6_TCP + 20]>(ctx, 0) else {
         return Ok(xdp_action::XDP_PASS);
     };
+    // SAFETY: both lie inside the checked region.
+    let (ip, hdr) = unsafe {
+        (
+            frame.cast::<u8>().add(ETH_LEN) as *mut Ipv6Hdr,
+            frame.cast::<u8>().add(V6_TCP) as *mut [u8; 20],
+        )
+    };
     let ports = hdr as *mut Ports;
-    // SAFETY: all three pointers were bounds-checked above.
+    let key = scratch_key()?;
+    // SAFETY: all pointers were bounds-checked above; the key is this CPU's scratch slot.
     unsafe {
-        let key = FlowKey {
-            src: (*ip).src_addr,
-            dst: (*ip).dst_addr,
-            sport: (*ports).source,
-            dport: (*ports).dest,
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        (*key).src = (*ip).src_addr;
+        (*key).dst = (*ip).dst_addr;
+        (*key).sport = (*ports).source;
+        (*key).dport = (*ports).dest;
         let tcp_flags = (*hdr)[13];
-        let Some(flow) = flow_for(&key, tcp_flags, bytes, config, service, false)? else {
+        let Some(flow) = flow_for(&*key, tcp_flags, bytes, service, false)? else {
             return Ok(xdp_action::XDP_PASS);
         };
         let check = hdr.cast::<u8>().add(16) as *mut u16;
         // FlowKey and FlowValue both start with src, dst, sport, dport: 36 contiguous bytes
         // that cover every checksummed field the rewrite changes.
-        *check = csum::replace_raw(*check, (&key as *const FlowKey).cast(), flow.cast(), 36);
+        *check = csum::replace_raw(*check, key.cast(), flow.cast(), 36);
         (*ip).src_addr = (*flow).new_src;
         (*ip).dst_addr = (*flow).new_dst;
         (*ports).source = (*flow).new_sport;
@@ -271,89 +421,90 @@ fn forward_v6(ctx: &XdpContext, config: &PopConfig, service: &ServiceValue) -> R
 }
 
 #[inline(always)]
-fn forward_v4(ctx: &XdpContext, config: &PopConfig, service: &ServiceValue) -> Result<u32, Drop> {
-    let bytes = ctx.data_end() - ctx.data();
-    let (Some(eth), Some(ip), Some(hdr)) = (
-        ptr_at::<_, [u8; 12]>(ctx, 0),
-        ptr_at::<_, Ipv4Hdr>(ctx, ETH_LEN),
-        ptr_at::<_, [u8; 20]>(ctx, V4_TCP),
-    ) else {
+fn forward_v4(
+    ctx: &XdpContext,
+    config: &PopConfig,
+    service: &ServiceValue,
+    bytes: usize,
+) -> Result<u32, Drop> {
+    // One bounds check for Ethernet, IPv4 and TCP: fewer packet-pointer values for LLVM to
+    // juggle (it once merged and shifted them, which the verifier refuses).
+    let Some(frame) = ptr_at::<_, [u8; V4_TCP + 20]>(ctx, 0) else {
         return Ok(xdp_action::XDP_PASS);
     };
+    // SAFETY: both lie inside the checked region.
+    let (ip, hdr) = unsafe {
+        (
+            frame.cast::<u8>().add(ETH_LEN) as *mut Ipv4Hdr,
+            frame.cast::<u8>().add(V4_TCP) as *mut [u8; 20],
+        )
+    };
     let ports = hdr as *mut Ports;
+    let key = scratch_key()?;
     // SAFETY: bounds-checked above; nothing is read through these pointers after adjust_head.
-    let (macs, tos, tot_len, ttl, src4, dst4, key, tcp_flags, check) = unsafe {
+    let (tos, tot_len, ttl, tcp_flags, check, old) = unsafe {
         let src4 = (*ip).src_addr;
         let dst4 = (*ip).dst_addr;
-        let key = FlowKey {
-            src: ipv4_mapped(src4),
-            dst: ipv4_mapped(dst4),
-            sport: (*ports).source,
-            dport: (*ports).dest,
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        (*key).src = ipv4_mapped(src4);
+        (*key).dst = ipv4_mapped(dst4);
+        (*key).sport = (*ports).source;
+        (*key).dport = (*ports).dest;
         (
-            *eth,
             (*ip).tos,
             u16::from_be_bytes((*ip).tot_len),
             (*ip).ttl,
-            src4,
-            dst4,
-            key,
             (*hdr)[13],
             u16::from_ne_bytes([(*hdr)[16], (*hdr)[17]]),
+            // The words the checksum covered: addresses, then both ports.
+            [
+                u32::from_ne_bytes(src4),
+                u32::from_ne_bytes(dst4),
+                u32::from_ne_bytes([(*hdr)[0], (*hdr)[1], (*hdr)[2], (*hdr)[3]]),
+            ],
         )
     };
     if tot_len < 20 {
         return Err(Drop::Unsupported);
     }
-    let Some(flow) = flow_for(&key, tcp_flags, bytes, config, service, true)? else {
+    // SAFETY: this CPU's scratch slot.
+    let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, service, true)? else {
         return Ok(xdp_action::XDP_PASS);
     };
     // The pseudo-header's length and protocol words sum the same for IPv4 and IPv6 (RFC 8200
     // section 8.1), so only the addresses and ports change the checksum.
-    let old = [
-        u32::from_ne_bytes(src4),
-        u32::from_ne_bytes(dst4),
-        csum::ports_word(key.sport, key.dport),
-    ];
     let sum = csum::diff_raw(old.as_ptr().cast(), 12, flow.cast(), 36, u32::from(!check));
     let check = !csum::fold(u64::from(sum));
-    // SAFETY: the flow entry stays valid for this run.
-    let (new_src, new_dst, new_sport, new_dport) = unsafe {
-        (
-            (*flow).new_src,
-            (*flow).new_dst,
-            (*flow).new_sport,
-            (*flow).new_dport,
-        )
-    };
 
     // SAFETY: ctx.ctx is the program's own context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -NAT46_GROWTH) } != 0 {
         return Err(Drop::ResizeFailed);
     }
-    let (Some(eth), Some(ip), Some(hdr)) = (
-        ptr_at::<_, [u8; 14]>(ctx, 0),
-        ptr_at::<_, Ipv6Hdr>(ctx, ETH_LEN),
-        ptr_at::<_, [u8; 20]>(ctx, V6_TCP),
-    ) else {
+    let Some(frame) = ptr_at::<_, [u8; V6_TCP + 20]>(ctx, 0) else {
         return Err(Drop::ResizeFailed);
     };
-    // SAFETY: bounds-checked against the grown frame.
+    // SAFETY: all three lie inside the checked region.
+    let (eth, ip, hdr) = unsafe {
+        (
+            frame as *mut [u8; 14],
+            frame.cast::<u8>().add(ETH_LEN) as *mut Ipv6Hdr,
+            frame.cast::<u8>().add(V6_TCP) as *mut [u8; 20],
+        )
+    };
+    // SAFETY: bounds-checked against the grown frame; the old Ethernet header is still there,
+    // 20 bytes further on, and the flow entry stays valid for this run.
     unsafe {
-        let mut frame = [0u8; 14];
-        frame[..12].copy_from_slice(&macs);
-        frame[12] = 0x86;
-        frame[13] = 0xdd;
-        *eth = frame;
+        let old_eth = eth.cast::<u8>().add(NAT46_GROWTH as usize) as *const [u8; 12];
+        let new_eth = eth as *mut [u8; 12];
+        *new_eth = *old_eth;
+        (*eth)[12] = 0x86;
+        (*eth)[13] = 0xdd;
         (*ip).vcf = [0x60 | (tos >> 4), (tos & 0x0f) << 4, 0, 0];
         (*ip).payload_len = (tot_len - 20).to_be_bytes();
         (*ip).next_hdr = IPPROTO_TCP;
         (*ip).hop_limit = ttl;
-        (*ip).src_addr = new_src;
-        (*ip).dst_addr = new_dst;
+        (*ip).src_addr = (*flow).new_src;
+        (*ip).dst_addr = (*flow).new_dst;
+        let (new_sport, new_dport) = ((*flow).new_sport, (*flow).new_dport);
         let ports = hdr as *mut Ports;
         (*ports).source = new_sport;
         (*ports).dest = new_dport;

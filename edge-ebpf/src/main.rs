@@ -27,7 +27,7 @@ use aya_ebpf::{
 pub fn edge_xdp(ctx: XdpContext) -> u32 {
     let frame_len = ctx.data_end() - ctx.data();
     let packet = parse::classify(&ctx);
-    let action = match forward::forward(&ctx, &packet) {
+    let action = match forward::forward(&ctx, &packet, frame_len) {
         Ok(action) => action,
         Err(reason) => {
             stats::drop(reason);

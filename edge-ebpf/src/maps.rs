@@ -2,11 +2,15 @@
 //! rings) are set by the agent at load time; the sizes here are the defaults.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
+    maps::lpm_trie::Key,
 };
 use edge_common::{
-    limits::{DEFAULT_FLOWS, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES},
+    geo::{AffinityKey, AffinityValue, GeoValue, GEO_CLASSES},
+    limits::{
+        DEFAULT_AFFINITY, DEFAULT_FLOWS, MAX_BACKENDS, MAX_GEO_PREFIXES, MAX_RINGS, MAX_SERVICES,
+    },
     BackendStats, BackendValue, DropStats, FlowKey, FlowValue, PopConfig, ServiceKey, ServiceStats,
     ServiceValue,
 };
@@ -35,3 +39,36 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
 
 #[btf_map]
 pub static DROP_STATS: PerCpuArray<DropStats, 1> = PerCpuArray::new();
+
+/// Client IPv4 prefix -> country class.
+#[btf_map]
+pub static GEO_V4: LpmTrie<[u8; 4], GeoValue, { MAX_GEO_PREFIXES as usize }> = LpmTrie::new();
+
+/// Client IPv6 prefix -> country class.
+#[btf_map]
+pub static GEO_V6: LpmTrie<[u8; 16], GeoValue, { MAX_GEO_PREFIXES as usize }> = LpmTrie::new();
+
+/// `service_id * GEO_CLASSES + class` -> the ring new flows of that service from that country
+/// are picked from.
+#[btf_map]
+pub static SERVICE_RINGS: Array<u32, { (MAX_SERVICES * GEO_CLASSES) as usize }> = Array::new();
+
+/// (service, client) -> backend bindings, refreshed on use.
+#[btf_map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { DEFAULT_AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// Per-CPU scratch space: the flow key and the two entries a new flow writes would not fit on
+/// the 512-byte BPF stack beside everything else.
+#[repr(C)]
+pub struct NewFlowScratch {
+    /// The packet's flow key (a map value can be a lookup key).
+    pub key: FlowKey,
+    pub value: FlowValue,
+    pub reverse_key: FlowKey,
+    pub binding: AffinityKey,
+    pub geo_v6: Key<[u8; 16]>,
+}
+
+#[btf_map]
+pub static SCRATCH: PerCpuArray<NewFlowScratch, 1> = PerCpuArray::new();

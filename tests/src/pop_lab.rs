@@ -91,6 +91,10 @@ max_entries = 65536
 table_size = {TABLE_SIZE}
 max_services = 8
 
+# Spread every connection by its 5-tuple; tests of client affinity write their own config.
+[affinity]
+ttl_secs = 0
+
 [[services]]
 name = "echo4"
 vip = "{VIP4}"

@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("socat", "TCP clients and servers in the lab"),
     ("iputils-ping", "ping"),
     ("procps", "ps, sysctl"),
+    (
+        "sqlite3",
+        "the sqlite3 CLI operators (and a state test) write routing.db with",
+    ),
     ("nftables", "nft: the kernel-NAT baseline of the benchmark"),
     ("haproxy", "the HAProxy baseline of the benchmark"),
     ("nginx", "the benchmark's HTTP backend"),

@@ -79,9 +79,7 @@ fn sigkill_keeps_the_data_plane_and_a_new_agent_adopts_it() -> TestResult {
 
     let second = start_agent(&lab, &[])?;
     assert!(
-        second
-            .output_so_far()
-            .contains("adopted the pinned XDP link"),
+        second.output_so_far().contains("adopted the pinned link"),
         "second agent should adopt the pinned link; it said:\n{}",
         second.output_so_far()
     );

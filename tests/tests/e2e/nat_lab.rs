@@ -105,19 +105,24 @@ fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
     let list = doc["flows"].as_array().ok_or("no flows array")?;
     assert_eq!(list.len(), 1000, "one flow per connection");
 
-    let names = ["be1", "be2", "be3"];
-    let candidates: Vec<maglev::Candidate<'_>> = names
-        .iter()
-        .map(|key| maglev::Candidate { key, weight: 1 })
-        .collect();
-    let table = maglev::build(&candidates, TABLE_SIZE)?;
+    // The agent hashes each backend by its id, `<service>/<backend>` for configured services.
+    let table_of = |service: &str| {
+        let keys: Vec<String> = (1..=BACKENDS).map(|n| format!("{service}/be{n}")).collect();
+        let candidates: Vec<maglev::Candidate<'_>> = keys
+            .iter()
+            .map(|key| maglev::Candidate { key, weight: 1 })
+            .collect();
+        maglev::build(&candidates, TABLE_SIZE)
+    };
+    let (table4, table6) = (table_of("echo4")?, table_of("echo6")?);
     let mut observed: BTreeMap<String, u64> = BTreeMap::new();
     let mut predicted: BTreeMap<String, u64> = BTreeMap::new();
     for flow in list {
         let client: SocketAddr = flow["client"].as_str().ok_or("client")?.parse()?;
         let vip: SocketAddr = flow["vip"].as_str().ok_or("vip")?.parse()?;
         let backend: SocketAddr = flow["backend"].as_str().ok_or("backend")?.parse()?;
-        let expected = predicted_backend(&table, client, vip);
+        let table = if vip.is_ipv4() { &table4 } else { &table6 };
+        let expected = predicted_backend(table, client, vip);
         assert_eq!(
             backend.ip().to_string(),
             expected,
@@ -126,7 +131,7 @@ fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
         *observed.entry(backend.ip().to_string()).or_default() += 1;
         *predicted.entry(expected).or_default() += 1;
     }
-    let shares = maglev::shares(&table, names.len());
+    let shares = maglev::shares(&table4, BACKENDS);
     eprintln!(
         "table shares {shares:?}; predicted per backend {predicted:?}; observed {observed:?}"
     );

@@ -201,28 +201,33 @@ http {{
     Ok(path)
 }
 
-/// Waits until `process` prints `needle`, failing at once (with its output) if it exits.
+/// Waits until `process` prints `needle`, failing at once (with its exit status and output) if
+/// it exits first.
 pub fn wait_ready(process: &LabProcess, needle: &str, timeout: Duration) -> anyhow::Result<()> {
-    wait_until(timeout, || {
+    let deadline = Instant::now() + timeout;
+    loop {
         if process.output_so_far().contains(needle) {
-            return Ok(true);
+            return Ok(());
         }
         if !process.is_running() {
+            let status = process
+                .wait_exit(Duration::from_secs(1))
+                .map_or_else(|e| e.to_string(), |s| s.to_string());
             bail!(
-                "`{}` exited before printing `{needle}`; its output:\n{}",
+                "`{}` exited ({status}) before printing `{needle}`; its output:\n{}",
                 process.name(),
                 process.output_so_far()
             );
         }
-        Ok(false)
-    })
-    .with_context(|| {
-        format!(
-            "waiting for `{}` to print `{needle}`; its output so far:\n{}",
-            process.name(),
-            process.output_so_far()
-        )
-    })
+        if Instant::now() >= deadline {
+            bail!(
+                "`{}` did not print `{needle}` within {timeout:?}; its output:\n{}",
+                process.name(),
+                process.output_so_far()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls `ready` every 50 ms until it returns true, fails, or `timeout` passes.

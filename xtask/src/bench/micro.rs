@@ -1,10 +1,29 @@
-//! Per-packet cost of the BPF programs.
+//! Per-packet cost of the BPF programs: `edge-agent`'s `prog` benchmark (`BPF_PROG_TEST_RUN`,
+//! each program beside the parse-and-pass baseline measured in the same run). It lives with
+//! the agent because it loads the agent's own object and map contents; xtask cannot depend on
+//! the agent (building it needs the toolchain `setup` installs).
 
-/// PLACEHOLDER: will hold the `BPF_PROG_TEST_RUN` per-packet section of `cargo xtask bench`
-/// (DESIGN.md, "Performance method"): each data-plane program run >= 1e6 times on prepared
-/// frames (established flow, SYN), reported as a ratio to a minimal parse-and-pass program
-/// measured in the same run. Another engineer fills it in; the end-to-end section calls it
-/// after its own table and fails the bench if it fails.
+use crate::shell;
+
 pub fn run() -> anyhow::Result<()> {
+    let json = shell::workspace_root().join("target/bench/prog.json");
+    if let Some(dir) = json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    println!("\nPer packet, through BPF_PROG_TEST_RUN (release build):");
+    shell::run(
+        shell::cargo()
+            .args([
+                "bench",
+                "--package",
+                "edge-agent",
+                "--bench",
+                "prog",
+                "--",
+                "--json",
+            ])
+            .arg(&json),
+    )?;
+    println!("(written to {})", json.display());
     Ok(())
 }

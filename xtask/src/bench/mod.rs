@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// Duration of each iperf3 and wrk test, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     seconds: u64,
+    /// Repeat the whole sequence of modes this many times and report each figure's median.
+    /// Rounds alternate the order of the modes, so that a drift in background load (another
+    /// build on a shared machine) hits every mode alike.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Use this edge-agent binary for the edgeproxy mode instead of building the release one.
     #[arg(long)]
     agent: Option<PathBuf>,
@@ -66,6 +71,9 @@ fn check_stop() -> anyhow::Result<()> {
 /// Pause between tests, so that one test's connections (TIME_WAIT, closing proxies) settle
 /// before the next starts.
 const SETTLE: Duration = Duration::from_millis(500);
+
+/// Background CPU use above this share (with the lab idle) is called out next to the figures.
+const NOISY: f64 = 0.10;
 
 /// A failed request is not a served one: above this share of errors, a wrk rate is discarded.
 const MAX_WRK_ERROR_RATIO: f64 = 0.01;
@@ -147,6 +155,11 @@ struct ModeResult {
     values: Vec<(Metric, Result<f64, String>)>,
     /// Facts worth a look beside the figures (retransmits, tolerated socket errors).
     notes: Vec<String>,
+    /// Share of the CPUs busy while the lab sat idle just before measuring: work that is not
+    /// the benchmark's (another build, another lab) and that skews its figures.
+    background_busy: Option<f64>,
+    /// Every round's value of each metric (after merging rounds; empty before).
+    samples: Vec<(Metric, Vec<f64>)>,
 }
 
 impl ModeResult {
@@ -207,24 +220,42 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         agent: &agent,
     };
     let mut run_ids = Vec::new();
-    let mut results = Vec::new();
-    for &mode in &modes {
-        if STOP.load(Ordering::SeqCst) {
-            break;
+    let mut rounds = Vec::new();
+    'rounds: for round in 0..args.rounds {
+        let mut order = modes.clone();
+        if round % 2 == 1 {
+            order.reverse();
         }
-        println!("\nbench: === {mode} ===");
-        let result = measure_mode(mode, args.seconds, &inputs, &mut run_ids);
-        if let Some(e) = &result.error {
-            eprintln!("bench: {mode} FAILED: {e}");
+        let mut this_round = Vec::new();
+        for mode in order {
+            if STOP.load(Ordering::SeqCst) {
+                rounds.push(this_round);
+                break 'rounds;
+            }
+            if args.rounds > 1 {
+                println!(
+                    "\nbench: === {mode} (round {}/{}) ===",
+                    round + 1,
+                    args.rounds
+                );
+            } else {
+                println!("\nbench: === {mode} ===");
+            }
+            let result = measure_mode(mode, args.seconds, &inputs, &mut run_ids);
+            if let Some(e) = &result.error {
+                eprintln!("bench: {mode} FAILED: {e}");
+            }
+            this_round.push(result);
         }
-        results.push(result);
+        rounds.push(this_round);
     }
+    let results = merge_rounds(&modes, &rounds);
     let elapsed = started.elapsed();
 
     println!();
-    print!("{}", render_table(&results, args.seconds));
+    print!("{}", render_table(&results, args.seconds, args.rounds));
     let path = shell::workspace_root().join("target/bench/e2e.json");
-    write_json(&path, &results, args.seconds, elapsed)?;
+    write_json(&path, &results, args.seconds, args.rounds, elapsed)?;
     println!("\nwritten to {}", path.display());
 
     let mut problems = Vec::new();
@@ -253,6 +284,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if !problems.is_empty() {
+        if std::env::var_os(edge_lab::KEEP_LOGS_ENV).is_none() {
+            eprintln!(
+                "bench: rerun with {}=1 to keep each lab's configs and process logs",
+                edge_lab::KEEP_LOGS_ENV
+            );
+        }
         bail!("the bench had failures:\n- {}", problems.join("\n- "));
     }
     Ok(())
@@ -296,6 +333,8 @@ fn measure_mode(
         error: None,
         values: Vec::new(),
         notes: Vec::new(),
+        background_busy: None,
+        samples: Vec::new(),
     };
     if let Err(e) = measure_into(&mut result, seconds, inputs, run_ids) {
         result.error = Some(format!("{e:#}"));
@@ -326,6 +365,25 @@ fn measure_into(
     })
     .with_context(|| format!("HTTP and echo from client to {target} through {mode}"))?;
     println!("bench: {mode}: path client -> {target} -> backend works");
+    std::thread::sleep(SETTLE);
+    result.background_busy = background_busy(Duration::from_secs(1));
+    if let Some(busy) = result.background_busy {
+        println!(
+            "bench: {mode}: CPUs {:.0}% busy with the lab idle{}",
+            busy * 100.0,
+            if busy > NOISY {
+                " - other work is running: figures will be skewed"
+            } else {
+                ""
+            }
+        );
+        if busy > NOISY {
+            result.notes.push(format!(
+                "CPUs were {:.0}% busy with the lab idle: something else was running",
+                busy * 100.0
+            ));
+        }
+    }
 
     // Before each test: stop if asked to, fail the mode if its balancer died, let the last
     // test's connections settle.
@@ -355,6 +413,7 @@ fn measure_into(
         }
     }
 
+    let mut retransmits = Vec::new();
     for (metric, streams) in [(Metric::Iperf1, 1), (Metric::Iperf4, 4)] {
         step()?;
         let value = load::iperf3(client, target, streams, seconds).and_then(|r| {
@@ -362,12 +421,7 @@ fn measure_into(
                 "bench: {mode}: iperf3 {streams} stream(s): {:.2} Gbit/s, {} retransmits",
                 r.gbps, r.retransmits
             );
-            if r.retransmits > 0.0 {
-                result.notes.push(format!(
-                    "iperf3 {streams} stream(s): {} retransmits",
-                    r.retransmits
-                ));
-            }
+            retransmits.push(format!("{} ({streams} stream(s))", r.retransmits));
             if r.gbps <= 0.0 {
                 bail!("iperf3 moved no data");
             }
@@ -376,6 +430,12 @@ fn measure_into(
         result
             .values
             .push((metric, value.map_err(|e| format!("{e:#}"))));
+    }
+    // Drops on the path show up as retransmissions; veth forwarding has some in every mode.
+    if !retransmits.is_empty() {
+        result
+            .notes
+            .push(format!("iperf3 retransmits: {}", retransmits.join(", ")));
     }
 
     for (metric, close) in [(Metric::HttpKeepAlive, false), (Metric::HttpClose, true)] {
@@ -416,6 +476,114 @@ fn measure_into(
     Ok(())
 }
 
+/// One result per mode out of all rounds: the median of each metric, a failure if any round
+/// failed (a failure is not averaged away), notes and errors labelled with their round.
+fn merge_rounds(modes: &[Mode], rounds: &[Vec<ModeResult>]) -> Vec<ModeResult> {
+    let label = |round: usize, text: &str| {
+        if rounds.len() > 1 {
+            format!("round {}: {text}", round + 1)
+        } else {
+            text.to_owned()
+        }
+    };
+    modes
+        .iter()
+        .filter_map(|&mode| {
+            let runs: Vec<(usize, &ModeResult)> = rounds
+                .iter()
+                .enumerate()
+                .filter_map(|(i, round)| round.iter().find(|r| r.mode == mode).map(|r| (i, r)))
+                .collect();
+            if runs.is_empty() {
+                return None;
+            }
+            let error = runs
+                .iter()
+                .find_map(|(i, r)| r.error.as_deref().map(|e| label(*i, e)));
+            let mut values = Vec::new();
+            let mut samples = Vec::new();
+            for metric in Metric::ALL {
+                let got: Vec<(usize, &Result<f64, String>)> = runs
+                    .iter()
+                    .filter_map(|(i, r)| r.value(metric).map(|v| (*i, v)))
+                    .collect();
+                let oks: Vec<f64> = got
+                    .iter()
+                    .filter_map(|(_, v)| v.as_ref().ok())
+                    .copied()
+                    .collect();
+                let first_err = got
+                    .iter()
+                    .find_map(|(i, v)| v.as_ref().err().map(|e| label(*i, e)));
+                if let Some(e) = first_err {
+                    values.push((metric, Err(e)));
+                } else if let Some(m) = median(&oks) {
+                    values.push((metric, Ok(m)));
+                }
+                if !oks.is_empty() {
+                    samples.push((metric, oks));
+                }
+            }
+            let notes = runs
+                .iter()
+                .flat_map(|(i, r)| r.notes.iter().map(move |n| label(*i, n)))
+                .collect();
+            let background_busy = runs
+                .iter()
+                .filter_map(|(_, r)| r.background_busy)
+                .reduce(f64::max);
+            Some(ModeResult {
+                mode,
+                error,
+                values,
+                notes,
+                background_busy,
+                samples,
+            })
+        })
+        .collect()
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => v.get(n / 2).copied(),
+        _ => Some((v.get(n / 2 - 1)? + v.get(n / 2)?) / 2.0),
+    }
+}
+
+/// Share of all CPUs not idle (nor waiting for I/O) over `window`, from /proc/stat.
+fn background_busy(window: Duration) -> Option<f64> {
+    let sample = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        parse_cpu_line(stat.lines().next()?)
+    };
+    let (busy0, total0) = sample()?;
+    std::thread::sleep(window);
+    let (busy1, total1) = sample()?;
+    let total = total1.checked_sub(total0)?;
+    (total > 0).then(|| busy1.saturating_sub(busy0) as f64 / total as f64)
+}
+
+/// (busy, total) jiffies from the aggregate `cpu` line of /proc/stat: user nice system idle
+/// iowait irq softirq steal (guest time is already inside user).
+fn parse_cpu_line(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
 /// `value / plain`, when both exist.
 fn ratio(results: &[ModeResult], r: &ModeResult, metric: Metric) -> Option<f64> {
     let base = results.iter().find(|b| b.mode == Mode::Plain)?;
@@ -436,7 +604,7 @@ fn cell(results: &[ModeResult], r: &ModeResult, metric: Metric) -> String {
     }
 }
 
-fn render_table(results: &[ModeResult], seconds: u64) -> String {
+fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header = vec!["metric".to_owned()];
     header.extend(results.iter().map(|r| r.mode.to_string()));
@@ -457,8 +625,13 @@ fn render_table(results: &[ModeResult], seconds: u64) -> String {
         })
         .collect();
     let mut out = format!(
-        "end-to-end, value (ratio to plain), {seconds} s per iperf3/wrk test, \
+        "end-to-end, value (ratio to plain), {}{seconds} s per iperf3/wrk test, \
          wrk {} threads x {} connections, echo {} x {} B round trips:\n",
+        if rounds > 1 {
+            format!("median of {rounds} rounds, ")
+        } else {
+            String::new()
+        },
         load::WRK_THREADS,
         load::WRK_CONNECTIONS,
         load::ECHO_COUNT,
@@ -491,6 +664,16 @@ fn render_table(results: &[ModeResult], seconds: u64) -> String {
     if !results.iter().any(|r| r.mode == Mode::Plain) {
         out.push_str("No ratios: `plain` was not among the modes.\n");
     }
+    let busy: Vec<String> = results
+        .iter()
+        .filter_map(|r| Some(format!("{} {:.0}%", r.mode, r.background_busy? * 100.0)))
+        .collect();
+    if !busy.is_empty() {
+        out.push_str(&format!(
+            "CPUs busy with the lab idle, just before measuring (other work skews the figures): {}\n",
+            busy.join(", ")
+        ));
+    }
     for r in results {
         for note in &r.notes {
             out.push_str(&format!("note: {}: {note}\n", r.mode));
@@ -507,7 +690,7 @@ fn render_table(results: &[ModeResult], seconds: u64) -> String {
     out
 }
 
-fn to_json(results: &[ModeResult], seconds: u64, elapsed: Duration) -> Json {
+fn to_json(results: &[ModeResult], seconds: u64, rounds: u32, elapsed: Duration) -> Json {
     let unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs() as f64);
@@ -523,6 +706,16 @@ fn to_json(results: &[ModeResult], seconds: u64, elapsed: Duration) -> Json {
                         (
                             "ratio_to_plain",
                             ratio(results, r, metric).map_or(Json::Null, Json::Num),
+                        ),
+                        (
+                            "rounds",
+                            Json::Arr(
+                                r.samples
+                                    .iter()
+                                    .filter(|(m, _)| *m == metric)
+                                    .flat_map(|(_, v)| v.iter().map(|x| Json::Num(*x)))
+                                    .collect(),
+                            ),
                         ),
                     ]),
                     Some(Err(e)) => Json::obj([("error", Json::str(e.clone()))]),
@@ -560,6 +753,7 @@ fn to_json(results: &[ModeResult], seconds: u64, elapsed: Duration) -> Json {
             "settings",
             Json::obj([
                 ("seconds_per_test", Json::Num(seconds as f64)),
+                ("rounds", Json::Num(rounds.into())),
                 ("wrk_threads", Json::Num(load::WRK_THREADS.into())),
                 ("wrk_connections", Json::Num(load::WRK_CONNECTIONS.into())),
                 ("echo_round_trips", Json::Num(load::ECHO_COUNT.into())),
@@ -580,6 +774,15 @@ fn to_json(results: &[ModeResult], seconds: u64, elapsed: Duration) -> Json {
             })),
         ),
         (
+            "background_cpu_busy",
+            Json::obj(results.iter().map(|r| {
+                (
+                    r.mode.name(),
+                    r.background_busy.map_or(Json::Null, Json::Num),
+                )
+            })),
+        ),
+        (
             "notes",
             Json::obj(results.iter().filter(|r| !r.notes.is_empty()).map(|r| {
                 (
@@ -595,12 +798,13 @@ fn write_json(
     path: &std::path::Path,
     results: &[ModeResult],
     seconds: u64,
+    rounds: u32,
     elapsed: Duration,
 ) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(path, to_json(results, seconds, elapsed).pretty())
+    std::fs::write(path, to_json(results, seconds, rounds, elapsed).pretty())
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -619,6 +823,8 @@ mod tests {
                     (Metric::EchoP50, Ok(40.0)),
                 ],
                 notes: vec![],
+                background_busy: Some(0.02),
+                samples: vec![(Metric::Iperf1, vec![10.0])],
             },
             ModeResult {
                 mode: Mode::Haproxy,
@@ -629,12 +835,16 @@ mod tests {
                     (Metric::EchoP50, Ok(50.0)),
                 ],
                 notes: vec!["x".into()],
+                background_busy: None,
+                samples: vec![],
             },
             ModeResult {
                 mode: Mode::EdgeProxy,
                 error: Some("agent exited".into()),
                 values: vec![],
                 notes: vec![],
+                background_busy: None,
+                samples: vec![],
             },
         ]
     }
@@ -642,7 +852,7 @@ mod tests {
     #[test]
     fn table_shows_values_ratios_and_failures() {
         let results = sample();
-        let table = render_table(&results, 5);
+        let table = render_table(&results, 5, 1);
         assert!(table.contains("10.00 (1.00)"), "{table}");
         assert!(table.contains("5.00 (0.50)"), "{table}");
         assert!(table.contains("50.0 (1.25)"), "{table}");
@@ -651,9 +861,52 @@ mod tests {
     }
 
     #[test]
+    fn rounds_merge_to_medians_and_keep_failures() {
+        let round = |iperf: f64, close: Result<f64, String>, busy: f64| ModeResult {
+            mode: Mode::Haproxy,
+            error: None,
+            values: vec![(Metric::Iperf1, Ok(iperf)), (Metric::HttpClose, close)],
+            notes: vec!["n".into()],
+            background_busy: Some(busy),
+            samples: vec![],
+        };
+        let rounds = vec![
+            vec![round(3.0, Ok(10.0), 0.1)],
+            vec![round(1.0, Err("wrk died".into()), 0.5)],
+            vec![round(2.0, Ok(30.0), 0.0)],
+        ];
+        let merged = merge_rounds(&[Mode::Plain, Mode::Haproxy], &rounds);
+        assert_eq!(merged.len(), 1, "plain never ran, so it has no column");
+        let h = &merged[0];
+        assert_eq!(h.value(Metric::Iperf1), Some(&Ok(2.0)));
+        assert_eq!(
+            h.value(Metric::HttpClose),
+            Some(&Err("round 2: wrk died".into()))
+        );
+        assert_eq!(h.background_busy, Some(0.5));
+        assert_eq!(h.notes.len(), 3);
+        assert_eq!(
+            h.samples.first(),
+            Some(&(Metric::Iperf1, vec![3.0, 1.0, 2.0]))
+        );
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn proc_stat_cpu_line() {
+        // Recorded from /proc/stat on the 2-core lab machine.
+        let line = "cpu  113259 0 38441 98544 3429 0 11756 1226 0 0";
+        let busy = 113259 + 38441 + 11756 + 1226;
+        assert_eq!(parse_cpu_line(line), Some((busy, busy + 98544 + 3429)));
+        assert_eq!(parse_cpu_line("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(parse_cpu_line("cpu  1 2 x"), None);
+    }
+
+    #[test]
     fn json_report_parses_back() {
         let results = sample();
-        let text = to_json(&results, 5, Duration::from_secs(3)).pretty();
+        let text = to_json(&results, 5, 1, Duration::from_secs(3)).pretty();
         let doc = Json::parse(&text).unwrap_or(Json::Null);
         let Some(Json::Arr(metrics)) = doc.get("metrics") else {
             panic!("no metrics in {text}");

@@ -1,0 +1,80 @@
+-- edgeProxy control-plane state, schema v2.
+--
+-- One file for both sources: the local routing.db applies it as-is (the agent embeds it), and a
+-- Corrosion cluster loads it from its schema directory. So it follows Corrosion's (cr-sqlite's)
+-- rules: only CREATE TABLE and CREATE INDEX; every table has a primary key whose columns are
+-- NOT NULL; no UNIQUE constraint or unique index besides the primary key; no AUTOINCREMENT; no
+-- REFERENCES; every other NOT NULL column has a constant DEFAULT (which also lets a newer
+-- schema add it with ALTER TABLE ... ADD COLUMN). Changes must stay additive: Corrosion ignores
+-- dropped tables and columns.
+--
+-- There is no CHECK constraint on purpose: a replicated change that violated one would be
+-- refused by the replica applying it, whereas the agent rejects a bad row by itself, with a
+-- reason, and serves the rest. Required columns default to values the agent rejects ('' or 0),
+-- so a row that forgets one is reported instead of silently made up.
+--
+-- Timestamps are Unix seconds written by the writer, never defaults such as unixepoch(), so that
+-- every replica stores the same value.
+
+-- A service clients reach at vip:port.
+CREATE TABLE services (
+    id TEXT NOT NULL PRIMARY KEY,
+    -- IPv4 or IPv6 address, announced over BGP from every POP.
+    vip TEXT NOT NULL DEFAULT '',
+    port INTEGER NOT NULL DEFAULT 0,
+    -- Only 'tcp' is served.
+    proto TEXT NOT NULL DEFAULT 'tcp',
+    updated_at INTEGER NOT NULL DEFAULT 0
+);
+
+-- A backend of a service (v1's backend row: service_id was v1's app, address was wg_ip).
+CREATE TABLE backends (
+    id TEXT NOT NULL PRIMARY KEY,
+    service_id TEXT NOT NULL DEFAULT '',
+    -- Region id (sa, us, eu, ap, ...) and ISO 3166-1 alpha-2 country: the geo tiers.
+    region TEXT NOT NULL DEFAULT '',
+    country TEXT NOT NULL DEFAULT '',
+    -- The backend's IPv6 overlay (6PN) address, or a name ending in .internal.
+    address TEXT NOT NULL DEFAULT '',
+    port INTEGER NOT NULL DEFAULT 0,
+    -- 0..1000; 0 takes the backend out of new flows.
+    weight INTEGER NOT NULL DEFAULT 1,
+    -- Live connections: above soft_limit a shrinking share, at hard_limit none.
+    soft_limit INTEGER NOT NULL DEFAULT 100,
+    hard_limit INTEGER NOT NULL DEFAULT 1000,
+    -- 0 or 1. A draining backend gets no new flows; its flows go on.
+    draining INTEGER NOT NULL DEFAULT 0,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    -- A JSON object: what the backend registered about itself.
+    metadata TEXT NOT NULL DEFAULT '{}',
+    updated_at INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE INDEX backends_service_id ON backends (service_id);
+
+-- A POP or backend host of the deployment: a WireGuard peer of the overlay.
+CREATE TABLE pops (
+    id TEXT NOT NULL PRIMARY KEY,
+    region TEXT NOT NULL DEFAULT '',
+    -- NULL until known.
+    overlay_addr TEXT,
+    -- WireGuard public key (base64) and endpoint (host:port).
+    public_key TEXT,
+    endpoint TEXT,
+    updated_at INTEGER NOT NULL DEFAULT 0
+);
+
+-- One POP's view of one backend. Only that POP writes the rows keyed by its pop_id, so
+-- replicas never fight over a row.
+CREATE TABLE health (
+    pop_id TEXT NOT NULL,
+    backend_id TEXT NOT NULL,
+    -- unknown, up, degraded or down.
+    status TEXT NOT NULL DEFAULT 'unknown',
+    -- Smoothed round-trip time in microseconds; NULL when not measured.
+    rtt_us INTEGER,
+    checked_at INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (pop_id, backend_id)
+);
+
+CREATE INDEX health_backend_id ON health (backend_id);

@@ -1,0 +1,301 @@
+//! The running agent: state in, plan computed, maps written; the flow table swept; signals
+//! handled. `main.rs` only parses the command line.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use edge_common::{names, FlowKey, FlowValue};
+use tracing::{debug, info, warn};
+
+use crate::{
+    balancer::{self, GeoClasses, Inputs},
+    bpffs::PinDir,
+    config::AgentConfig,
+    counters,
+    dataplane::{self, Attach, DataPlane, MapSizes},
+    flows, maglev,
+    model::{Country, Region, Snapshot},
+    netdev,
+    services::{PopSettings, Reconciler},
+};
+
+/// Everything the agent holds while it runs.
+pub struct Agent {
+    config: AgentConfig,
+    config_path: Option<PathBuf>,
+    pins: PinDir,
+    dataplane: DataPlane,
+    /// `None` when no overlay is configured: the data plane then only counts.
+    balancing: Option<Balancing>,
+}
+
+struct Balancing {
+    pop: PopSettings,
+    reconciler: Reconciler,
+    classes: GeoClasses,
+    /// Live connections per backend id, from the last sweep.
+    active: HashMap<String, u64>,
+    state: Snapshot,
+}
+
+/// This POP's settings for the kernel, from the config and the interfaces.
+pub fn pop_settings(
+    config: &AgentConfig,
+    public_iface: &str,
+) -> anyhow::Result<Option<PopSettings>> {
+    let Some(overlay_iface) = config.overlay.iface.as_deref() else {
+        return Ok(None);
+    };
+    let Some(overlay_addr) = config.overlay.addr else {
+        bail!("overlay.iface is set but overlay.addr (this POP's overlay address) is not");
+    };
+    if config.overlay.mtu < 1280 {
+        bail!(
+            "overlay.mtu {} is below IPv6's minimum of 1280",
+            config.overlay.mtu
+        );
+    }
+    if config.overlay.port_min == 0 || config.overlay.port_min > config.overlay.port_max {
+        bail!(
+            "overlay port range {}-{} is empty or starts at 0",
+            config.overlay.port_min,
+            config.overlay.port_max
+        );
+    }
+    let public_ifindex = netdev::ifindex(public_iface)
+        .with_context(|| format!("interface {public_iface} does not exist"))?;
+    Ok(Some(PopSettings {
+        overlay_addr,
+        // IPv6 (40) and TCP (20) headers inside the overlay MTU.
+        mss_clamp: config.overlay.mtu - 60,
+        port_min: config.overlay.port_min,
+        port_max: config.overlay.port_max,
+        public_ifindex,
+        overlay_l2_len: netdev::l2_header_len(overlay_iface),
+        affinity_ttl: Duration::from_secs(config.affinity.ttl_secs),
+    }))
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<AgentConfig> {
+    AgentConfig::load(path, |var| std::env::var(var).ok()).context("loading configuration")
+}
+
+impl Agent {
+    /// Loads and attaches the data plane and applies the configured state.
+    pub fn start(
+        config: AgentConfig,
+        config_path: Option<PathBuf>,
+        pins: PinDir,
+        reset: bool,
+    ) -> anyhow::Result<Self> {
+        let Some(iface) = config.iface.clone() else {
+            bail!("no interface to attach to: pass --iface, set EDGEPROXY_IFACE, or `iface` in the config");
+        };
+        if !maglev::is_prime(config.maglev.table_size) {
+            bail!(
+                "maglev.table_size {} is not prime (next prime: {})",
+                config.maglev.table_size,
+                maglev::next_prime(config.maglev.table_size)
+            );
+        }
+        let pop = pop_settings(&config, &iface)?;
+        let sizes = MapSizes {
+            flows: config.flows.max_entries,
+            maglev: 2 * config.maglev.max_services * config.maglev.table_size,
+            affinity: config.affinity.max_entries.max(1),
+        };
+        let attach = Attach {
+            public_iface: &iface,
+            overlay_iface: config.overlay.iface.as_deref(),
+            xdp_mode: config.xdp_mode,
+            reset,
+            sizes,
+        };
+        let mut dataplane = dataplane::start(&pins, &attach)
+            .with_context(|| format!("starting the data plane on {iface}"))?;
+        info!(iface, xdp = ?dataplane.xdp, tc = ?dataplane.tc, root = %pins.root().display(), "data plane running");
+        let balancing = match pop {
+            Some(pop) => Some(Balancing {
+                reconciler: Reconciler::recover(&mut dataplane.ebpf, config.maglev.table_size)?,
+                pop,
+                classes: GeoClasses::default(),
+                active: HashMap::new(),
+                state: Snapshot::default(),
+            }),
+            None => {
+                if !config.services.is_empty() {
+                    warn!("services are configured but no overlay: counting only, nothing is translated");
+                }
+                None
+            }
+        };
+        let mut agent = Agent {
+            config,
+            config_path,
+            pins,
+            dataplane,
+            balancing,
+        };
+        agent.reload_state();
+        Ok(agent)
+    }
+
+    /// Reads the state again and applies it; on failure the maps keep the last good state.
+    fn reload_state(&mut self) {
+        let Some(balancing) = self.balancing.as_mut() else {
+            return;
+        };
+        let (state, rejected) = self.config.snapshot();
+        for row in &rejected {
+            warn!(table = row.table, key = %row.key, reason = %row.reason, "row rejected");
+        }
+        balancing.state = state;
+        self.apply();
+    }
+
+    /// Computes the plan from the current state and load, and writes it.
+    fn apply(&mut self) {
+        let Some(b) = self.balancing.as_mut() else {
+            return;
+        };
+        let pop_region = self.config.region.clone();
+        let unknown: Region = pop_region.clone();
+        let region_of = |_: Country| pop_region.clone();
+        let inputs = Inputs {
+            pop_id: &self.config.pop_id,
+            pop_region: &self.config.region,
+            region_of: &region_of,
+            unknown_region: &unknown,
+            classes: &b.classes,
+            active: &b.active,
+        };
+        let plan = balancer::plan(&b.state, &inputs, &|_| None);
+        match b.reconciler.apply(&mut self.dataplane.ebpf, &b.pop, &plan) {
+            Ok(applied) => info!(
+                services = applied.services,
+                backends = applied.backends,
+                tables = applied.tables,
+                tables_built = applied.tables_built,
+                rejected = applied.rejected.len(),
+                "state applied"
+            ),
+            Err(error) => warn!(%error, "applying state failed; the maps keep the last good state"),
+        }
+    }
+
+    /// Expires idle flows and refreshes the live connection counts the plan weighs.
+    fn sweep(&mut self) -> anyhow::Result<()> {
+        let Some(b) = self.balancing.as_mut() else {
+            return Ok(());
+        };
+        let map = self
+            .dataplane
+            .ebpf
+            .map_mut(names::FLOWS)
+            .context("FLOWS map missing")?;
+        let mut table: aya::maps::HashMap<_, FlowKey, FlowValue> =
+            aya::maps::HashMap::try_from(map)?;
+        let (report, _) =
+            flows::sweep(&mut table, &self.config.flows, flows::monotonic_ns(), true)?;
+        debug!(
+            entries = report.entries,
+            connections = report.connections,
+            expired = report.expired,
+            "flow table swept"
+        );
+        let by_endpoint = b.reconciler.backend_ids();
+        let mut active: HashMap<String, u64> = HashMap::new();
+        for (id, count) in &report.active_per_backend {
+            let Some(&(addr, port)) = by_endpoint.get(id) else {
+                continue;
+            };
+            for backend in &b.state.backends {
+                if backend.port == port && backend.addr == crate::model::BackendAddr::Ip(addr) {
+                    *active.entry(backend.id.clone()).or_default() += count;
+                }
+            }
+        }
+        // Tables only change when a backend's load crosses a tenth of its soft limit, or its
+        // hard limit; recompute only then.
+        let step = |id: &str, n: u64| {
+            b.state.backends.iter().find(|x| x.id == id).map(|x| {
+                (
+                    n * 10 / u64::from(x.soft_limit.max(1)),
+                    n >= u64::from(x.hard_limit),
+                )
+            })
+        };
+        let changed = active.len() != b.active.len()
+            || active
+                .iter()
+                .any(|(id, n)| step(id, *n) != b.active.get(id).and_then(|o| step(id, *o)));
+        b.active = active;
+        if changed {
+            self.apply();
+        }
+        Ok(())
+    }
+
+    /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the configuration.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+            let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+            let mut sweep = tokio::time::interval(Duration::from_secs(self.config.flows.sweep_interval_secs.max(1)));
+            let mut stats_log = tokio::time::interval(Duration::from_secs(self.config.stats_log_secs.max(1)));
+            println!("edge-agent ready");
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return anyhow::Ok(()),
+                    _ = sigterm.recv() => return anyhow::Ok(()),
+                    _ = sighup.recv() => match load_config(self.config_path.as_deref()) {
+                        Ok(new) => {
+                            self.config.services = new.services;
+                            self.reload_state();
+                        }
+                        Err(error) => warn!(error = %format!("{error:#}"), "reloading config failed; keeping the current one"),
+                    },
+                    _ = sweep.tick() => {
+                        if let Err(error) = self.sweep() {
+                            warn!(error = %format!("{error:#}"), "sweeping the flow table");
+                        }
+                    }
+                    _ = stats_log.tick(), if self.config.stats_log_secs > 0 => {
+                        match counters::open_pinned(&self.pins).and_then(|map| counters::snapshot(&map)) {
+                            Ok(snapshot) => info!(packets = snapshot.total_packets(), "counters"),
+                            Err(error) => warn!(%error, "reading counters"),
+                        }
+                    }
+                }
+            }
+        })?;
+        info!("agent stopping; the data plane stays attached (`edge-agent detach` removes it)");
+        Ok(())
+    }
+}
+
+/// The plan for a configuration's services with no geo database and no load: what the packet
+/// tests and benchmarks load.
+pub fn static_plan(config: &AgentConfig) -> balancer::Plan {
+    let (state, _) = config.snapshot();
+    let region = config.region.clone();
+    let region_of = |_: Country| region.clone();
+    let inputs = Inputs {
+        pop_id: &config.pop_id,
+        pop_region: &config.region,
+        region_of: &region_of,
+        unknown_region: &config.region,
+        classes: &GeoClasses::default(),
+        active: &HashMap::new(),
+    };
+    balancer::plan(&state, &inputs, &|_| None)
+}

@@ -1,0 +1,353 @@
+//! Who may take a service's new flows, per client country: v1's rules, computed by the agent.
+//!
+//! v1 scored each backend `tier * 100 + (conns / soft_limit) / weight` and took the lowest:
+//! tier 0 is the client's country, 1 the client's region, 2 the POP's region, 3 anywhere. Here
+//! the lowest non-empty tier becomes the eligible set of a country class (the kernel cannot
+//! score per packet), and the load term becomes each member's Maglev weight: `weight` scaled by
+//! the headroom left under `soft_limit`, in tenths so that tables are rebuilt only when a
+//! backend's load moves by a tenth of its soft limit. Backends at `hard_limit`, unhealthy,
+//! draining, disabled or of weight 0 are not eligible at all.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv6Addr,
+};
+
+use crate::model::{Backend, BackendAddr, Country, HealthStatus, Region, Snapshot};
+
+/// Country classes as the kernel's geo tries number them: class 0 is "unknown".
+#[derive(Clone, Debug, Default)]
+pub struct GeoClasses {
+    /// `classes[i]` is the country of class `i + 1`.
+    pub countries: Vec<Country>,
+}
+
+impl GeoClasses {
+    /// Classes for `countries` (sorted, deduplicated); at most 255 fit the kernel's table.
+    pub fn new(countries: impl IntoIterator<Item = Country>) -> Self {
+        let mut countries: Vec<Country> = countries.into_iter().collect();
+        countries.sort();
+        countries.dedup();
+        countries.truncate(edge_common::geo::GEO_CLASSES as usize - 1);
+        GeoClasses { countries }
+    }
+
+    pub fn class_of(&self, country: Country) -> Option<u16> {
+        self.countries
+            .binary_search(&country)
+            .ok()
+            .map(|i| i as u16 + 1)
+    }
+
+    /// Every class with its country (`None` for class 0).
+    pub fn iter(&self) -> impl Iterator<Item = (u16, Option<Country>)> + '_ {
+        std::iter::once((0, None)).chain(
+            self.countries
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i as u16 + 1, Some(*c))),
+        )
+    }
+}
+
+/// One member of an eligible set: a backend and its Maglev weight.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Member {
+    pub addr: Ipv6Addr,
+    pub port: u16,
+    /// The key Maglev hashes: the backend's id, stable across changes.
+    pub key: String,
+    pub weight: u32,
+}
+
+/// A service's plan: the eligible set for every country class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePlan {
+    pub id: String,
+    pub vip: std::net::IpAddr,
+    pub port: u16,
+    /// By class; classes not listed use class 0's set.
+    pub sets: BTreeMap<u16, Vec<Member>>,
+}
+
+/// Every backend's overlay endpoint and whether it may take new flows (for bindings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendPlan {
+    pub addr: Ipv6Addr,
+    pub port: u16,
+    pub eligible: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub services: Vec<ServicePlan>,
+    pub backends: Vec<BackendPlan>,
+}
+
+/// What the planner needs to know beyond the state.
+pub struct Inputs<'a> {
+    pub pop_id: &'a str,
+    pub pop_region: &'a Region,
+    pub region_of: &'a dyn Fn(Country) -> Region,
+    /// The region of clients whose country is unknown (v1: `us`).
+    pub unknown_region: &'a Region,
+    pub classes: &'a GeoClasses,
+    /// Live connections per backend id (from the flow table).
+    pub active: &'a HashMap<String, u64>,
+}
+
+/// Maglev weight of an eligible backend: weight times headroom in tenths, at least 1.
+pub fn effective_weight(backend: &Backend, active: u64) -> u32 {
+    let soft = u64::from(backend.soft_limit.max(1));
+    let headroom_tenths = 10u64.saturating_sub(active * 10 / soft).max(1);
+    (u64::from(backend.weight) * headroom_tenths).min(u64::from(u32::MAX)) as u32
+}
+
+/// Resolves a backend's address: an overlay address, or a `.internal` name resolved by
+/// `resolve` (the agent's own view of state). Unresolvable names make the backend ineligible.
+pub type Resolver<'a> = &'a dyn Fn(&str) -> Option<Ipv6Addr>;
+
+pub fn plan(state: &Snapshot, inputs: &Inputs<'_>, resolve: Resolver<'_>) -> Plan {
+    let health: HashMap<&str, HealthStatus> = state
+        .health
+        .iter()
+        .filter(|h| h.pop_id == inputs.pop_id)
+        .map(|h| (h.backend_id.as_str(), h.status))
+        .collect();
+    let mut plan = Plan::default();
+    let mut eligible_of: HashMap<&str, Option<Member>> = HashMap::new();
+    for b in &state.backends {
+        let addr = match &b.addr {
+            BackendAddr::Ip(ip) => Some(*ip),
+            BackendAddr::Name(name) => resolve(name),
+        };
+        let Some(addr) = addr else {
+            eligible_of.insert(&b.id, None);
+            continue;
+        };
+        let active = inputs.active.get(&b.id).copied().unwrap_or(0);
+        let healthy = !matches!(health.get(b.id.as_str()), Some(HealthStatus::Down));
+        let eligible =
+            b.enabled && !b.draining && healthy && b.weight > 0 && active < u64::from(b.hard_limit);
+        plan.backends.push(BackendPlan {
+            addr,
+            port: b.port,
+            eligible,
+        });
+        let member = eligible.then(|| Member {
+            addr,
+            port: b.port,
+            key: b.id.clone(),
+            weight: effective_weight(b, active),
+        });
+        eligible_of.insert(&b.id, member);
+    }
+    for service in &state.services {
+        let backends: Vec<(&Backend, &Member)> = state
+            .backends
+            .iter()
+            .filter(|b| b.service == service.id)
+            .filter_map(|b| Some((b, eligible_of.get(b.id.as_str())?.as_ref()?)))
+            .collect();
+        let mut sets = BTreeMap::new();
+        for (class, country) in inputs.classes.iter() {
+            let region = country.map_or_else(|| inputs.unknown_region.clone(), inputs.region_of);
+            let tiers: [&dyn Fn(&Backend) -> bool; 4] = [
+                &|b| Some(b.country) == country,
+                &|b| b.region == region,
+                &|b| &b.region == inputs.pop_region,
+                &|_| true,
+            ];
+            let set: Vec<Member> = tiers
+                .iter()
+                .map(|tier| {
+                    backends
+                        .iter()
+                        .filter(|(b, _)| tier(b))
+                        .map(|(_, m)| (*m).clone())
+                        .collect::<Vec<_>>()
+                })
+                .find(|set| !set.is_empty())
+                .unwrap_or_default();
+            sets.insert(class, set);
+        }
+        plan.services.push(ServicePlan {
+            id: service.id.clone(),
+            vip: service.vip,
+            port: service.port,
+            sets,
+        });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Health, Service};
+
+    fn backend(id: &str, region: &str, country: &str, last: u16) -> Backend {
+        Backend {
+            id: id.into(),
+            service: "web".into(),
+            region: region.parse().unwrap_or_else(|e| panic!("{e}")),
+            country: country.parse().unwrap_or_else(|e| panic!("{e}")),
+            addr: BackendAddr::Ip(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last)),
+            port: 8080,
+            weight: 1,
+            soft_limit: 100,
+            hard_limit: 200,
+            draining: false,
+            enabled: true,
+        }
+    }
+
+    fn country(c: &str) -> Country {
+        c.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn region(r: &str) -> Region {
+        r.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn state(backends: Vec<Backend>) -> Snapshot {
+        Snapshot {
+            services: vec![Service {
+                id: "web".into(),
+                vip: "198.18.0.10".parse().unwrap_or_else(|e| panic!("{e}")),
+                port: 80,
+            }],
+            backends,
+            ..Snapshot::default()
+        }
+    }
+
+    fn region_of(c: Country) -> Region {
+        match c.code() {
+            "BR" | "AR" => region("sa"),
+            "DE" | "FR" => region("eu"),
+            "JP" => region("ap"),
+            _ => region("us"),
+        }
+    }
+
+    /// The backend ids of the set for `country` (or unknown) under `state`.
+    fn set_for(
+        state: &Snapshot,
+        active: &HashMap<String, u64>,
+        client: Option<&str>,
+    ) -> Vec<String> {
+        let classes = GeoClasses::new(["BR", "AR", "DE", "FR", "JP", "US"].map(country));
+        let inputs = Inputs {
+            pop_id: "pop1",
+            pop_region: &region("eu"),
+            region_of: &region_of,
+            unknown_region: &region("us"),
+            classes: &classes,
+            active,
+        };
+        let plan = plan(state, &inputs, &|_| None);
+        let class = client
+            .and_then(|c| classes.class_of(country(c)))
+            .unwrap_or(0);
+        plan.services[0].sets[&class]
+            .iter()
+            .map(|m| m.key.clone())
+            .collect()
+    }
+
+    #[test]
+    fn tiers_follow_v1() {
+        let all = vec![
+            backend("br", "sa", "BR", 1),
+            backend("de", "eu", "DE", 2),
+            backend("us", "us", "US", 3),
+        ];
+        let none = HashMap::new();
+        let s = state(all.clone());
+        assert_eq!(set_for(&s, &none, Some("BR")), ["br"], "same country");
+        assert_eq!(set_for(&s, &none, Some("AR")), ["br"], "same region");
+        assert_eq!(set_for(&s, &none, Some("FR")), ["de"], "same region");
+        assert_eq!(
+            set_for(&s, &none, Some("JP")),
+            ["de"],
+            "no ap backend: the POP's region"
+        );
+        assert_eq!(
+            set_for(&s, &none, None),
+            ["us"],
+            "unknown country: region us"
+        );
+
+        let mut no_br = all.clone();
+        no_br[0].enabled = false;
+        assert_eq!(
+            set_for(&state(no_br), &none, Some("BR")),
+            ["de"],
+            "region empty: POP region"
+        );
+
+        let only_us = vec![backend("us", "us", "US", 3)];
+        assert_eq!(
+            set_for(&state(only_us), &none, Some("JP")),
+            ["us"],
+            "anywhere"
+        );
+    }
+
+    #[test]
+    fn ineligible_backends_leave_the_sets() {
+        let mut a = backend("br1", "sa", "BR", 1);
+        let b = backend("br2", "sa", "BR", 2);
+        let none = HashMap::new();
+        a.draining = true;
+        assert_eq!(
+            set_for(&state(vec![a.clone(), b.clone()]), &none, Some("BR")),
+            ["br2"]
+        );
+        a.draining = false;
+        a.weight = 0;
+        assert_eq!(
+            set_for(&state(vec![a.clone(), b.clone()]), &none, Some("BR")),
+            ["br2"]
+        );
+        a.weight = 1;
+        let full: HashMap<String, u64> = [("br1".to_owned(), 200)].into();
+        assert_eq!(
+            set_for(&state(vec![a.clone(), b.clone()]), &full, Some("BR")),
+            ["br2"],
+            "at hard limit"
+        );
+        let mut down = state(vec![a, b]);
+        down.health.push(Health {
+            pop_id: "pop1".into(),
+            backend_id: "br1".into(),
+            status: HealthStatus::Down,
+            rtt_us: None,
+            checked_at: 0,
+        });
+        assert_eq!(
+            set_for(&down, &none, Some("BR")),
+            ["br2"],
+            "down in this POP's view"
+        );
+    }
+
+    #[test]
+    fn load_lowers_the_weight_in_tenths() {
+        let b = backend("x", "sa", "BR", 1);
+        assert_eq!(effective_weight(&b, 0), 10);
+        assert_eq!(
+            effective_weight(&b, 9),
+            10,
+            "under a tenth of the soft limit: no change"
+        );
+        assert_eq!(effective_weight(&b, 50), 5);
+        assert_eq!(
+            effective_weight(&b, 100),
+            1,
+            "at the soft limit: minimal share"
+        );
+        assert_eq!(effective_weight(&b, 150), 1);
+    }
+}

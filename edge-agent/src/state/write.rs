@@ -1,0 +1,259 @@
+//! Writes as statements with parameters: the local file executes them, and a Corrosion source
+//! can send the very same statements to `POST /v1/transactions`, a JSON array of Corrosion's
+//! verbose statements `{"query": sql, "params": [...]}`, which is how a [`Stmt`] serializes. Each builder refuses a value the readers would reject, so that the
+//! agent never writes a row it would then throw away.
+
+use serde::Serialize;
+
+use super::{validate, StateError};
+use crate::model::{Backend, BackendAddr, Health, Pop, Service};
+
+/// A statement parameter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Param {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Param::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Param::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+impl From<&str> for Param {
+    fn from(s: &str) -> Self {
+        Param::Text(s.to_owned())
+    }
+}
+
+impl From<String> for Param {
+    fn from(s: String) -> Self {
+        Param::Text(s)
+    }
+}
+
+impl From<i64> for Param {
+    fn from(i: i64) -> Self {
+        Param::Int(i)
+    }
+}
+
+impl From<u32> for Param {
+    fn from(i: u32) -> Self {
+        Param::Int(i64::from(i))
+    }
+}
+
+impl From<u16> for Param {
+    fn from(i: u16) -> Self {
+        Param::Int(i64::from(i))
+    }
+}
+
+impl From<bool> for Param {
+    fn from(b: bool) -> Self {
+        Param::Int(i64::from(b))
+    }
+}
+
+impl<T: Into<Param>> From<Option<T>> for Param {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Param::Null, Into::into)
+    }
+}
+
+/// One statement of a write. A write is a list of them, applied in one transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stmt {
+    #[serde(rename = "query")]
+    pub sql: &'static str,
+    pub params: Vec<Param>,
+    /// Which row the statement targets, for [`StateError::NotFound`] when it must exist.
+    #[serde(skip)]
+    pub must_exist: Option<(&'static str, String)>,
+}
+
+impl Stmt {
+    fn new(sql: &'static str, params: Vec<Param>) -> Self {
+        Stmt {
+            sql,
+            params,
+            must_exist: None,
+        }
+    }
+
+    fn must_exist(mut self, table: &'static str, key: &str) -> Self {
+        self.must_exist = Some((table, key.to_owned()));
+        self
+    }
+}
+
+fn invalid(table: &'static str, key: &str) -> impl FnOnce(String) -> StateError {
+    let key = key.to_owned();
+    move |reason| StateError::Invalid { table, key, reason }
+}
+
+/// The address column's text: an IPv6 address or a `.internal` name.
+pub fn address_text(addr: &BackendAddr) -> String {
+    match addr {
+        BackendAddr::Ip(ip) => ip.to_string(),
+        BackendAddr::Name(name) => name.clone(),
+    }
+}
+
+pub fn upsert_service(s: &Service, now: i64) -> Result<Vec<Stmt>, StateError> {
+    validate::check_service(s).map_err(invalid("services", &s.id))?;
+    Ok(vec![Stmt::new(
+        "INSERT INTO services (id, vip, port, proto, updated_at) VALUES (?1, ?2, ?3, 'tcp', ?4) \
+         ON CONFLICT (id) DO UPDATE SET vip = excluded.vip, port = excluded.port, \
+         proto = excluded.proto, updated_at = excluded.updated_at",
+        vec![
+            s.id.as_str().into(),
+            s.vip.to_string().into(),
+            s.port.into(),
+            now.into(),
+        ],
+    )])
+}
+
+/// Inserts or replaces every column but `metadata`, which belongs to the backend's own
+/// registration and is kept.
+pub fn upsert_backend(b: &Backend, now: i64) -> Result<Vec<Stmt>, StateError> {
+    validate::check_backend(b).map_err(invalid("backends", &b.id))?;
+    Ok(vec![Stmt::new(
+        "INSERT INTO backends (id, service_id, region, country, address, port, weight, \
+         soft_limit, hard_limit, draining, enabled, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, \
+         region = excluded.region, country = excluded.country, address = excluded.address, \
+         port = excluded.port, weight = excluded.weight, soft_limit = excluded.soft_limit, \
+         hard_limit = excluded.hard_limit, draining = excluded.draining, \
+         enabled = excluded.enabled, updated_at = excluded.updated_at",
+        vec![
+            b.id.as_str().into(),
+            b.service.as_str().into(),
+            b.region.as_str().into(),
+            b.country.code().into(),
+            address_text(&b.addr).into(),
+            b.port.into(),
+            b.weight.into(),
+            b.soft_limit.into(),
+            b.hard_limit.into(),
+            b.draining.into(),
+            b.enabled.into(),
+            now.into(),
+        ],
+    )])
+}
+
+fn set_backend(sql: &'static str, id: &str, value: Param, now: i64) -> Vec<Stmt> {
+    vec![Stmt::new(sql, vec![value, now.into(), id.into()]).must_exist("backends", id)]
+}
+
+pub fn set_backend_enabled(id: &str, enabled: bool, now: i64) -> Vec<Stmt> {
+    set_backend(
+        "UPDATE backends SET enabled = ?1, updated_at = ?2 WHERE id = ?3",
+        id,
+        enabled.into(),
+        now,
+    )
+}
+
+pub fn set_backend_draining(id: &str, draining: bool, now: i64) -> Vec<Stmt> {
+    set_backend(
+        "UPDATE backends SET draining = ?1, updated_at = ?2 WHERE id = ?3",
+        id,
+        draining.into(),
+        now,
+    )
+}
+
+pub fn set_backend_weight(id: &str, weight: u32, now: i64) -> Result<Vec<Stmt>, StateError> {
+    if weight > validate::MAX_WEIGHT {
+        return Err(StateError::Invalid {
+            table: "backends",
+            key: id.to_owned(),
+            reason: format!(
+                "weight {weight} is out of range 0..={}",
+                validate::MAX_WEIGHT
+            ),
+        });
+    }
+    Ok(set_backend(
+        "UPDATE backends SET weight = ?1, updated_at = ?2 WHERE id = ?3",
+        id,
+        weight.into(),
+        now,
+    ))
+}
+
+/// Removes the backend and every POP's health rows about it: they would only be rejected as
+/// rows of an unknown backend.
+pub fn delete_backend(id: &str) -> Vec<Stmt> {
+    vec![
+        Stmt::new("DELETE FROM health WHERE backend_id = ?1", vec![id.into()]),
+        Stmt::new("DELETE FROM backends WHERE id = ?1", vec![id.into()]).must_exist("backends", id),
+    ]
+}
+
+pub fn upsert_pop(p: &Pop, now: i64) -> Result<Vec<Stmt>, StateError> {
+    validate::check_pop(p).map_err(invalid("pops", &p.id))?;
+    Ok(vec![Stmt::new(
+        "INSERT INTO pops (id, region, overlay_addr, public_key, endpoint, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (id) DO UPDATE SET region = excluded.region, \
+         overlay_addr = excluded.overlay_addr, public_key = excluded.public_key, \
+         endpoint = excluded.endpoint, updated_at = excluded.updated_at",
+        vec![
+            p.id.as_str().into(),
+            p.region.as_str().into(),
+            p.overlay_addr.map(|a| a.to_string()).into(),
+            p.public_key.clone().into(),
+            p.endpoint.clone().into(),
+            now.into(),
+        ],
+    )])
+}
+
+pub fn upsert_health(h: &Health) -> Result<Vec<Stmt>, StateError> {
+    let key = format!("{}/{}", h.pop_id, h.backend_id);
+    validate::check_health(h).map_err(invalid("health", &key))?;
+    Ok(vec![Stmt::new(
+        "INSERT INTO health (pop_id, backend_id, status, rtt_us, checked_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (pop_id, backend_id) DO UPDATE SET status = excluded.status, \
+         rtt_us = excluded.rtt_us, checked_at = excluded.checked_at",
+        vec![
+            h.pop_id.as_str().into(),
+            h.backend_id.as_str().into(),
+            validate::status_str(h.status).into(),
+            h.rtt_us.into(),
+            h.checked_at.into(),
+        ],
+    )])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_serialize_for_corrosion() -> anyhow::Result<()> {
+        let stmts = set_backend_weight("b1", 7, 1_700_000_000)?;
+        let json = serde_json::to_string(&stmts[0])?;
+        assert_eq!(
+            json,
+            r#"{"query":"UPDATE backends SET weight = ?1, updated_at = ?2 WHERE id = ?3","params":[7,1700000000,"b1"]}"#
+        );
+        assert!(set_backend_weight("b1", 1001, 0).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! Geo classification and client affinity, as the kernel looks them up.
+//!
+//! The agent compiles the country database into two LPM tries (IPv4, IPv6; keys are aya's
+//! `lpm_trie::Key` of the address bytes) whose values are
+//! small country indexes (0: unknown). A service's table for a client is then one array lookup:
+//! `SERVICE_RINGS[service_id * GEO_CLASSES + country]`, which the agent fills with the ring of
+//! the eligible backend set it computed for that country (v1's tiers), countries with the same
+//! set sharing one ring.
+
+/// Country indexes: 0 is "unknown", 1..GEO_CLASSES are countries the agent assigned.
+pub const GEO_CLASSES: u32 = 256;
+
+/// What a prefix maps to: the country's index, and its ISO code for people reading the map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GeoValue {
+    pub class: u16,
+    pub country: [u8; 2],
+}
+
+/// Client affinity key: (service, client address).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client: [u8; 16],
+}
+
+/// The backend a client is bound to, and when the binding was last used (coarse monotonic ns).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_used_ns: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integer fields only.
+unsafe impl aya::Pod for GeoValue {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), explicit padding, integer fields only.
+unsafe impl aya::Pod for AffinityKey {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), explicit padding, integer fields only.
+unsafe impl aya::Pod for AffinityValue {}
