@@ -67,6 +67,7 @@ fn load() -> Result<Ebpf, Error> {
         public_ifindex: 1,
         overlay_l2_len: 14,
         affinity_ttl: std::time::Duration::ZERO,
+        snat_prefix: None,
     };
     let config = AgentConfig {
         services,

@@ -66,6 +66,11 @@ pub fn pop_settings(
             config.overlay.port_max
         );
     }
+    if let Some(prefix) = config.overlay.snat_prefix {
+        if prefix.prefix_len() != 96 {
+            bail!("overlay.snat_prefix {prefix} must be a /96 (the client's IPv4 address fills the last 32 bits)");
+        }
+    }
     let public_ifindex = netdev::ifindex(public_iface)
         .with_context(|| format!("interface {public_iface} does not exist"))?;
     Ok(Some(PopSettings {
@@ -77,6 +82,7 @@ pub fn pop_settings(
         public_ifindex,
         overlay_l2_len: netdev::l2_header_len(overlay_iface),
         affinity_ttl: Duration::from_secs(config.affinity.ttl_secs),
+        snat_prefix: config.overlay.snat_prefix,
     }))
 }
 

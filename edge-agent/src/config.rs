@@ -160,6 +160,11 @@ pub struct OverlayConfig {
     /// range (32768-60999), so that the POP's own connections never collide with them.
     pub port_min: u16,
     pub port_max: u16,
+    /// A /96 routed to this POP over the overlay. When set, IPv4 clients are translated to
+    /// `<prefix>:<client IPv4>` with their own source port instead of this POP's address and an
+    /// allocated port: no port pool to exhaust, no collisions with a backend's TIME_WAIT
+    /// sockets, and backends see who the client is (RFC 6052-style embedding).
+    pub snat_prefix: Option<ipnet::Ipv6Net>,
 }
 
 impl Default for OverlayConfig {
@@ -170,6 +175,7 @@ impl Default for OverlayConfig {
             mtu: 1420,
             port_min: 10_000,
             port_max: 32_767,
+            snat_prefix: None,
         }
     }
 }

@@ -23,7 +23,7 @@ use edge_common::{
     ipv4_mapped,
     limits::MAX_BACKENDS,
     names,
-    pop::POP_READY,
+    pop::{POP_READY, POP_SNAT96},
     service::{BACKEND_ACTIVE, BACKEND_ELIGIBLE, NO_BACKEND, SERVICE_AFFINITY},
     BackendValue, PopConfig, ServiceKey, ServiceValue, IPPROTO_TCP,
 };
@@ -64,6 +64,9 @@ pub struct PopSettings {
     pub overlay_l2_len: u16,
     /// How long an unused client binding lasts; zero turns affinity off.
     pub affinity_ttl: Duration,
+    /// A /96 routed to this POP over the overlay: IPv4 clients appear from it with their own
+    /// address and port (see `PopConfig::snat_prefix`).
+    pub snat_prefix: Option<ipnet::Ipv6Net>,
 }
 
 /// A service or backend left out of the maps, and why.
@@ -303,9 +306,21 @@ impl Reconciler {
             overlay_l2_len: pop.overlay_l2_len,
             ring_size: self.table_size,
             public_ifindex: pop.public_ifindex,
-            flags: POP_READY,
+            flags: POP_READY
+                | if pop.snat_prefix.is_some() {
+                    POP_SNAT96
+                } else {
+                    0
+                },
             _pad2: 0,
             affinity_ttl_ns: pop.affinity_ttl.as_nanos().min(u128::from(u64::MAX)) as u64,
+            snat_prefix: pop.snat_prefix.map_or([0; 12], |p| {
+                let o = p.network().octets();
+                [
+                    o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9], o[10], o[11],
+                ]
+            }),
+            _pad3: [0; 4],
         };
         array::<PopConfig>(ebpf, names::POP_CONFIG)?
             .set(0, config, 0)

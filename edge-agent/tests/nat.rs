@@ -90,6 +90,10 @@ impl Nat {
     }
 
     fn with_flows(flows: u32) -> Result<Self, Error> {
+        Self::with(flows, None)
+    }
+
+    fn with(flows: u32, snat_prefix: Option<ipnet::Ipv6Net>) -> Result<Self, Error> {
         let sizes = MapSizes {
             flows,
             maglev: 2 * 8 * TABLE_SIZE,
@@ -106,6 +110,7 @@ impl Nat {
             public_ifindex: 1,
             overlay_l2_len: 14,
             affinity_ttl: std::time::Duration::ZERO,
+            snat_prefix,
         };
         let config = AgentConfig {
             services: services()?,
@@ -572,5 +577,42 @@ fn source_ports_in_use_are_skipped_and_exhaustion_drops() -> TestResult {
         "no free source port among the candidates"
     );
     assert_eq!(nat.drops()?.port_exhausted, 1);
+    Ok(())
+}
+
+#[test]
+fn with_a_snat_prefix_ipv4_clients_keep_their_address_and_port() -> TestResult {
+    let mut nat = Nat::with(4096, Some("fd00:ee:ff::/96".parse()?))?;
+    let (verdict, out) = nat.xdp(&syn4(45000, 80)?)?;
+    assert_eq!(verdict, XDP_PASS);
+    let syn = check(&out)?;
+    let embedded: IpAddr = "fd00:ee:ff::c633:6407".parse()?;
+    assert_eq!(
+        syn.src, embedded,
+        "source is the /96 plus the client's 198.51.100.7"
+    );
+    assert_eq!(syn.sport, 45000, "the client's own port is kept");
+    let (IpAddr::V6(backend), IpAddr::V6(src)) = (syn.dst, syn.src) else {
+        return Err("expected IPv6".into());
+    };
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+        .ipv6(backend.octets(), src.octets(), 64)
+        .tcp(8080, 45000, 9000, 65000)
+        .syn()
+        .ack(1001)
+        .write(&mut reply, &[])?;
+    let (verdict, out) = nat.tc(&reply)?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let back = check(&out)?;
+    assert_eq!(
+        (back.src, back.dst),
+        (IpAddr::from(VIP4), IpAddr::from(CLIENT4))
+    );
+    assert_eq!((back.sport, back.dport), (80, 45000));
+
+    // IPv6 clients cannot be embedded in a /96: they still get a port of the overlay address.
+    let (_, out) = nat.xdp(&syn6(50001)?)?;
+    assert_eq!(check(&out)?.src, OVERLAY.parse::<IpAddr>()?);
     Ok(())
 }

@@ -22,10 +22,18 @@ pub struct PopConfig {
     pub _pad2: u32,
     /// How long an unused client binding lasts (v1: 600 s).
     pub affinity_ttl_ns: u64,
+    /// With `POP_SNAT96`: the /96 whose low 32 bits take an IPv4 client's address as the source
+    /// of its translated flows (RFC 6052-style). The client keeps its source port, so no port is
+    /// allocated, flows never collide with a backend's TIME_WAIT sockets, and the backend can
+    /// read the client's address from the connection.
+    pub snat_prefix: [u8; 12],
+    pub _pad3: [u8; 4],
 }
 
 /// Set once the agent has written a complete configuration; until then nothing is translated.
 pub const POP_READY: u32 = 1;
+/// IPv4 clients are translated to `snat_prefix` + their address (see `snat_prefix`).
+pub const POP_SNAT96: u32 = 2;
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), explicit padding, integer fields only.

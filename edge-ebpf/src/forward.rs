@@ -24,7 +24,7 @@ use edge_common::{
     hash::flow_hash,
     ipv4_mapped,
     limits::PORT_TRIES,
-    pop::POP_READY,
+    pop::{POP_READY, POP_SNAT96},
     service::{BACKEND_ACTIVE, BACKEND_ELIGIBLE, NO_BACKEND, SERVICE_AFFINITY},
     stats::{L3Class, L4Class},
     FlowKey, FlowValue, PopConfig, ServiceKey, ServiceValue, IPPROTO_TCP,
@@ -254,6 +254,33 @@ fn setup_flow(
     reverse_key.sport = backend.port;
     reverse_key.proto = IPPROTO_TCP;
     reverse_key._pad = [0; 3];
+    if v4 && config.flags & POP_SNAT96 != 0 {
+        // The client's own address and port, under this POP's /96: unique as long as the
+        // client's own 4-tuple is.
+        reverse_key.dst[..12].copy_from_slice(&config.snat_prefix);
+        reverse_key.dst[12..].copy_from_slice(&key.src[12..]);
+        reverse_key.dport = key.sport;
+        if FLOWS
+            .insert(&*reverse_key, &*value, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            value.new_src = reverse_key.dst;
+            value.new_dst = backend.addr;
+            value.new_sport = key.sport;
+            value.new_dport = backend.port;
+            value.flags = family;
+            value.tcp_flags = tcp_flags;
+            value.packets = 1;
+            value.bytes = bytes as u64;
+            if FLOWS.insert(key, &*value, BPF_ANY as u64).is_err() {
+                let _ = FLOWS.remove(&*reverse_key);
+                return Err(Drop::FlowInsert);
+            }
+            return Ok(backend_id);
+        }
+        // Taken (a stale reverse half): fall back to a port of the overlay address.
+        reverse_key.dst = config.overlay_addr;
+    }
     let range = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
     // Start from other hash bits than the ring slot's, so that one backend's flows spread over
     // the whole port range.

@@ -15,6 +15,8 @@ pub const VIP4: &str = "198.18.0.10";
 pub const VIP6: &str = "2001:db8:ff::10";
 /// The POP's overlay address: the source backends see.
 pub const OVERLAY: &str = "fd00:ee::1";
+/// The /96 IPv4 clients are translated into when a config sets `overlay.snat_prefix`.
+pub const SNAT_PREFIX: &str = "fd00:ee:ff::/96";
 pub const CLIENT4: &str = "10.0.1.2";
 pub const CLIENT6: &str = "2001:db8:1::2";
 /// The echo port the backends listen on.
@@ -49,6 +51,8 @@ pub fn topology(label: &str, backends: usize) -> Topology {
         .addr("pop", "lo", &format!("{VIP6}/128"))
         .addr("pop", "ovl0", &format!("{OVERLAY}/64"))
         .addr("hub", "up", "fd00:ee::fe/64")
+        // The POP's SNAT /96 (`overlay.snat_prefix`), for configs that use it.
+        .route("hub", "fd00:ee:ff::/96", OVERLAY)
         .route("client", "default", "10.0.1.1")
         .route("client", "default", "2001:db8:1::1")
         .route("pop", "fd00:ee:1::/48", "fd00:ee::fe");

@@ -223,7 +223,10 @@ pub fn agent_config() -> String {
          [overlay]\n\
          iface = \"ovl0\"\n\
          addr = \"{LB_OVERLAY_V6}\"\n\
-         mtu = 1420\n"
+         mtu = 1420\n\
+         # IPv4 clients keep their address and port (no port pool, no TIME_WAIT collisions);\n\
+         # the backend's default route already leads back to the lb.\n\
+         snat_prefix = \"fd00:ee:ff::/96\"\n"
     );
     for (name, port) in PORTS {
         toml.push_str(&format!(
@@ -295,6 +298,7 @@ mod tests {
         assert!(toml.starts_with("# Written"));
         assert!(toml.contains("iface = \"eth0\""));
         assert!(toml.contains("[overlay]\niface = \"ovl0\"\naddr = \"fd00:ee::1\"\nmtu = 1420\n"));
+        assert!(toml.contains("snat_prefix = \"fd00:ee:ff::/96\""));
         for port in [5201, 8080, 7007] {
             assert!(toml.contains(&format!(
                 "vip = \"198.18.0.10\"\nport = {port}\nbackends = [{{ name = \"be1\", addr = \"fd00:ee::2\", port = {port}, weight = 1 }}]"
