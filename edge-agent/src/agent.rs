@@ -17,10 +17,13 @@ use crate::{
     config::AgentConfig,
     counters,
     dataplane::{self, Attach, DataPlane, MapSizes},
-    flows, maglev,
+    flows,
+    geo::{GeoDb, RegionTable},
+    geo_maps, maglev,
     model::{Country, Region, Snapshot},
     netdev,
     services::{PopSettings, Reconciler},
+    state::{SqliteState, StateSource as _},
 };
 
 /// Everything the agent holds while it runs.
@@ -37,9 +40,30 @@ struct Balancing {
     pop: PopSettings,
     reconciler: Reconciler,
     classes: GeoClasses,
+    regions: RegionTable,
+    geo_written: geo_maps::Written,
     /// Live connections per backend id, from the last sweep.
     active: HashMap<String, u64>,
     state: Snapshot,
+    /// The SQLite state, when configured; else the config's `services`.
+    source: Option<SqliteState>,
+    /// Rows rejected since start, all sources together.
+    rejected_rows: u64,
+}
+
+/// The built-in country -> region table with the configured overrides.
+fn region_table(config: &AgentConfig) -> anyhow::Result<RegionTable> {
+    let mut overrides = Vec::new();
+    for (country, region) in &config.geo.regions {
+        let country: Country = country
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("geo.regions: {e}"))?;
+        let region: Region = region
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("geo.regions.{country}: {e}"))?;
+        overrides.push((country, region));
+    }
+    Ok(RegionTable::builtin().with_overrides(overrides))
 }
 
 /// This POP's settings for the kernel, from the config and the interfaces.
@@ -129,8 +153,17 @@ impl Agent {
                 reconciler: Reconciler::recover(&mut dataplane.ebpf, config.maglev.table_size)?,
                 pop,
                 classes: GeoClasses::default(),
+                regions: region_table(&config)?,
+                geo_written: geo_maps::Written::default(),
                 active: HashMap::new(),
                 state: Snapshot::default(),
+                source: match &config.state.database {
+                    Some(path) => Some(SqliteState::open(path).with_context(|| {
+                        format!("opening the state database {}", path.display())
+                    })?),
+                    None => None,
+                },
+                rejected_rows: 0,
             }),
             None => {
                 if !config.services.is_empty() {
@@ -146,20 +179,66 @@ impl Agent {
             dataplane,
             balancing,
         };
+        agent.reload_geo();
         agent.reload_state();
         Ok(agent)
     }
 
-    /// Reads the state again and applies it; on failure the maps keep the last good state.
-    fn reload_state(&mut self) {
-        let Some(balancing) = self.balancing.as_mut() else {
+    /// Loads the geo database into the kernel tries. A database that cannot be read leaves the
+    /// previous one in force (at start: none, and every client is of unknown country).
+    fn reload_geo(&mut self) {
+        let Some(b) = self.balancing.as_mut() else {
             return;
         };
-        let (state, rejected) = self.config.snapshot();
+        let Some(path) = self.config.geo.database.clone() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let db = match GeoDb::load(&path) {
+            Ok(db) => db,
+            Err(error) => {
+                warn!(%error, "geo database refused; the previous one stays in force");
+                return;
+            }
+        };
+        let classes = GeoClasses::new(db.countries());
+        if let Err(error) =
+            geo_maps::write(&mut self.dataplane.ebpf, &db, &classes, &mut b.geo_written)
+        {
+            warn!(%error, "writing the geo tries failed");
+            return;
+        }
+        info!(
+            path = %path.display(),
+            prefixes = b.geo_written.len(),
+            countries = classes.countries.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "geo database loaded"
+        );
+        b.classes = classes;
+        self.apply();
+    }
+
+    /// Reads the state again and applies it; on failure the maps keep the last good state.
+    fn reload_state(&mut self) {
+        let Some(b) = self.balancing.as_mut() else {
+            return;
+        };
+        let (state, rejected) = match &b.source {
+            Some(source) => match source.snapshot() {
+                Ok(snapshot) => snapshot,
+                Err(error) => {
+                    warn!(%error, "reading the state failed; the maps keep the last good state");
+                    return;
+                }
+            },
+            None => self.config.snapshot(),
+        };
         for row in &rejected {
             warn!(table = row.table, key = %row.key, reason = %row.reason, "row rejected");
         }
-        balancing.state = state;
+        b.rejected_rows += rejected.len() as u64;
+        b.state = state;
         self.apply();
     }
 
@@ -168,9 +247,9 @@ impl Agent {
         let Some(b) = self.balancing.as_mut() else {
             return;
         };
-        let pop_region = self.config.region.clone();
-        let unknown: Region = pop_region.clone();
-        let region_of = |_: Country| pop_region.clone();
+        let unknown: Region = b.regions.default_region();
+        let regions = &b.regions;
+        let region_of = |c: Country| regions.region_of(c);
         let inputs = Inputs {
             pop_id: &self.config.pop_id,
             pop_region: &self.config.region,
@@ -258,14 +337,26 @@ impl Agent {
             let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
             let mut sweep = tokio::time::interval(Duration::from_secs(self.config.flows.sweep_interval_secs.max(1)));
             let mut stats_log = tokio::time::interval(Duration::from_secs(self.config.stats_log_secs.max(1)));
+            let mut changes = match self.balancing.as_ref().and_then(|b| b.source.as_ref()) {
+                Some(source) => Some(source.changes().context("watching the state database")?),
+                None => None,
+            };
             println!("edge-agent ready");
             loop {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => return anyhow::Ok(()),
                     _ = sigterm.recv() => return anyhow::Ok(()),
+                    () = async {
+                        match changes.as_mut() {
+                            Some(changes) => changes.changed().await,
+                            None => std::future::pending().await,
+                        }
+                    } => self.reload_state(),
                     _ = sighup.recv() => match load_config(self.config_path.as_deref()) {
                         Ok(new) => {
                             self.config.services = new.services;
+                            self.config.geo = new.geo;
+                            self.reload_geo();
                             self.reload_state();
                         }
                         Err(error) => warn!(error = %format!("{error:#}"), "reloading config failed; keeping the current one"),

@@ -87,8 +87,18 @@ pub struct AgentConfig {
     pub affinity: AffinityConfig,
     /// Geo classification of clients.
     pub geo: GeoConfig,
+    /// Where the control-plane state lives.
+    pub state: StateConfig,
     /// Services and their backends, when state does not come from a database.
     pub services: Vec<ServiceConfig>,
+}
+
+/// The control-plane state (`EDGEPROXY_DB_PATH`): a SQLite file in the schema of
+/// `edge-agent/schema/edgeproxy.sql`, watched for changes. Without it, `services` is the state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    pub database: Option<PathBuf>,
 }
 
 /// Client -> backend bindings (v1: `EDGEPROXY_BINDING_TTL_SECS`,
@@ -139,6 +149,7 @@ impl Default for AgentConfig {
             region: Region::from_str("sa").unwrap_or_else(|_| unreachable!("a valid region id")),
             affinity: AffinityConfig::default(),
             geo: GeoConfig::default(),
+            state: StateConfig::default(),
             services: Vec::new(),
         }
     }
@@ -411,6 +422,9 @@ impl AgentConfig {
                 value: region.clone(),
                 reason,
             })?;
+        }
+        if let Some(path) = env("EDGEPROXY_DB_PATH") {
+            config.state.database = Some(path.into());
         }
         if let Some(path) = env("EDGEPROXY_GEOIP_PATH") {
             config.geo.database = Some(path.into());

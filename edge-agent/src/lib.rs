@@ -9,6 +9,7 @@ pub mod counters;
 pub mod dataplane;
 pub mod flows;
 pub mod geo;
+pub mod geo_maps;
 pub mod maglev;
 pub mod model;
 pub mod netdev;
