@@ -141,12 +141,21 @@ impl Lab {
     }
 
     fn set_links_up(&self, steps: &[Step]) -> Result<()> {
+        let mask = rps_mask();
         for step in steps {
             if let Step::Veth { a, b } = step {
                 for (ns, ifname) in [a, b] {
                     self.ns(ns)
                         .ip(&["link", "set", "dev", ifname, "up"])
                         .map_err(|e| self.step_failed(&format!("link up {ns}:{ifname}"), e))?;
+                    // Steer each received flow to one CPU by its hash, as a NIC's RSS does. A
+                    // veth with an XDP program receives in NAPI mode, whose poll moves between
+                    // CPUs: without this, segments of one flow are reordered downstream and
+                    // TCP retransmits them, which no wire would cause.
+                    let rps = format!("/sys/class/net/{ifname}/queues/rx-0/rps_cpus");
+                    self.ns(ns)
+                        .exec_ok(&["sh", "-c", &format!("echo {mask} > {rps}")])
+                        .map_err(|e| self.step_failed(&format!("rps {ns}:{ifname}"), e))?;
                 }
             }
         }
@@ -224,4 +233,11 @@ impl Drop for Lab {
             eprintln!("edge_lab: {e}");
         }
     }
+}
+
+/// Every online CPU, as the hex mask `rps_cpus` takes.
+fn rps_mask() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let cpus = cpus.min(63);
+    format!("{:x}", (1u64 << cpus) - 1)
 }
