@@ -134,7 +134,12 @@ pub struct ServiceRow {
 pub struct BackendRow {
     pub backend_id: u32,
     pub addr: String,
+    /// The slot holds a configured backend.
     pub active: bool,
+    /// It may take new flows (enabled, healthy, under its hard limit, not draining).
+    pub eligible: bool,
+    /// Live connections in the flow table.
+    pub active_flows: u64,
     pub packets_to: u64,
     pub bytes_to: u64,
     pub packets_from: u64,
@@ -149,6 +154,9 @@ pub struct NatReport {
     pub services: Vec<ServiceRow>,
     pub backends: Vec<BackendRow>,
     pub drops: DropStats,
+    /// Flow table entries (both directions count) and its size.
+    pub flow_entries: u64,
+    pub flow_capacity: u32,
 }
 
 fn open_map(pins: &PinDir, name: &'static str) -> Result<Map, CountersError> {
@@ -183,11 +191,11 @@ fn sum_per_cpu<V: aya::Pod + Default>(
     Ok(total)
 }
 
-/// Reads services, backends and drops from the pinned maps.
+/// Reads services, backends, drops and the flow table's occupancy from the pinned maps.
 pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
     use aya::maps::{Array, HashMap};
     use edge_common::{
-        service::BACKEND_ACTIVE, BackendStats, BackendValue, ServiceKey, ServiceStats, ServiceValue,
+        service::{BACKEND_ACTIVE, BACKEND_ELIGIBLE}, BackendStats, BackendValue, ServiceKey, ServiceStats, ServiceValue,
     };
     let shape = |name| move |source| CountersError::Shape { name, source };
     let services: HashMap<MapData, ServiceKey, ServiceValue> =
@@ -196,6 +204,16 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
         PerCpuArray::try_from(open_map(pins, names::SERVICE_STATS)?)
             .map_err(shape(names::SERVICE_STATS))?;
     let mut report = NatReport::default();
+    let flows_map = open_map(pins, names::FLOWS)?;
+    if let Map::LruHashMap(data) = &flows_map {
+        report.flow_capacity = data.info().map(|i| i.max_entries()).unwrap_or(0);
+    }
+    let mut flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
+        HashMap::try_from(flows_map).map_err(shape(names::FLOWS))?;
+    let config = crate::config::FlowConfig::default();
+    let (sweep, _) = crate::flows::sweep(&mut flows, &config, crate::flows::monotonic_ns(), false)
+        .map_err(|source| CountersError::Read { index: 0, source })?;
+    report.flow_entries = sweep.entries;
     for entry in services.iter() {
         let Ok((key, value)) = entry else { continue };
         let s = sum_per_cpu(&service_stats, value.service_id, |t, v| {
@@ -233,6 +251,8 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
             t.resets_from += v.resets_from;
         })?;
         let active = value.flags & BACKEND_ACTIVE != 0;
+        let eligible = value.flags & BACKEND_ELIGIBLE != 0;
+        let active_flows = sweep.active_per_backend.get(&id).copied().unwrap_or(0);
         // Slots never used have neither a backend nor traffic.
         if !active && b.packets_to == 0 && b.packets_from == 0 {
             continue;
@@ -241,6 +261,8 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
             backend_id: id,
             addr: crate::flows::endpoint(&value.addr, value.port),
             active,
+            eligible,
+            active_flows,
             packets_to: b.packets_to,
             bytes_to: b.bytes_to,
             packets_from: b.packets_from,
@@ -280,22 +302,29 @@ impl fmt::Display for NatReport {
         }
         writeln!(
             f,
-            "\n{:<4} {:<44} {:>6} {:>12} {:>12} {:>10} {:>7}",
-            "BE", "OVERLAY ADDRESS", "ACTIVE", "PKTS TO", "PKTS FROM", "NEW FLOWS", "RESETS"
+            "\n{:<4} {:<44} {:>8} {:>8} {:>12} {:>12} {:>10} {:>7}",
+            "BE", "OVERLAY ADDRESS", "ELIGIBLE", "FLOWS", "PKTS TO", "PKTS FROM", "NEW FLOWS", "RESETS"
         )?;
         for b in &self.backends {
+            let eligible = match (b.active, b.eligible) {
+                (false, _) => "removed",
+                (true, true) => "yes",
+                (true, false) => "no",
+            };
             writeln!(
                 f,
-                "{:<4} {:<44} {:>6} {:>12} {:>12} {:>10} {:>7}",
+                "{:<4} {:<44} {:>8} {:>8} {:>12} {:>12} {:>10} {:>7}",
                 b.backend_id,
                 b.addr,
-                if b.active { "yes" } else { "no" },
+                eligible,
+                b.active_flows,
                 b.packets_to,
                 b.packets_from,
                 b.new_flows,
                 b.resets_from
             )?;
         }
+        writeln!(f, "\nflow table: {} of {} entries", self.flow_entries, self.flow_capacity)?;
         let d = &self.drops;
         writeln!(
             f,
