@@ -1,0 +1,194 @@
+//! Load-aware balancing through the real data plane (`BPF_PROG_TEST_RUN`): the agent's plan
+//! (weights, soft and hard limits, draining) written by its reconciler, then thousands of SYNs
+//! run through the XDP program and counted per backend from the output frames.
+
+use std::{collections::HashMap, net::Ipv6Addr, time::Duration};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    Ebpf,
+};
+use edge_agent::{
+    balancer::{self, GeoClasses, Inputs},
+    dataplane::{self, MapSizes},
+    model::{Backend, BackendAddr, Region, Service, Snapshot},
+    services::{PopSettings, Reconciler},
+    test_run::test_run,
+};
+use edge_common::{names, FlowKey, FlowValue};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
+
+type Error = Box<dyn std::error::Error>;
+type TestResult = Result<(), Error>;
+
+const TABLE_SIZE: u32 = 4099;
+const VIP: [u8; 4] = [198, 18, 0, 10];
+
+fn backend(id: &str, last: u16, weight: u32) -> Result<Backend, Error> {
+    Ok(Backend {
+        id: id.into(),
+        service: "web".into(),
+        region: "eu".parse()?,
+        country: "DE".parse()?,
+        addr: BackendAddr::Ip(Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, last)),
+        port: 8080,
+        weight,
+        soft_limit: 100,
+        hard_limit: 200,
+        draining: false,
+        enabled: true,
+    })
+}
+
+struct Lb {
+    ebpf: Ebpf,
+    reconciler: Reconciler,
+}
+
+impl Lb {
+    fn new() -> Result<Self, Error> {
+        let sizes = MapSizes {
+            flows: 1 << 16,
+            maglev: 64 * TABLE_SIZE,
+            affinity: 1024,
+        };
+        let mut ebpf = dataplane::load_object(None, sizes)?;
+        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
+        Ok(Lb { ebpf, reconciler })
+    }
+
+    /// Plans `backends` with `active` live connections and writes the plan.
+    fn apply(&mut self, backends: Vec<Backend>, active: &[(&str, u64)]) -> TestResult {
+        let state = Snapshot {
+            services: vec![Service {
+                id: "web".into(),
+                vip: VIP.into(),
+                port: 80,
+            }],
+            backends,
+            ..Snapshot::default()
+        };
+        let region: Region = "eu".parse()?;
+        let active: HashMap<String, u64> = active.iter().map(|(k, v)| ((*k).into(), *v)).collect();
+        let inputs = Inputs {
+            pop_id: "pop",
+            pop_region: &region,
+            region_of: &|_| "eu".parse().unwrap_or_else(|_| unreachable!()),
+            unknown_region: &region,
+            classes: &GeoClasses::default(),
+            active: &active,
+        };
+        let plan = balancer::plan(&state, &inputs, &|_| None);
+        let pop = PopSettings {
+            overlay_addr: "fd00:ee::1".parse()?,
+            mss_clamp: 1360,
+            port_min: 10_000,
+            port_max: 60_000,
+            public_ifindex: 1,
+            overlay_l2_len: 14,
+            affinity_ttl: Duration::ZERO,
+            snat_prefix: None,
+        };
+        self.reconciler.apply(&mut self.ebpf, &pop, &plan)?;
+        Ok(())
+    }
+
+    /// Runs `n` SYNs from distinct clients and counts them per backend (last address group).
+    fn spread(&mut self, n: u32, salt: u8) -> Result<HashMap<u16, u32>, Error> {
+        let mut counts = HashMap::new();
+        for i in 0..n {
+            let client = [10, salt, (i >> 8) as u8, i as u8];
+            let mut frame = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4(client, VIP, 64)
+                .tcp(40000 + (i % 1000) as u16, 80, 1, 64240)
+                .syn()
+                .write(&mut frame, &[])?;
+            let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
+            let out = test_run(program.fd()?, &frame, 1)?;
+            let packet = SlicedPacket::from_ethernet(&out.data_out)?;
+            let Some(NetSlice::Ipv6(ip)) = packet.net else {
+                return Err(format!("SYN {i} not translated: verdict {}", out.retval).into());
+            };
+            let dst = Ipv6Addr::from(ip.header().destination());
+            *counts.entry(dst.segments()[7]).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    fn flows(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
+        let map = self.ebpf.map_mut(names::FLOWS).ok_or("no FLOWS")?;
+        let flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
+        Ok(flows.iter().collect::<Result<_, _>>()?)
+    }
+}
+
+fn share(counts: &HashMap<u16, u32>, backend: u16, n: u32) -> f64 {
+    f64::from(counts.get(&backend).copied().unwrap_or(0)) / f64::from(n)
+}
+
+#[test]
+fn ten_thousand_flows_split_by_weight_within_five_percent() -> TestResult {
+    let mut lb = Lb::new()?;
+    lb.apply(
+        vec![backend("a", 1, 1)?, backend("b", 2, 2)?, backend("c", 3, 3)?],
+        &[],
+    )?;
+    let n = 10_000;
+    let counts = lb.spread(n, 1)?;
+    for (last, weight) in [(1u16, 1.0), (2, 2.0), (3, 3.0)] {
+        let want = weight / 6.0;
+        let got = share(&counts, last, n);
+        assert!(
+            (got - want).abs() <= 0.05 * want,
+            "backend {last}: {got:.4} of new flows, weight says {want:.4} (counts {counts:?})"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn hard_limit_excludes_and_soft_limit_shrinks_the_share() -> TestResult {
+    let mut lb = Lb::new()?;
+    let backends = || -> Result<Vec<Backend>, Error> {
+        Ok(vec![backend("a", 1, 1)?, backend("b", 2, 1)?])
+    };
+    lb.apply(backends()?, &[("a", 200)])?;
+    let counts = lb.spread(2000, 2)?;
+    assert_eq!(counts.get(&1), None, "a at its hard limit gets no new flow: {counts:?}");
+
+    lb.apply(backends()?, &[("a", 0), ("b", 0)])?;
+    let even = share(&lb.spread(4000, 3)?, 1, 4000);
+    lb.apply(backends()?, &[("a", 80), ("b", 0)])?;
+    let loaded = share(&lb.spread(4000, 4)?, 1, 4000);
+    assert!(
+        (even - 0.5).abs() < 0.05 && loaded < 0.25,
+        "a filling toward its soft limit (80 of 100) must lose new flows: {even:.3} -> {loaded:.3}"
+    );
+    Ok(())
+}
+
+#[test]
+fn draining_takes_no_new_flows_but_keeps_its_established_ones() -> TestResult {
+    let mut lb = Lb::new()?;
+    lb.apply(vec![backend("a", 1, 1)?, backend("b", 2, 1)?], &[])?;
+    let before = lb.spread(500, 5)?;
+    assert!(before.contains_key(&1), "a takes flows before draining: {before:?}");
+    let mut drained = backend("a", 1, 1)?;
+    drained.draining = true;
+    lb.apply(vec![drained, backend("b", 2, 1)?], &[])?;
+    let after = lb.spread(500, 6)?;
+    assert_eq!(after.get(&1), None, "draining: no new flow to a: {after:?}");
+    let kept = lb
+        .flows()?
+        .iter()
+        .filter(|(_, v)| v.flags & edge_common::flow::FLOW_REVERSE == 0 && v.new_dst[15] == 1)
+        .count();
+    assert_eq!(
+        kept,
+        before[&1] as usize,
+        "a's established flows stay in the table, translated as before"
+    );
+    Ok(())
+}
