@@ -195,7 +195,8 @@ fn sum_per_cpu<V: aya::Pod + Default>(
 pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
     use aya::maps::{Array, HashMap};
     use edge_common::{
-        service::{BACKEND_ACTIVE, BACKEND_ELIGIBLE}, BackendStats, BackendValue, ServiceKey, ServiceStats, ServiceValue,
+        service::{BACKEND_ACTIVE, BACKEND_ELIGIBLE},
+        BackendStats, BackendValue, ServiceKey, ServiceStats, ServiceValue,
     };
     let shape = |name| move |source| CountersError::Shape { name, source };
     let services: HashMap<MapData, ServiceKey, ServiceValue> =
@@ -303,7 +304,14 @@ impl fmt::Display for NatReport {
         writeln!(
             f,
             "\n{:<4} {:<44} {:>8} {:>8} {:>12} {:>12} {:>10} {:>7}",
-            "BE", "OVERLAY ADDRESS", "ELIGIBLE", "FLOWS", "PKTS TO", "PKTS FROM", "NEW FLOWS", "RESETS"
+            "BE",
+            "OVERLAY ADDRESS",
+            "ELIGIBLE",
+            "FLOWS",
+            "PKTS TO",
+            "PKTS FROM",
+            "NEW FLOWS",
+            "RESETS"
         )?;
         for b in &self.backends {
             let eligible = match (b.active, b.eligible) {
@@ -324,7 +332,11 @@ impl fmt::Display for NatReport {
                 b.resets_from
             )?;
         }
-        writeln!(f, "\nflow table: {} of {} entries", self.flow_entries, self.flow_capacity)?;
+        writeln!(
+            f,
+            "\nflow table: {} of {} entries",
+            self.flow_entries, self.flow_capacity
+        )?;
         let d = &self.drops;
         writeln!(
             f,

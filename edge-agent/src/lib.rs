@@ -14,6 +14,7 @@ pub mod maglev;
 pub mod model;
 pub mod netdev;
 pub mod object;
+pub mod report;
 pub mod services;
 pub mod state;
 pub mod test_run;

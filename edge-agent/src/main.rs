@@ -61,6 +61,23 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Every backend of the state: region, limits, health, eligibility in the kernel, live
+    /// flows, and its share of each table of its service (by client countries).
+    Backends {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Import a v1 routing.db into the state database (`state.database` / EDGEPROXY_DB_PATH).
+    ImportV1 {
+        /// The v1 routing.db (opened read-only).
+        path: PathBuf,
+        /// VIP of each v1 app: `app=ip:port` (repeatable).
+        #[arg(long = "vip", required = true)]
+        vips: Vec<String>,
+        /// A /96 whose low 32 bits take v1's IPv4 overlay addresses (v2's overlay is IPv6).
+        #[arg(long)]
+        ipv4_prefix: Option<ipnet::Ipv6Net>,
+    },
     /// Detach the data plane and remove every pinned object.
     Detach,
 }
@@ -95,6 +112,19 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Status { output } => status(&pins, output),
         Command::Flows { output, limit } => list_flows(&config, &pins, output, limit),
+        Command::Backends { output } => {
+            let rows = edge_agent::report::backends(&config, &pins)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => edge_agent::report::print_table(&rows),
+            }
+            Ok(())
+        }
+        Command::ImportV1 {
+            path,
+            vips,
+            ipv4_prefix,
+        } => import_v1(&config, &path, &vips, ipv4_prefix),
         Command::Detach => {
             if dataplane::detach(&pins).context("detaching")? {
                 println!("detached; removed {}", pins.root().display());
@@ -130,6 +160,36 @@ fn run(
     reset: bool,
 ) -> anyhow::Result<()> {
     Agent::start(config, config_path, pins.clone(), reset)?.run()
+}
+
+fn import_v1(
+    config: &AgentConfig,
+    path: &std::path::Path,
+    vips: &[String],
+    ipv4_prefix: Option<ipnet::Ipv6Net>,
+) -> anyhow::Result<()> {
+    use edge_agent::state::{import_v1, ImportOptions, Ipv4Overlay, SqliteState};
+    let Some(db) = &config.state.database else {
+        anyhow::bail!("no state database to import into: set state.database or EDGEPROXY_DB_PATH");
+    };
+    let options = ImportOptions {
+        pop_id: config.pop_id.clone(),
+        vips: edge_agent::state::import_v1::parse_vips(vips.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ipv4: ipv4_prefix.map_or(Ipv4Overlay::Reject, Ipv4Overlay::Prefix96),
+    };
+    let state = SqliteState::open(db)?;
+    let report = import_v1(path, &state, &options)?;
+    println!(
+        "imported {} backends into {}; skipped {}",
+        report.imported.len(),
+        db.display(),
+        report.skipped.len()
+    );
+    for row in &report.skipped {
+        println!("  skipped {}: {}", row.id, row.reason);
+    }
+    Ok(())
 }
 
 fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {

@@ -132,7 +132,11 @@ fn share(counts: &HashMap<u16, u32>, backend: u16, n: u32) -> f64 {
 fn ten_thousand_flows_split_by_weight_within_five_percent() -> TestResult {
     let mut lb = Lb::new()?;
     lb.apply(
-        vec![backend("a", 1, 1)?, backend("b", 2, 2)?, backend("c", 3, 3)?],
+        vec![
+            backend("a", 1, 1)?,
+            backend("b", 2, 2)?,
+            backend("c", 3, 3)?,
+        ],
         &[],
     )?;
     let n = 10_000;
@@ -151,12 +155,15 @@ fn ten_thousand_flows_split_by_weight_within_five_percent() -> TestResult {
 #[test]
 fn hard_limit_excludes_and_soft_limit_shrinks_the_share() -> TestResult {
     let mut lb = Lb::new()?;
-    let backends = || -> Result<Vec<Backend>, Error> {
-        Ok(vec![backend("a", 1, 1)?, backend("b", 2, 1)?])
-    };
+    let backends =
+        || -> Result<Vec<Backend>, Error> { Ok(vec![backend("a", 1, 1)?, backend("b", 2, 1)?]) };
     lb.apply(backends()?, &[("a", 200)])?;
     let counts = lb.spread(2000, 2)?;
-    assert_eq!(counts.get(&1), None, "a at its hard limit gets no new flow: {counts:?}");
+    assert_eq!(
+        counts.get(&1),
+        None,
+        "a at its hard limit gets no new flow: {counts:?}"
+    );
 
     lb.apply(backends()?, &[("a", 0), ("b", 0)])?;
     let even = share(&lb.spread(4000, 3)?, 1, 4000);
@@ -174,7 +181,10 @@ fn draining_takes_no_new_flows_but_keeps_its_established_ones() -> TestResult {
     let mut lb = Lb::new()?;
     lb.apply(vec![backend("a", 1, 1)?, backend("b", 2, 1)?], &[])?;
     let before = lb.spread(500, 5)?;
-    assert!(before.contains_key(&1), "a takes flows before draining: {before:?}");
+    assert!(
+        before.contains_key(&1),
+        "a takes flows before draining: {before:?}"
+    );
     let mut drained = backend("a", 1, 1)?;
     drained.draining = true;
     lb.apply(vec![drained, backend("b", 2, 1)?], &[])?;
@@ -186,8 +196,7 @@ fn draining_takes_no_new_flows_but_keeps_its_established_ones() -> TestResult {
         .filter(|(_, v)| v.flags & edge_common::flow::FLOW_REVERSE == 0 && v.new_dst[15] == 1)
         .count();
     assert_eq!(
-        kept,
-        before[&1] as usize,
+        kept, before[&1] as usize,
         "a's established flows stay in the table, translated as before"
     );
     Ok(())

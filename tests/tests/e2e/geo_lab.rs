@@ -268,6 +268,34 @@ database = "{}"
         ],
     )?;
 
+    // The operator's view: br is disabled and out of the kernel's eligible set; ar now takes
+    // the whole table Brazil's clients use.
+    let out = std::process::Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(bpffs_pin_dir(lab.ns("pop").name()))
+        .arg("--config")
+        .arg(lab.log_dir().join("agent.toml"))
+        .args(["backends", "--output", "json"])
+        .output()?;
+    assert!(out.status.success(), "edge-agent backends: {out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let row = |id: &str| {
+        rows.as_array()
+            .and_then(|r| r.iter().find(|b| b["id"] == id))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(row("br")["eligible"], false, "{}", row("br"));
+    assert_eq!(row("br")["enabled"], false);
+    assert_eq!(row("ar")["eligible"], true);
+    let ar_shares = row("ar")["shares"].as_object().cloned().unwrap_or_default();
+    assert!(
+        ar_shares
+            .iter()
+            .any(|(who, share)| who.split(',').any(|c| c == "BR") && share.as_f64() == Some(1.0)),
+        "ar holds all of the table Brazil uses: {ar_shares:?}"
+    );
+
     sqlite(&db, "UPDATE backends SET enabled = 0 WHERE id = 'ar'")?;
     expect(
         &lab,
