@@ -1,5 +1,6 @@
 //! Per-packet cost of the BPF programs: `edge-agent`'s `prog` benchmark (`BPF_PROG_TEST_RUN`,
-//! each program beside the parse-and-pass baseline measured in the same run). It lives with
+//! each program beside the parse-and-pass baseline measured in the same run), and its `control`
+//! benchmark (state change to kernel latency, country database load time and memory). It lives with
 //! the agent because it loads the agent's own object and map contents; xtask cannot depend on
 //! the agent (building it needs the toolchain `setup` installs).
 
@@ -19,6 +20,25 @@ pub fn run() -> anyhow::Result<()> {
                 "edge-agent",
                 "--bench",
                 "prog",
+                "--",
+                "--json",
+            ])
+            .arg(&json),
+    )?;
+    println!("(written to {})", json.display());
+
+    let json = shell::workspace_root().join("target/bench/control.json");
+    println!(
+        "\nControl plane: state change to kernel maps, country database load (release build):"
+    );
+    shell::run(
+        shell::cargo()
+            .args([
+                "bench",
+                "--package",
+                "edge-agent",
+                "--bench",
+                "control",
                 "--",
                 "--json",
             ])

@@ -1,0 +1,290 @@
+//! Control-plane figures: how fast a state change reaches the kernel maps, and what a
+//! realistic country database costs to load (time and kernel memory), with the per-packet cost
+//! of a SYN that looks its client up in it. Needs root.
+//!
+//! `cargo bench -p edge-agent --bench control [-- --json PATH]`
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use aya::Ebpf;
+use edge_agent::{
+    balancer::{self, GeoClasses, Inputs},
+    dataplane::{self, MapSizes},
+    geo::{write_country_mmdb, GeoDb},
+    geo_maps,
+    model::{Backend, BackendAddr, Country, Region, Service},
+    services::{PopSettings, Reconciler},
+    state::{SqliteState, StateSource as _},
+    test_run::test_run,
+};
+use edge_common::names;
+use etherparse::PacketBuilder;
+
+type Error = Box<dyn std::error::Error>;
+
+const TABLE_SIZE: u32 = 4099;
+const CHANGES: usize = 100;
+const COUNTRIES: [&str; 12] = [
+    "BR", "AR", "US", "CA", "DE", "FR", "GB", "JP", "AU", "IN", "ZA", "SG",
+];
+
+fn load() -> Result<Ebpf, Error> {
+    let sizes = MapSizes {
+        flows: 1 << 20,
+        maglev: 64 * TABLE_SIZE,
+        affinity: 1 << 16,
+    };
+    let mut ebpf = dataplane::load_object(None, sizes)?;
+    dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+    Ok(ebpf)
+}
+
+fn pop() -> Result<PopSettings, Error> {
+    Ok(PopSettings {
+        overlay_addr: "fd00:ee::1".parse()?,
+        mss_clamp: 1360,
+        port_min: 10_000,
+        port_max: 60_000,
+        public_ifindex: 1,
+        overlay_l2_len: 14,
+        affinity_ttl: Duration::ZERO,
+        snat_prefix: None,
+    })
+}
+
+/// A deterministic database of `v4` IPv4 /24s and `v6` IPv6 /48s, neighbours sharing countries.
+fn synthetic(v4: u32, v6: u32) -> Result<Vec<(ipnet::IpNet, Country)>, Error> {
+    let mut entries = Vec::new();
+    for i in 0..v4 {
+        let net = format!("{}.{}.{}.0/24", 1 + i / 65536, (i / 256) % 256, i % 256);
+        entries.push((
+            net.parse()?,
+            COUNTRIES[(i / 997) as usize % COUNTRIES.len()].parse()?,
+        ));
+    }
+    for i in 0..v6 {
+        let net = format!("2400:{:x}:{:x}::/48", i >> 16, i & 0xffff);
+        entries.push((
+            net.parse()?,
+            COUNTRIES[(i / 991) as usize % COUNTRIES.len()].parse()?,
+        ));
+    }
+    Ok(entries)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Kernel memory of the maps named, from /proc/self/fdinfo (`memlock`).
+fn memlock(ebpf: &Ebpf, names: &[&str]) -> u64 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    names
+        .iter()
+        .filter_map(|name| {
+            let map = ebpf.map(name)?;
+            let fd = match map {
+                aya::maps::Map::LpmTrie(data) => data.fd().as_fd().as_raw_fd(),
+                _ => return None,
+            };
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn state_latency(dir: &std::path::Path) -> Result<(Duration, Duration, Duration), Error> {
+    let path = dir.join("routing.db");
+    let state = SqliteState::open(&path)?;
+    state.upsert_service(&Service {
+        id: "web".into(),
+        vip: "198.18.0.10".parse::<IpAddr>()?,
+        port: 80,
+    })?;
+    for i in 1..=3u16 {
+        state.upsert_backend(&Backend {
+            id: format!("be{i}"),
+            service: "web".into(),
+            region: "eu".parse()?,
+            country: "DE".parse()?,
+            addr: BackendAddr::Ip(Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i)),
+            port: 8080,
+            weight: 1,
+            soft_limit: 100,
+            hard_limit: 1000,
+            draining: false,
+            enabled: true,
+        })?;
+    }
+    let mut ebpf = load()?;
+    let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
+    let region: Region = "eu".parse()?;
+    let pop = pop()?;
+    let apply = |ebpf: &mut Ebpf, reconciler: &mut Reconciler| -> Result<(), Error> {
+        let (snapshot, _) = state.snapshot()?;
+        let inputs = Inputs {
+            pop_id: "pop",
+            pop_region: &region,
+            region_of: &|_| region.clone(),
+            unknown_region: &region,
+            classes: &GeoClasses::default(),
+            active: &HashMap::new(),
+        };
+        let plan = balancer::plan(&snapshot, &inputs, &|_| None);
+        reconciler.apply(ebpf, &pop, &plan)?;
+        Ok(())
+    };
+    apply(&mut ebpf, &mut reconciler)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut changes = state.changes()?;
+    // A second connection, as another process (the sqlite3 CLI, an API) would write.
+    let writer = rusqlite::Connection::open(&path)?;
+    let mut times = Vec::with_capacity(CHANGES);
+    for i in 0..CHANGES {
+        // Alternate values: an UPDATE that changes nothing commits nothing.
+        let weight = 2 + (i % 2) as i64;
+        let started = Instant::now();
+        writer.execute("UPDATE backends SET weight = ?1 WHERE id = 'be1'", [weight])?;
+        runtime.block_on(changes.changed());
+        apply(&mut ebpf, &mut reconciler)?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok((
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1],
+    ))
+}
+
+fn main() -> Result<(), Error> {
+    let json_path = std::env::args().skip_while(|a| a != "--json").nth(1);
+    let dir = std::env::temp_dir().join(format!("edge-bench-control-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+
+    let (p50, p99, max) = state_latency(&dir)?;
+    println!("state change (committed row) -> kernel maps written, {CHANGES} changes:");
+    println!(
+        "  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms   (target: p99 <= 100 ms)",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+
+    let entries = synthetic(300_000, 200_000)?;
+    let mmdb = dir.join("countries.mmdb");
+    let started = Instant::now();
+    write_country_mmdb(&mmdb, &entries, "edgeProxy-Synthetic-Country")?;
+    let write = started.elapsed();
+    let started = Instant::now();
+    let db = GeoDb::load(&mmdb)?;
+    let parse = started.elapsed();
+    let mut ebpf = load()?;
+    let classes = GeoClasses::new(db.countries());
+    let started = Instant::now();
+    geo_maps::write(&mut ebpf, &db, &classes, &mut geo_maps::Written::default())?;
+    let compile = started.elapsed();
+    let memory = memlock(&ebpf, &[names::GEO_V4, names::GEO_V6]);
+    println!(
+        "country database, {} networks ({} IPv4, {} IPv6), {} bytes as .mmdb:",
+        db.len(),
+        db.v4_prefixes().len(),
+        db.v6_prefixes().len(),
+        std::fs::metadata(&mmdb)?.len()
+    );
+    println!("  read {:.0} ms, into the kernel tries {:.0} ms, kernel memory {:.1} MiB (written as .mmdb in {:.0} ms)",
+        parse.as_secs_f64() * 1e3, compile.as_secs_f64() * 1e3, memory as f64 / 1048576.0, write.as_secs_f64() * 1e3);
+
+    // The SYN path with that database in the tries, beside an established packet, one-shot.
+    let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
+    let region: Region = "eu".parse()?;
+    let de: Country = "DE".parse()?;
+    let services = edge_agent::config::AgentConfig {
+        services: vec![edge_agent::config::ServiceConfig {
+            name: "web".into(),
+            vip: "198.18.0.10".parse()?,
+            port: 80,
+            backends: (2..=4)
+                .map(|i| edge_agent::config::BackendConfig {
+                    name: format!("be{i}"),
+                    addr: Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i),
+                    port: 8080,
+                    weight: 1,
+                    region: Some(region.clone()),
+                    country: Some(de),
+                    soft_limit: 10_000,
+                    hard_limit: 100_000,
+                })
+                .collect(),
+        }],
+        ..Default::default()
+    };
+    let (state, _) = services.snapshot();
+    let inputs = Inputs {
+        pop_id: "pop",
+        pop_region: &region,
+        region_of: &|_| region.clone(),
+        unknown_region: &region,
+        classes: &classes,
+        active: &HashMap::new(),
+    };
+    reconciler.apply(
+        &mut ebpf,
+        &pop()?,
+        &balancer::plan(&state, &inputs, &|_| None),
+    )?;
+    let n = 20_000u32;
+    let mut syn_total = 0u64;
+    let mut est_total = 0u64;
+    for i in 0..n {
+        // Clients spread over the database's IPv4 networks.
+        let client = [1 + (i % 4) as u8, (i / 250) as u8, (i % 250) as u8, 7];
+        let mut syn = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(client, [198, 18, 0, 10], 64)
+            .tcp(40000, 80, 1, 64240)
+            .syn()
+            .write(&mut syn, &[])?;
+        let mut data = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(client, [198, 18, 0, 10], 64)
+            .tcp(40000, 80, 2, 64240)
+            .ack(1)
+            .write(&mut data, &[0; 64])?;
+        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        syn_total += u64::from(test_run(program.fd()?, &syn, 1)?.duration_ns);
+        est_total += u64::from(test_run(program.fd()?, &data, 1)?.duration_ns);
+    }
+    let (syn_ns, est_ns) = (
+        syn_total as f64 / f64::from(n),
+        est_total as f64 / f64::from(n),
+    );
+    println!("per packet with that database loaded (one-shot, distinct clients):");
+    println!(
+        "  SYN with geo lookup {syn_ns:.0} ns, the same flow's next packet {est_ns:.0} ns ({:.2}x)",
+        syn_ns / est_ns
+    );
+    if let Some(path) = json_path {
+        let doc = serde_json::json!({
+            "state_change_p50_ms": p50.as_secs_f64() * 1e3,
+            "state_change_p99_ms": p99.as_secs_f64() * 1e3,
+            "geo_networks": db.len(),
+            "geo_read_ms": parse.as_secs_f64() * 1e3,
+            "geo_load_ms": compile.as_secs_f64() * 1e3,
+            "geo_kernel_bytes": memory,
+            "syn_geo_ns": syn_ns,
+            "established_ns": est_ns,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
