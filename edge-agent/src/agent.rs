@@ -49,6 +49,8 @@ struct Balancing {
     source: Option<SqliteState>,
     /// Rows rejected since start, all sources together.
     rejected_rows: u64,
+    /// The rejections of the last read: each is logged once, not on every reload.
+    rejected_seen: std::collections::HashSet<(&'static str, String, String)>,
 }
 
 /// The built-in country -> region table with the configured overrides.
@@ -164,6 +166,7 @@ impl Agent {
                     None => None,
                 },
                 rejected_rows: 0,
+                rejected_seen: std::collections::HashSet::new(),
             }),
             None => {
                 if !config.services.is_empty() {
@@ -234,10 +237,15 @@ impl Agent {
             },
             None => self.config.snapshot(),
         };
-        for row in &rejected {
-            warn!(table = row.table, key = %row.key, reason = %row.reason, "row rejected");
+        let now: std::collections::HashSet<_> = rejected
+            .into_iter()
+            .map(|r| (r.table, r.key, r.reason))
+            .collect();
+        for (table, key, reason) in now.difference(&b.rejected_seen) {
+            warn!(table, key = %key, reason = %reason, "row rejected");
+            b.rejected_rows += 1;
         }
-        b.rejected_rows += rejected.len() as u64;
+        b.rejected_seen = now;
         b.state = state;
         self.apply();
     }

@@ -121,6 +121,15 @@ fn expect(lab: &Lab, phase: &str, port_base: u16, expected: &[(&str, &[&str])]) 
     }
 }
 
+fn rss_kib(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| "no VmRSS".into())
+}
+
 fn sqlite(db: &std::path::Path, sql: &str) -> TestResult {
     let out = std::process::Command::new("sqlite3")
         .arg(db)
@@ -225,6 +234,52 @@ database = "{}"
             ("unknown", &["us"]),
         ],
     )?;
+
+    // 10,000 malformed rows arrive at once: every one is rejected, the valid rows keep being
+    // served, and the agent's memory stays flat.
+    let rss_before = rss_kib(agent.pid())?;
+    let mut sql = String::from("BEGIN;\n");
+    for i in 0..10_000 {
+        let (region, country, address, port, weight) = match i % 6 {
+            0 => ("sa", "BR", "fd00:ee:1:1::2", 0, 1),
+            1 => ("sa", "BR", "not-an-address", 7007, 1),
+            2 => ("sa", "B1", "fd00:ee:1:1::2", 7007, 1),
+            3 => ("sa", "BR", "fd00:ee:1:1::2", 7007, 5000),
+            4 => ("SA!", "BR", "fd00:ee:1:1::2", 7007, 1),
+            _ => ("sa", "BR", "10.0.0.1", 7007, 1),
+        };
+        sql.push_str(&format!(
+            "INSERT INTO backends (id, service_id, region, country, address, port, weight) \
+             VALUES ('bad{i}', 'web', '{region}', '{country}', '{address}', {port}, {weight});\n"
+        ));
+    }
+    sql.push_str("COMMIT;\n");
+    let script = lab.log_dir().join("malformed.sql");
+    std::fs::write(&script, sql)?;
+    sqlite(&db, &format!(".read {}", script.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.output_so_far().matches("row rejected").count() < 10_000 {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "expected 10000 rejected rows, saw {}",
+                agent.output_so_far().matches("row rejected").count()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    expect(
+        &lab,
+        "after 10,000 malformed rows",
+        24_000,
+        &[("BR", &["br"]), ("US", &["us"]), ("JP", &["jp"])],
+    )?;
+    let rss_after = rss_kib(agent.pid())?;
+    eprintln!("agent RSS {rss_before} KiB -> {rss_after} KiB across 10,000 rejected rows");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "agent memory must stay flat: {rss_before} KiB -> {rss_after} KiB"
+    );
 
     // Affinity: CL's tier holds two backends, yet 100 reconnects all meet the same one.
     let cl = CLIENTS[2].0;

@@ -6,4 +6,5 @@ mod common;
 mod geo_lab;
 mod nat_lab;
 mod restart_under_load;
+mod table_swap;
 mod xtask_run;

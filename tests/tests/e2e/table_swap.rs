@@ -1,0 +1,92 @@
+//! Maglev tables swapped under load drop no established flow: 300 connections open, the
+//! backends' weights changed and a backend drained (SIGHUP re-reads the config), and every
+//! connection still echoes afterwards.
+
+use std::time::Duration;
+
+use edge_lab::{
+    find_leftovers,
+    pop_lab::{agent_config, start_agent, start_backends, topology, VIP4, VIP6},
+};
+
+use super::common::{agent_bin, TestResult};
+
+const BACKENDS: usize = 3;
+
+#[test]
+fn table_swaps_keep_every_established_flow() -> TestResult {
+    let lab = topology("swap", BACKENDS).up()?;
+    let run = lab.run_id().to_string();
+    let _servers = start_backends(&lab, BACKENDS, env!("CARGO_BIN_EXE_echo-server").as_ref())?;
+    let agent = start_agent(
+        &lab,
+        &agent_bin(),
+        &agent_config(BACKENDS, ""),
+        &["--reset"],
+    )?;
+
+    let load = lab.ns("client").spawn(
+        "echo-load",
+        &[
+            env!("CARGO_BIN_EXE_echo-load"),
+            "--target",
+            &format!("{VIP4}:7"),
+            "--target",
+            &format!("[{VIP6}]:7"),
+            "--connections",
+            "300",
+            "--max-bytes",
+            "16384",
+            "--hold-secs",
+            "6",
+            "--recheck",
+        ],
+        &[],
+    )?;
+    load.wait_for_output("holding 300", Duration::from_secs(60))?;
+
+    // New weights for every backend, and be3 drained: every table is rebuilt and swapped.
+    let config = agent_config(BACKENDS, "")
+        .replace("port = 7007 }", "port = 7007, weight = 5 }")
+        .replacen("weight = 5 }", "weight = 1 }", 1)
+        .replace(
+            "addr = \"fd00:ee:1:3::2\", port = 7007, weight = 5",
+            "addr = \"fd00:ee:1:3::2\", port = 7007, weight = 0",
+        );
+    std::fs::write(lab.log_dir().join("agent.toml"), config)?;
+    agent.signal(libc::SIGHUP)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while agent
+        .output_so_far()
+        .matches("state applied")
+        .nth(1)
+        .is_none()
+    {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no second apply after SIGHUP:\n{}", agent.output_so_far()).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        agent
+            .output_so_far()
+            .lines()
+            .filter(|l| l.contains("state applied"))
+            .nth(1)
+            .is_some_and(|l| !l.contains("tables_built=0")),
+        "the reload must build new tables:\n{}",
+        agent.output_so_far()
+    );
+
+    let status = load.wait_exit(Duration::from_secs(60))?;
+    let summary = load.output_so_far();
+    assert!(
+        status.success() && summary.contains("\"rechecked\":300"),
+        "every established connection must survive the table swaps: {summary}"
+    );
+    drop(agent);
+    drop(lab);
+    let left = find_leftovers(Some(&run));
+    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+    Ok(())
+}
