@@ -77,12 +77,14 @@ fn clean_removes_what_a_crashed_run_left() -> Result<()> {
         .map_err(io("spawn orphan"))?;
     let orphan_pid = orphan.id() as i32;
     // Its command line names the namespace from the start, so wait for the
-    // namespace itself: nsenter may not have switched yet.
+    // namespace itself: nsenter may not have switched yet. Wait for the exec of
+    // `sleep` too: during it the command line reads empty, and the scan below
+    // must see what `clean` will see.
     let deadline = Instant::now() + Duration::from_secs(2);
     while !find_leftovers(Some(run.as_str()))
         .processes
         .iter()
-        .any(|p| p.pid == orphan_pid && p.netns.is_some())
+        .any(|p| p.pid == orphan_pid && p.netns.is_some() && p.cmdline.starts_with("sleep"))
     {
         assert!(Instant::now() < deadline, "orphan never entered {ns}");
         std::thread::sleep(Duration::from_millis(10));
