@@ -104,6 +104,8 @@ pub struct Reconciler {
     pointers: HashMap<u32, u32>,
     retiring: Vec<(u32, Instant)>,
     free: BTreeSet<u32>,
+    /// Backend ids each service's tables hold, to drop bindings to backends that left it.
+    members: HashMap<u32, BTreeSet<u32>>,
 }
 
 pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
@@ -193,6 +195,7 @@ impl Reconciler {
             pointers,
             retiring,
             free,
+            members: HashMap::new(),
         })
     }
 
@@ -255,6 +258,24 @@ impl Reconciler {
             };
             used_ids.insert(service_id);
             let default = service.sets.get(&0).cloned().unwrap_or_default();
+            let members: BTreeSet<u32> = service
+                .sets
+                .values()
+                .flatten()
+                .filter_map(|m| self.backend_ids.get(&(m.addr, m.port)).copied())
+                .collect();
+            if let Some(before) = self.members.insert(service_id, members.clone()) {
+                let left: BTreeSet<u32> = before.difference(&members).copied().collect();
+                if !left.is_empty() {
+                    let removed = drop_bindings(ebpf, service_id, &left)?;
+                    debug!(
+                        service_id,
+                        backends = left.len(),
+                        removed,
+                        "bindings to departed backends dropped"
+                    );
+                }
+            }
             let mut class_rings = BTreeMap::new();
             for class in 0..GEO_CLASSES {
                 let set = service.sets.get(&(class as u16)).unwrap_or(&default);
@@ -474,4 +495,33 @@ impl Reconciler {
     pub fn backend_ids(&self) -> BTreeMap<u32, (Ipv6Addr, u16)> {
         self.backend_ids.iter().map(|(k, id)| (*id, *k)).collect()
     }
+}
+
+/// Removes the client bindings of `service_id` to any of `backends`: a backend that left a
+/// service must not keep receiving its clients through their bindings.
+fn drop_bindings(
+    ebpf: &mut Ebpf,
+    service_id: u32,
+    backends: &BTreeSet<u32>,
+) -> Result<usize, ServicesError> {
+    use edge_common::geo::{AffinityKey, AffinityValue};
+    let name = names::AFFINITY;
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(ServicesError::MissingMap { name })?;
+    let mut bindings: BpfHashMap<&mut MapData, AffinityKey, AffinityValue> =
+        BpfHashMap::try_from(map).map_err(map_err(name))?;
+    let stale: Vec<AffinityKey> = bindings
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| k.service_id == service_id && backends.contains(&v.backend_id))
+        .map(|(k, _)| k)
+        .collect();
+    for key in &stale {
+        match bindings.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(ServicesError::Map { name, source }),
+        }
+    }
+    Ok(stale.len())
 }

@@ -43,10 +43,15 @@ fn backend(id: &str, last: u16, weight: u32) -> Result<Backend, Error> {
 struct Lb {
     ebpf: Ebpf,
     reconciler: Reconciler,
+    affinity_ttl: Duration,
 }
 
 impl Lb {
     fn new() -> Result<Self, Error> {
+        Self::with_affinity(Duration::ZERO)
+    }
+
+    fn with_affinity(ttl: Duration) -> Result<Self, Error> {
         let sizes = MapSizes {
             flows: 1 << 16,
             maglev: 64 * TABLE_SIZE,
@@ -55,17 +60,28 @@ impl Lb {
         let mut ebpf = dataplane::load_object(None, sizes)?;
         dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         let reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
-        Ok(Lb { ebpf, reconciler })
+        Ok(Lb {
+            ebpf,
+            reconciler,
+            affinity_ttl: ttl,
+        })
     }
 
     /// Plans `backends` with `active` live connections and writes the plan.
     fn apply(&mut self, backends: Vec<Backend>, active: &[(&str, u64)]) -> TestResult {
         let state = Snapshot {
-            services: vec![Service {
-                id: "web".into(),
-                vip: VIP.into(),
-                port: 80,
-            }],
+            services: vec![
+                Service {
+                    id: "web".into(),
+                    vip: VIP.into(),
+                    port: 80,
+                },
+                Service {
+                    id: "other".into(),
+                    vip: VIP.into(),
+                    port: 81,
+                },
+            ],
             backends,
             ..Snapshot::default()
         };
@@ -87,7 +103,7 @@ impl Lb {
             port_max: 60_000,
             public_ifindex: 1,
             overlay_l2_len: 14,
-            affinity_ttl: Duration::ZERO,
+            affinity_ttl: self.affinity_ttl,
             snat_prefix: None,
         };
         self.reconciler.apply(&mut self.ebpf, &pop, &plan)?;
@@ -99,22 +115,31 @@ impl Lb {
         let mut counts = HashMap::new();
         for i in 0..n {
             let client = [10, salt, (i >> 8) as u8, i as u8];
-            let mut frame = Vec::new();
-            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-                .ipv4(client, VIP, 64)
-                .tcp(40000 + (i % 1000) as u16, 80, 1, 64240)
-                .syn()
-                .write(&mut frame, &[])?;
-            let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-            let out = test_run(program.fd()?, &frame, 1)?;
-            let packet = SlicedPacket::from_ethernet(&out.data_out)?;
-            let Some(NetSlice::Ipv6(ip)) = packet.net else {
-                return Err(format!("SYN {i} not translated: verdict {}", out.retval).into());
-            };
-            let dst = Ipv6Addr::from(ip.header().destination());
-            *counts.entry(dst.segments()[7]).or_default() += 1;
+            let backend = self.syn(client, 40000 + (i % 1000) as u16)?;
+            *counts.entry(backend).or_default() += 1;
         }
         Ok(counts)
+    }
+
+    /// Runs one SYN and returns the backend it went to (last address group).
+    fn syn(&mut self, client: [u8; 4], port: u16) -> Result<u16, Error> {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(client, VIP, 64)
+            .tcp(port, 80, 1, 64240)
+            .syn()
+            .write(&mut frame, &[])?;
+        let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
+        let out = test_run(program.fd()?, &frame, 1)?;
+        let packet = SlicedPacket::from_ethernet(&out.data_out)?;
+        let Some(NetSlice::Ipv6(ip)) = packet.net else {
+            return Err(format!(
+                "SYN from port {port} not translated: verdict {}",
+                out.retval
+            )
+            .into());
+        };
+        Ok(Ipv6Addr::from(ip.header().destination()).segments()[7])
     }
 
     fn flows(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
@@ -198,6 +223,68 @@ fn draining_takes_no_new_flows_but_keeps_its_established_ones() -> TestResult {
     assert_eq!(
         kept, before[&1] as usize,
         "a's established flows stay in the table, translated as before"
+    );
+    Ok(())
+}
+
+#[test]
+fn bindings_hold_within_their_ttl_and_expire_after_it() -> TestResult {
+    let client = [10, 9, 9, 9];
+    let two =
+        || -> Result<Vec<Backend>, Error> { Ok(vec![backend("a", 1, 1)?, backend("b", 2, 1)?]) };
+    // Without affinity, find ports the table sends to each backend.
+    let mut plain = Lb::new()?;
+    plain.apply(two()?, &[])?;
+    let mut to_a = Vec::new();
+    let mut to_b = Vec::new();
+    for port in 41000..41200 {
+        match plain.syn(client, port)? {
+            1 => to_a.push(port),
+            _ => to_b.push(port),
+        }
+    }
+    assert!(
+        to_a.len() >= 1 && to_b.len() >= 2,
+        "both backends in the table: {to_a:?} {to_b:?}"
+    );
+
+    let ttl = Duration::from_millis(300);
+    let mut lb = Lb::with_affinity(ttl)?;
+    lb.apply(two()?, &[])?;
+    assert_eq!(
+        lb.syn(client, to_a[0])?,
+        1,
+        "first connection binds the client to a"
+    );
+    assert_eq!(
+        lb.syn(client, to_b[0])?,
+        1,
+        "within the TTL the binding wins over the table's pick (b)"
+    );
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    assert_eq!(
+        lb.syn(client, to_b[1])?,
+        2,
+        "after the TTL the client is picked (and bound) anew"
+    );
+    assert_eq!(lb.syn(client, to_a[0] + 1000)?, 2, "the new binding holds");
+    Ok(())
+}
+
+#[test]
+fn a_backend_leaving_the_service_takes_its_bindings_along() -> TestResult {
+    let client = [10, 8, 8, 8];
+    let mut lb = Lb::with_affinity(Duration::from_secs(600))?;
+    lb.apply(vec![backend("a", 1, 1)?], &[])?;
+    assert_eq!(lb.syn(client, 42000)?, 1, "bound to a, the only backend");
+    // a now serves only another service: still eligible, but no longer web's.
+    let mut moved = backend("a", 1, 1)?;
+    moved.service = "other".into();
+    lb.apply(vec![moved, backend("b", 2, 1)?], &[])?;
+    assert_eq!(
+        lb.syn(client, 42001)?,
+        2,
+        "the binding to a is gone; the client goes to b"
     );
     Ok(())
 }
