@@ -49,6 +49,8 @@ struct Balancing {
     source: Option<SqliteState>,
     /// Rows rejected since start, all sources together.
     rejected_rows: u64,
+    /// When each draining backend (by id) was first seen draining.
+    draining_since: HashMap<String, std::time::Instant>,
     /// The rejections of the last read: each is logged once, not on every reload.
     rejected_seen: std::collections::HashSet<(&'static str, String, String)>,
 }
@@ -167,6 +169,7 @@ impl Agent {
                 },
                 rejected_rows: 0,
                 rejected_seen: std::collections::HashSet::new(),
+                draining_since: HashMap::new(),
             }),
             None => {
                 if !config.services.is_empty() {
@@ -246,6 +249,14 @@ impl Agent {
             b.rejected_rows += 1;
         }
         b.rejected_seen = now;
+        let started = std::time::Instant::now();
+        b.draining_since
+            .retain(|id, _| state.backends.iter().any(|x| &x.id == id && x.draining));
+        for backend in state.backends.iter().filter(|x| x.draining) {
+            b.draining_since
+                .entry(backend.id.clone())
+                .or_insert(started);
+        }
         b.state = state;
         self.apply();
     }

@@ -208,6 +208,8 @@ pub struct FlowConfig {
     pub closed_timeout_secs: u64,
     /// How often the sweeper walks the table.
     pub sweep_interval_secs: u64,
+    /// How long a draining backend's connections may go on; 0 lets them end by themselves.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for FlowConfig {
@@ -219,6 +221,7 @@ impl Default for FlowConfig {
             fin_timeout_secs: 30,
             closed_timeout_secs: 10,
             sweep_interval_secs: 5,
+            drain_timeout_secs: 0,
         }
     }
 }

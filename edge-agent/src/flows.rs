@@ -196,6 +196,27 @@ pub fn sweep<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
     Ok((report, listing))
 }
 
+/// Removes every connection to one of `backends` (both directions): what a drain timeout does.
+/// Their next packets find no flow and the POP's kernel resets them.
+pub fn remove_backend_flows<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
+    flows: &mut BpfHashMap<T, FlowKey, FlowValue>,
+    backends: &std::collections::HashSet<u32>,
+) -> Result<u64, MapError> {
+    let doomed: Vec<FlowKey> = flows
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| backends.contains(&v.backend_id))
+        .map(|(k, _)| k)
+        .collect();
+    for key in &doomed {
+        match flows.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(doomed.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use edge_common::flow::TCP_ACK;

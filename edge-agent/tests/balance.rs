@@ -288,3 +288,31 @@ fn a_backend_leaving_the_service_takes_its_bindings_along() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_drain_timeout_ends_the_drained_backends_flows() -> TestResult {
+    let mut lb = Lb::new()?;
+    lb.apply(vec![backend("a", 1, 1)?, backend("b", 2, 1)?], &[])?;
+    let counts = lb.spread(200, 7)?;
+    let to_a = u64::from(counts.get(&1).copied().unwrap_or(0));
+    assert!(to_a > 0, "some flows to a: {counts:?}");
+    let a_id = lb
+        .flows()?
+        .iter()
+        .find(|(_, v)| v.new_dst[15] == 1 && v.flags & edge_common::flow::FLOW_REVERSE == 0)
+        .map(|(_, v)| v.backend_id)
+        .ok_or("no flow to a")?;
+    let map = lb.ebpf.map_mut(names::FLOWS).ok_or("no FLOWS")?;
+    let mut flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
+    let removed = edge_agent::flows::remove_backend_flows(&mut flows, &[a_id].into())?;
+    assert_eq!(
+        removed,
+        2 * to_a,
+        "both directions of every connection to a"
+    );
+    assert!(
+        lb.flows()?.iter().all(|(_, v)| v.backend_id != a_id),
+        "no flow to a is left"
+    );
+    Ok(())
+}
