@@ -70,50 +70,66 @@ pub fn write(
     classes: &GeoClasses,
     written: &mut Written,
 ) -> Result<(), GeoMapsError> {
-    let err = |name| move |source| GeoMapsError::Map { name, source };
-    {
-        let mut v4 = trie::<[u8; 4]>(ebpf, names::GEO_V4)?;
-        let mut now = HashSet::with_capacity(db.v4_prefixes().len());
-        for (net, country) in db.v4_prefixes() {
-            let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
-            v4.insert(&key, value(classes, country), 0)
-                .map_err(err(names::GEO_V4))?;
-            now.insert(net);
-        }
-        for stale in written.v4.difference(&now) {
-            let key = Key::new(u32::from(stale.prefix_len()), stale.network().octets());
-            match v4.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => {
-                    return Err(GeoMapsError::Map {
-                        name: names::GEO_V4,
-                        source: e,
-                    })
-                }
-            }
-        }
-        written.v4 = now;
-    }
-    let mut v6 = trie::<[u8; 16]>(ebpf, names::GEO_V6)?;
-    let mut now = HashSet::with_capacity(db.v6_prefixes().len());
-    for (net, country) in db.v6_prefixes() {
-        let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
-        v6.insert(&key, value(classes, country), 0)
-            .map_err(err(names::GEO_V6))?;
+    let v4 = db
+        .v4_prefixes()
+        .map(|(net, c)| (net, net.key(), value(classes, c)));
+    replace(
+        &mut trie(ebpf, names::GEO_V4)?,
+        names::GEO_V4,
+        v4,
+        &mut written.v4,
+    )?;
+    let v6 = db
+        .v6_prefixes()
+        .map(|(net, c)| (net, net.key(), value(classes, c)));
+    replace(
+        &mut trie(ebpf, names::GEO_V6)?,
+        names::GEO_V6,
+        v6,
+        &mut written.v6,
+    )
+}
+
+/// Writes `entries` into `trie`, then removes what `written` held and `entries` does not.
+fn replace<N, K>(
+    trie: &mut LpmTrie<&mut MapData, K, GeoValue>,
+    name: &'static str,
+    entries: impl Iterator<Item = (N, Key<K>, GeoValue)>,
+    written: &mut HashSet<N>,
+) -> Result<(), GeoMapsError>
+where
+    N: std::hash::Hash + Eq + Copy + PrefixKey<K>,
+    K: aya::Pod,
+{
+    let err = |source| GeoMapsError::Map { name, source };
+    let mut now = HashSet::with_capacity(written.len());
+    for (net, key, value) in entries {
+        trie.insert(&key, value, 0).map_err(err)?;
         now.insert(net);
     }
-    for stale in written.v6.difference(&now) {
-        let key = Key::new(u32::from(stale.prefix_len()), stale.network().octets());
-        match v6.remove(&key) {
+    for stale in written.difference(&now) {
+        match trie.remove(&stale.key()) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => {
-                return Err(GeoMapsError::Map {
-                    name: names::GEO_V6,
-                    source: e,
-                })
-            }
+            Err(e) => return Err(err(e)),
         }
     }
-    written.v6 = now;
+    *written = now;
     Ok(())
+}
+
+/// The trie key of a prefix.
+trait PrefixKey<K> {
+    fn key(&self) -> Key<K>;
+}
+
+impl PrefixKey<[u8; 4]> for Ipv4Net {
+    fn key(&self) -> Key<[u8; 4]> {
+        Key::new(u32::from(self.prefix_len()), self.network().octets())
+    }
+}
+
+impl PrefixKey<[u8; 16]> for Ipv6Net {
+    fn key(&self) -> Key<[u8; 16]> {
+        Key::new(u32::from(self.prefix_len()), self.network().octets())
+    }
 }

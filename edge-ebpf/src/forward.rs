@@ -27,7 +27,7 @@ use edge_common::{
     pop::{POP_READY, POP_SNAT96},
     service::{BACKEND_ACTIVE, BACKEND_ELIGIBLE, NO_BACKEND, SERVICE_AFFINITY},
     stats::{L3Class, L4Class},
-    FlowKey, FlowValue, PopConfig, ServiceKey, ServiceValue, IPPROTO_TCP,
+    BackendValue, FlowKey, FlowValue, PopConfig, ServiceKey, ServiceValue, IPPROTO_TCP,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
@@ -260,23 +260,8 @@ fn setup_flow(
         reverse_key.dst[..12].copy_from_slice(&config.snat_prefix);
         reverse_key.dst[12..].copy_from_slice(&key.src[12..]);
         reverse_key.dport = key.sport;
-        if FLOWS
-            .insert(&*reverse_key, &*value, BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            value.new_src = reverse_key.dst;
-            value.new_dst = backend.addr;
-            value.new_sport = key.sport;
-            value.new_dport = backend.port;
-            value.flags = family;
-            value.tcp_flags = tcp_flags;
-            value.packets = 1;
-            value.bytes = bytes as u64;
-            if FLOWS.insert(key, &*value, BPF_ANY as u64).is_err() {
-                let _ = FLOWS.remove(&*reverse_key);
-                return Err(Drop::FlowInsert);
-            }
-            return Ok(backend_id);
+        if let Some(claimed) = claim(key, value, reverse_key, backend, family, tcp_flags, bytes) {
+            return claimed.map(|()| backend_id);
         }
         // Taken (a stale reverse half): fall back to a port of the overlay address.
         reverse_key.dst = config.overlay_addr;
@@ -288,29 +273,42 @@ fn setup_flow(
     for attempt in 0..PORT_TRIES {
         let port = (u32::from(config.port_min) + start.wrapping_add(attempt) % range) as u16;
         reverse_key.dport = port.to_be();
-        // NOEXIST makes the insert the allocation: a port in use by any flow to this backend
-        // fails here and the next one is tried.
-        if FLOWS
-            .insert(&*reverse_key, &*value, BPF_NOEXIST as u64)
-            .is_err()
-        {
-            continue;
+        if let Some(claimed) = claim(key, value, reverse_key, backend, family, tcp_flags, bytes) {
+            return claimed.map(|()| backend_id);
         }
-        value.new_src = config.overlay_addr;
-        value.new_dst = backend.addr;
-        value.new_sport = port.to_be();
-        value.new_dport = backend.port;
-        value.flags = family;
-        value.tcp_flags = tcp_flags;
-        value.packets = 1;
-        value.bytes = bytes as u64;
-        if FLOWS.insert(key, &*value, BPF_ANY as u64).is_err() {
-            let _ = FLOWS.remove(&*reverse_key);
-            return Err(Drop::FlowInsert);
-        }
-        return Ok(backend_id);
     }
     Err(Drop::PortExhausted)
+}
+
+/// Claims the source address and port `reverse_key` names and records both directions of the
+/// flow. `value` holds the reverse entry on entry and the forward one on return. `None`: the
+/// source is in use (the NOEXIST insert is the allocation), try another.
+#[inline(always)]
+fn claim(
+    key: &FlowKey,
+    value: &mut FlowValue,
+    reverse_key: &FlowKey,
+    backend: &BackendValue,
+    family: u8,
+    tcp_flags: u8,
+    bytes: usize,
+) -> Option<Result<(), Drop>> {
+    FLOWS
+        .insert(reverse_key, &*value, BPF_NOEXIST as u64)
+        .ok()?;
+    value.new_src = reverse_key.dst;
+    value.new_dst = backend.addr;
+    value.new_sport = reverse_key.dport;
+    value.new_dport = backend.port;
+    value.flags = family;
+    value.tcp_flags = tcp_flags;
+    value.packets = 1;
+    value.bytes = bytes as u64;
+    if FLOWS.insert(key, &*value, BPF_ANY as u64).is_err() {
+        let _ = FLOWS.remove(reverse_key);
+        return Some(Err(Drop::FlowInsert));
+    }
+    Some(Ok(()))
 }
 
 /// This CPU's scratch flow key, with its constant fields set.

@@ -151,3 +151,43 @@ pub fn start_agent(
     process.wait_for_output("edge-agent ready", Duration::from_secs(30))?;
     Ok(process)
 }
+
+/// Starts `echo_load` (the `echo-load` binary) in the client namespace against both VIPs with
+/// `connections` connections of up to `max_bytes` each, held open `hold_secs` and, with
+/// `recheck`, echoed once more after the hold.
+pub fn spawn_echo_load(
+    lab: &Lab,
+    echo_load: &Path,
+    connections: u32,
+    max_bytes: u32,
+    hold_secs: u32,
+    recheck: bool,
+) -> Result<LabProcess> {
+    let (bin, v4, v6) = (
+        echo_load.to_string_lossy(),
+        format!("{VIP4}:7"),
+        format!("[{VIP6}]:7"),
+    );
+    let (connections, max_bytes, hold) = (
+        connections.to_string(),
+        max_bytes.to_string(),
+        hold_secs.to_string(),
+    );
+    let mut argv = vec![
+        &*bin,
+        "--target",
+        &v4,
+        "--target",
+        &v6,
+        "--connections",
+        &connections,
+        "--max-bytes",
+        &max_bytes,
+        "--hold-secs",
+        &hold,
+    ];
+    if recheck {
+        argv.push("--recheck");
+    }
+    lab.ns("client").spawn("echo-load", &argv, &[])
+}

@@ -13,8 +13,8 @@ use edge_common::{hash::flow_hash, ipv4_mapped};
 use edge_lab::{
     bpffs_pin_dir, find_leftovers,
     pop_lab::{
-        agent_config, backend_addr, start_agent, start_backends, topology, OVERLAY, TABLE_SIZE,
-        VIP4, VIP6,
+        agent_config, backend_addr, spawn_echo_load, start_agent, start_backends, topology,
+        OVERLAY, TABLE_SIZE,
     },
 };
 
@@ -49,25 +49,9 @@ fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
         &["--reset"],
     )?;
 
-    let load = lab.ns("client").spawn(
-        "echo-load",
-        &[
-            env!("CARGO_BIN_EXE_echo-load"),
-            "--target",
-            &format!("{VIP4}:7"),
-            "--target",
-            &format!("[{VIP6}]:7"),
-            "--connections",
-            "1000",
-            "--max-bytes",
-            "1048576",
-            "--seed",
-            "7",
-            "--hold-secs",
-            "5",
-        ],
-        &[],
-    )?;
+    // Seeded by echo-load's default; payloads of random sizes up to 1 MiB.
+    let echo_load = env!("CARGO_BIN_EXE_echo-load").as_ref();
+    let load = spawn_echo_load(&lab, echo_load, 1000, 1 << 20, 5, false)?;
     load.wait_for_output("holding", Duration::from_secs(180))
         .map_err(|e| format!("{e}\nagent:\n{}", agent.output_so_far()))?;
 

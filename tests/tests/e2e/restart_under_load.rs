@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use edge_lab::{
     bpffs_pin_dir, find_leftovers,
-    pop_lab::{agent_config, backend_addr, start_agent, start_backends, topology, VIP4, VIP6},
+    pop_lab::{
+        agent_config, backend_addr, spawn_echo_load, start_agent, start_backends, topology, VIP4,
+    },
 };
 
 use super::common::{agent_bin, TestResult};
@@ -40,24 +42,8 @@ backends = [{{ name = "be1", addr = "{}", port = 5201 }}]
     iperf_server.wait_for_output("Server listening", Duration::from_secs(10))?;
     let first = start_agent(&lab, &agent_bin(), &config, &["--reset"])?;
 
-    let idle = lab.ns("client").spawn(
-        "echo-load",
-        &[
-            env!("CARGO_BIN_EXE_echo-load"),
-            "--target",
-            &format!("{VIP4}:7"),
-            "--target",
-            &format!("[{VIP6}]:7"),
-            "--connections",
-            "200",
-            "--max-bytes",
-            "8192",
-            "--hold-secs",
-            "36",
-            "--recheck",
-        ],
-        &[],
-    )?;
+    let echo_load = env!("CARGO_BIN_EXE_echo-load").as_ref();
+    let idle = spawn_echo_load(&lab, echo_load, 200, 8192, 36, true)?;
     idle.wait_for_output("holding 200", Duration::from_secs(60))?;
     let stream = lab.ns("client").spawn(
         "iperf3",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use edge_lab::{
     find_leftovers,
-    pop_lab::{agent_config, start_agent, start_backends, topology, VIP4, VIP6},
+    pop_lab::{agent_config, spawn_echo_load, start_agent, start_backends, topology},
 };
 
 use super::common::{agent_bin, TestResult};
@@ -25,24 +25,8 @@ fn table_swaps_keep_every_established_flow() -> TestResult {
         &["--reset"],
     )?;
 
-    let load = lab.ns("client").spawn(
-        "echo-load",
-        &[
-            env!("CARGO_BIN_EXE_echo-load"),
-            "--target",
-            &format!("{VIP4}:7"),
-            "--target",
-            &format!("[{VIP6}]:7"),
-            "--connections",
-            "300",
-            "--max-bytes",
-            "16384",
-            "--hold-secs",
-            "6",
-            "--recheck",
-        ],
-        &[],
-    )?;
+    let echo_load = env!("CARGO_BIN_EXE_echo-load").as_ref();
+    let load = spawn_echo_load(&lab, echo_load, 300, 16384, 6, true)?;
     load.wait_for_output("holding 300", Duration::from_secs(60))?;
 
     // New weights for every backend, and be3 drained: every table is rebuilt and swapped.

@@ -7,43 +7,33 @@
 use crate::shell;
 
 pub fn run() -> anyhow::Result<()> {
-    let json = shell::workspace_root().join("target/bench/prog.json");
-    if let Some(dir) = json.parent() {
-        std::fs::create_dir_all(dir)?;
+    let sections = [
+        ("prog", "Per packet, through BPF_PROG_TEST_RUN"),
+        (
+            "control",
+            "Control plane: state change to kernel maps, country database load",
+        ),
+    ];
+    for (bench, title) in sections {
+        let json = shell::workspace_root().join(format!("target/bench/{bench}.json"));
+        if let Some(dir) = json.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        println!("\n{title} (release build):");
+        shell::run(
+            shell::cargo()
+                .args([
+                    "bench",
+                    "--package",
+                    "edge-agent",
+                    "--bench",
+                    bench,
+                    "--",
+                    "--json",
+                ])
+                .arg(&json),
+        )?;
+        println!("(written to {})", json.display());
     }
-    println!("\nPer packet, through BPF_PROG_TEST_RUN (release build):");
-    shell::run(
-        shell::cargo()
-            .args([
-                "bench",
-                "--package",
-                "edge-agent",
-                "--bench",
-                "prog",
-                "--",
-                "--json",
-            ])
-            .arg(&json),
-    )?;
-    println!("(written to {})", json.display());
-
-    let json = shell::workspace_root().join("target/bench/control.json");
-    println!(
-        "\nControl plane: state change to kernel maps, country database load (release build):"
-    );
-    shell::run(
-        shell::cargo()
-            .args([
-                "bench",
-                "--package",
-                "edge-agent",
-                "--bench",
-                "control",
-                "--",
-                "--json",
-            ])
-            .arg(&json),
-    )?;
-    println!("(written to {})", json.display());
     Ok(())
 }
