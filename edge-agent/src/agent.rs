@@ -344,6 +344,23 @@ impl Agent {
         Ok(())
     }
 
+    /// Drops client bindings past their TTL.
+    fn expire_bindings(&mut self) -> anyhow::Result<()> {
+        let ttl = Duration::from_secs(self.config.affinity.ttl_secs);
+        if self.balancing.is_none() || ttl.is_zero() {
+            return Ok(());
+        }
+        let map = self
+            .dataplane
+            .ebpf
+            .map_mut(names::AFFINITY)
+            .context("AFFINITY map missing")?;
+        let mut bindings = aya::maps::HashMap::try_from(map)?;
+        let expired = flows::expire_bindings(&mut bindings, ttl, flows::monotonic_ns())?;
+        debug!(expired, "client bindings swept");
+        Ok(())
+    }
+
     /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the configuration.
     pub fn run(mut self) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -356,6 +373,8 @@ impl Agent {
             let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
             let mut sweep = tokio::time::interval(Duration::from_secs(self.config.flows.sweep_interval_secs.max(1)));
             let mut stats_log = tokio::time::interval(Duration::from_secs(self.config.stats_log_secs.max(1)));
+            let mut binding_gc =
+                tokio::time::interval(Duration::from_secs(self.config.affinity.gc_interval_secs.max(1)));
             let mut changes = match self.balancing.as_ref().and_then(|b| b.source.as_ref()) {
                 Some(source) => Some(source.changes().context("watching the state database")?),
                 None => None,
@@ -383,6 +402,11 @@ impl Agent {
                     _ = sweep.tick() => {
                         if let Err(error) = self.sweep() {
                             warn!(error = %format!("{error:#}"), "sweeping the flow table");
+                        }
+                    }
+                    _ = binding_gc.tick() => {
+                        if let Err(error) = self.expire_bindings() {
+                            warn!(error = %format!("{error:#}"), "sweeping client bindings");
                         }
                     }
                     _ = stats_log.tick(), if self.config.stats_log_secs > 0 => {

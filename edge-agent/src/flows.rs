@@ -217,6 +217,29 @@ pub fn remove_backend_flows<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>
     Ok(doomed.len() as u64)
 }
 
+/// Removes client bindings unused for longer than `ttl` (v1 swept its bindings every 60 s). The
+/// kernel already ignores them; this frees their slots before the LRU has to.
+pub fn expire_bindings<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
+    bindings: &mut BpfHashMap<T, edge_common::geo::AffinityKey, edge_common::geo::AffinityValue>,
+    ttl: Duration,
+    now_ns: u64,
+) -> Result<u64, MapError> {
+    let ttl_ns = ttl.as_nanos().min(u128::from(u64::MAX)) as u64;
+    let stale: Vec<_> = bindings
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| now_ns.saturating_sub(v.last_used_ns) >= ttl_ns)
+        .map(|(k, _)| k)
+        .collect();
+    for key in &stale {
+        match bindings.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(stale.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use edge_common::flow::TCP_ACK;

@@ -316,3 +316,31 @@ fn a_drain_timeout_ends_the_drained_backends_flows() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn expired_bindings_are_swept() -> TestResult {
+    let mut lb = Lb::with_affinity(Duration::from_secs(600))?;
+    lb.apply(vec![backend("a", 1, 1)?, backend("b", 2, 1)?], &[])?;
+    lb.spread(50, 8)?;
+    let map = lb.ebpf.map_mut(names::AFFINITY).ok_or("no AFFINITY")?;
+    let mut bindings: BpfHashMap<
+        &mut MapData,
+        edge_common::geo::AffinityKey,
+        edge_common::geo::AffinityValue,
+    > = BpfHashMap::try_from(map)?;
+    let now = edge_agent::flows::monotonic_ns();
+    let ttl = Duration::from_secs(600);
+    assert_eq!(
+        edge_agent::flows::expire_bindings(&mut bindings, ttl, now)?,
+        0,
+        "all fresh"
+    );
+    let later = now + 601 * 1_000_000_000;
+    assert_eq!(
+        edge_agent::flows::expire_bindings(&mut bindings, ttl, later)?,
+        50,
+        "all past the TTL"
+    );
+    assert_eq!(bindings.keys().count(), 0);
+    Ok(())
+}
