@@ -70,6 +70,8 @@ pub fn monotonic_ns() -> u64 {
 #[derive(Clone, Debug, Serialize)]
 pub struct Flow {
     pub client: String,
+    /// The client's country as the kernel's geo tries classify it (filled by `classify`).
+    pub country: Option<String>,
     pub vip: String,
     pub backend: String,
     pub backend_id: u32,
@@ -97,6 +99,37 @@ pub fn endpoint(a: &[u8; 16], port_be: u16) -> String {
     match addr(a) {
         IpAddr::V4(v4) => format!("{v4}:{}", u16::from_be(port_be)),
         IpAddr::V6(v6) => format!("[{v6}]:{}", u16::from_be(port_be)),
+    }
+}
+
+/// Fills each flow's `country` from the pinned geo tries under `pins` (the same longest-prefix
+/// lookup the kernel made for its SYN). Flows whose address is in no prefix stay `None`.
+pub fn classify(flows: &mut [Flow], pins: &crate::bpffs::PinDir) {
+    use aya::maps::{
+        lpm_trie::{Key, LpmTrie},
+        Map,
+    };
+    use edge_common::{geo::GeoValue, names};
+    let open = |name| MapData::from_pin(pins.map(name)).ok().map(Map::LpmTrie);
+    let v4: Option<LpmTrie<MapData, [u8; 4], GeoValue>> =
+        open(names::GEO_V4).and_then(|m| LpmTrie::try_from(m).ok());
+    let v6: Option<LpmTrie<MapData, [u8; 16], GeoValue>> =
+        open(names::GEO_V6).and_then(|m| LpmTrie::try_from(m).ok());
+    for flow in flows {
+        let Ok(client) = flow.client.parse::<std::net::SocketAddr>() else {
+            continue;
+        };
+        let found = match client.ip() {
+            IpAddr::V4(ip) => v4
+                .as_ref()
+                .and_then(|t| t.get(&Key::new(32, ip.octets()), 0).ok()),
+            IpAddr::V6(ip) => v6
+                .as_ref()
+                .and_then(|t| t.get(&Key::new(128, ip.octets()), 0).ok()),
+        };
+        flow.country = found
+            .filter(|g| g.class != 0)
+            .and_then(|g| String::from_utf8(g.country.to_vec()).ok());
     }
 }
 
@@ -172,6 +205,7 @@ pub fn sweep<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
         }
         listing.push(Flow {
             client: endpoint(&key.src, key.sport),
+            country: None,
             vip: endpoint(&key.dst, key.dport),
             backend: endpoint(&value.new_dst, value.new_dport),
             backend_id: value.backend_id,

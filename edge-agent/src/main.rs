@@ -244,6 +244,7 @@ fn list_flows(
         flows::sweep(&mut map, &config.flows, flows::monotonic_ns(), false)?;
     listing.sort_by(|a, b| a.idle_secs.total_cmp(&b.idle_secs));
     listing.truncate(limit);
+    flows::classify(&mut listing, pins);
     match output {
         Output::Json => {
             let doc = serde_json::json!({ "summary": report, "flows": listing });
@@ -255,13 +256,14 @@ fn list_flows(
                 report.entries, report.connections, report.by_state
             );
             println!(
-                "{:<46} {:<46} {:<46} {:<11} {:>8} {:>8}",
-                "CLIENT", "VIP", "BACKEND", "STATE", "IDLE s", "PKTS IN"
+                "{:<46} {:<3} {:<46} {:<46} {:<11} {:>8} {:>8}",
+                "CLIENT", "CC", "VIP", "BACKEND", "STATE", "IDLE s", "PKTS IN"
             );
             for f in &listing {
                 println!(
-                    "{:<46} {:<46} {:<46} {:<11} {:>8.1} {:>8}",
+                    "{:<46} {:<3} {:<46} {:<46} {:<11} {:>8.1} {:>8}",
                     f.client,
+                    f.country.as_deref().unwrap_or("-"),
                     f.vip,
                     f.backend,
                     format!("{:?}", f.state),
