@@ -16,5 +16,6 @@ pub mod netdev;
 pub mod object;
 pub mod report;
 pub mod services;
+pub mod sixpn;
 pub mod state;
 pub mod test_run;

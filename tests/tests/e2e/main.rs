@@ -7,4 +7,5 @@ mod geo_lab;
 mod nat_lab;
 mod restart_under_load;
 mod table_swap;
+mod wireguard_lab;
 mod xtask_run;
