@@ -48,6 +48,16 @@ fn backend_of_addr(addr: &str) -> Option<&'static str> {
         .map(|n| BACKENDS[n - 1].0)
 }
 
+/// `edge-agent flows --output json` of the POP.
+fn flows_json(lab: &Lab) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let flows = std::process::Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(bpffs_pin_dir(lab.ns("pop").name()))
+        .args(["flows", "--output", "json", "--limit", "10000"])
+        .output()?;
+    Ok(serde_json::from_slice(&flows.stdout)?)
+}
+
 /// Connects once from every client address (source port `port_base + i`) and returns, per
 /// client, the backend the data plane chose (from `edge-agent flows`).
 fn connect_all(
@@ -66,12 +76,7 @@ fn connect_all(
             return Err(format!("client {addr}: no echo: {}", out.stderr).into());
         }
     }
-    let flows = std::process::Command::new(agent_bin())
-        .arg("--bpffs-root")
-        .arg(bpffs_pin_dir(lab.ns("pop").name()))
-        .args(["flows", "--output", "json", "--limit", "10000"])
-        .output()?;
-    let doc: serde_json::Value = serde_json::from_slice(&flows.stdout)?;
+    let doc = flows_json(lab)?;
     let mut chosen = BTreeMap::new();
     for flow in doc["flows"].as_array().ok_or("no flows")? {
         let client: std::net::SocketAddr = flow["client"].as_str().ok_or("client")?.parse()?;
@@ -288,12 +293,7 @@ database = "{}"
         lab.ns("client")
             .exec_ok(&["sh", "-c", &format!("echo a | socat -t1 - {target}")])?;
     }
-    let flows = std::process::Command::new(agent_bin())
-        .arg("--bpffs-root")
-        .arg(bpffs_pin_dir(lab.ns("pop").name()))
-        .args(["flows", "--output", "json", "--limit", "10000"])
-        .output()?;
-    let doc: serde_json::Value = serde_json::from_slice(&flows.stdout)?;
+    let doc = flows_json(&lab)?;
     let mut seen = std::collections::BTreeSet::new();
     let mut count = 0;
     for flow in doc["flows"].as_array().ok_or("no flows")? {
