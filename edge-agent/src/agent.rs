@@ -305,6 +305,31 @@ impl Agent {
             aya::maps::HashMap::try_from(map)?;
         let (report, _) =
             flows::sweep(&mut table, &self.config.flows, flows::monotonic_ns(), true)?;
+        let drain_timeout = Duration::from_secs(self.config.flows.drain_timeout_secs);
+        if !drain_timeout.is_zero() {
+            let over: std::collections::HashSet<u32> = b
+                .reconciler
+                .backend_ids()
+                .into_iter()
+                .filter(|(_, endpoint)| {
+                    state_backends_at(&b.state, *endpoint).any(|x| {
+                        b.draining_since
+                            .get(&x.id)
+                            .is_some_and(|since| since.elapsed() >= drain_timeout)
+                    })
+                })
+                .map(|(id, _)| id)
+                .collect();
+            if !over.is_empty() {
+                let ended = flows::remove_backend_flows(&mut table, &over)?;
+                if ended > 0 {
+                    info!(
+                        entries = ended,
+                        "drain timeout: connections to drained backends ended"
+                    );
+                }
+            }
+        }
         debug!(
             entries = report.entries,
             connections = report.connections,
@@ -317,10 +342,8 @@ impl Agent {
             let Some(&(addr, port)) = by_endpoint.get(id) else {
                 continue;
             };
-            for backend in &b.state.backends {
-                if backend.port == port && backend.addr == crate::model::BackendAddr::Ip(addr) {
-                    *active.entry(backend.id.clone()).or_default() += count;
-                }
+            for backend in state_backends_at(&b.state, (addr, port)) {
+                *active.entry(backend.id.clone()).or_default() += count;
             }
         }
         // Tables only change when a backend's load crosses a tenth of its soft limit, or its
@@ -421,6 +444,17 @@ impl Agent {
         info!("agent stopping; the data plane stays attached (`edge-agent detach` removes it)");
         Ok(())
     }
+}
+
+/// The state's backends at an overlay endpoint (several services may share one).
+fn state_backends_at(
+    state: &Snapshot,
+    (addr, port): (std::net::Ipv6Addr, u16),
+) -> impl Iterator<Item = &crate::model::Backend> {
+    state
+        .backends
+        .iter()
+        .filter(move |b| b.port == port && b.addr == crate::model::BackendAddr::Ip(addr))
 }
 
 /// The plan for a configuration's services with no geo database and no load: what the packet

@@ -1,0 +1,118 @@
+//! A drained backend keeps its connections until `flows.drain_timeout_secs`; then the sweeper
+//! ends exactly those (their next packets meet the POP's RST), and the other backend's
+//! connections go on.
+
+use std::{net::IpAddr, time::Duration};
+
+use edge_agent::{
+    model::{Backend, BackendAddr, Service},
+    state::SqliteState,
+};
+use edge_lab::{
+    bpffs_pin_dir, find_leftovers,
+    pop_lab::{
+        backend_addr, spawn_echo_load, start_agent, start_backends, topology, OVERLAY, VIP4, VIP6,
+    },
+};
+
+use super::common::{agent_bin, TestResult};
+
+#[test]
+fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
+    let lab = topology("drain", 2).up()?;
+    let run = lab.run_id().to_string();
+    let _servers = start_backends(&lab, 2, env!("CARGO_BIN_EXE_echo-server").as_ref())?;
+    let db = lab.log_dir().join("routing.db");
+    let state = SqliteState::open(&db)?;
+    for (id, vip) in [("web4", VIP4), ("web6", VIP6)] {
+        state.upsert_service(&Service {
+            id: id.into(),
+            vip: vip.parse::<IpAddr>()?,
+            port: 7,
+        })?;
+        for n in 1..=2 {
+            state.upsert_backend(&Backend {
+                id: format!("{id}-be{n}"),
+                service: id.into(),
+                region: "eu".parse()?,
+                country: "DE".parse()?,
+                addr: BackendAddr::Ip(backend_addr(n).parse()?),
+                port: edge_lab::pop_lab::BACKEND_PORT,
+                weight: 1,
+                soft_limit: 1000,
+                hard_limit: 10_000,
+                draining: false,
+                enabled: true,
+            })?;
+        }
+    }
+    drop(state);
+    let config = format!(
+        "iface = \"eth0\"\nstats_log_secs = 0\nregion = \"eu\"\n\n[overlay]\niface = \"ovl0\"\naddr = \"{OVERLAY}\"\n\n\
+         [flows]\nmax_entries = 65536\nsweep_interval_secs = 1\ndrain_timeout_secs = 1\n\n\
+         [maglev]\nmax_services = 8\n\n[affinity]\nttl_secs = 0\n\n[state]\ndatabase = \"{}\"\n",
+        db.display()
+    );
+    let agent = start_agent(&lab, &agent_bin(), &config, &["--reset"])?;
+    let load = spawn_echo_load(
+        &lab,
+        env!("CARGO_BIN_EXE_echo-load").as_ref(),
+        60,
+        4096,
+        6,
+        true,
+    )?;
+    load.wait_for_output("holding 60", Duration::from_secs(30))?;
+
+    let status = std::process::Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(bpffs_pin_dir(lab.ns("pop").name()))
+        .args(["status", "--output", "json"])
+        .output()?;
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let on_be1 = doc["backends"]
+        .as_array()
+        .and_then(|b| {
+            b.iter().find(|b| {
+                b["addr"]
+                    .as_str()
+                    .is_some_and(|a| a.contains(&backend_addr(1)))
+            })
+        })
+        .and_then(|b| b["active_flows"].as_u64())
+        .ok_or("no be1 row")?;
+    assert!(
+        on_be1 > 0 && on_be1 < 60,
+        "be1 holds some of the 60 connections: {on_be1}"
+    );
+
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE backends SET draining = 1 WHERE id LIKE '%-be1'")
+        .output()?;
+    assert!(out.status.success(), "sqlite3: {out:?}");
+
+    let _ = load.wait_exit(Duration::from_secs(60))?;
+    let summary = load.output_so_far();
+    let rechecked = summary
+        .split("\"rechecked\":")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| format!("no summary: {summary}"))?;
+    assert_eq!(
+        rechecked,
+        60 - on_be1,
+        "exactly the drained backend's {on_be1} connections are ended after the timeout: {summary}"
+    );
+    assert!(
+        agent.output_so_far().contains("drain timeout"),
+        "{}",
+        agent.output_so_far()
+    );
+    drop(agent);
+    drop(lab);
+    let left = find_leftovers(Some(&run));
+    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+    Ok(())
+}
