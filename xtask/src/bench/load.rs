@@ -11,8 +11,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use edge_lab::NetNs;
 
-use super::json::Json;
 use super::lab::{exec_bounded, ECHO_PORT, HTTP_BODY, HTTP_PORT, IPERF_PORT};
+use serde_json::Value;
 
 /// Headroom over a test's own duration before `timeout` kills the tool.
 const SLACK: Duration = Duration::from_secs(20);
@@ -132,17 +132,17 @@ pub fn iperf3(client: &NetNs, target: IpAddr, streams: u32, seconds: u64) -> any
 /// Parses `iperf3 --json` client output: `end.sum_received.bits_per_second` (summed over the
 /// streams, measured at the receiver), `end.sum_sent.retransmits`.
 pub fn parse_iperf3(text: &str) -> anyhow::Result<Iperf> {
-    let doc = Json::parse(text).map_err(anyhow::Error::msg)?;
-    if let Some(err) = doc.get("error").and_then(Json::as_str) {
+    let doc: Value = serde_json::from_str(text).context("iperf3 printed no JSON")?;
+    if let Some(err) = doc.get("error").and_then(Value::as_str) {
         bail!("iperf3: {err}");
     }
     let bps = doc
-        .at(&["end", "sum_received", "bits_per_second"])
-        .and_then(Json::as_f64)
+        .pointer("/end/sum_received/bits_per_second")
+        .and_then(Value::as_f64)
         .context("iperf3 JSON has no end.sum_received.bits_per_second")?;
     let retransmits = doc
-        .at(&["end", "sum_sent", "retransmits"])
-        .and_then(Json::as_f64)
+        .pointer("/end/sum_sent/retransmits")
+        .and_then(Value::as_f64)
         .unwrap_or(0.0);
     Ok(Iperf {
         gbps: bps / 1e9,
@@ -263,10 +263,11 @@ pub fn echo(client: &NetNs, echo_client: &Path, target: IpAddr) -> anyhow::Resul
 
 /// Parses echo-client's one-line JSON report.
 pub fn parse_echo(text: &str) -> anyhow::Result<Echo> {
-    let doc = Json::parse(text.trim()).map_err(anyhow::Error::msg)?;
+    let doc: Value = serde_json::from_str(text.trim())
+        .with_context(|| format!("echo-client printed no JSON: {text}"))?;
     let field = |k: &str| {
         doc.get(k)
-            .and_then(Json::as_f64)
+            .and_then(Value::as_f64)
             .with_context(|| format!("echo-client JSON has no number `{k}`: {text}"))
     };
     Ok(Echo {

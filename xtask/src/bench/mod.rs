@@ -11,7 +11,6 @@
 //! A mode that fails (the edgeproxy agent rejecting its config, a balancer dying) is reported and
 //! makes the command exit non-zero, after the other modes have been measured and printed.
 
-mod json;
 mod lab;
 mod load;
 pub mod micro;
@@ -27,9 +26,9 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{setup, shell};
-use json::Json;
 use lab::{Tools, CLIENT};
 use modes::{Inputs, Mode};
+use serde_json::{json, Value};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -690,108 +689,85 @@ fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) -> String {
     out
 }
 
-fn to_json(results: &[ModeResult], seconds: u64, rounds: u32, elapsed: Duration) -> Json {
+fn to_json(results: &[ModeResult], seconds: u64, rounds: u32, elapsed: Duration) -> Value {
     let unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs() as f64);
+        .map_or(0, |d| d.as_secs());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let metrics = Metric::ALL
+    let metrics: Vec<Value> = Metric::ALL
         .iter()
         .map(|&metric| {
-            let per_mode = results.iter().map(|r| {
-                let v = match r.value(metric) {
-                    Some(Ok(v)) => Json::obj([
-                        ("value", Json::Num(*v)),
-                        (
-                            "ratio_to_plain",
-                            ratio(results, r, metric).map_or(Json::Null, Json::Num),
-                        ),
-                        (
-                            "rounds",
-                            Json::Arr(
-                                r.samples
-                                    .iter()
-                                    .filter(|(m, _)| *m == metric)
-                                    .flat_map(|(_, v)| v.iter().map(|x| Json::Num(*x)))
-                                    .collect(),
-                            ),
-                        ),
-                    ]),
-                    Some(Err(e)) => Json::obj([("error", Json::str(e.clone()))]),
-                    None => Json::obj([(
-                        "error",
-                        Json::str(r.error.clone().unwrap_or_else(|| "not measured".into())),
-                    )]),
-                };
-                (r.mode.name(), v)
-            });
-            Json::obj([
-                ("key", Json::str(metric.key())),
-                ("label", Json::str(metric.label())),
-                ("unit", Json::str(metric.unit())),
-                (
-                    "better",
-                    Json::str(if metric.lower_is_better() {
-                        "lower"
-                    } else {
-                        "higher"
-                    }),
-                ),
-                ("modes", Json::obj(per_mode)),
-            ])
+            let per_mode: serde_json::Map<String, Value> = results
+                .iter()
+                .map(|r| {
+                    let v = match r.value(metric) {
+                        Some(Ok(v)) => json!({
+                            "value": v,
+                            "ratio_to_plain": ratio(results, r, metric),
+                            "rounds": r
+                                .samples
+                                .iter()
+                                .filter(|(m, _)| *m == metric)
+                                .flat_map(|(_, v)| v.iter().copied())
+                                .collect::<Vec<f64>>(),
+                        }),
+                        Some(Err(e)) => json!({ "error": e }),
+                        None => json!({
+                            "error": r.error.clone().unwrap_or_else(|| "not measured".into())
+                        }),
+                    };
+                    (r.mode.name().to_owned(), v)
+                })
+                .collect();
+            json!({
+                "key": metric.key(),
+                "label": metric.label(),
+                "unit": metric.unit(),
+                "better": if metric.lower_is_better() { "lower" } else { "higher" },
+                "modes": per_mode,
+            })
         })
         .collect();
-    Json::obj([
-        ("generated_by", Json::str("cargo xtask bench")),
-        ("unix_time", Json::Num(unix_time)),
-        ("duration_s", Json::Num(elapsed.as_secs_f64().round())),
-        ("kernel", Json::str(kernel.trim())),
-        ("cpus", Json::Num(cpus as f64)),
-        ("baseline", Json::str(Mode::Plain.name())),
-        (
-            "settings",
-            Json::obj([
-                ("seconds_per_test", Json::Num(seconds as f64)),
-                ("rounds", Json::Num(rounds.into())),
-                ("wrk_threads", Json::Num(load::WRK_THREADS.into())),
-                ("wrk_connections", Json::Num(load::WRK_CONNECTIONS.into())),
-                ("echo_round_trips", Json::Num(load::ECHO_COUNT.into())),
-                ("echo_warmup", Json::Num(load::ECHO_WARMUP.into())),
-                ("echo_message_bytes", Json::Num(load::ECHO_SIZE.into())),
-            ]),
-        ),
-        (
-            "modes",
-            Json::Arr(results.iter().map(|r| Json::str(r.mode.name())).collect()),
-        ),
-        ("metrics", Json::Arr(metrics)),
-        (
-            "failed_modes",
-            Json::obj(results.iter().filter(|r| r.failed()).map(|r| {
-                let why = r.error.clone().unwrap_or_else(|| "a metric failed".into());
-                (r.mode.name(), Json::str(why))
-            })),
-        ),
-        (
-            "background_cpu_busy",
-            Json::obj(results.iter().map(|r| {
-                (
-                    r.mode.name(),
-                    r.background_busy.map_or(Json::Null, Json::Num),
-                )
-            })),
-        ),
-        (
-            "notes",
-            Json::obj(results.iter().filter(|r| !r.notes.is_empty()).map(|r| {
-                (
-                    r.mode.name(),
-                    Json::Arr(r.notes.iter().cloned().map(Json::Str).collect()),
-                )
-            })),
-        ),
-    ])
+    let failed: serde_json::Map<String, Value> = results
+        .iter()
+        .filter(|r| r.failed())
+        .map(|r| {
+            let why = r.error.clone().unwrap_or_else(|| "a metric failed".into());
+            (r.mode.name().to_owned(), Value::from(why))
+        })
+        .collect();
+    let busy: serde_json::Map<String, Value> = results
+        .iter()
+        .map(|r| (r.mode.name().to_owned(), json!(r.background_busy)))
+        .collect();
+    let notes: serde_json::Map<String, Value> = results
+        .iter()
+        .filter(|r| !r.notes.is_empty())
+        .map(|r| (r.mode.name().to_owned(), json!(r.notes)))
+        .collect();
+    json!({
+        "generated_by": "cargo xtask bench",
+        "unix_time": unix_time,
+        "duration_s": elapsed.as_secs_f64().round(),
+        "kernel": kernel.trim(),
+        "cpus": cpus,
+        "baseline": Mode::Plain.name(),
+        "settings": {
+            "seconds_per_test": seconds,
+            "rounds": rounds,
+            "wrk_threads": load::WRK_THREADS,
+            "wrk_connections": load::WRK_CONNECTIONS,
+            "echo_round_trips": load::ECHO_COUNT,
+            "echo_warmup": load::ECHO_WARMUP,
+            "echo_message_bytes": load::ECHO_SIZE,
+        },
+        "modes": results.iter().map(|r| r.mode.name()).collect::<Vec<_>>(),
+        "metrics": metrics,
+        "failed_modes": failed,
+        "background_cpu_busy": busy,
+        "notes": notes,
+    })
 }
 
 fn write_json(
@@ -804,8 +780,11 @@ fn write_json(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(path, to_json(results, seconds, rounds, elapsed).pretty())
-        .with_context(|| format!("writing {}", path.display()))
+    std::fs::write(
+        path,
+        serde_json::to_string_pretty(&to_json(results, seconds, rounds, elapsed))?,
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -906,22 +885,23 @@ mod tests {
     #[test]
     fn json_report_parses_back() {
         let results = sample();
-        let text = to_json(&results, 5, 1, Duration::from_secs(3)).pretty();
-        let doc = Json::parse(&text).unwrap_or(Json::Null);
-        let Some(Json::Arr(metrics)) = doc.get("metrics") else {
+        let text = serde_json::to_string_pretty(&to_json(&results, 5, 1, Duration::from_secs(3)))
+            .unwrap_or_default();
+        let doc: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let Some(Value::Array(metrics)) = doc.get("metrics") else {
             panic!("no metrics in {text}");
         };
         let iperf = &metrics[0];
         assert_eq!(
-            iperf.at(&["modes", "haproxy", "ratio_to_plain"]),
-            Some(&Json::Num(0.5))
+            iperf.pointer("/modes/haproxy/ratio_to_plain"),
+            Some(&json!(0.5))
         );
         assert_eq!(
             iperf
-                .at(&["modes", "edgeproxy", "error"])
-                .and_then(Json::as_str),
+                .pointer("/modes/edgeproxy/error")
+                .and_then(Value::as_str),
             Some("agent exited")
         );
-        assert!(doc.at(&["failed_modes", "haproxy"]).is_some());
+        assert!(doc.pointer("/failed_modes/haproxy").is_some());
     }
 }
