@@ -75,12 +75,7 @@ pub fn snapshot<T: Borrow<MapData>>(
 ) -> Result<Snapshot, CountersError> {
     let mut classes = Vec::new();
     for index in 0..STATS_ENTRIES {
-        let per_cpu = map
-            .get(&index, 0)
-            .map_err(|source| CountersError::Read { index, source })?;
-        let (packets, bytes) = per_cpu
-            .iter()
-            .fold((0u64, 0u64), |(p, b), c| (p + c.packets, b + c.bytes));
+        let Counters { packets, bytes } = sum_per_cpu(map, index)?;
         if packets == 0 {
             continue;
         }
@@ -176,17 +171,61 @@ fn open_map(pins: &PinDir, name: &'static str) -> Result<Map, CountersError> {
     })
 }
 
-fn sum_per_cpu<V: aya::Pod + Default>(
-    map: &PerCpuArray<MapData, V>,
+/// A per-CPU counter struct whose CPUs' copies add up field by field.
+pub trait Accumulate: aya::Pod + Default {
+    fn add(&mut self, other: &Self);
+}
+
+impl Accumulate for Counters {
+    fn add(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+}
+
+impl Accumulate for edge_common::ServiceStats {
+    fn add(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+        self.no_backend += o.no_backend;
+    }
+}
+
+impl Accumulate for edge_common::BackendStats {
+    fn add(&mut self, o: &Self) {
+        self.packets_to += o.packets_to;
+        self.bytes_to += o.bytes_to;
+        self.packets_from += o.packets_from;
+        self.bytes_from += o.bytes_from;
+        self.new_flows += o.new_flows;
+        self.resets_from += o.resets_from;
+    }
+}
+
+impl Accumulate for DropStats {
+    fn add(&mut self, o: &Self) {
+        self.no_backend += o.no_backend;
+        self.port_exhausted += o.port_exhausted;
+        self.flow_insert += o.flow_insert;
+        self.unsupported += o.unsupported;
+        self.resize_failed += o.resize_failed;
+        self.no_flow += o.no_flow;
+        self.redirect_failed += o.redirect_failed;
+    }
+}
+
+/// Slot `index` of a per-CPU array, summed over CPUs.
+pub fn sum_per_cpu<T: Borrow<MapData>, V: Accumulate>(
+    map: &PerCpuArray<T, V>,
     index: u32,
-    add: impl Fn(&mut V, &V),
 ) -> Result<V, CountersError> {
     let values = map
         .get(&index, 0)
         .map_err(|source| CountersError::Read { index, source })?;
     let mut total = V::default();
     for v in values.iter() {
-        add(&mut total, v);
+        total.add(v);
     }
     Ok(total)
 }
@@ -217,12 +256,7 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
     report.flow_entries = sweep.entries;
     for entry in services.iter() {
         let Ok((key, value)) = entry else { continue };
-        let s = sum_per_cpu(&service_stats, value.service_id, |t, v| {
-            t.packets += v.packets;
-            t.bytes += v.bytes;
-            t.new_flows += v.new_flows;
-            t.no_backend += v.no_backend;
-        })?;
+        let s = sum_per_cpu(&service_stats, value.service_id)?;
         report.services.push(ServiceRow {
             service_id: value.service_id,
             vip: crate::flows::endpoint(&key.addr, key.port),
@@ -243,14 +277,7 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
         let value = backends
             .get(&id, 0)
             .map_err(|source| CountersError::Read { index: id, source })?;
-        let b = sum_per_cpu(&backend_stats, id, |t, v| {
-            t.packets_to += v.packets_to;
-            t.bytes_to += v.bytes_to;
-            t.packets_from += v.packets_from;
-            t.bytes_from += v.bytes_from;
-            t.new_flows += v.new_flows;
-            t.resets_from += v.resets_from;
-        })?;
+        let b = sum_per_cpu(&backend_stats, id)?;
         let active = value.flags & BACKEND_ACTIVE != 0;
         let eligible = value.flags & BACKEND_ELIGIBLE != 0;
         let active_flows = sweep.active_per_backend.get(&id).copied().unwrap_or(0);
@@ -275,15 +302,7 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
     let drops: PerCpuArray<MapData, DropStats> =
         PerCpuArray::try_from(open_map(pins, names::DROP_STATS)?)
             .map_err(shape(names::DROP_STATS))?;
-    report.drops = sum_per_cpu(&drops, 0, |t, v| {
-        t.no_backend += v.no_backend;
-        t.port_exhausted += v.port_exhausted;
-        t.flow_insert += v.flow_insert;
-        t.unsupported += v.unsupported;
-        t.resize_failed += v.resize_failed;
-        t.no_flow += v.no_flow;
-        t.redirect_failed += v.redirect_failed;
-    })?;
+    report.drops = sum_per_cpu(&drops, 0)?;
     Ok(report)
 }
 

@@ -11,6 +11,7 @@ use aya::{
 use edge_agent::{
     agent::static_plan,
     config::{AgentConfig, BackendConfig, FlowConfig, ServiceConfig},
+    counters,
     dataplane::{self, MapSizes},
     flows::{self, TcpState},
     services::{PopSettings, Reconciler},
@@ -150,14 +151,7 @@ impl Nat {
             .map(names::DROP_STATS)
             .ok_or("no DROP_STATS map")?;
         let map: PerCpuArray<&MapData, DropStats> = PerCpuArray::try_from(map)?;
-        let mut total = DropStats::default();
-        for d in map.get(&0, 0)?.iter() {
-            total.no_backend += d.no_backend;
-            total.port_exhausted += d.port_exhausted;
-            total.no_flow += d.no_flow;
-            total.unsupported += d.unsupported;
-        }
-        Ok(total)
+        Ok(counters::sum_per_cpu(&map, 0)?)
     }
 }
 
