@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::common::{agent_bin, counted, TestResult};
-use edge_lab::{bpffs_pin_dir, find_leftovers, Lab, LabProcess, Topology};
+use super::common::{agent_bin, counted, tear_down, TestResult};
+use edge_lab::{bpffs_pin_dir, Lab, LabProcess, Topology};
 
 fn lab() -> edge_lab::Result<Lab> {
     Topology::new("life")
@@ -55,7 +55,6 @@ fn xdp_attached(lab: &Lab) -> Result<bool, Box<dyn std::error::Error>> {
 #[test]
 fn sigkill_keeps_the_data_plane_and_a_new_agent_adopts_it() -> TestResult {
     let lab = lab()?;
-    let run = lab.run_id().to_string();
     let pins = bpffs_pin_dir(lab.ns("pop").name());
     let icmp = || counted(&pins, "ipv4", "icmp", "pass");
 
@@ -114,9 +113,7 @@ fn sigkill_keeps_the_data_plane_and_a_new_agent_adopts_it() -> TestResult {
     assert!(!xdp_attached(&lab)?, "detach must remove the XDP program");
     assert!(!pins.exists(), "detach must remove {}", pins.display());
 
-    drop(lab);
-    let left = find_leftovers(Some(&run));
-    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+    tear_down(lab);
     Ok(())
 }
 

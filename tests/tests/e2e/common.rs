@@ -48,3 +48,17 @@ pub fn counted(pins: &Path, ip: &str, proto: &str, verdict: &str) -> Result<u64,
         .filter_map(|c| c["packets"].as_u64())
         .sum())
 }
+
+/// Removes `lab` and asserts its run left nothing behind (namespace, interface, WireGuard
+/// socket, process, bpffs pin).
+pub fn tear_down(lab: edge_lab::Lab) {
+    let run = lab.run_id().to_string();
+    drop(lab);
+    let left = edge_lab::find_leftovers(Some(&run));
+    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+}
+
+/// Starts the `echo-server` of this package in backends `be1`..`be<n>` of a POP lab.
+pub fn echo_backends(lab: &edge_lab::Lab, n: usize) -> edge_lab::Result<Vec<edge_lab::LabProcess>> {
+    edge_lab::pop_lab::start_backends(lab, n, env!("CARGO_BIN_EXE_echo-server").as_ref())
+}

@@ -9,19 +9,16 @@ use edge_agent::{
     state::SqliteState,
 };
 use edge_lab::{
-    bpffs_pin_dir, find_leftovers,
-    pop_lab::{
-        backend_addr, spawn_echo_load, start_agent, start_backends, topology, OVERLAY, VIP4, VIP6,
-    },
+    bpffs_pin_dir,
+    pop_lab::{backend_addr, spawn_echo_load, start_agent, topology, OVERLAY, VIP4, VIP6},
 };
 
-use super::common::{agent_bin, TestResult};
+use super::common::{agent_bin, echo_backends, tear_down, TestResult};
 
 #[test]
 fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
     let lab = topology("drain", 2).up()?;
-    let run = lab.run_id().to_string();
-    let _servers = start_backends(&lab, 2, env!("CARGO_BIN_EXE_echo-server").as_ref())?;
+    let _servers = echo_backends(&lab, 2)?;
     let db = lab.log_dir().join("routing.db");
     let state = SqliteState::open(&db)?;
     for (id, vip) in [("web4", VIP4), ("web6", VIP6)] {
@@ -111,8 +108,6 @@ fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
         agent.output_so_far()
     );
     drop(agent);
-    drop(lab);
-    let left = find_leftovers(Some(&run));
-    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+    tear_down(lab);
     Ok(())
 }

@@ -12,12 +12,12 @@ use edge_agent::{
     state::SqliteState,
 };
 use edge_lab::{
-    bpffs_pin_dir, find_leftovers,
-    pop_lab::{backend_addr, start_agent, start_backends, topology, OVERLAY, VIP4},
+    bpffs_pin_dir,
+    pop_lab::{backend_addr, start_agent, topology, OVERLAY, VIP4},
     Lab,
 };
 
-use super::common::{agent_bin, TestResult};
+use super::common::{agent_bin, echo_backends, tear_down, TestResult};
 
 /// (backend id, region, country); backend `n` (1-based) listens on `backend_addr(n)`.
 const BACKENDS: [(&str, &str, &str); 5] = [
@@ -153,12 +153,7 @@ fn clients_land_where_v1s_tiers_say() -> TestResult {
         t = t.addr("client", "eth0", &format!("{addr}/24"));
     }
     let lab = t.up()?;
-    let run = lab.run_id().to_string();
-    let _servers = start_backends(
-        &lab,
-        BACKENDS.len(),
-        env!("CARGO_BIN_EXE_echo-server").as_ref(),
-    )?;
+    let _servers = echo_backends(&lab, BACKENDS.len())?;
 
     let geo = lab.log_dir().join("countries.mmdb");
     let entries: Vec<(ipnet::IpNet, edge_agent::model::Country)> = CLIENTS
@@ -378,8 +373,6 @@ database = "{}"
     )?;
 
     drop(agent);
-    drop(lab);
-    let left = find_leftovers(Some(&run));
-    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+    tear_down(lab);
     Ok(())
 }

@@ -11,14 +11,13 @@ use std::{
 use edge_agent::maglev;
 use edge_common::{hash::flow_hash, ipv4_mapped};
 use edge_lab::{
-    bpffs_pin_dir, find_leftovers,
+    bpffs_pin_dir,
     pop_lab::{
-        agent_config, backend_addr, spawn_echo_load, start_agent, start_backends, topology,
-        OVERLAY, TABLE_SIZE,
+        agent_config, backend_addr, spawn_echo_load, start_agent, topology, OVERLAY, TABLE_SIZE,
     },
 };
 
-use super::common::{agent_bin, TestResult};
+use super::common::{agent_bin, echo_backends, tear_down, TestResult};
 
 const BACKENDS: usize = 3;
 
@@ -40,8 +39,7 @@ fn predicted_backend(table: &[u32], client: SocketAddr, vip: SocketAddr) -> Stri
 #[test]
 fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
     let lab = topology("nat", BACKENDS).up()?;
-    let run = lab.run_id().to_string();
-    let _servers = start_backends(&lab, BACKENDS, env!("CARGO_BIN_EXE_echo-server").as_ref())?;
+    let _servers = echo_backends(&lab, BACKENDS)?;
     let agent = start_agent(
         &lab,
         &agent_bin(),
@@ -134,8 +132,6 @@ fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
         "every connection echoed intact: {output}"
     );
     drop(agent);
-    drop(lab);
-    let left = find_leftovers(Some(&run));
-    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+    tear_down(lab);
     Ok(())
 }

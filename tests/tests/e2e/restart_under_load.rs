@@ -5,21 +5,18 @@
 use std::time::Duration;
 
 use edge_lab::{
-    bpffs_pin_dir, find_leftovers,
-    pop_lab::{
-        agent_config, backend_addr, spawn_echo_load, start_agent, start_backends, topology, VIP4,
-    },
+    bpffs_pin_dir,
+    pop_lab::{agent_config, backend_addr, spawn_echo_load, start_agent, topology, VIP4},
 };
 
-use super::common::{agent_bin, TestResult};
+use super::common::{agent_bin, echo_backends, tear_down, TestResult};
 
 const BACKENDS: usize = 3;
 
 #[test]
 fn sigkill_and_restart_under_load_resets_nothing() -> TestResult {
     let lab = topology("restart", BACKENDS).up()?;
-    let run = lab.run_id().to_string();
-    let _servers = start_backends(&lab, BACKENDS, env!("CARGO_BIN_EXE_echo-server").as_ref())?;
+    let _servers = echo_backends(&lab, BACKENDS)?;
     // iperf3's control and data connections must meet the same server: one backend.
     let config = agent_config(
         BACKENDS,
@@ -105,8 +102,6 @@ backends = [{{ name = "be1", addr = "{}", port = 5201 }}]
         sent as f64 * 8.0 / seconds / 1e9
     );
     drop(second);
-    drop(lab);
-    let left = find_leftovers(Some(&run));
-    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+    tear_down(lab);
     Ok(())
 }

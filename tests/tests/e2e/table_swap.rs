@@ -4,20 +4,16 @@
 
 use std::time::Duration;
 
-use edge_lab::{
-    find_leftovers,
-    pop_lab::{agent_config, spawn_echo_load, start_agent, start_backends, topology},
-};
+use edge_lab::pop_lab::{agent_config, spawn_echo_load, start_agent, topology};
 
-use super::common::{agent_bin, TestResult};
+use super::common::{agent_bin, echo_backends, tear_down, TestResult};
 
 const BACKENDS: usize = 3;
 
 #[test]
 fn table_swaps_keep_every_established_flow() -> TestResult {
     let lab = topology("swap", BACKENDS).up()?;
-    let run = lab.run_id().to_string();
-    let _servers = start_backends(&lab, BACKENDS, env!("CARGO_BIN_EXE_echo-server").as_ref())?;
+    let _servers = echo_backends(&lab, BACKENDS)?;
     let agent = start_agent(
         &lab,
         &agent_bin(),
@@ -69,8 +65,6 @@ fn table_swaps_keep_every_established_flow() -> TestResult {
         "every established connection must survive the table swaps: {summary}"
     );
     drop(agent);
-    drop(lab);
-    let left = find_leftovers(Some(&run));
-    assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
+    tear_down(lab);
     Ok(())
 }

@@ -14,10 +14,10 @@ use edge_agent::sixpn::{
     Deployment, DeviceConfig, IpLink, PeerConfig, PrivateKey, RegionNumbers, UserspaceError,
     WireguardGo,
 };
-use edge_lab::{find_leftovers, Lab, Topology};
+use edge_lab::{Lab, Topology};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::common::TestResult;
+use super::common::{tear_down, TestResult};
 
 const PORT: u16 = 51820;
 
@@ -104,7 +104,6 @@ fn two_hosts_reach_each_other_over_userspace_wireguard() -> TestResult {
         .addr("a", "ul0", "fd00:50::1/64")
         .addr("b", "ul0", "fd00:50::2/64")
         .up()?;
-    let run = lab.run_id().to_string();
     let deployment = Deployment::generate()?;
 
     // Keys as the agent keeps them: generated on first start into a 0600 file, then loaded.
@@ -194,9 +193,7 @@ fn two_hosts_reach_each_other_over_userspace_wireguard() -> TestResult {
             .exec(&["ip", "link", "show", "dev", &ifname])?;
         assert!(!link.success(), "{ifname} outlived its wireguard-go");
     }
-    drop(lab);
-    let left = find_leftovers(Some(&run));
-    assert!(left.is_empty(), "left behind:\n{left}");
+    tear_down(lab);
     Ok(())
 }
 
@@ -205,7 +202,6 @@ fn two_hosts_reach_each_other_over_userspace_wireguard() -> TestResult {
 #[test]
 fn a_live_socket_is_refused_and_a_stale_one_replaced() -> TestResult {
     let lab = Topology::new("wgname").ns("a").up()?;
-    let run = lab.run_id().to_string();
     let netns = lab.ns("a").path();
     let ifname = lab.wg_ifname(0);
 
@@ -244,8 +240,6 @@ fn a_live_socket_is_refused_and_a_stale_one_replaced() -> TestResult {
     assert!(second.uapi().get().is_ok());
     second.stop()?;
 
-    drop(lab);
-    let left = find_leftovers(Some(&run));
-    assert!(left.is_empty(), "left behind:\n{left}");
+    tear_down(lab);
     Ok(())
 }
