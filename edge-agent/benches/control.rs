@@ -106,6 +106,7 @@ fn state_latency(dir: &std::path::Path) -> Result<(Duration, Duration, Duration)
         id: "web".into(),
         vip: "198.18.0.10".parse::<IpAddr>()?,
         port: 80,
+        check: None,
     })?;
     for i in 1..=3u16 {
         state.upsert_backend(&Backend {
@@ -120,6 +121,7 @@ fn state_latency(dir: &std::path::Path) -> Result<(Duration, Duration, Duration)
             hard_limit: 1000,
             draining: false,
             enabled: true,
+            check: None,
         })?;
     }
     let mut ebpf = load()?;
@@ -135,6 +137,7 @@ fn state_latency(dir: &std::path::Path) -> Result<(Duration, Duration, Duration)
             unknown_region: &region,
             classes: &GeoClasses::default(),
             active: &HashMap::new(),
+            health: &HashMap::new(),
         };
         let plan = balancer::plan(&snapshot, &inputs, &|_| None);
         reconciler.apply(ebpf, &pop, &plan)?;
@@ -234,8 +237,10 @@ fn main() -> Result<(), Error> {
                     country: Some(de),
                     soft_limit: 10_000,
                     hard_limit: 100_000,
+                    health_check: None,
                 })
                 .collect(),
+            health_check: None,
         }],
         ..Default::default()
     };
@@ -247,6 +252,7 @@ fn main() -> Result<(), Error> {
         unknown_region: &region,
         classes: &classes,
         active: &HashMap::new(),
+        health: &HashMap::new(),
     };
     reconciler.apply(
         &mut ebpf,

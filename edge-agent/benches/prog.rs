@@ -51,6 +51,7 @@ fn load() -> Result<Ebpf, Error> {
             country: None,
             soft_limit: 10_000,
             hard_limit: 100_000,
+            health_check: None,
         })
         .collect();
     let services = vec![ServiceConfig {
@@ -58,6 +59,7 @@ fn load() -> Result<Ebpf, Error> {
         vip: VIP4.into(),
         port: 80,
         backends,
+        health_check: None,
     }];
     let pop = PopSettings {
         overlay_addr: "fd00:ee::1".parse()?,

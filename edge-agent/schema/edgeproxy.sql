@@ -24,6 +24,9 @@ CREATE TABLE services (
     port INTEGER NOT NULL DEFAULT 0,
     -- Only 'tcp' is served.
     proto TEXT NOT NULL DEFAULT 'tcp',
+    -- The health check of its backends, as JSON ({"type": "http", "path": "/health"}; see
+    -- docs/operations.md); '' is the agent's default, a TCP connect.
+    health_check TEXT NOT NULL DEFAULT '',
     updated_at INTEGER NOT NULL DEFAULT 0
 );
 
@@ -47,6 +50,8 @@ CREATE TABLE backends (
     enabled INTEGER NOT NULL DEFAULT 1,
     -- A JSON object: what the backend registered about itself.
     metadata TEXT NOT NULL DEFAULT '{}',
+    -- Overrides the service's health check; '' keeps it.
+    health_check TEXT NOT NULL DEFAULT '',
     updated_at INTEGER NOT NULL DEFAULT 0
 );
 
@@ -74,6 +79,8 @@ CREATE TABLE health (
     -- Smoothed round-trip time in microseconds; NULL when not measured.
     rtt_us INTEGER,
     checked_at INTEGER NOT NULL DEFAULT 0,
+    -- Why: the last failure, or the degradation rule that applies.
+    reason TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (pop_id, backend_id)
 );
 

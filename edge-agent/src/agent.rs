@@ -19,7 +19,9 @@ use crate::{
     dataplane::{self, Attach, DataPlane, MapSizes},
     flows,
     geo::{GeoDb, RegionTable},
-    geo_maps, maglev,
+    geo_maps,
+    health::{checker::CheckResult, monitor::Monitor, passive::Sample},
+    maglev,
     model::{Country, Region, Snapshot},
     netdev,
     services::{PopSettings, Reconciler},
@@ -53,6 +55,10 @@ struct Balancing {
     draining_since: HashMap<String, std::time::Instant>,
     /// The rejections of the last read: each is logged once, not on every reload.
     rejected_seen: std::collections::HashSet<(&'static str, String, String)>,
+    /// This POP's health view of the backends, and the checks that keep it.
+    health: Monitor,
+    /// The plan last written, so that an unchanged one is not written again.
+    last_plan: Option<balancer::Plan>,
 }
 
 /// The built-in country -> region table with the configured overrides.
@@ -170,6 +176,8 @@ impl Agent {
                 rejected_rows: 0,
                 rejected_seen: std::collections::HashSet::new(),
                 draining_since: HashMap::new(),
+                health: Monitor::new(config.health.clone(), config.pop_id.clone()),
+                last_plan: None,
             }),
             None => {
                 if !config.services.is_empty() {
@@ -258,6 +266,7 @@ impl Agent {
                 .or_insert(started);
         }
         b.state = state;
+        b.health.sync(&b.state, &|_| None);
         self.apply();
     }
 
@@ -269,6 +278,7 @@ impl Agent {
         let unknown: Region = b.regions.default_region();
         let regions = &b.regions;
         let region_of = |c: Country| regions.region_of(c);
+        let health = b.health.views();
         let inputs = Inputs {
             pop_id: &self.config.pop_id,
             pop_region: &self.config.region,
@@ -276,17 +286,24 @@ impl Agent {
             unknown_region: &unknown,
             classes: &b.classes,
             active: &b.active,
+            health: &health,
         };
         let plan = balancer::plan(&b.state, &inputs, &|_| None);
+        if b.last_plan.as_ref() == Some(&plan) {
+            return;
+        }
         match b.reconciler.apply(&mut self.dataplane.ebpf, &b.pop, &plan) {
-            Ok(applied) => info!(
-                services = applied.services,
-                backends = applied.backends,
-                tables = applied.tables,
-                tables_built = applied.tables_built,
-                rejected = applied.rejected.len(),
-                "state applied"
-            ),
+            Ok(applied) => {
+                b.last_plan = Some(plan);
+                info!(
+                    services = applied.services,
+                    backends = applied.backends,
+                    tables = applied.tables,
+                    tables_built = applied.tables_built,
+                    rejected = applied.rejected.len(),
+                    "state applied"
+                );
+            }
             Err(error) => warn!(%error, "applying state failed; the maps keep the last good state"),
         }
     }
@@ -367,6 +384,97 @@ impl Agent {
         Ok(())
     }
 
+    /// Records a finished check and any others already waiting; a status change reaches the
+    /// kernel at once, in one plan for the whole batch.
+    fn on_checks(
+        &mut self,
+        first: CheckResult,
+        more: &mut tokio::sync::mpsc::UnboundedReceiver<CheckResult>,
+    ) {
+        let Some(b) = self.balancing.as_mut() else {
+            return;
+        };
+        b.health.record(first);
+        while let Ok(result) = more.try_recv() {
+            b.health.record(result);
+        }
+        let changed = b.health.has_changes();
+        if std::mem::take(&mut b.health.replan_now) {
+            b.health.replan_soon = false;
+            self.apply();
+        }
+        if changed {
+            self.write_health(false);
+        }
+    }
+
+    /// Reads the per-backend counters for the passive signals.
+    fn observe_backends(&mut self) -> anyhow::Result<()> {
+        let Some(b) = self.balancing.as_mut() else {
+            return Ok(());
+        };
+        let map = self
+            .dataplane
+            .ebpf
+            .map(names::BACKEND_STATS)
+            .context("BACKEND_STATS map missing")?;
+        let stats: aya::maps::PerCpuArray<_, edge_common::BackendStats> =
+            aya::maps::PerCpuArray::try_from(map)?;
+        let endpoints = b.reconciler.backend_ids();
+        let mut samples = HashMap::new();
+        for &id in endpoints.keys() {
+            let s = counters::sum_per_cpu(&stats, id)?;
+            samples.insert(
+                id,
+                Sample {
+                    new_flows: s.new_flows,
+                    syn_acks: s.syn_acks,
+                    refused: s.refused,
+                },
+            );
+        }
+        let state = &b.state;
+        let backends_of = |id: u32| -> Vec<String> {
+            endpoints
+                .get(&id)
+                .map(|&endpoint| {
+                    state_backends_at(state, endpoint)
+                        .map(|x| x.id.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        b.health
+            .observe(&samples, &backends_of, std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Writes this POP's health rows: the changed ones, or all of them when `all`. Without a
+    /// state database the view stays in memory (and in the kernel's eligibility).
+    fn write_health(&mut self, all: bool) {
+        let Some(b) = self.balancing.as_mut() else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let rows = b.health.rows(all, now);
+        let Some(source) = &b.source else {
+            return;
+        };
+        // One transaction for all of them: one change for the watchers, one fsync.
+        let mut stmts = Vec::new();
+        for row in &rows {
+            match crate::state::write::upsert_health(row) {
+                Ok(s) => stmts.extend(s),
+                Err(error) => warn!(%error, "health row refused"),
+            }
+        }
+        if let Err(error) = source.execute(&stmts) {
+            warn!(%error, rows = rows.len(), "writing health rows failed");
+        }
+    }
+
     /// Drops client bindings past their TTL.
     fn expire_bindings(&mut self) -> anyhow::Result<()> {
         let ttl = Duration::from_secs(self.config.affinity.ttl_secs);
@@ -402,6 +510,12 @@ impl Agent {
                 Some(source) => Some(source.changes().context("watching the state database")?),
                 None => None,
             };
+            let mut checks = self.balancing.as_mut().and_then(|b| b.health.start());
+            let health = self.config.health.clone();
+            let mut passive = tokio::time::interval(Duration::from_millis(health.passive.interval_ms.max(10)));
+            passive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut health_rows = tokio::time::interval(Duration::from_secs(health.write_interval_secs.max(1)));
+            let mut replan = tokio::time::interval(Duration::from_secs(1));
             println!("edge-agent ready");
             loop {
                 tokio::select! {
@@ -427,6 +541,27 @@ impl Agent {
                             warn!(error = %format!("{error:#}"), "sweeping the flow table");
                         }
                     }
+                    Some(result) = async {
+                        match checks.as_mut() {
+                            Some(rx) => rx.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if let Some(rx) = checks.as_mut() {
+                            self.on_checks(result, rx);
+                        }
+                    }
+                    _ = passive.tick(), if checks.is_some() && health.passive.enabled => {
+                        if let Err(error) = self.observe_backends() {
+                            warn!(error = %format!("{error:#}"), "reading backend counters");
+                        }
+                    }
+                    _ = replan.tick() => {
+                        if self.balancing.as_mut().is_some_and(|b| std::mem::take(&mut b.health.replan_soon)) {
+                            self.apply();
+                        }
+                    }
+                    _ = health_rows.tick() => self.write_health(true),
                     _ = binding_gc.tick() => {
                         if let Err(error) = self.expire_bindings() {
                             warn!(error = %format!("{error:#}"), "sweeping client bindings");
@@ -434,7 +569,13 @@ impl Agent {
                     }
                     _ = stats_log.tick(), if self.config.stats_log_secs > 0 => {
                         match counters::open_pinned(&self.pins).and_then(|map| counters::snapshot(&map)) {
-                            Ok(snapshot) => info!(packets = snapshot.total_packets(), "counters"),
+                            Ok(snapshot) => {
+                                let (checks, checking, transitions) = self
+                                    .balancing
+                                    .as_ref()
+                                    .map_or((0, 0, 0), |b| (b.health.checks, b.health.checking(), b.health.transitions));
+                                info!(packets = snapshot.total_packets(), health_checks = checks, backends_checked = checking, health_transitions = transitions, "counters");
+                            }
                             Err(error) => warn!(%error, "reading counters"),
                         }
                     }
@@ -470,6 +611,7 @@ pub fn static_plan(config: &AgentConfig) -> balancer::Plan {
         unknown_region: &config.region,
         classes: &GeoClasses::default(),
         active: &HashMap::new(),
+        health: &balancer::health_rows(&state, &config.pop_id),
     };
     balancer::plan(&state, &inputs, &|_| None)
 }

@@ -7,6 +7,12 @@
 //! the headroom left under `soft_limit`, in tenths so that tables are rebuilt only when a
 //! backend's load moves by a tenth of its soft limit. Backends at `hard_limit`, unhealthy,
 //! draining, disabled or of weight 0 are not eligible at all.
+//!
+//! Health weighs in too (see `health`): a degraded backend keeps a quarter of its share, and
+//! inside each eligible set a backend's share halves for every doubling of its smoothed RTT over
+//! the fastest member's (down to an eighth), so a slow backend loses flows before any check
+//! fails. RTTs are compared with 2 ms added to each, so that the jitter of a busy host
+//! changes nothing.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -94,6 +100,54 @@ pub struct Inputs<'a> {
     pub classes: &'a GeoClasses,
     /// Live connections per backend id (from the flow table).
     pub active: &'a HashMap<String, u64>,
+    /// This POP's view of each backend's health, by id; missing means unknown (eligible).
+    pub health: &'a HashMap<String, HealthView>,
+}
+
+/// What the balancer uses of a backend's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthView {
+    pub status: HealthStatus,
+    /// Smoothed RTT of its checks, microseconds.
+    pub srtt_us: Option<u32>,
+}
+
+/// This POP's health rows of `state`, for when no checker runs (CLI, tests, start-up).
+pub fn health_rows(state: &Snapshot, pop_id: &str) -> HashMap<String, HealthView> {
+    state
+        .health
+        .iter()
+        .filter(|h| h.pop_id == pop_id)
+        .map(|h| {
+            (
+                h.backend_id.clone(),
+                HealthView {
+                    status: h.status,
+                    srtt_us: h.rtt_us,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Share multiplier of a healthy backend; a degraded one gets 1, a quarter.
+const HEALTHY: u32 = 4;
+/// Share multiplier of the fastest backend of a set; each doubling of RTT halves it.
+const FASTEST: u32 = 8;
+
+/// Added to both RTTs before comparing them: differences of a millisecond or two are noise (a
+/// busy host's scheduling), not a reason to move flows.
+const RTT_FLOOR_US: u64 = 2000;
+
+/// The RTT multiplier of a backend with smoothed RTT `srtt` in a set whose fastest has `best`.
+pub fn rtt_factor(srtt_us: Option<u32>, best_us: Option<u32>) -> u32 {
+    let (Some(srtt), Some(best)) = (srtt_us, best_us) else {
+        return FASTEST;
+    };
+    let ratio = (u64::from(srtt) + RTT_FLOOR_US) / (u64::from(best) + RTT_FLOOR_US);
+    // floor(log2(ratio)), capped so that the factor stays at least 1.
+    let doublings = (63 - ratio.max(1).leading_zeros()).min(FASTEST.trailing_zeros());
+    FASTEST >> doublings
 }
 
 /// Maglev weight of an eligible backend: weight times headroom in tenths, at least 1.
@@ -108,12 +162,7 @@ pub fn effective_weight(backend: &Backend, active: u64) -> u32 {
 pub type Resolver<'a> = &'a dyn Fn(&str) -> Option<Ipv6Addr>;
 
 pub fn plan(state: &Snapshot, inputs: &Inputs<'_>, resolve: Resolver<'_>) -> Plan {
-    let health: HashMap<&str, HealthStatus> = state
-        .health
-        .iter()
-        .filter(|h| h.pop_id == inputs.pop_id)
-        .map(|h| (h.backend_id.as_str(), h.status))
-        .collect();
+    let health = inputs.health;
     let mut plan = Plan::default();
     let mut eligible_of: HashMap<&str, Option<Member>> = HashMap::new();
     for b in &state.backends {
@@ -126,7 +175,10 @@ pub fn plan(state: &Snapshot, inputs: &Inputs<'_>, resolve: Resolver<'_>) -> Pla
             continue;
         };
         let active = inputs.active.get(&b.id).copied().unwrap_or(0);
-        let healthy = !matches!(health.get(b.id.as_str()), Some(HealthStatus::Down));
+        let status = health
+            .get(&b.id)
+            .map_or(HealthStatus::Unknown, |h| h.status);
+        let healthy = status != HealthStatus::Down;
         let eligible =
             b.enabled && !b.draining && healthy && b.weight > 0 && active < u64::from(b.hard_limit);
         plan.backends.push(BackendPlan {
@@ -138,7 +190,12 @@ pub fn plan(state: &Snapshot, inputs: &Inputs<'_>, resolve: Resolver<'_>) -> Pla
             addr,
             port: b.port,
             key: b.id.clone(),
-            weight: effective_weight(b, active),
+            weight: effective_weight(b, active)
+                * if status == HealthStatus::Degraded {
+                    1
+                } else {
+                    HEALTHY
+                },
         });
         eligible_of.insert(&b.id, member);
     }
@@ -158,7 +215,7 @@ pub fn plan(state: &Snapshot, inputs: &Inputs<'_>, resolve: Resolver<'_>) -> Pla
                 &|b| &b.region == inputs.pop_region,
                 &|_| true,
             ];
-            let set: Vec<Member> = tiers
+            let mut set: Vec<Member> = tiers
                 .iter()
                 .map(|tier| {
                     backends
@@ -169,6 +226,11 @@ pub fn plan(state: &Snapshot, inputs: &Inputs<'_>, resolve: Resolver<'_>) -> Pla
                 })
                 .find(|set| !set.is_empty())
                 .unwrap_or_default();
+            let srtt = |m: &Member| health.get(&m.key).and_then(|h| h.srtt_us);
+            let best = set.iter().filter_map(srtt).min();
+            for m in &mut set {
+                m.weight = m.weight.saturating_mul(rtt_factor(srtt(m), best));
+            }
             sets.insert(class, set);
         }
         plan.services.push(ServicePlan {
@@ -199,6 +261,7 @@ mod tests {
             hard_limit: 200,
             draining: false,
             enabled: true,
+            check: None,
         }
     }
 
@@ -216,6 +279,7 @@ mod tests {
                 id: "web".into(),
                 vip: "198.18.0.10".parse().unwrap_or_else(|e| panic!("{e}")),
                 port: 80,
+                check: None,
             }],
             backends,
             ..Snapshot::default()
@@ -245,6 +309,7 @@ mod tests {
             unknown_region: &region("us"),
             classes: &classes,
             active,
+            health: &health_rows(state, "pop1"),
         };
         let plan = plan(state, &inputs, &|_| None);
         let class = client
@@ -325,12 +390,90 @@ mod tests {
             status: HealthStatus::Down,
             rtt_us: None,
             checked_at: 0,
+            reason: String::new(),
         });
         assert_eq!(
             set_for(&down, &none, Some("BR")),
             ["br2"],
             "down in this POP's view"
         );
+    }
+
+    fn weights(state: &Snapshot, client: &str) -> Vec<(String, u32)> {
+        let classes = GeoClasses::new([country(client)]);
+        let inputs = Inputs {
+            pop_id: "pop1",
+            pop_region: &region("eu"),
+            region_of: &region_of,
+            unknown_region: &region("us"),
+            classes: &classes,
+            active: &HashMap::new(),
+            health: &health_rows(state, "pop1"),
+        };
+        let plan = plan(state, &inputs, &|_| None);
+        plan.services[0].sets[&1]
+            .iter()
+            .map(|m| (m.key.clone(), m.weight))
+            .collect()
+    }
+
+    fn health(id: &str, status: HealthStatus, rtt_us: Option<u32>) -> Health {
+        Health {
+            pop_id: "pop1".into(),
+            backend_id: id.into(),
+            status,
+            rtt_us,
+            checked_at: 0,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn slow_and_degraded_backends_lose_share_before_they_fail() {
+        let mut s = state(vec![
+            backend("fast", "sa", "BR", 1),
+            backend("slow", "sa", "BR", 2),
+            backend("far", "eu", "DE", 3),
+        ]);
+        assert_eq!(
+            weights(&s, "BR"),
+            [("fast".into(), 320), ("slow".into(), 320)],
+            "no RTT known: equal"
+        );
+        s.health = vec![
+            health("fast", HealthStatus::Up, Some(300)),
+            health("slow", HealthStatus::Up, Some(40_000)),
+            // Another tier's RTT does not count against this one's.
+            health("far", HealthStatus::Up, Some(100)),
+        ];
+        assert_eq!(
+            weights(&s, "BR"),
+            [("fast".into(), 320), ("slow".into(), 40)],
+            "40 ms against 0.3 ms: an eighth"
+        );
+        s.health[1] = health("slow", HealthStatus::Up, Some(600));
+        assert_eq!(
+            weights(&s, "BR"),
+            [("fast".into(), 320), ("slow".into(), 320)],
+            "sub-millisecond differences are noise"
+        );
+        s.health[1] = health("slow", HealthStatus::Degraded, Some(600));
+        assert_eq!(
+            weights(&s, "BR"),
+            [("fast".into(), 320), ("slow".into(), 80)],
+            "degraded: a quarter"
+        );
+    }
+
+    #[test]
+    fn rtt_factor_halves_per_doubling() {
+        assert_eq!(rtt_factor(None, Some(10)), 8);
+        assert_eq!(rtt_factor(Some(0), Some(0)), 8);
+        assert_eq!(rtt_factor(Some(1999), Some(0)), 8, "under twice as slow");
+        assert_eq!(rtt_factor(Some(2000), Some(0)), 4, "4 ms against 2 ms");
+        assert_eq!(rtt_factor(Some(6000), Some(0)), 2);
+        assert_eq!(rtt_factor(Some(14_000), Some(0)), 1);
+        assert_eq!(rtt_factor(Some(u32::MAX), Some(0)), 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::{
     bpffs,
+    health::{CheckSpec, HealthConfig},
     model::{Backend, BackendAddr, Country, Region, RejectedRow, Service, Snapshot},
 };
 
@@ -26,6 +27,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
+    #[error("config {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
     #[error("environment variable {var}={value:?}: {reason}")]
     Env {
         var: &'static str,
@@ -89,6 +92,8 @@ pub struct AgentConfig {
     pub geo: GeoConfig,
     /// Where the control-plane state lives.
     pub state: StateConfig,
+    /// Active and passive health checks.
+    pub health: HealthConfig,
     /// Services and their backends, when state does not come from a database.
     pub services: Vec<ServiceConfig>,
 }
@@ -150,6 +155,7 @@ impl Default for AgentConfig {
             affinity: AffinityConfig::default(),
             geo: GeoConfig::default(),
             state: StateConfig::default(),
+            health: HealthConfig::default(),
             services: Vec::new(),
         }
     }
@@ -252,6 +258,9 @@ pub struct ServiceConfig {
     pub name: String,
     pub vip: IpAddr,
     pub port: u16,
+    /// The health check of its backends; the default is `[health] default_check`.
+    #[serde(default)]
+    pub health_check: Option<CheckSpec>,
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
 }
@@ -275,6 +284,9 @@ pub struct BackendConfig {
     pub soft_limit: u32,
     #[serde(default = "default_hard_limit")]
     pub hard_limit: u32,
+    /// Overrides the service's health check.
+    #[serde(default)]
+    pub health_check: Option<CheckSpec>,
 }
 
 fn default_weight() -> u32 {
@@ -336,6 +348,7 @@ impl AgentConfig {
                 id: service.name.clone(),
                 vip: service.vip,
                 port: service.port,
+                check: service.health_check.clone(),
             });
             let mut names = std::collections::BTreeSet::new();
             for backend in &service.backends {
@@ -379,6 +392,7 @@ impl AgentConfig {
                     hard_limit: backend.hard_limit,
                     draining: false,
                     enabled: true,
+                    check: backend.health_check.clone(),
                 });
             }
         }
@@ -454,6 +468,13 @@ impl AgentConfig {
                 reason: format!("{e}"),
             })?;
         }
+        config
+            .health
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                path: path.map_or_else(|| PathBuf::from("(defaults)"), Path::to_path_buf),
+                reason,
+            })?;
         Ok(config)
     }
 }
@@ -493,6 +514,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("edge-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let file = dir.join("agent.toml");
+        std::fs::write(&file, "[health]\nconcurrency = 0\n")?;
+        let err = AgentConfig::load(Some(&file), no_env)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("concurrency")),
+            "{err:?}"
+        );
+        std::fs::write(&file, "[health.default_check]\ntype = \"smtp\"\n")?;
+        let err = AgentConfig::load(Some(&file), no_env)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("smtp")),
+            "{err:?}"
+        );
         std::fs::write(&file, "ifface = \"eth1\"\n")?;
         let err = AgentConfig::load(Some(&file), no_env)
             .err()

@@ -141,6 +141,9 @@ pub struct BackendRow {
     pub bytes_from: u64,
     pub new_flows: u64,
     pub resets_from: u64,
+    /// Flows the backend answered with a SYN-ACK, and with a RST (refused).
+    pub syn_acks: u64,
+    pub refused: u64,
 }
 
 /// Everything `edge-agent status` shows about translation.
@@ -200,6 +203,8 @@ impl Accumulate for edge_common::BackendStats {
         self.bytes_from += o.bytes_from;
         self.new_flows += o.new_flows;
         self.resets_from += o.resets_from;
+        self.syn_acks += o.syn_acks;
+        self.refused += o.refused;
     }
 }
 
@@ -297,6 +302,8 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
             bytes_from: b.bytes_from,
             new_flows: b.new_flows,
             resets_from: b.resets_from,
+            syn_acks: b.syn_acks,
+            refused: b.refused,
         });
     }
     let drops: PerCpuArray<MapData, DropStats> =

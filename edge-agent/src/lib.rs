@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod flows;
 pub mod geo;
 pub mod geo_maps;
+pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod netdev;

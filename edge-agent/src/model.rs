@@ -5,6 +5,8 @@ use std::{fmt, net::IpAddr, net::Ipv6Addr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::CheckSpec;
+
 /// An ISO 3166-1 alpha-2 country code, upper case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -117,6 +119,8 @@ pub struct Service {
     pub id: String,
     pub vip: IpAddr,
     pub port: u16,
+    /// The health check of its backends; `None`: the agent's default.
+    pub check: Option<CheckSpec>,
 }
 
 /// A backend of a service.
@@ -138,6 +142,8 @@ pub struct Backend {
     /// No new flows; existing ones go on.
     pub draining: bool,
     pub enabled: bool,
+    /// Overrides the service's health check.
+    pub check: Option<CheckSpec>,
 }
 
 /// A POP (or host) of the deployment.
@@ -170,6 +176,8 @@ pub struct Health {
     pub rtt_us: Option<u32>,
     /// Unix seconds.
     pub checked_at: i64,
+    /// Why the status is what it is: the last failure, or the degradation rule that applies.
+    pub reason: String,
 }
 
 /// A consistent view of the whole state.

@@ -36,8 +36,14 @@ pub struct BackendReport {
     pub hard_limit: u32,
     pub enabled: bool,
     pub draining: bool,
-    /// This POP's health view.
+    /// This POP's health view: status, smoothed check RTT, when it was last written (Unix
+    /// seconds; 0 if never), and why (the last failure or the rule that degrades it).
     pub health: String,
+    pub rtt_ms: Option<f64>,
+    pub checked_at: i64,
+    pub health_reason: String,
+    /// The check this POP runs on it.
+    pub check: String,
     /// Whether the kernel lets it take new flows.
     pub eligible: bool,
     pub active_flows: u64,
@@ -149,11 +155,22 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
             BackendAddr::Ip(ip) => id_of.get(&(*ip, b.port)).copied(),
             BackendAddr::Name(_) => None,
         };
-        let health = state
+        let row = state
             .health
             .iter()
-            .find(|h| h.pop_id == config.pop_id && h.backend_id == b.id)
-            .map_or(HealthStatus::Unknown, |h| h.status);
+            .find(|h| h.pop_id == config.pop_id && h.backend_id == b.id);
+        let health = row.map_or(HealthStatus::Unknown, |h| h.status);
+        let check = b
+            .check
+            .clone()
+            .or_else(|| {
+                state
+                    .services
+                    .iter()
+                    .find(|s| s.id == b.service)
+                    .and_then(|s| s.check.clone())
+            })
+            .unwrap_or_else(|| config.health.default_check.clone());
         let mut shares = BTreeMap::new();
         if let Some((id, _)) = kernel {
             for (label, counts) in tables.get(&b.service).into_iter().flatten() {
@@ -171,7 +188,11 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
             hard_limit: b.hard_limit,
             enabled: b.enabled,
             draining: b.draining,
-            health: format!("{health:?}").to_lowercase(),
+            health: crate::state::validate::status_str(health).to_owned(),
+            rtt_ms: row.and_then(|h| h.rtt_us).map(|us| f64::from(us) / 1000.0),
+            checked_at: row.map_or(0, |h| h.checked_at),
+            health_reason: row.map(|h| h.reason.clone()).unwrap_or_default(),
+            check: crate::health::CheckSpec::column(Some(&check)),
             eligible: kernel.is_some_and(|(_, e)| e),
             active_flows: kernel
                 .and_then(|(id, _)| sweep.active_per_backend.get(&id).copied())
@@ -183,10 +204,33 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
 }
 
 pub fn print_table(rows: &[BackendReport]) {
-    println!(
-        "{:<16} {:<10} {:<6} {:<3} {:<40} {:>6} {:>6} {:>8} {:<8} {:<8} {:>7}  SHARE OF TABLE (by client countries)",
-        "BACKEND", "SERVICE", "REGION", "CC", "ADDRESS", "WEIGHT", "SOFT", "HARD", "STATE", "HEALTH", "FLOWS"
-    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let line =
+        |cells: [&str; 14]| {
+            println!(
+            "{:<16} {:<10} {:<6} {:<3} {:<40} {:>6} {:>6} {:>8} {:<8} {:<8} {:>8} {:>8} {:>7}  {}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7],
+            cells[8], cells[9], cells[10], cells[11], cells[12], cells[13]
+        );
+        };
+    line([
+        "BACKEND",
+        "SERVICE",
+        "REGION",
+        "CC",
+        "ADDRESS",
+        "WEIGHT",
+        "SOFT",
+        "HARD",
+        "STATE",
+        "HEALTH",
+        "RTT MS",
+        "CHECKED",
+        "FLOWS",
+        "SHARE OF TABLE (by client countries)",
+    ]);
     for r in rows {
         let state = match (r.enabled, r.draining, r.eligible) {
             (false, _, _) => "disabled",
@@ -200,24 +244,47 @@ pub fn print_table(rows: &[BackendReport]) {
             .filter(|(_, s)| **s > 0.0)
             .map(|(who, s)| format!("{who}: {:.0}%", s * 100.0))
             .collect();
-        println!(
-            "{:<16} {:<10} {:<6} {:<3} {:<40} {:>6} {:>6} {:>8} {:<8} {:<8} {:>7}  {}",
-            r.id,
-            r.service,
-            r.region,
-            r.country,
-            r.address,
-            r.weight,
-            r.soft_limit,
-            r.hard_limit,
+        let rtt = r
+            .rtt_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}"));
+        let checked = match r.checked_at {
+            0 => "never".to_owned(),
+            at => format!("{}s ago", (now - at).max(0)),
+        };
+        let shares = if shares.is_empty() {
+            "-".to_owned()
+        } else {
+            shares.join("; ")
+        };
+        line([
+            &r.id,
+            &r.service,
+            &r.region,
+            &r.country,
+            &r.address,
+            &r.weight.to_string(),
+            &r.soft_limit.to_string(),
+            &r.hard_limit.to_string(),
             state,
-            r.health,
-            r.active_flows,
-            if shares.is_empty() {
-                "-".to_owned()
-            } else {
-                shares.join("; ")
-            }
-        );
+            &r.health,
+            &rtt,
+            &checked,
+            &r.active_flows.to_string(),
+            &shares,
+        ]);
+    }
+    // Why a backend is not up, and how it is checked: one line each, under the table.
+    let notes: Vec<&BackendReport> = rows
+        .iter()
+        .filter(|r| !r.health_reason.is_empty())
+        .collect();
+    if !notes.is_empty() {
+        println!();
+        for r in notes {
+            println!(
+                "{} ({}, checked by {}): {}",
+                r.id, r.health, r.check, r.health_reason
+            );
+        }
     }
 }

@@ -37,6 +37,7 @@ fn backend(id: &str, last: u16, weight: u32) -> Result<Backend, Error> {
         hard_limit: 200,
         draining: false,
         enabled: true,
+        check: None,
     })
 }
 
@@ -75,11 +76,13 @@ impl Lb {
                     id: "web".into(),
                     vip: VIP.into(),
                     port: 80,
+                    check: None,
                 },
                 Service {
                     id: "other".into(),
                     vip: VIP.into(),
                     port: 81,
+                    check: None,
                 },
             ],
             backends,
@@ -94,6 +97,7 @@ impl Lb {
             unknown_region: &region,
             classes: &GeoClasses::default(),
             active: &active,
+            health: &HashMap::new(),
         };
         let plan = balancer::plan(&state, &inputs, &|_| None);
         let pop = PopSettings {

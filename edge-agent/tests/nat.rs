@@ -53,6 +53,7 @@ fn backend(name: &str, last: u8) -> BackendConfig {
         country: None,
         soft_limit: 10_000,
         hard_limit: 100_000,
+        health_check: None,
     }
 }
 
@@ -64,18 +65,21 @@ fn services() -> Result<Vec<ServiceConfig>, Error> {
             vip: IpAddr::from(VIP4),
             port: 80,
             backends: backends.clone(),
+            health_check: None,
         },
         ServiceConfig {
             name: "web6".into(),
             vip: VIP6.parse()?,
             port: 80,
             backends,
+            health_check: None,
         },
         ServiceConfig {
             name: "empty".into(),
             vip: IpAddr::from(VIP4),
             port: 81,
             backends: Vec::new(),
+            health_check: None,
         },
     ])
 }

@@ -140,8 +140,13 @@ pub struct BackendStats {
     pub packets_from: u64,
     pub bytes_from: u64,
     pub new_flows: u64,
-    /// RSTs the backend sent: a passive health signal.
+    /// RSTs the backend sent.
     pub resets_from: u64,
+    /// Flows the backend answered with a SYN-ACK (once per flow): with `new_flows`, the passive
+    /// health signal "SYNs that get no answer".
+    pub syn_acks: u64,
+    /// Flows the backend answered with a RST instead of a SYN-ACK: connection refused.
+    pub refused: u64,
 }
 
 /// Packets the data plane dropped or could not translate, by reason (one per-CPU entry).

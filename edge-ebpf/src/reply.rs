@@ -88,7 +88,8 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     };
     let bytes = ctx.len() as usize;
     // SAFETY: no preconditions (coarse clock, as in `forward`); the entry is valid for this run.
-    let (flags, backend_id, new_sport, new_dport) = unsafe {
+    let (flags, backend_id, new_sport, new_dport, answered_before) = unsafe {
+        let answered_before = (*entry).tcp_flags & (TCP_SYN | TCP_RST) != 0;
         (*entry).tcp_flags |= tcp_flags;
         (*entry).last_seen_ns = bpf_ktime_get_coarse_ns();
         (*entry).packets += 1;
@@ -98,13 +99,14 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
             (*entry).backend_id,
             (*entry).new_sport,
             (*entry).new_dport,
+            answered_before,
         )
     };
     if flags & FLOW_REVERSE == 0 {
         // A forward key seen on the overlay: not a reply of ours.
         return Ok(TC_ACT_OK);
     }
-    stats::backend_from(backend_id, bytes, tcp_flags & TCP_RST != 0);
+    stats::backend_from(backend_id, bytes, tcp_flags, answered_before);
 
     // The key's src and dst, and the entry's new_src and new_dst, are 32 contiguous bytes each.
     let old_addrs = (&key as *const FlowKey).cast::<u8>();

@@ -2,6 +2,7 @@
 
 use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
 use edge_common::{
+    flow::{TCP_RST, TCP_SYN},
     stats::{stats_index, L3Class, L4Class},
     Counters, STATS_ENTRIES,
 };
@@ -95,15 +96,22 @@ pub fn backend_to(backend_id: u32, bytes: usize, new_flow: bool) {
     }
 }
 
+/// A packet from a backend; `answered_before` tells whether the flow had already seen the
+/// backend's SYN-ACK or RST, so that each flow's answer is counted once.
 #[inline(always)]
-pub fn backend_from(backend_id: u32, bytes: usize, reset: bool) {
+pub fn backend_from(backend_id: u32, bytes: usize, tcp_flags: u8, answered_before: bool) {
     if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot.
         unsafe {
             (*b).packets_from += 1;
             (*b).bytes_from += bytes as u64;
-            if reset {
+            if tcp_flags & TCP_RST != 0 {
                 (*b).resets_from += 1;
+                if !answered_before {
+                    (*b).refused += 1;
+                }
+            } else if tcp_flags & TCP_SYN != 0 && !answered_before {
+                (*b).syn_acks += 1;
             }
         }
     }

@@ -236,6 +236,7 @@ fn plan_row(c: &[Cell<'_>], opts: &ImportOptions) -> Result<Planned, String> {
         hard_limit,
         draining: false,
         enabled: true,
+        check: None,
     };
     validate::check_backend(&backend)?;
     Ok(Planned {
@@ -372,6 +373,7 @@ pub fn plan_v1(
             id: app.to_owned(),
             vip: vip.ip(),
             port: vip.port(),
+            check: None,
         };
         stmts.extend(write::upsert_service(&service, now)?);
         report.services.push(app.to_owned());
@@ -384,6 +386,7 @@ pub fn plan_v1(
             status: p.status,
             rtt_us: None,
             checked_at: now,
+            reason: String::new(),
         })?);
         report.imported.push(ImportedRow {
             id: p.backend.id,

@@ -254,6 +254,7 @@ mod tests {
             id: id.to_owned(),
             vip: vip.parse()?,
             port,
+            check: None,
         })
     }
 
@@ -273,6 +274,7 @@ mod tests {
             hard_limit: 1000,
             draining: false,
             enabled: true,
+            check: None,
         })
     }
 
@@ -303,6 +305,7 @@ mod tests {
             status: HealthStatus::Degraded,
             rtt_us: Some(1500),
             checked_at: 1_700_000_000,
+            reason: String::new(),
         };
         state.upsert_health(&health)?;
 

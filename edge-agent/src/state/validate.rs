@@ -11,6 +11,7 @@ use std::{
 
 use rusqlite::types::ValueRef;
 
+use crate::health::CheckSpec;
 use crate::model::{
     Backend, BackendAddr, Country, Health, HealthStatus, Pop, Region, RejectedRow, Service,
     Snapshot,
@@ -18,8 +19,8 @@ use crate::model::{
 
 /// The columns a source selects from each table, in the order the row parsers expect.
 pub mod columns {
-    pub const SERVICES: [&str; 4] = ["id", "vip", "port", "proto"];
-    pub const BACKENDS: [&str; 12] = [
+    pub const SERVICES: [&str; 5] = ["id", "vip", "port", "proto", "health_check"];
+    pub const BACKENDS: [&str; 13] = [
         "id",
         "service_id",
         "region",
@@ -32,12 +33,23 @@ pub mod columns {
         "draining",
         "enabled",
         "metadata",
+        "health_check",
     ];
     pub const POPS: [&str; 5] = ["id", "region", "overlay_addr", "public_key", "endpoint"];
-    pub const HEALTH: [&str; 5] = ["pop_id", "backend_id", "status", "rtt_us", "checked_at"];
+    pub const HEALTH: [&str; 6] = [
+        "pop_id",
+        "backend_id",
+        "status",
+        "rtt_us",
+        "checked_at",
+        "reason",
+    ];
 }
 
 pub const MAX_WEIGHT: u32 = 1000;
+
+/// Longer health reasons are cut: they are for people to read.
+pub const MAX_REASON: usize = 512;
 const MAX_ID_LEN: usize = 128;
 const SHOWN_CHARS: usize = 64;
 
@@ -428,10 +440,12 @@ fn service_row(c: &[Cell<'_>]) -> Result<Service, String> {
     if proto != "tcp" {
         return Err(format!("proto {} is not supported (tcp only)", show(proto)));
     }
+    let check = CheckSpec::parse_column(text(c[4], "health_check")?)?;
     Ok(Service {
         id: id.to_owned(),
         vip,
         port,
+        check,
     })
 }
 
@@ -454,6 +468,7 @@ fn backend_row(c: &[Cell<'_>]) -> Result<Backend, String> {
     if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(metadata).is_err() {
         return Err(format!("metadata {} is not a JSON object", show(metadata)));
     }
+    let check = CheckSpec::parse_column(text(c[12], "health_check")?)?;
     // The ranges above fit u32.
     let backend = Backend {
         id: id.to_owned(),
@@ -467,6 +482,7 @@ fn backend_row(c: &[Cell<'_>]) -> Result<Backend, String> {
         hard_limit: hard_limit as u32,
         draining,
         enabled,
+        check,
     };
     check_backend(&backend)?;
     Ok(backend)
@@ -509,12 +525,14 @@ fn health_row(c: &[Cell<'_>]) -> Result<Health, String> {
         other => Some(ranged(other, "rtt_us", 0, i64::from(u32::MAX))? as u32),
     };
     let checked_at = ranged(c[4], "checked_at", 0, i64::MAX)?;
+    let reason = text(c[5], "reason")?;
     Ok(Health {
         pop_id: pop_id.to_owned(),
         backend_id: backend_id.to_owned(),
         status,
         rtt_us,
         checked_at,
+        reason: reason.chars().take(MAX_REASON).collect(),
     })
 }
 
@@ -713,6 +731,7 @@ mod tests {
             Cell::Int(0),
             Cell::Int(1),
             Cell::Text("{}"),
+            Cell::Text(""),
         ];
         for (i, c) in over {
             cells[*i] = *c;
@@ -763,6 +782,11 @@ mod tests {
                 vec![(11, Cell::Blob(&[0xff, 0xfe]))],
                 "metadata must be text",
             ),
+            (
+                vec![(12, Cell::Text("{\"type\":\"ping\"}"))],
+                "health_check",
+            ),
+            (vec![(12, Cell::Null)], "health_check must be text"),
         ];
         for (over, expected) in cases {
             let cells = backend_cells(&over);
@@ -850,8 +874,16 @@ mod tests {
                 Err(reason) => assert!(reason.contains(expected), "{reason:?} vs {expected:?}"),
             }
         }
-        let health =
-            |status, rtt, at| health_row(&[Cell::Text("pop-1"), Cell::Text("b1"), status, rtt, at]);
+        let health = |status, rtt, at| {
+            health_row(&[
+                Cell::Text("pop-1"),
+                Cell::Text("b1"),
+                status,
+                rtt,
+                at,
+                Cell::Text(""),
+            ])
+        };
         assert!(health(Cell::Text("up"), Cell::Null, Cell::Int(1)).is_ok());
         for (result, expected) in [
             (health(Cell::Text("UP"), Cell::Null, Cell::Int(1)), "status"),
@@ -891,6 +923,7 @@ mod tests {
             Cell::Text("up"),
             Cell::Null,
             Cell::Int(0),
+            Cell::Text(""),
         ]);
         b.health(&[
             Cell::Text("p"),
@@ -898,6 +931,7 @@ mod tests {
             Cell::Text("up"),
             Cell::Null,
             Cell::Int(0),
+            Cell::Text(""),
         ]);
         b.health(&[
             Cell::Text("p"),
@@ -905,12 +939,14 @@ mod tests {
             Cell::Text("up"),
             Cell::Null,
             Cell::Int(0),
+            Cell::Text(""),
         ]);
         b.service(&[
             Cell::Text("web"),
             Cell::Text("192.0.2.1"),
             Cell::Int(80),
             Cell::Text("tcp"),
+            Cell::Text(""),
         ]);
         // The lower id wins a contested VIP, whichever row came first.
         b.service(&[
@@ -918,12 +954,14 @@ mod tests {
             Cell::Text("192.0.2.1"),
             Cell::Int(80),
             Cell::Text("tcp"),
+            Cell::Text(""),
         ]);
         b.service(&[
             Cell::Text("udp"),
             Cell::Text("192.0.2.2"),
             Cell::Int(53),
             Cell::Text("udp"),
+            Cell::Text(""),
         ]);
         let (snap, rejected) = b.finish();
         let ids: Vec<&str> = snap.backends.iter().map(|b| b.id.as_str()).collect();

@@ -331,6 +331,7 @@ mod tests {
             id: "web".to_owned(),
             vip: "203.0.113.10".parse()?,
             port: 80,
+            check: None,
         })?;
         state.execute(&crate::state::write::upsert_backend(
             &crate::model::Backend {
@@ -345,6 +346,7 @@ mod tests {
                 hard_limit: 1000,
                 draining: false,
                 enabled: true,
+                check: None,
             },
             0,
         )?)?;

@@ -6,7 +6,10 @@
 use serde::Serialize;
 
 use super::{validate, StateError};
-use crate::model::{Backend, BackendAddr, Health, Pop, Service};
+use crate::{
+    health::CheckSpec,
+    model::{Backend, BackendAddr, Health, Pop, Service},
+};
 
 /// A statement parameter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -112,13 +115,16 @@ pub fn address_text(addr: &BackendAddr) -> String {
 pub fn upsert_service(s: &Service, now: i64) -> Result<Vec<Stmt>, StateError> {
     validate::check_service(s).map_err(invalid("services", &s.id))?;
     Ok(vec![Stmt::new(
-        "INSERT INTO services (id, vip, port, proto, updated_at) VALUES (?1, ?2, ?3, 'tcp', ?4) \
+        "INSERT INTO services (id, vip, port, proto, health_check, updated_at) \
+         VALUES (?1, ?2, ?3, 'tcp', ?4, ?5) \
          ON CONFLICT (id) DO UPDATE SET vip = excluded.vip, port = excluded.port, \
-         proto = excluded.proto, updated_at = excluded.updated_at",
+         proto = excluded.proto, health_check = excluded.health_check, \
+         updated_at = excluded.updated_at",
         vec![
             s.id.as_str().into(),
             s.vip.to_string().into(),
             s.port.into(),
+            CheckSpec::column(s.check.as_ref()).into(),
             now.into(),
         ],
     )])
@@ -130,13 +136,14 @@ pub fn upsert_backend(b: &Backend, now: i64) -> Result<Vec<Stmt>, StateError> {
     validate::check_backend(b).map_err(invalid("backends", &b.id))?;
     Ok(vec![Stmt::new(
         "INSERT INTO backends (id, service_id, region, country, address, port, weight, \
-         soft_limit, hard_limit, draining, enabled, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         soft_limit, hard_limit, draining, enabled, health_check, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
          ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, \
          region = excluded.region, country = excluded.country, address = excluded.address, \
          port = excluded.port, weight = excluded.weight, soft_limit = excluded.soft_limit, \
          hard_limit = excluded.hard_limit, draining = excluded.draining, \
-         enabled = excluded.enabled, updated_at = excluded.updated_at",
+         enabled = excluded.enabled, health_check = excluded.health_check, \
+         updated_at = excluded.updated_at",
         vec![
             b.id.as_str().into(),
             b.service.as_str().into(),
@@ -149,6 +156,7 @@ pub fn upsert_backend(b: &Backend, now: i64) -> Result<Vec<Stmt>, StateError> {
             b.hard_limit.into(),
             b.draining.into(),
             b.enabled.into(),
+            CheckSpec::column(b.check.as_ref()).into(),
             now.into(),
         ],
     )])
@@ -227,16 +235,17 @@ pub fn upsert_health(h: &Health) -> Result<Vec<Stmt>, StateError> {
     let key = format!("{}/{}", h.pop_id, h.backend_id);
     validate::check_health(h).map_err(invalid("health", &key))?;
     Ok(vec![Stmt::new(
-        "INSERT INTO health (pop_id, backend_id, status, rtt_us, checked_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5) \
+        "INSERT INTO health (pop_id, backend_id, status, rtt_us, checked_at, reason) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (pop_id, backend_id) DO UPDATE SET status = excluded.status, \
-         rtt_us = excluded.rtt_us, checked_at = excluded.checked_at",
+         rtt_us = excluded.rtt_us, checked_at = excluded.checked_at, reason = excluded.reason",
         vec![
             h.pop_id.as_str().into(),
             h.backend_id.as_str().into(),
             validate::status_str(h.status).into(),
             h.rtt_us.into(),
             h.checked_at.into(),
+            h.reason.as_str().into(),
         ],
     )])
 }

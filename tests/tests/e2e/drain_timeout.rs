@@ -26,6 +26,7 @@ fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
             id: id.into(),
             vip: vip.parse::<IpAddr>()?,
             port: 7,
+            check: None,
         })?;
         for n in 1..=2 {
             state.upsert_backend(&Backend {
@@ -40,6 +41,7 @@ fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
                 hard_limit: 10_000,
                 draining: false,
                 enabled: true,
+                check: None,
             })?;
         }
     }

@@ -169,6 +169,7 @@ fn clients_land_where_v1s_tiers_say() -> TestResult {
         id: "web".into(),
         vip: VIP4.parse::<IpAddr>()?,
         port: 7,
+        check: None,
     })?;
     for (n, (id, region, country)) in BACKENDS.iter().enumerate() {
         state.upsert_backend(&Backend {
@@ -183,6 +184,7 @@ fn clients_land_where_v1s_tiers_say() -> TestResult {
             hard_limit: 10_000,
             draining: false,
             enabled: true,
+            check: None,
         })?;
     }
     drop(state);

@@ -5,6 +5,7 @@ mod agent_lifecycle;
 mod common;
 mod drain_timeout;
 mod geo_lab;
+mod health_lab;
 mod nat_lab;
 mod restart_under_load;
 mod table_swap;

@@ -11,6 +11,7 @@
 //! A mode that fails (the edgeproxy agent rejecting its config, a balancer dying) is reported and
 //! makes the command exit non-zero, after the other modes have been measured and printed.
 
+mod health;
 mod lab;
 mod load;
 pub mod micro;
@@ -50,6 +51,17 @@ pub struct BenchArgs {
     /// Skip `cargo xtask setup` (packages, bpffs, toolchain checks).
     #[arg(long)]
     no_setup: bool,
+    /// Sections to run, comma-separated (default: all): e2e (the modes table), micro (per
+    /// packet and control plane), health (1,000 backends checked every second).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    E2e,
+    Micro,
+    Health,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -187,19 +199,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.no_setup {
         setup::run()?;
     }
+    let wants = |section| args.only.is_empty() || args.only.contains(&section);
     let tools = build_tools()?;
-    let agent: Result<PathBuf, String> = if !modes.contains(&Mode::EdgeProxy) {
-        Err("not needed".into())
-    } else if let Some(path) = &args.agent {
-        if path.exists() {
-            Ok(path.clone())
+    let agent: Result<PathBuf, String> =
+        if !modes.contains(&Mode::EdgeProxy) && !wants(Section::Health) {
+            Err("not needed".into())
+        } else if let Some(path) = &args.agent {
+            if path.exists() {
+                Ok(path.clone())
+            } else {
+                Err(format!("{} does not exist", path.display()))
+            }
         } else {
-            Err(format!("{} does not exist", path.display()))
-        }
-    } else {
-        // A broken agent build fails the edgeproxy mode only: the baselines still get measured.
-        build_agent().map_err(|e| format!("{e:#}"))
-    };
+            // A broken agent build fails the edgeproxy mode only: the baselines still get measured.
+            build_agent().map_err(|e| format!("{e:#}"))
+        };
 
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
@@ -220,7 +234,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut run_ids = Vec::new();
     let mut rounds = Vec::new();
-    'rounds: for round in 0..args.rounds {
+    'rounds: for round in 0..if wants(Section::E2e) { args.rounds } else { 0 } {
         let mut order = modes.clone();
         if round % 2 == 1 {
             order.reverse();
@@ -248,14 +262,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         rounds.push(this_round);
     }
-    let results = merge_rounds(&modes, &rounds);
+    let results = if wants(Section::E2e) {
+        merge_rounds(&modes, &rounds)
+    } else {
+        Vec::new()
+    };
     let elapsed = started.elapsed();
 
-    println!();
-    print!("{}", render_table(&results, args.seconds, args.rounds));
-    let path = shell::workspace_root().join("target/bench/e2e.json");
-    write_json(&path, &results, args.seconds, args.rounds, elapsed)?;
-    println!("\nwritten to {}", path.display());
+    if wants(Section::E2e) {
+        println!();
+        print!("{}", render_table(&results, args.seconds, args.rounds));
+        let path = shell::workspace_root().join("target/bench/e2e.json");
+        write_json(&path, &results, args.seconds, args.rounds, elapsed)?;
+        println!("\nwritten to {}", path.display());
+    }
 
     let mut problems = Vec::new();
     for r in &results {
@@ -271,8 +291,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if STOP.load(Ordering::SeqCst) {
         problems.push("interrupted before every mode was measured".into());
     }
-    if let Err(e) = micro::run() {
-        problems.push(format!("per-packet section: {e:#}"));
+    if wants(Section::Micro) {
+        if let Err(e) = micro::run() {
+            problems.push(format!("per-packet section: {e:#}"));
+        }
+    }
+    if wants(Section::Health) && !STOP.load(Ordering::SeqCst) {
+        match &agent {
+            Ok(agent) => {
+                if let Err(e) = health::run(agent) {
+                    problems.push(format!("health section: {e:#}"));
+                }
+            }
+            Err(e) => problems.push(format!("health section: no agent: {e}")),
+        }
     }
     for id in &run_ids {
         let left = edge_lab::find_leftovers(Some(id));

@@ -1,0 +1,26 @@
+//! Health checks: active probes (TCP, HTTP, gRPC, named commands) with HAProxy-style rise/fall
+//! hysteresis and smoothed RTT, passive signals read from the data plane's per-backend counters,
+//! and the scheduler that runs thousands of checks with bounded concurrency.
+//!
+//! How the signals combine (also in docs/operations.md):
+//! - A backend starts `unknown` (eligible). A failed check makes an `up` backend `degraded`
+//!   (it keeps flows, with a quarter of its share); `fall` consecutive failures make it `down`
+//!   (no new flows); `rise` consecutive successes bring a `down` one back `up`.
+//! - `degraded` also holds while the backend failed `degrade.error_percent` of its last
+//!   `degrade.window` checks, or its smoothed RTT is above `degrade.rtt_ms`.
+//! - Inside a geo tier, backends are weighed by smoothed RTT against the fastest of the tier
+//!   (halved per doubling, down to an eighth): a slow backend loses share before it fails.
+//! - Passive: a backend that refuses connections (answers a SYN with a RST), or leaves new
+//!   flows without any answer for `passive.syn_deadline_ms`, becomes suspect and is checked at
+//!   once; a suspect backend whose check fails goes down on that one failure instead of
+//!   waiting for `fall`. Passive signals alone never take a backend down: a client's abandoned
+//!   SYN must not be able to.
+
+pub mod checker;
+pub mod monitor;
+pub mod passive;
+pub mod probe;
+pub mod spec;
+pub mod tracker;
+
+pub use self::spec::{CheckKind, CheckSpec, HealthConfig, Profile, Timing};
