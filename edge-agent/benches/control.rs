@@ -122,6 +122,7 @@ fn state_latency(dir: &std::path::Path) -> Result<(Duration, Duration, Duration)
             draining: false,
             enabled: true,
             check: None,
+            lease: None,
         })?;
     }
     let mut ebpf = load()?;
@@ -138,6 +139,7 @@ fn state_latency(dir: &std::path::Path) -> Result<(Duration, Duration, Duration)
             classes: &GeoClasses::default(),
             active: &HashMap::new(),
             health: &HashMap::new(),
+            now_unix: 0,
         };
         let plan = balancer::plan(&snapshot, &inputs, &|_| None);
         reconciler.apply(ebpf, &pop, &plan)?;
@@ -253,6 +255,7 @@ fn main() -> Result<(), Error> {
         classes: &classes,
         active: &HashMap::new(),
         health: &HashMap::new(),
+        now_unix: 0,
     };
     reconciler.apply(
         &mut ebpf,

@@ -52,6 +52,11 @@ CREATE TABLE backends (
     metadata TEXT NOT NULL DEFAULT '{}',
     -- Overrides the service's health check; '' keeps it.
     health_check TEXT NOT NULL DEFAULT '',
+    -- A self-registered backend's lease: when its last heartbeat came (Unix seconds) and the
+    -- heartbeat interval it promised. 0 seconds: a row typed in, which never expires. Three
+    -- missed heartbeats take the backend out of the pool.
+    heartbeat_at INTEGER NOT NULL DEFAULT 0,
+    heartbeat_secs INTEGER NOT NULL DEFAULT 0,
     updated_at INTEGER NOT NULL DEFAULT 0
 );
 

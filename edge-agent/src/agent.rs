@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,6 +18,7 @@ use crate::{
     config::AgentConfig,
     counters,
     dataplane::{self, Attach, DataPlane, MapSizes},
+    dns::{self, DnsServer, Zone},
     flows,
     geo::{GeoDb, RegionTable},
     geo_maps,
@@ -48,7 +50,7 @@ struct Balancing {
     active: HashMap<String, u64>,
     state: Snapshot,
     /// The SQLite state, when configured; else the config's `services`.
-    source: Option<SqliteState>,
+    source: Option<Arc<SqliteState>>,
     /// Rows rejected since start, all sources together.
     rejected_rows: u64,
     /// When each draining backend (by id) was first seen draining.
@@ -59,6 +61,57 @@ struct Balancing {
     health: Monitor,
     /// The plan last written, so that an unchanged one is not written again.
     last_plan: Option<balancer::Plan>,
+    /// The `internal.` zone's server (started with the runtime), its serial, and the records it
+    /// serves.
+    dns: Option<DnsServer>,
+    dns_serial: u32,
+    zone_published: Vec<hickory_proto::rr::Record>,
+    /// The state as last read, for the registration API.
+    snapshot_tx: tokio::sync::watch::Sender<Arc<Snapshot>>,
+}
+
+impl Balancing {
+    /// The `internal.` zone for the current state and health: what DNS serves and what
+    /// `.internal` backend addresses resolve to.
+    fn zone(&self, config: &AgentConfig, health: &HashMap<String, balancer::HealthView>) -> Zone {
+        dns::zone::build(
+            &self.state,
+            &dns::zone::ZoneInputs {
+                pop_region: &config.region,
+                health,
+                now_unix: crate::model::unix_now(),
+                ns_addr: config.overlay.addr,
+                ttl: config.dns.ttl_secs,
+                serial: self.dns_serial,
+            },
+        )
+    }
+
+    /// Hands `zone` to the DNS server if its records changed. The swap runs on the runtime,
+    /// after anything queued before it.
+    fn publish(&mut self, zone: &Zone) {
+        let Some(server) = &self.dns else {
+            return;
+        };
+        // The SOA carries the serial: compare everything else.
+        let same = zone.records.len() == self.zone_published.len()
+            && zone
+                .records
+                .iter()
+                .zip(&self.zone_published)
+                .skip(1)
+                .all(|(a, b)| a == b);
+        if same {
+            return;
+        }
+        self.dns_serial = self.dns_serial.wrapping_add(1);
+        let records = DnsServer::records(zone, self.dns_serial);
+        let handle = server.handle();
+        tokio::spawn(async move {
+            *handle.records_mut().await = records;
+        });
+        self.zone_published.clone_from(&zone.records);
+    }
 }
 
 /// The built-in country -> region table with the configured overrides.
@@ -168,9 +221,9 @@ impl Agent {
                 active: HashMap::new(),
                 state: Snapshot::default(),
                 source: match &config.state.database {
-                    Some(path) => Some(SqliteState::open(path).with_context(|| {
+                    Some(path) => Some(Arc::new(SqliteState::open(path).with_context(|| {
                         format!("opening the state database {}", path.display())
-                    })?),
+                    })?)),
                     None => None,
                 },
                 rejected_rows: 0,
@@ -178,6 +231,10 @@ impl Agent {
                 draining_since: HashMap::new(),
                 health: Monitor::new(config.health.clone(), config.pop_id.clone()),
                 last_plan: None,
+                dns: None,
+                dns_serial: 0,
+                zone_published: Vec::new(),
+                snapshot_tx: tokio::sync::watch::channel(Arc::new(Snapshot::default())).0,
             }),
             None => {
                 if !config.services.is_empty() {
@@ -266,7 +323,9 @@ impl Agent {
                 .or_insert(started);
         }
         b.state = state;
-        b.health.sync(&b.state, &|_| None);
+        let zone = b.zone(&self.config, &b.health.views());
+        b.health.sync(&b.state, &|name| zone.resolve(name));
+        b.snapshot_tx.send_replace(Arc::new(b.state.clone()));
         self.apply();
     }
 
@@ -275,10 +334,12 @@ impl Agent {
         let Some(b) = self.balancing.as_mut() else {
             return;
         };
+        let health = b.health.views();
+        let zone = b.zone(&self.config, &health);
+        b.publish(&zone);
         let unknown: Region = b.regions.default_region();
         let regions = &b.regions;
         let region_of = |c: Country| regions.region_of(c);
-        let health = b.health.views();
         let inputs = Inputs {
             pop_id: &self.config.pop_id,
             pop_region: &self.config.region,
@@ -287,8 +348,9 @@ impl Agent {
             classes: &b.classes,
             active: &b.active,
             health: &health,
+            now_unix: crate::model::unix_now(),
         };
-        let plan = balancer::plan(&b.state, &inputs, &|_| None);
+        let plan = balancer::plan(&b.state, &inputs, &|name| zone.resolve(name));
         if b.last_plan.as_ref() == Some(&plan) {
             return;
         }
@@ -455,10 +517,7 @@ impl Agent {
         let Some(b) = self.balancing.as_mut() else {
             return;
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let rows = b.health.rows(all, now);
+        let rows = b.health.rows(all, crate::model::unix_now());
         let Some(source) = &b.source else {
             return;
         };
@@ -472,6 +531,70 @@ impl Agent {
         }
         if let Err(error) = source.execute(&stmts) {
             warn!(%error, rows = rows.len(), "writing health rows failed");
+        }
+    }
+
+    /// Serves `internal.` on the configured addresses it can bind (one that fails is logged and
+    /// left out: the rest keeps serving).
+    async fn start_dns(&mut self) {
+        let Some(b) = self.balancing.as_mut() else {
+            return;
+        };
+        if !self.config.dns.enabled {
+            return;
+        }
+        let mut listen = self.config.dns.listen.clone();
+        if let (true, Some(addr)) = (self.config.dns.on_overlay, self.config.overlay.addr) {
+            listen.push(std::net::SocketAddr::from((addr, 53)));
+        }
+        match DnsServer::start(&listen).await {
+            Ok((server, failed)) => {
+                for error in failed {
+                    warn!(%error, "DNS: an address is left out");
+                }
+                info!(listen = ?server.local, "DNS serving internal.");
+                b.dns = Some(server);
+                b.zone_published.clear();
+                self.apply();
+            }
+            Err(error) => warn!(%error, "DNS is off"),
+        }
+    }
+
+    /// Starts the registration API where configured; it needs the state database.
+    async fn start_register_api(&mut self) {
+        let Some(b) = self.balancing.as_ref() else {
+            return;
+        };
+        let config = &self.config.register;
+        if config.listen.is_empty() {
+            return;
+        }
+        let (Some(store), Ok(Some(token))) = (b.source.clone(), config.token()) else {
+            warn!(
+                "register.listen is set, but the API needs state.database and a token: it is off"
+            );
+            return;
+        };
+        let api = Arc::new(crate::register::api::ApiState {
+            token,
+            store,
+            snapshot: b.snapshot_tx.subscribe(),
+            default_heartbeat_secs: config.heartbeat_secs,
+        });
+        for &addr in &config.listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let app = crate::register::api::router(Arc::clone(&api));
+                    tokio::spawn(async move {
+                        if let Err(error) = axum::serve(listener, app).await {
+                            warn!(%error, "registration API stopped");
+                        }
+                    });
+                    info!(%addr, "registration API listening");
+                }
+                Err(error) => warn!(%addr, %error, "registration API: cannot listen"),
+            }
         }
     }
 
@@ -510,6 +633,8 @@ impl Agent {
                 Some(source) => Some(source.changes().context("watching the state database")?),
                 None => None,
             };
+            self.start_dns().await;
+            self.start_register_api().await;
             let mut checks = self.balancing.as_mut().and_then(|b| b.health.start());
             let health = self.config.health.clone();
             let mut passive = tokio::time::interval(Duration::from_millis(health.passive.interval_ms.max(10)));
@@ -557,7 +682,12 @@ impl Agent {
                         }
                     }
                     _ = replan.tick() => {
-                        if self.balancing.as_mut().is_some_and(|b| std::mem::take(&mut b.health.replan_soon)) {
+                        // Leases run out with time alone: registered backends need a look
+                        // every second.
+                        if self.balancing.as_mut().is_some_and(|b| {
+                            std::mem::take(&mut b.health.replan_soon)
+                                || b.state.backends.iter().any(|x| x.lease.is_some())
+                        }) {
                             self.apply();
                         }
                     }
@@ -612,6 +742,7 @@ pub fn static_plan(config: &AgentConfig) -> balancer::Plan {
         classes: &GeoClasses::default(),
         active: &HashMap::new(),
         health: &balancer::health_rows(&state, &config.pop_id),
+        now_unix: crate::model::unix_now(),
     };
     balancer::plan(&state, &inputs, &|_| None)
 }

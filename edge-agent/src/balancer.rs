@@ -102,6 +102,8 @@ pub struct Inputs<'a> {
     pub active: &'a HashMap<String, u64>,
     /// This POP's view of each backend's health, by id; missing means unknown (eligible).
     pub health: &'a HashMap<String, HealthView>,
+    /// Unix seconds: registrations whose lease ran out by then are out of the pool.
+    pub now_unix: i64,
 }
 
 /// What the balancer uses of a backend's health.
@@ -179,8 +181,7 @@ pub fn plan(state: &Snapshot, inputs: &Inputs<'_>, resolve: Resolver<'_>) -> Pla
             .get(&b.id)
             .map_or(HealthStatus::Unknown, |h| h.status);
         let healthy = status != HealthStatus::Down;
-        let eligible =
-            b.enabled && !b.draining && healthy && b.weight > 0 && active < u64::from(b.hard_limit);
+        let eligible = b.in_pool(inputs.now_unix) && healthy && active < u64::from(b.hard_limit);
         plan.backends.push(BackendPlan {
             addr,
             port: b.port,
@@ -262,6 +263,7 @@ mod tests {
             draining: false,
             enabled: true,
             check: None,
+            lease: None,
         }
     }
 
@@ -310,6 +312,7 @@ mod tests {
             classes: &classes,
             active,
             health: &health_rows(state, "pop1"),
+            now_unix: 0,
         };
         let plan = plan(state, &inputs, &|_| None);
         let class = client
@@ -409,6 +412,7 @@ mod tests {
             classes: &classes,
             active: &HashMap::new(),
             health: &health_rows(state, "pop1"),
+            now_unix: 0,
         };
         let plan = plan(state, &inputs, &|_| None);
         plan.services[0].sets[&1]

@@ -11,8 +11,10 @@ use thiserror::Error;
 
 use crate::{
     bpffs,
+    dns::DnsConfig,
     health::{CheckSpec, HealthConfig},
     model::{Backend, BackendAddr, Country, Region, RejectedRow, Service, Snapshot},
+    register::RegisterConfig,
 };
 
 #[derive(Debug, Error)]
@@ -94,6 +96,10 @@ pub struct AgentConfig {
     pub state: StateConfig,
     /// Active and passive health checks.
     pub health: HealthConfig,
+    /// Authoritative DNS for `internal.`.
+    pub dns: DnsConfig,
+    /// The registration API.
+    pub register: RegisterConfig,
     /// Services and their backends, when state does not come from a database.
     pub services: Vec<ServiceConfig>,
 }
@@ -156,6 +162,8 @@ impl Default for AgentConfig {
             geo: GeoConfig::default(),
             state: StateConfig::default(),
             health: HealthConfig::default(),
+            dns: DnsConfig::default(),
+            register: RegisterConfig::default(),
             services: Vec::new(),
         }
     }
@@ -393,6 +401,7 @@ impl AgentConfig {
                     draining: false,
                     enabled: true,
                     check: backend.health_check.clone(),
+                    lease: None,
                 });
             }
         }
@@ -468,9 +477,13 @@ impl AgentConfig {
                 reason: format!("{e}"),
             })?;
         }
+        if let Some(token) = env("EDGEPROXY_REGISTER_TOKEN") {
+            config.register.token = Some(token);
+        }
         config
             .health
             .validate()
+            .and_then(|()| config.register.validate())
             .map_err(|reason| ConfigError::Invalid {
                 path: path.map_or_else(|| PathBuf::from("(defaults)"), Path::to_path_buf),
                 reason,

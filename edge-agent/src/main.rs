@@ -80,6 +80,40 @@ enum Command {
     },
     /// Detach the data plane and remove every pinned object.
     Detach,
+    /// Register the process beside this sidecar as a backend, heartbeat, and deregister on
+    /// SIGTERM or SIGINT.
+    Register {
+        /// The agent's registration API.
+        #[arg(long, default_value = "http://[::1]:7070")]
+        api: hyper::Uri,
+        /// The deployment's token.
+        #[arg(long, env = "EDGEPROXY_REGISTER_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The service this process serves.
+        #[arg(long)]
+        app: String,
+        /// Its port.
+        #[arg(long)]
+        port: u16,
+        /// This host's overlay address (or a `.internal` name).
+        #[arg(long)]
+        address: String,
+        #[arg(long, env = "EDGEPROXY_REGION")]
+        region: String,
+        /// ISO 3166-1 alpha-2 country of this host.
+        #[arg(long)]
+        country: Option<String>,
+        /// Its id; default `<app>-<hostname>-<port>`.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Check it with `GET <path>` instead of the service's check.
+        #[arg(long)]
+        health_path: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        heartbeat_secs: u32,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -125,6 +159,41 @@ fn main() -> anyhow::Result<()> {
             vips,
             ipv4_prefix,
         } => import_v1(&config, &path, &vips, ipv4_prefix),
+        Command::Register {
+            api,
+            token,
+            app,
+            port,
+            address,
+            region,
+            country,
+            id,
+            weight,
+            health_path,
+            heartbeat_secs,
+        } => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
+            let sidecar = edge_agent::register::client::Sidecar {
+                api,
+                token,
+                id: id.unwrap_or_else(|| format!("{app}-{host}-{port}")),
+                app,
+                region,
+                country,
+                address,
+                port,
+                weight,
+                health_path,
+                heartbeat_secs,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(sidecar.run())
+        }
         Command::Detach => {
             if dataplane::detach(&pins).context("detaching")? {
                 println!("detached; removed {}", pins.root().display());

@@ -144,6 +144,51 @@ pub struct Backend {
     pub enabled: bool,
     /// Overrides the service's health check.
     pub check: Option<CheckSpec>,
+    /// Set for a backend that registered itself: it leaves the pool when its heartbeats stop.
+    pub lease: Option<Lease>,
+}
+
+/// A self-registered backend's lease on its place in the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Unix seconds of the last heartbeat (or the registration).
+    pub renewed_at: i64,
+    /// The heartbeat interval the backend promised.
+    pub interval_secs: u32,
+}
+
+impl Lease {
+    /// Heartbeats a backend may miss before it leaves the pool.
+    pub const MISSED: i64 = 3;
+
+    /// When the lease runs out: three intervals after the last heartbeat.
+    pub fn expires_at(&self) -> i64 {
+        self.renewed_at
+            .saturating_add(Self::MISSED * i64::from(self.interval_secs))
+    }
+
+    pub fn expired(&self, now_unix: i64) -> bool {
+        now_unix > self.expires_at()
+    }
+}
+
+impl Backend {
+    /// Whether the backend may be given new flows and be named in DNS, leaving health and
+    /// load aside: enabled, not draining, weighted, and registered with a live lease (if it
+    /// registered at all).
+    pub fn in_pool(&self, now_unix: i64) -> bool {
+        self.enabled
+            && !self.draining
+            && self.weight > 0
+            && !self.lease.is_some_and(|l| l.expired(now_unix))
+    }
+}
+
+/// Unix seconds now: the clock every timestamp in state uses.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A POP (or host) of the deployment.
@@ -196,4 +241,40 @@ pub struct RejectedRow {
     /// The row's key as far as it could be read.
     pub key: String,
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_runs_out_after_three_missed_heartbeats() {
+        let lease = Lease {
+            renewed_at: 1000,
+            interval_secs: 10,
+        };
+        assert!(!lease.expired(1030), "three intervals: still in");
+        assert!(lease.expired(1031));
+        let mut b = Backend {
+            id: "b".into(),
+            service: "web".into(),
+            region: "sa".parse().unwrap_or_else(|e: String| panic!("{e}")),
+            country: "BR".parse().unwrap_or_else(|e: String| panic!("{e}")),
+            addr: BackendAddr::Ip(Ipv6Addr::LOCALHOST),
+            port: 80,
+            weight: 1,
+            soft_limit: 1,
+            hard_limit: 1,
+            draining: false,
+            enabled: true,
+            check: None,
+            lease: Some(lease),
+        };
+        assert!(b.in_pool(1030));
+        assert!(!b.in_pool(1031));
+        b.lease = None;
+        assert!(b.in_pool(i64::MAX), "a row typed in never expires");
+        b.weight = 0;
+        assert!(!b.in_pool(0));
+    }
 }

@@ -204,9 +204,7 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
 }
 
 pub fn print_table(rows: &[BackendReport]) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = crate::model::unix_now();
     let line =
         |cells: [&str; 14]| {
             println!(

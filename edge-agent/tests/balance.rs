@@ -38,6 +38,7 @@ fn backend(id: &str, last: u16, weight: u32) -> Result<Backend, Error> {
         draining: false,
         enabled: true,
         check: None,
+        lease: None,
     })
 }
 
@@ -98,6 +99,7 @@ impl Lb {
             classes: &GeoClasses::default(),
             active: &active,
             health: &HashMap::new(),
+            now_unix: 0,
         };
         let plan = balancer::plan(&state, &inputs, &|_| None);
         let pop = PopSettings {

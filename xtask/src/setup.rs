@@ -34,6 +34,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "the HAProxy baseline of the benchmark"),
     ("nginx", "the benchmark's HTTP backend"),
     ("wrk", "HTTP load in the benchmark"),
+    ("bind9-dnsutils", "dig: querying the agent's DNS in the lab"),
+    ("curl", "calling the registration API in the lab"),
 ];
 
 /// bpf-linker release known to build against the nightly's LLVM here (see ../shared/TOOLCHAIN.md).

@@ -237,6 +237,7 @@ fn plan_row(c: &[Cell<'_>], opts: &ImportOptions) -> Result<Planned, String> {
         draining: false,
         enabled: true,
         check: None,
+        lease: None,
     };
     validate::check_backend(&backend)?;
     Ok(Planned {

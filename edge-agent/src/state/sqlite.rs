@@ -275,6 +275,7 @@ mod tests {
             draining: false,
             enabled: true,
             check: None,
+            lease: None,
         })
     }
 

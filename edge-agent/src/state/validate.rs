@@ -13,14 +13,14 @@ use rusqlite::types::ValueRef;
 
 use crate::health::CheckSpec;
 use crate::model::{
-    Backend, BackendAddr, Country, Health, HealthStatus, Pop, Region, RejectedRow, Service,
+    Backend, BackendAddr, Country, Health, HealthStatus, Lease, Pop, Region, RejectedRow, Service,
     Snapshot,
 };
 
 /// The columns a source selects from each table, in the order the row parsers expect.
 pub mod columns {
     pub const SERVICES: [&str; 5] = ["id", "vip", "port", "proto", "health_check"];
-    pub const BACKENDS: [&str; 13] = [
+    pub const BACKENDS: [&str; 15] = [
         "id",
         "service_id",
         "region",
@@ -34,6 +34,8 @@ pub mod columns {
         "enabled",
         "metadata",
         "health_check",
+        "heartbeat_at",
+        "heartbeat_secs",
     ];
     pub const POPS: [&str; 5] = ["id", "region", "overlay_addr", "public_key", "endpoint"];
     pub const HEALTH: [&str; 6] = [
@@ -47,6 +49,9 @@ pub mod columns {
 }
 
 pub const MAX_WEIGHT: u32 = 1000;
+
+/// A heartbeat interval above a day is a typo.
+pub const MAX_HEARTBEAT_SECS: u32 = 86_400;
 
 /// Longer health reasons are cut: they are for people to read.
 pub const MAX_REASON: usize = 512;
@@ -241,7 +246,7 @@ pub fn check_internal_name(s: &str) -> Result<String, String> {
     Ok(name)
 }
 
-pub(crate) fn parse_backend_addr(s: &str) -> Result<BackendAddr, String> {
+pub fn parse_backend_addr(s: &str) -> Result<BackendAddr, String> {
     let looks_numeric = s.contains(':') || s.parse::<std::net::Ipv4Addr>().is_ok();
     if looks_numeric {
         parse_overlay_ip("address", s).map(BackendAddr::Ip)
@@ -469,6 +474,12 @@ fn backend_row(c: &[Cell<'_>]) -> Result<Backend, String> {
         return Err(format!("metadata {} is not a JSON object", show(metadata)));
     }
     let check = CheckSpec::parse_column(text(c[12], "health_check")?)?;
+    let heartbeat_at = ranged(c[13], "heartbeat_at", 0, i64::MAX)?;
+    let heartbeat_secs = ranged(c[14], "heartbeat_secs", 0, i64::from(MAX_HEARTBEAT_SECS))?;
+    let lease = (heartbeat_secs > 0).then_some(Lease {
+        renewed_at: heartbeat_at,
+        interval_secs: heartbeat_secs as u32,
+    });
     // The ranges above fit u32.
     let backend = Backend {
         id: id.to_owned(),
@@ -483,6 +494,7 @@ fn backend_row(c: &[Cell<'_>]) -> Result<Backend, String> {
         draining,
         enabled,
         check,
+        lease,
     };
     check_backend(&backend)?;
     Ok(backend)
@@ -732,6 +744,8 @@ mod tests {
             Cell::Int(1),
             Cell::Text("{}"),
             Cell::Text(""),
+            Cell::Int(0),
+            Cell::Int(0),
         ];
         for (i, c) in over {
             cells[*i] = *c;
@@ -787,6 +801,8 @@ mod tests {
                 "health_check",
             ),
             (vec![(12, Cell::Null)], "health_check must be text"),
+            (vec![(13, Cell::Int(-1))], "heartbeat_at"),
+            (vec![(14, Cell::Int(86_401))], "heartbeat_secs"),
         ];
         for (over, expected) in cases {
             let cells = backend_cells(&over);

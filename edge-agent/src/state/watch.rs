@@ -347,6 +347,7 @@ mod tests {
                 draining: false,
                 enabled: true,
                 check: None,
+                lease: None,
             },
             0,
         )?)?;

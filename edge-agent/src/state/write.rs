@@ -136,13 +136,15 @@ pub fn upsert_backend(b: &Backend, now: i64) -> Result<Vec<Stmt>, StateError> {
     validate::check_backend(b).map_err(invalid("backends", &b.id))?;
     Ok(vec![Stmt::new(
         "INSERT INTO backends (id, service_id, region, country, address, port, weight, \
-         soft_limit, hard_limit, draining, enabled, health_check, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+         soft_limit, hard_limit, draining, enabled, health_check, heartbeat_at, heartbeat_secs, \
+         updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
          ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, \
          region = excluded.region, country = excluded.country, address = excluded.address, \
          port = excluded.port, weight = excluded.weight, soft_limit = excluded.soft_limit, \
          hard_limit = excluded.hard_limit, draining = excluded.draining, \
          enabled = excluded.enabled, health_check = excluded.health_check, \
+         heartbeat_at = excluded.heartbeat_at, heartbeat_secs = excluded.heartbeat_secs, \
          updated_at = excluded.updated_at",
         vec![
             b.id.as_str().into(),
@@ -157,6 +159,8 @@ pub fn upsert_backend(b: &Backend, now: i64) -> Result<Vec<Stmt>, StateError> {
             b.draining.into(),
             b.enabled.into(),
             CheckSpec::column(b.check.as_ref()).into(),
+            b.lease.map_or(0, |l| l.renewed_at).into(),
+            b.lease.map_or(0, |l| l.interval_secs).into(),
             now.into(),
         ],
     )])
@@ -201,6 +205,52 @@ pub fn set_backend_weight(id: &str, weight: u32, now: i64) -> Result<Vec<Stmt>, 
         weight.into(),
         now,
     ))
+}
+
+/// A backend's own registration: every column, its metadata (a JSON object) included.
+pub fn register_backend(b: &Backend, metadata: &str, now: i64) -> Result<Vec<Stmt>, StateError> {
+    let mut stmts = upsert_backend(b, now)?;
+    if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(metadata).is_err() {
+        return Err(StateError::Invalid {
+            table: "backends",
+            key: b.id.clone(),
+            reason: "metadata is not a JSON object".to_owned(),
+        });
+    }
+    stmts.extend(set_backend(
+        "UPDATE backends SET metadata = ?1, updated_at = ?2 WHERE id = ?3",
+        &b.id,
+        metadata.into(),
+        now,
+    ));
+    Ok(stmts)
+}
+
+/// A heartbeat: renews the lease of a registered backend (one that has a lease).
+pub fn renew_lease(id: &str, now: i64) -> Vec<Stmt> {
+    set_backend(
+        "UPDATE backends SET heartbeat_at = ?1, updated_at = ?2 WHERE id = ?3 AND heartbeat_secs > 0",
+        id,
+        now.into(),
+        now,
+    )
+}
+
+/// A registered backend leaves: like [`delete_backend`], for rows with a lease only (a row
+/// typed in by an operator is not the API's to remove).
+pub fn deregister_backend(id: &str) -> Vec<Stmt> {
+    vec![
+        Stmt::new(
+            "DELETE FROM health WHERE backend_id = ?1 \
+             AND backend_id IN (SELECT id FROM backends WHERE heartbeat_secs > 0)",
+            vec![id.into()],
+        ),
+        Stmt::new(
+            "DELETE FROM backends WHERE id = ?1 AND heartbeat_secs > 0",
+            vec![id.into()],
+        )
+        .must_exist("backends", id),
+    ]
 }
 
 /// Removes the backend and every POP's health rows about it: they would only be rejected as

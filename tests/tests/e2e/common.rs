@@ -4,6 +4,13 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
+};
+
+use edge_lab::{
+    bpffs_pin_dir,
+    pop_lab::{backend_addr, BACKEND_PORT, VIP4},
+    Lab,
 };
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -61,4 +68,65 @@ pub fn tear_down(lab: edge_lab::Lab) {
 /// Starts the `echo-server` of this package in backends `be1`..`be<n>` of a POP lab.
 pub fn echo_backends(lab: &edge_lab::Lab, n: usize) -> edge_lab::Result<Vec<edge_lab::LabProcess>> {
     edge_lab::pop_lab::start_backends(lab, n, env!("CARGO_BIN_EXE_echo-server").as_ref())
+}
+
+type Error = Box<dyn std::error::Error>;
+
+/// The kernel's view of backend `n`: (eligible, new flows so far); (false, 0) if the kernel
+/// has no such backend.
+pub fn kernel_backend(lab: &Lab, n: usize) -> Result<(bool, u64), Error> {
+    let out = Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(bpffs_pin_dir(lab.ns("pop").name()))
+        .args(["status", "--output", "json"])
+        .output()?;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let needle = format!("[{}]:{BACKEND_PORT}", backend_addr(n));
+    let Some(rows) = doc["backends"].as_array() else {
+        return Err(format!("no backends in {doc}").into());
+    };
+    // No row yet (a backend not registered yet, or removed): not eligible, no flows.
+    Ok(rows
+        .iter()
+        .find(|b| b["addr"].as_str() == Some(&needle))
+        .map_or((false, 0), |row| {
+            (
+                row["eligible"].as_bool().unwrap_or(false),
+                row["new_flows"].as_u64().unwrap_or(0),
+            )
+        }))
+}
+
+/// Polls every 10 ms until backend `n`'s eligibility is `eligible`; returns how long it took.
+pub fn wait_eligible(
+    lab: &Lab,
+    n: usize,
+    eligible: bool,
+    limit: Duration,
+) -> Result<Duration, Error> {
+    let started = Instant::now();
+    loop {
+        if kernel_backend(lab, n)?.0 == eligible {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return Err(format!("be{n} not eligible={eligible} after {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `tcp-churn` against the VIP from the client; returns (ok, failed).
+pub fn churn(lab: &Lab, per_sec: u32, secs: u32) -> Result<(u64, u64), Error> {
+    let out = lab.ns("client").exec_ok(&[
+        env!("CARGO_BIN_EXE_tcp-churn"),
+        &format!("{VIP4}:7"),
+        &per_sec.to_string(),
+        &secs.to_string(),
+    ])?;
+    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
+    Ok((
+        doc["ok"].as_u64().unwrap_or(0),
+        doc["failed"].as_u64().unwrap_or(u64::MAX),
+    ))
 }

@@ -42,6 +42,7 @@ fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
                 draining: false,
                 enabled: true,
                 check: None,
+                lease: None,
             })?;
         }
     }

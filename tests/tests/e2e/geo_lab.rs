@@ -185,6 +185,7 @@ fn clients_land_where_v1s_tiers_say() -> TestResult {
             draining: false,
             enabled: true,
             check: None,
+            lease: None,
         })?;
     }
     drop(state);

@@ -21,7 +21,9 @@ use edge_lab::{
     Lab, LabProcess,
 };
 
-use super::common::{agent_bin, echo_backends, tear_down, TestResult};
+use super::common::{
+    agent_bin, churn, echo_backends, kernel_backend, tear_down, wait_eligible, TestResult,
+};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -51,6 +53,7 @@ fn write_state(lab: &Lab, checks: &[&str]) -> Result<PathBuf, Error> {
             draining: false,
             enabled: true,
             check: CheckSpec::parse_column(check)?,
+            lease: None,
         })?;
     }
     Ok(db)
@@ -63,25 +66,6 @@ fn config(db: &Path, health: &str) -> String {
          [maglev]\nmax_services = 8\n\n[affinity]\nttl_secs = 0\n\n[state]\ndatabase = \"{}\"\n\n{health}",
         db.display()
     )
-}
-
-/// The kernel's view of backend `n`: (eligible, new flows so far).
-fn kernel_backend(lab: &Lab, n: usize) -> Result<(bool, u64), Error> {
-    let out = Command::new(agent_bin())
-        .arg("--bpffs-root")
-        .arg(bpffs_pin_dir(lab.ns("pop").name()))
-        .args(["status", "--output", "json"])
-        .output()?;
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let needle = format!("[{}]:{BACKEND_PORT}", backend_addr(n));
-    let row = doc["backends"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|b| b["addr"].as_str() == Some(&needle)))
-        .ok_or_else(|| format!("no kernel row for be{n}: {doc}"))?;
-    Ok((
-        row["eligible"].as_bool().unwrap_or(false),
-        row["new_flows"].as_u64().unwrap_or(0),
-    ))
 }
 
 /// `edge-agent backends --output json`: the operator's view, health rows included.
@@ -99,35 +83,6 @@ fn backend_report(lab: &Lab, n: usize) -> Result<serde_json::Value, Error> {
         .and_then(|rows| rows.iter().find(|r| r["id"] == format!("be{n}")))
         .cloned()
         .ok_or_else(|| format!("no be{n} in {doc}").into())
-}
-
-/// Polls every 10 ms until backend `n`'s eligibility is `eligible`; returns how long it took.
-fn wait_eligible(lab: &Lab, n: usize, eligible: bool, limit: Duration) -> Result<Duration, Error> {
-    let started = Instant::now();
-    loop {
-        if kernel_backend(lab, n)?.0 == eligible {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > limit {
-            return Err(format!("be{n} not eligible={eligible} after {limit:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Runs `tcp-churn` against the VIP from the client; returns (ok, failed).
-fn churn(lab: &Lab, per_sec: u32, secs: u32) -> Result<(u64, u64), Error> {
-    let out = lab.ns("client").exec_ok(&[
-        env!("CARGO_BIN_EXE_tcp-churn"),
-        &format!("{VIP4}:7"),
-        &per_sec.to_string(),
-        &secs.to_string(),
-    ])?;
-    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
-    Ok((
-        doc["ok"].as_u64().unwrap_or(0),
-        doc["failed"].as_u64().unwrap_or(u64::MAX),
-    ))
 }
 
 fn spawn_churn(lab: &Lab, per_sec: u32, secs: u32) -> Result<LabProcess, Error> {

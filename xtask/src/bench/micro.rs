@@ -13,6 +13,10 @@ pub fn run() -> anyhow::Result<()> {
             "control",
             "Control plane: state change to kernel maps, country database load",
         ),
+        (
+            "services",
+            "The agent's services: internal. DNS queries, registration API requests",
+        ),
     ];
     for (bench, title) in sections {
         let json = shell::workspace_root().join(format!("target/bench/{bench}.json"));

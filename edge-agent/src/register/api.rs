@@ -1,0 +1,312 @@
+//! The registration API (axum): backends register themselves, heartbeat, and deregister;
+//! everything goes through the state store, so that it replicates with the rest of the state.
+//!
+//! | method and path | |
+//! |---|---|
+//! | `POST /v1/registrations` | register (or re-register) a backend: 201 with its lease |
+//! | `PUT /v1/registrations/{id}/heartbeat` | renew the lease: 200, or 404 if not registered |
+//! | `DELETE /v1/registrations/{id}` | leave at once: 204, or 404 |
+//! | `GET /v1/registrations[?app=NAME]` | registered backends: 200 |
+//!
+//! Every request needs `Authorization: Bearer <token>` (the deployment's token): 401 without
+//! it, 403 with a wrong one. A body that is not valid gets 400 with what is wrong, as
+//! `{"error": "..."}`; so do all other errors.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{
+    health::CheckSpec,
+    model::{unix_now, Backend, Country, Lease, Snapshot},
+    state::{validate, write, SqliteState, StateError},
+};
+
+/// What a backend says about itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub id: String,
+    /// The service (its id) the backend serves.
+    pub app: String,
+    pub region: String,
+    /// ISO 3166-1 alpha-2; `ZZ` (unknown) if left out.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// Its overlay address (IPv6) or a `.internal` name.
+    pub address: String,
+    pub port: u16,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub health_check: Option<CheckSpec>,
+    /// The heartbeat interval it promises; the API's default if left out.
+    #[serde(default)]
+    pub heartbeat_secs: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The answer to a registration or heartbeat.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeaseReply {
+    pub id: String,
+    pub heartbeat_secs: u32,
+    /// Unix seconds: without a heartbeat by then, the backend leaves the pool.
+    pub expires_at: i64,
+}
+
+/// One registered backend, as listed.
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub app: String,
+    pub region: String,
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    pub expires_at: i64,
+    /// Still in the pool (lease alive, enabled, not draining).
+    pub in_pool: bool,
+}
+
+pub struct ApiState {
+    /// The deployment's bearer token.
+    pub token: String,
+    pub store: Arc<SqliteState>,
+    /// The state as the agent last read it (for the apps that exist, and the list).
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub default_heartbeat_secs: u32,
+}
+
+/// An error answer: status and message, as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            if let Ok(v) = header::HeaderValue::from_str("Bearer realm=\"edgeproxy\"") {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        response
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// Compares without stopping at the first difference, so that timing does not tell how much
+/// of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(
+    State(api): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <token>".into(),
+        )),
+        Some(token) if !same(token.trim().as_bytes(), api.token.as_bytes()) => {
+            Err(ApiError(StatusCode::FORBIDDEN, "wrong token".into()))
+        }
+        Some(_) => Ok(next.run(request).await),
+    }
+}
+
+pub fn router(api: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/registrations", post(register).get(list))
+        .route("/v1/registrations/{id}/heartbeat", put(heartbeat))
+        .route("/v1/registrations/{id}", axum::routing::delete(deregister))
+        .route("/v1/health", get(|| async { "ok\n" }))
+        .layer(middleware::from_fn_with_state(Arc::clone(&api), authorize))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(api)
+}
+
+/// Turns a registration into a backend row, or says what is wrong with it.
+pub fn validate(
+    r: Registration,
+    snapshot: &Snapshot,
+    default_heartbeat: u32,
+    now: i64,
+) -> Result<(Backend, String), String> {
+    validate::check_id("id", &r.id)?;
+    if !snapshot.services.iter().any(|s| s.id == r.app) {
+        return Err(format!(
+            "app {:?} is not a service of this deployment",
+            r.app
+        ));
+    }
+    let region = r
+        .region
+        .parse()
+        .map_err(|e: String| format!("region: {e}"))?;
+    let country: Country = r
+        .country
+        .as_deref()
+        .unwrap_or("ZZ")
+        .parse()
+        .map_err(|e: String| format!("country: {e}"))?;
+    let addr = validate::parse_backend_addr(&r.address)?;
+    let interval = r.heartbeat_secs.unwrap_or(default_heartbeat);
+    if interval == 0 || interval > validate::MAX_HEARTBEAT_SECS {
+        return Err(format!(
+            "heartbeat_secs {interval} is out of range 1..={}",
+            validate::MAX_HEARTBEAT_SECS
+        ));
+    }
+    let backend = Backend {
+        id: r.id,
+        service: r.app,
+        region,
+        country,
+        addr,
+        port: r.port,
+        weight: r.weight,
+        soft_limit: 10_000,
+        hard_limit: 100_000,
+        draining: false,
+        enabled: true,
+        check: r.health_check,
+        lease: Some(Lease {
+            renewed_at: now,
+            interval_secs: interval,
+        }),
+    };
+    validate::check_backend(&backend)?;
+    let metadata = serde_json::Value::Object(r.metadata).to_string();
+    Ok((backend, metadata))
+}
+
+/// Runs statements on the store off the async threads.
+async fn execute(api: &ApiState, stmts: Vec<write::Stmt>) -> Result<(), ApiError> {
+    let store = Arc::clone(&api.store);
+    match tokio::task::spawn_blocking(move || store.execute(&stmts)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(StateError::NotFound { key, .. })) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{key:?} is not registered"),
+        )),
+        Ok(Err(e)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn register(State(api): State<Arc<ApiState>>, body: Bytes) -> Result<Response, ApiError> {
+    let registration: Registration =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid registration: {e}")))?;
+    let now = unix_now();
+    let snapshot = Arc::clone(&api.snapshot.borrow());
+    let (backend, metadata) =
+        validate(registration, &snapshot, api.default_heartbeat_secs, now).map_err(bad)?;
+    let stmts =
+        write::register_backend(&backend, &metadata, now).map_err(|e| bad(e.to_string()))?;
+    execute(&api, stmts).await?;
+    let lease = backend.lease.unwrap_or(Lease {
+        renewed_at: now,
+        interval_secs: api.default_heartbeat_secs,
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(LeaseReply {
+            id: backend.id,
+            heartbeat_secs: lease.interval_secs,
+            expires_at: lease.expires_at(),
+        }),
+    )
+        .into_response())
+}
+
+async fn heartbeat(
+    State(api): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseReply>, ApiError> {
+    validate::check_id("id", &id).map_err(bad)?;
+    let now = unix_now();
+    execute(&api, write::renew_lease(&id, now)).await?;
+    let interval = api
+        .snapshot
+        .borrow()
+        .backends
+        .iter()
+        .find(|b| b.id == id)
+        .and_then(|b| b.lease)
+        .map_or(api.default_heartbeat_secs, |l| l.interval_secs);
+    let lease = Lease {
+        renewed_at: now,
+        interval_secs: interval,
+    };
+    Ok(Json(LeaseReply {
+        id,
+        heartbeat_secs: interval,
+        expires_at: lease.expires_at(),
+    }))
+}
+
+async fn deregister(
+    State(api): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    validate::check_id("id", &id).map_err(bad)?;
+    execute(&api, write::deregister_backend(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    app: Option<String>,
+}
+
+async fn list(State(api): State<Arc<ApiState>>, Query(q): Query<ListQuery>) -> Json<Vec<Listed>> {
+    let now = unix_now();
+    let snapshot = Arc::clone(&api.snapshot.borrow());
+    Json(
+        snapshot
+            .backends
+            .iter()
+            .filter(|b| q.app.as_ref().is_none_or(|app| &b.service == app))
+            .filter_map(|b| {
+                let lease = b.lease?;
+                Some(Listed {
+                    id: b.id.clone(),
+                    app: b.service.clone(),
+                    region: b.region.to_string(),
+                    address: write::address_text(&b.addr),
+                    port: b.port,
+                    weight: b.weight,
+                    expires_at: lease.expires_at(),
+                    in_pool: b.in_pool(now),
+                })
+            })
+            .collect(),
+    )
+}
