@@ -170,8 +170,7 @@ async fn request_rate(
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await?;
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -236,7 +235,11 @@ async fn api(dir: &std::path::Path) -> Result<(f64, f64, f64), Error> {
     let registrations = request_rate(addr, register, hyper::StatusCode::CREATED).await?;
     let heartbeat = Arc::new(|c: usize, n: u64| {
         let id = (n % 100) as usize * CLIENTS + c;
-        request("PUT", format!("/v1/registrations/be{id}/heartbeat"), String::new())
+        request(
+            "PUT",
+            format!("/v1/registrations/be{id}/heartbeat"),
+            String::new(),
+        )
     });
     let heartbeats = request_rate(addr, heartbeat, hyper::StatusCode::OK).await?;
     let floor = Arc::new(|_: usize, _: u64| request("GET", "/v1/health".into(), String::new()));
