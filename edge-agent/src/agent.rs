@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::{
     balancer::{self, GeoClasses, Inputs},
     bpffs::PinDir,
-    config::AgentConfig,
+    config::{AgentConfig, StateKind},
     counters,
     dataplane::{self, Attach, DataPlane, MapSizes},
     dns::{self, DnsServer, Zone},
@@ -27,11 +27,13 @@ use crate::{
     model::{Country, Region, Snapshot},
     netdev,
     services::{PopSettings, Reconciler},
-    state::{SqliteState, StateSource as _},
+    state::{corrosion::CorrosionState, SqliteState, StateSource as _, StateStore},
 };
 
 /// Everything the agent holds while it runs.
 pub struct Agent {
+    /// Taken by `run`.
+    runtime: Option<tokio::runtime::Runtime>,
     config: AgentConfig,
     config_path: Option<PathBuf>,
     pins: PinDir,
@@ -50,7 +52,9 @@ struct Balancing {
     active: HashMap<String, u64>,
     state: Snapshot,
     /// The SQLite state, when configured; else the config's `services`.
-    source: Option<Arc<SqliteState>>,
+    source: Option<Arc<dyn StateStore>>,
+    /// When the state was last read successfully (for `edge-agent status`).
+    state_read_at: Option<std::time::Instant>,
     /// Rows rejected since start, all sources together.
     rejected_rows: u64,
     /// When each draining backend (by id) was first seen draining.
@@ -173,6 +177,28 @@ pub fn pop_settings(
     }))
 }
 
+/// The configured state source: Corrosion, the local file, or none (the config's services).
+fn open_source(
+    config: &AgentConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Option<Arc<dyn StateStore>>> {
+    Ok(match (config.state.source, &config.state.database) {
+        (StateKind::Corrosion, _) => {
+            let _inside = runtime.enter();
+            let source = CorrosionState::start(&config.state.corrosion)
+                .context("starting the Corrosion source")?;
+            info!(source = %source.describe(), "state from Corrosion");
+            Some(Arc::new(source))
+        }
+        (StateKind::Sqlite, Some(path)) => {
+            Some(Arc::new(SqliteState::open(path).with_context(|| {
+                format!("opening the state database {}", path.display())
+            })?))
+        }
+        (StateKind::Sqlite, None) => None,
+    })
+}
+
 fn load_config(path: Option<&Path>) -> anyhow::Result<AgentConfig> {
     AgentConfig::load(path, |var| std::env::var(var).ok()).context("loading configuration")
 }
@@ -196,6 +222,11 @@ impl Agent {
             );
         }
         let pop = pop_settings(&config, &iface)?;
+        // Made here, not in `run`: the Corrosion source starts its subscriptions on it.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
         let sizes = MapSizes {
             flows: config.flows.max_entries,
             maglev: 2 * config.maglev.max_services * config.maglev.table_size,
@@ -220,12 +251,8 @@ impl Agent {
                 geo_written: geo_maps::Written::default(),
                 active: HashMap::new(),
                 state: Snapshot::default(),
-                source: match &config.state.database {
-                    Some(path) => Some(Arc::new(SqliteState::open(path).with_context(|| {
-                        format!("opening the state database {}", path.display())
-                    })?)),
-                    None => None,
-                },
+                source: open_source(&config, &runtime)?,
+                state_read_at: None,
                 rejected_rows: 0,
                 rejected_seen: std::collections::HashSet::new(),
                 draining_since: HashMap::new(),
@@ -244,6 +271,7 @@ impl Agent {
             }
         };
         let mut agent = Agent {
+            runtime: Some(runtime),
             config,
             config_path,
             pins,
@@ -299,7 +327,7 @@ impl Agent {
             Some(source) => match source.snapshot() {
                 Ok(snapshot) => snapshot,
                 Err(error) => {
-                    warn!(%error, "reading the state failed; the maps keep the last good state");
+                    warn!(source = %source.describe(), %error, "reading the state failed; the maps keep the last good state");
                     return;
                 }
             },
@@ -323,6 +351,7 @@ impl Agent {
                 .or_insert(started);
         }
         b.state = state;
+        b.state_read_at = Some(std::time::Instant::now());
         let zone = b.zone(&self.config, &b.health.views());
         b.health.sync(&b.state, &|name| zone.resolve(name));
         b.snapshot_tx.send_replace(Arc::new(b.state.clone()));
@@ -518,7 +547,7 @@ impl Agent {
             return;
         };
         let rows = b.health.rows(all, crate::model::unix_now());
-        let Some(source) = &b.source else {
+        let Some(source) = b.source.clone() else {
             return;
         };
         // One transaction for all of them: one change for the watchers, one fsync.
@@ -529,8 +558,52 @@ impl Agent {
                 Err(error) => warn!(%error, "health row refused"),
             }
         }
-        if let Err(error) = source.execute(&stmts) {
-            warn!(%error, rows = rows.len(), "writing health rows failed");
+        if stmts.is_empty() {
+            return;
+        }
+        // Off the agent's thread: a remote store answers in its own time.
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = source.execute(&stmts) {
+                warn!(%error, rows = rows.len(), "writing health rows failed");
+            }
+        });
+    }
+
+    /// Writes what only the running agent knows (state source and staleness, health checks,
+    /// DNS) where `edge-agent status` finds it.
+    fn write_status(&self) {
+        let Some(b) = self.balancing.as_ref() else {
+            return;
+        };
+        let state = match &b.source {
+            Some(source) => serde_json::json!({
+                "source": source.describe(),
+                "stale_secs": source.staleness().map(|d| d.as_secs_f64()),
+                "detail": source.detail(),
+            }),
+            None => serde_json::json!({"source": "the config file's services", "stale_secs": 0.0}),
+        };
+        let doc = serde_json::json!({
+            "pid": std::process::id(),
+            "written_at": crate::model::unix_now(),
+            "state": state,
+            "state_read_secs_ago": b.state_read_at.map(|t| t.elapsed().as_secs_f64()),
+            "health": {
+                "checking": b.health.checking(),
+                "checks": b.health.checks,
+                "transitions": b.health.transitions,
+            },
+            "dns": b.dns.as_ref().map(|d| d.local.clone()),
+        });
+        let path = self.pins.agent_status_file();
+        let tmp = path.with_extension("tmp");
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, doc.to_string()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(error) = written {
+            debug!(%error, path = %path.display(), "writing the agent status");
         }
     }
 
@@ -617,10 +690,7 @@ impl Agent {
 
     /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the configuration.
     pub fn run(mut self) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
+        let runtime = self.runtime.take().context("the agent's runtime is gone")?;
         runtime.block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -630,7 +700,7 @@ impl Agent {
             let mut binding_gc =
                 tokio::time::interval(Duration::from_secs(self.config.affinity.gc_interval_secs.max(1)));
             let mut changes = match self.balancing.as_ref().and_then(|b| b.source.as_ref()) {
-                Some(source) => Some(source.changes().context("watching the state database")?),
+                Some(source) => Some(source.changes().context("watching the state")?),
                 None => None,
             };
             self.start_dns().await;
@@ -682,6 +752,7 @@ impl Agent {
                         }
                     }
                     _ = replan.tick() => {
+                        self.write_status();
                         // Leases run out with time alone: registered backends need a look
                         // every second.
                         if self.balancing.as_mut().is_some_and(|b| {

@@ -41,6 +41,17 @@ pub struct PinDir {
 }
 
 impl PinDir {
+    /// Where the agent pinning here writes its status (`edge-agent status` reads it): under
+    /// /run, named after this root, so that agents of different roots do not collide.
+    pub fn agent_status_file(&self) -> PathBuf {
+        let name = self
+            .root()
+            .to_string_lossy()
+            .trim_matches('/')
+            .replace('/', "_");
+        Path::new("/run/edgeproxy").join(format!("{name}.json"))
+    }
+
     pub fn new(root: impl Into<PathBuf>) -> Self {
         PinDir { root: root.into() }
     }

@@ -15,6 +15,7 @@ use crate::{
     health::{CheckSpec, HealthConfig},
     model::{Backend, BackendAddr, Country, Region, RejectedRow, Service, Snapshot},
     register::RegisterConfig,
+    state::corrosion::CorrosionConfig,
 };
 
 #[derive(Debug, Error)]
@@ -109,7 +110,21 @@ pub struct AgentConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
+    /// Where the state comes from: the local file (`database`, the default) or Corrosion.
+    pub source: StateKind,
     pub database: Option<PathBuf>,
+    /// Corrosion's API, when `source = "corrosion"`.
+    pub corrosion: CorrosionConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    /// `database`, a local SQLite file (or, without it, the config's `services`).
+    #[default]
+    Sqlite,
+    /// Corrosion's replicated SQLite, through its HTTP API.
+    Corrosion,
 }
 
 /// Client -> backend bindings (v1: `EDGEPROXY_BINDING_TTL_SECS`,

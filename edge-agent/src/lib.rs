@@ -12,6 +12,7 @@ pub mod flows;
 pub mod geo;
 pub mod geo_maps;
 pub mod health;
+pub mod http_client;
 pub mod maglev;
 pub mod model;
 pub mod netdev;

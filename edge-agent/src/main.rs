@@ -269,9 +269,20 @@ fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
     let snapshot = counters::snapshot(&map)?;
     let nat = counters::nat_report(pins)?;
     let attached = pins.attached_ifaces();
+    // What only the running agent knows; written every second, so an old file means no agent.
+    let agent = std::fs::read(pins.agent_status_file())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let age = agent
+        .as_ref()
+        .and_then(|a| a["written_at"].as_i64())
+        .map(|at| edge_agent::model::unix_now() - at);
+    let running = age.is_some_and(|a| a <= 5);
     match output {
         Output::Json => {
             let doc = serde_json::json!({
+                "agent_running": running,
+                "agent": agent,
                 "bpffs_root": pins.root(),
                 "attached": attached,
                 "counters": snapshot.classes,
@@ -290,6 +301,25 @@ fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
                     attached.join(", "),
                     pins.root().display()
                 );
+            }
+            match (&agent, running) {
+                (Some(a), true) => {
+                    let stale = a["state"]["stale_secs"].as_f64().map_or_else(
+                        || "never read yet".to_owned(),
+                        |s| format!("{s:.1} s stale"),
+                    );
+                    println!(
+                        "agent: pid {}, state from {} ({stale}), {} backends checked",
+                        a["pid"],
+                        a["state"]["source"].as_str().unwrap_or("?"),
+                        a["health"]["checking"]
+                    );
+                }
+                (_, false) => println!(
+                    "agent: not running{}",
+                    age.map_or_else(String::new, |a| format!(" (last status {a} s ago)"))
+                ),
+                (None, true) => {}
             }
             print!("{snapshot}");
             if !nat.services.is_empty() || !nat.backends.is_empty() {

@@ -203,7 +203,7 @@ fn api(name: &str) -> Result<Api, Error> {
     std::mem::forget(tx);
     let state = Arc::new(ApiState {
         token: TOKEN.into(),
-        store: Arc::clone(&store),
+        store: Arc::clone(&store) as Arc<dyn edge_agent::state::StateStore>,
         snapshot: rx,
         default_heartbeat_secs: 10,
     });

@@ -45,6 +45,24 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
             .env("EDGE_AGENT_BIN", &agent)
             .env("EDGE_XTASK_BIN", &xtask),
     )?;
+    // Corrosion is in no registry: its lab test runs only against a binary the user names.
+    match std::env::var_os("CORROSION_BIN") {
+        Some(bin) => {
+            println!("CORROSION_BIN={}: running the Corrosion lab", bin.to_string_lossy());
+            shell::run(
+                shell::cargo()
+                    .args(["test", "-p", "edge-tests", "--test", "e2e", "corrosion_lab"])
+                    .args(cargo_args)
+                    .args(["--", "--ignored"])
+                    .env("EDGE_AGENT_BIN", &agent)
+                    .env("EDGE_XTASK_BIN", &xtask),
+            )?;
+        }
+        None => println!(
+            "skipped: corrosion_lab::three_pops_replicate_through_corrosion (CORROSION_BIN is not set; \
+             Corrosion is in no package registry, see docs/corrosion.md)"
+        ),
+    }
     let left = edge_lab::find_leftovers(None);
     if !left.is_empty() {
         bail!("the test suite left lab objects behind (`cargo xtask lab clean` removes them):\n{left}");

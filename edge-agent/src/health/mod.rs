@@ -3,10 +3,10 @@
 //! and the scheduler that runs thousands of checks with bounded concurrency.
 //!
 //! How the signals combine (also in docs/operations.md):
-//! - A backend starts `unknown` (eligible). A failed check makes an `up` backend `degraded`
-//!   (it keeps flows, with a quarter of its share); `fall` consecutive failures make it `down`
-//!   (no new flows); `rise` consecutive successes bring a `down` one back `up`.
-//! - `degraded` also holds while the backend failed `degrade.error_percent` of its last
+//! - A backend starts `unknown` (eligible). `fall` consecutive failures make it `down` (no new
+//!   flows); `rise` consecutive successes bring a `down` one back `up`. A single failure only
+//!   counts towards `fall`, as in HAProxy: a check lost to a busy moment moves no flows.
+//! - `degraded` (a quarter of its share) holds while the backend failed `degrade.error_percent` of its last
 //!   `degrade.window` checks, or its smoothed RTT is above `degrade.rtt_ms`.
 //! - Inside a geo tier, backends are weighed by smoothed RTT against the fastest of the tier
 //!   (halved per doubling, down to an eighth): a slow backend loses share before it fails.

@@ -117,13 +117,18 @@ impl Tracker {
                         format!("suspect (passive signal) and its check failed: {error}"),
                     )
                 } else {
-                    (
-                        HealthStatus::Degraded,
-                        format!(
-                            "{} of {} checks failed: {error}",
-                            self.fail_streak, timing.fall
+                    // One failure only counts towards `fall` (as in HAProxy): a check lost to a
+                    // busy moment must not move flows. The error rate degrades.
+                    match self.degraded_by(degrade) {
+                        Some(reason) => (HealthStatus::Degraded, format!("{reason}: {error}")),
+                        None => (
+                            self.status,
+                            format!(
+                                "{} of {} checks failed: {error}",
+                                self.fail_streak, timing.fall
+                            ),
                         ),
-                    )
+                    }
                 }
             }
         };
@@ -236,7 +241,8 @@ mod tests {
         let mut t = Tracker::new(Unknown, None);
         assert_eq!(
             run(&mut t, &[pass(1), fail(), fail(), fail(), fail()], &quiet),
-            [Up, Degraded, Degraded, Down, Down]
+            [Up, Up, Up, Down, Down],
+            "failures count towards fall; with the error-rate rule off nothing degrades"
         );
         assert!(
             t.reason.contains("4 consecutive checks failed"),
@@ -248,7 +254,7 @@ mod tests {
             [Down, Down, Down, Up],
             "rise counts consecutive successes"
         );
-        assert_eq!(t.transitions, 4);
+        assert_eq!(t.transitions, 3);
         assert_eq!((t.checks, t.failures), (9, 5));
     }
 

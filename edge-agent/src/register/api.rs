@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use crate::{
     health::CheckSpec,
     model::{unix_now, Backend, Country, Lease, Snapshot},
-    state::{validate, write, SqliteState, StateError},
+    state::{validate, write, StateError, StateStore},
 };
 
 /// What a backend says about itself.
@@ -87,7 +87,7 @@ pub struct Listed {
 pub struct ApiState {
     /// The deployment's bearer token.
     pub token: String,
-    pub store: Arc<SqliteState>,
+    pub store: Arc<dyn StateStore>,
     /// The state as the agent last read it (for the apps that exist, and the list).
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub default_heartbeat_secs: u32,

@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use http_body_util::{BodyExt as _, Full};
-use hyper::{body::Bytes, Method, Request, StatusCode, Uri};
-use tokio::net::TcpStream;
+use hyper::{body::Bytes, Method, StatusCode, Uri};
 use tracing::{info, warn};
 
 use super::api::LeaseReply;
+use crate::http_client;
 
 /// The sidecar's settings (its command line).
 #[derive(Clone, Debug)]
@@ -30,7 +29,9 @@ pub struct Sidecar {
     pub heartbeat_secs: u32,
 }
 
-/// One HTTP/1.1 request with a JSON body; the status and the body of the answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One request with a JSON body; the status and the body of the answer.
 async fn call(
     api: &Uri,
     token: &str,
@@ -38,38 +39,13 @@ async fn call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
-    let authority = api.authority().context("the API address has no host")?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
-    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((host, port)))
+    let body = body.map(|b| Bytes::from(b.to_string()));
+    let response = http_client::send(api, Some(token), method, path, body, TIMEOUT).await?;
+    let status = response.status();
+    let bytes = http_client::body(response, TIMEOUT)
         .await
-        .context("connecting to the API: timed out")?
-        .with_context(|| format!("connecting to the API at {authority}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    let conn = tokio::spawn(conn);
-    let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, authority.as_str())
-        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))?;
-    let result = async {
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, bytes))
-    };
-    let result = tokio::time::timeout(Duration::from_secs(5), result)
-        .await
-        .context("the API did not answer within 5 s")?;
-    conn.abort();
-    result
+        .map_err(anyhow::Error::msg)?;
+    Ok((status, bytes))
 }
 
 impl Sidecar {

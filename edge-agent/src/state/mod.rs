@@ -7,6 +7,7 @@
 //! order of [`validate::columns`], through the same [`validate::SnapshotBuilder`], and sends the
 //! statements of [`write`] through Corrosion's transactions API.
 
+pub mod corrosion;
 pub mod import_v1;
 pub mod schema;
 pub mod sqlite;
@@ -66,6 +67,8 @@ pub enum StateError {
     },
     #[error("{table} {key:?} does not exist")]
     NotFound { table: &'static str, key: String },
+    #[error("{what}: {reason}")]
+    Remote { what: String, reason: String },
 }
 
 /// A validated state and the rows that did not make it.
@@ -86,6 +89,50 @@ pub trait StateSource: Send + Sync {
 
     /// A feed of change notifications, independent of any other feed of the same source.
     fn changes(&self) -> Result<Box<dyn Changes>, StateError>;
+}
+
+/// A source the agent also writes to: health rows, registrations.
+pub trait StateStore: StateSource {
+    /// Runs the statements as one transaction. May block on I/O: call it from a blocking
+    /// context (`tokio::task::spawn_blocking`).
+    fn execute(&self, stmts: &[write::Stmt]) -> Result<(), StateError>;
+
+    /// How far behind the source may be: zero while it is known to be current (a watched
+    /// local file, a live subscription); while it is not, the time since it was last heard
+    /// from; `None` before it was ever read.
+    fn staleness(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::ZERO)
+    }
+
+    /// Source-specific details for `edge-agent status`.
+    fn detail(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+impl StateStore for SqliteState {
+    fn execute(&self, stmts: &[write::Stmt]) -> Result<(), StateError> {
+        SqliteState::execute(self, stmts)
+    }
+}
+
+impl StateStore for corrosion::CorrosionState {
+    fn execute(&self, stmts: &[write::Stmt]) -> Result<(), StateError> {
+        corrosion::CorrosionState::execute(self, stmts)
+    }
+
+    fn staleness(&self) -> Option<std::time::Duration> {
+        let h = self.health();
+        if h.connected && h.synced {
+            Some(std::time::Duration::ZERO)
+        } else {
+            h.last_event.map(|t| t.elapsed())
+        }
+    }
+
+    fn detail(&self) -> serde_json::Value {
+        serde_json::to_value(self.health()).unwrap_or_default()
+    }
 }
 
 /// Change notifications of a [`StateSource`].

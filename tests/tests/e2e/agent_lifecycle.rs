@@ -77,11 +77,16 @@ fn sigkill_keeps_the_data_plane_and_a_new_agent_adopts_it() -> TestResult {
     );
 
     let second = start_agent(&lab, &[])?;
-    assert!(
-        second.output_so_far().contains("adopted the pinned link"),
-        "second agent should adopt the pinned link; it said:\n{}",
-        second.output_so_far()
-    );
+    // Its log (stderr) is read on its own thread: it may trail the ready line (stdout).
+    if second
+        .wait_for_output("adopted the pinned link", Duration::from_secs(5))
+        .is_err()
+    {
+        panic!(
+            "second agent should adopt the pinned link; it said:\n{}",
+            second.output_so_far()
+        );
+    }
     let adopted = icmp()?;
     assert!(
         adopted >= while_dead,

@@ -3,6 +3,7 @@
 
 mod agent_lifecycle;
 mod common;
+mod corrosion_lab;
 mod dns_register_lab;
 mod drain_timeout;
 mod geo_lab;
