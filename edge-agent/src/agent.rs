@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use axum::response::IntoResponse as _;
 use edge_common::{names, FlowKey, FlowValue};
 use tracing::{debug, info, warn};
 
@@ -34,6 +35,8 @@ use crate::{
 pub struct Agent {
     /// Taken by `run`.
     runtime: Option<tokio::runtime::Runtime>,
+    /// What the agent publishes for `/metrics`, refreshed every second.
+    metrics_view: Arc<std::sync::Mutex<crate::metrics::AgentView>>,
     config: AgentConfig,
     config_path: Option<PathBuf>,
     pins: PinDir,
@@ -70,6 +73,8 @@ struct Balancing {
     dns: Option<DnsServer>,
     dns_serial: u32,
     zone_published: Vec<hickory_proto::rr::Record>,
+    /// Writes this POP's health rows (started with the runtime, when there is a store).
+    health_writer: Option<crate::health::writer::Writer>,
     /// The state as last read, for the registration API.
     snapshot_tx: tokio::sync::watch::Sender<Arc<Snapshot>>,
 }
@@ -259,6 +264,7 @@ impl Agent {
                 health: Monitor::new(config.health.clone(), config.pop_id.clone()),
                 last_plan: None,
                 dns: None,
+                health_writer: None,
                 dns_serial: 0,
                 zone_published: Vec::new(),
                 snapshot_tx: tokio::sync::watch::channel(Arc::new(Snapshot::default())).0,
@@ -272,6 +278,7 @@ impl Agent {
         };
         let mut agent = Agent {
             runtime: Some(runtime),
+            metrics_view: Arc::default(),
             config,
             config_path,
             pins,
@@ -547,26 +554,12 @@ impl Agent {
             return;
         };
         let rows = b.health.rows(all, crate::model::unix_now());
-        let Some(source) = b.source.clone() else {
-            return;
-        };
-        // One transaction for all of them: one change for the watchers, one fsync.
-        let mut stmts = Vec::new();
-        for row in &rows {
-            match crate::state::write::upsert_health(row) {
-                Ok(s) => stmts.extend(s),
-                Err(error) => warn!(%error, "health row refused"),
-            }
+        if b.health_writer.is_none() {
+            b.health_writer = b.source.clone().map(crate::health::writer::Writer::start);
         }
-        if stmts.is_empty() {
-            return;
+        if let Some(writer) = &b.health_writer {
+            writer.send(rows);
         }
-        // Off the agent's thread: a remote store answers in its own time.
-        tokio::task::spawn_blocking(move || {
-            if let Err(error) = source.execute(&stmts) {
-                warn!(%error, rows = rows.len(), "writing health rows failed");
-            }
-        });
     }
 
     /// Writes what only the running agent knows (state source and staleness, health checks,
@@ -595,6 +588,7 @@ impl Agent {
             },
             "dns": b.dns.as_ref().map(|d| d.local.clone()),
         });
+        self.publish_metrics(b);
         let path = self.pins.agent_status_file();
         let tmp = path.with_extension("tmp");
         let written = path
@@ -604,6 +598,96 @@ impl Agent {
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(error) = written {
             debug!(%error, path = %path.display(), "writing the agent status");
+        }
+    }
+
+    /// Refreshes what `/metrics` reports of the agent itself.
+    fn publish_metrics(&self, b: &Balancing) {
+        let mut view = crate::metrics::AgentView {
+            state_source: b
+                .source
+                .as_ref()
+                .map_or_else(|| "config".to_owned(), |s| s.describe()),
+            state_stale_seconds: match &b.source {
+                Some(source) => source.staleness().map(|d| d.as_secs_f64()),
+                None => Some(0.0),
+            },
+            rejected_rows: b.rejected_rows,
+            health_checks: b.health.checks,
+            health_transitions: b.health.transitions,
+            ..crate::metrics::AgentView::default()
+        };
+        for s in &b.state.services {
+            let key = crate::services::service_key(s.vip, s.port);
+            view.services
+                .insert(flows::endpoint(&key.addr, key.port), s.id.clone());
+        }
+        let trackers: HashMap<&String, &crate::health::tracker::Tracker> =
+            b.health.trackers().collect();
+        for backend in &b.state.backends {
+            let addr = match &backend.addr {
+                crate::model::BackendAddr::Ip(ip) => format!("[{ip}]:{}", backend.port),
+                crate::model::BackendAddr::Name(n) => format!("{n}:{}", backend.port),
+            };
+            let t = trackers.get(&backend.id);
+            view.backends.insert(
+                backend.id.clone(),
+                crate::metrics::BackendView {
+                    service: backend.service.clone(),
+                    addr,
+                    status: crate::state::validate::status_str(
+                        t.map_or(crate::model::HealthStatus::Unknown, |t| t.status),
+                    ),
+                    rtt_seconds: t.and_then(|t| t.srtt_us).map(|us| f64::from(us) / 1e6),
+                    checks: t.map_or(0, |t| t.checks),
+                    failures: t.map_or(0, |t| t.failures),
+                },
+            );
+        }
+        let mut shared = self.metrics_view.lock().unwrap_or_else(|e| e.into_inner());
+        view.start_time_seconds = shared.start_time_seconds;
+        *shared = view;
+    }
+
+    /// Serves `/metrics` where configured.
+    async fn start_metrics(&self) {
+        let Some(addr) = self.config.metrics.listen else {
+            return;
+        };
+        self.metrics_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start_time_seconds = crate::model::unix_now() as f64;
+        let (pins, view) = (self.pins.clone(), Arc::clone(&self.metrics_view));
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (pins, view) = (pins.clone(), Arc::clone(&view));
+                async move {
+                    // Reading the maps is blocking work (bpf syscalls, a flow table walk).
+                    match tokio::task::spawn_blocking(move || crate::metrics::render(&pins, &view))
+                        .await
+                    {
+                        Ok(Ok(text)) => (
+                            [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                            text,
+                        )
+                            .into_response(),
+                        _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    }
+                }
+            }),
+        );
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tokio::spawn(async move {
+                    if let Err(error) = axum::serve(listener, app).await {
+                        warn!(%error, "metrics endpoint stopped");
+                    }
+                });
+                info!(%addr, "metrics at /metrics");
+            }
+            Err(error) => warn!(%addr, %error, "metrics endpoint: cannot listen"),
         }
     }
 
@@ -704,6 +788,7 @@ impl Agent {
                 None => None,
             };
             self.start_dns().await;
+            self.start_metrics().await;
             self.start_register_api().await;
             let mut checks = self.balancing.as_mut().and_then(|b| b.health.start());
             let health = self.config.health.clone();
@@ -783,6 +868,8 @@ impl Agent {
                 }
             }
         })?;
+        // An agent that is gone has no status; a killed one's file ages, and `status` says so.
+        let _ = std::fs::remove_file(self.pins.agent_status_file());
         info!("agent stopping; the data plane stays attached (`edge-agent detach` removes it)");
         Ok(())
     }

@@ -13,6 +13,7 @@ use crate::{
     bpffs,
     dns::DnsConfig,
     health::{CheckSpec, HealthConfig},
+    metrics::MetricsConfig,
     model::{Backend, BackendAddr, Country, Region, RejectedRow, Service, Snapshot},
     register::RegisterConfig,
     state::corrosion::CorrosionConfig,
@@ -101,6 +102,8 @@ pub struct AgentConfig {
     pub dns: DnsConfig,
     /// The registration API.
     pub register: RegisterConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// Services and their backends, when state does not come from a database.
     pub services: Vec<ServiceConfig>,
 }
@@ -179,6 +182,7 @@ impl Default for AgentConfig {
             health: HealthConfig::default(),
             dns: DnsConfig::default(),
             register: RegisterConfig::default(),
+            metrics: MetricsConfig::default(),
             services: Vec::new(),
         }
     }

@@ -14,6 +14,7 @@ pub mod geo_maps;
 pub mod health;
 pub mod http_client;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod netdev;
 pub mod object;

@@ -36,6 +36,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "HTTP load in the benchmark"),
     ("bind9-dnsutils", "dig: querying the agent's DNS in the lab"),
     ("curl", "calling the registration API in the lab"),
+    ("prometheus", "promtool: checking the agent's /metrics"),
 ];
 
 /// bpf-linker release known to build against the nightly's LLVM here (see ../shared/TOOLCHAIN.md).

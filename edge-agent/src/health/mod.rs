@@ -22,5 +22,6 @@ pub mod passive;
 pub mod probe;
 pub mod spec;
 pub mod tracker;
+pub mod writer;
 
 pub use self::spec::{CheckKind, CheckSpec, HealthConfig, Profile, Timing};

@@ -241,6 +241,11 @@ impl Monitor {
         rows
     }
 
+    /// Every backend's tracker, by id.
+    pub fn trackers(&self) -> impl Iterator<Item = (&String, &Tracker)> {
+        self.trackers.iter()
+    }
+
     /// Some backend's status or reason changed since the last [`Monitor::rows`].
     pub fn has_changes(&self) -> bool {
         !self.changed.is_empty()

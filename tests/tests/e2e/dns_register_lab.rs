@@ -252,6 +252,21 @@ fn dns_answers_from_state_and_registrations_come_and_go() -> TestResult {
         &format!("http://[{OVERLAY}]:7070/v1/registrations"),
     ])?;
     assert_eq!(curl.stdout.trim(), "401");
+
+    // The operator sees which state source the running agent uses, and that it is current.
+    let out = std::process::Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(edge_lab::bpffs_pin_dir(lab.ns("pop").name()))
+        .args(["status", "--output", "json"])
+        .output()?;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(doc["agent_running"], true, "{doc}");
+    let source = doc["agent"]["state"]["source"].as_str().unwrap_or_default();
+    assert!(
+        source.starts_with("sqlite ") && source.ends_with("routing.db"),
+        "{source}"
+    );
+    assert_eq!(doc["agent"]["state"]["stale_secs"], 0.0);
     drop(agent);
     tear_down(lab);
     Ok(())

@@ -8,6 +8,7 @@ mod dns_register_lab;
 mod drain_timeout;
 mod geo_lab;
 mod health_lab;
+mod metrics_lab;
 mod nat_lab;
 mod restart_under_load;
 mod table_swap;

@@ -1,0 +1,354 @@
+//! The Prometheus endpoint (`GET /metrics` on `[metrics] listen`): the data plane's counters,
+//! read from the pinned maps at each scrape, and what the agent knows (health, state source),
+//! as it last published it.
+//!
+//! The `prometheus` crate encodes it in the classic text format (0.0.4), which every scraper
+//! and `promtool check metrics` read; prometheus-client's OpenMetrics text was tried first, and
+//! promtool reads its counter families as help-less ones. Each scrape fills a fresh registry
+//! with the values read: the figures live in the kernel and the agent, not in the registry.
+//!
+//! Kernel counters are labelled by what the kernel knows: a backend's overlay endpoint
+//! (`addr`); `edgeproxy_backend_info{backend,service,addr}` joins them to state's ids.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex};
+
+use prometheus::{Encoder as _, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
+use serde::{Deserialize, Serialize};
+
+use crate::{bpffs::PinDir, counters};
+
+/// The `[metrics]` section of the agent's config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served; none: off.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9469))),
+        }
+    }
+}
+
+/// One backend as the agent sees it.
+#[derive(Clone, Debug, Default)]
+pub struct BackendView {
+    pub service: String,
+    /// `[addr]:port`, as the kernel counters are labelled.
+    pub addr: String,
+    pub status: &'static str,
+    pub rtt_seconds: Option<f64>,
+    pub checks: u64,
+    pub failures: u64,
+}
+
+/// What the agent publishes for scrapes (once a second).
+#[derive(Clone, Debug, Default)]
+pub struct AgentView {
+    pub backends: BTreeMap<String, BackendView>,
+    /// `vip:port` -> service id.
+    pub services: BTreeMap<String, String>,
+    pub state_source: String,
+    pub state_stale_seconds: Option<f64>,
+    pub rejected_rows: u64,
+    pub health_checks: u64,
+    pub health_transitions: u64,
+    pub start_time_seconds: f64,
+}
+
+/// One scrape's registry, filled family by family.
+struct Scrape {
+    registry: Registry,
+}
+
+impl Scrape {
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        samples: Vec<(Vec<String>, u64)>,
+    ) -> prometheus::Result<()> {
+        let family = IntCounterVec::new(Opts::new(name, help), labels)?;
+        for (values, v) in samples {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            family.get_metric_with_label_values(&values)?.inc_by(v);
+        }
+        self.registry.register(Box::new(family))
+    }
+
+    fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        samples: Vec<(Vec<String>, f64)>,
+    ) -> prometheus::Result<()> {
+        let family = GaugeVec::new(Opts::new(name, help), labels)?;
+        for (values, v) in samples {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            family.get_metric_with_label_values(&values)?.set(v);
+        }
+        self.registry.register(Box::new(family))
+    }
+}
+
+/// Reads everything and renders `/metrics` (blocking: bpf syscalls and a flow table walk).
+pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<String> {
+    let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let out = Scrape {
+        registry: Registry::new(),
+    };
+    // The maps may be missing (data plane detached): the agent's own figures still count.
+    if let Ok(snapshot) = counters::open_pinned(pins).and_then(|m| counters::snapshot(&m)) {
+        let labels = |c: &counters::ClassCounters| {
+            vec![c.ip.to_string(), c.proto.to_string(), c.verdict.to_string()]
+        };
+        let classes = ["ip", "proto", "verdict"];
+        out.counters(
+            "edgeproxy_packets_total",
+            "Frames seen by the XDP program, by class and verdict",
+            &classes,
+            snapshot
+                .classes
+                .iter()
+                .map(|c| (labels(c), c.packets))
+                .collect(),
+        )?;
+        out.counters(
+            "edgeproxy_bytes_total",
+            "Bytes of the frames seen by the XDP program, by class and verdict",
+            &classes,
+            snapshot
+                .classes
+                .iter()
+                .map(|c| (labels(c), c.bytes))
+                .collect(),
+        )?;
+    }
+    if let Ok(nat) = counters::nat_report(pins) {
+        let service = |vip: &str| view.services.get(vip).cloned().unwrap_or_default();
+        let per_service = |f: &dyn Fn(&counters::ServiceRow) -> u64| {
+            nat.services
+                .iter()
+                .map(|s| (vec![service(&s.vip), s.vip.clone()], f(s)))
+                .collect::<Vec<_>>()
+        };
+        let svc = ["service", "vip"];
+        out.counters(
+            "edgeproxy_service_packets_total",
+            "Client-to-backend packets of a service",
+            &svc,
+            per_service(&|s| s.packets),
+        )?;
+        out.counters(
+            "edgeproxy_service_bytes_total",
+            "Client-to-backend bytes of a service",
+            &svc,
+            per_service(&|s| s.bytes),
+        )?;
+        out.counters(
+            "edgeproxy_service_new_flows_total",
+            "Connections a service accepted",
+            &svc,
+            per_service(&|s| s.new_flows),
+        )?;
+        out.counters(
+            "edgeproxy_service_no_backend_total",
+            "SYNs dropped for want of an eligible backend",
+            &svc,
+            per_service(&|s| s.no_backend),
+        )?;
+        let per_backend = |f: &dyn Fn(&counters::BackendRow) -> u64| {
+            nat.backends
+                .iter()
+                .map(|b| (vec![b.addr.clone()], f(b)))
+                .collect::<Vec<_>>()
+        };
+        let directed = |to: &dyn Fn(&counters::BackendRow) -> u64,
+                        from: &dyn Fn(&counters::BackendRow) -> u64| {
+            nat.backends
+                .iter()
+                .flat_map(|b| {
+                    [
+                        (vec![b.addr.clone(), "to".to_owned()], to(b)),
+                        (vec![b.addr.clone(), "from".to_owned()], from(b)),
+                    ]
+                })
+                .collect::<Vec<_>>()
+        };
+        out.counters(
+            "edgeproxy_backend_packets_total",
+            "Packets to and from a backend",
+            &["addr", "direction"],
+            directed(&|b| b.packets_to, &|b| b.packets_from),
+        )?;
+        out.counters(
+            "edgeproxy_backend_bytes_total",
+            "Bytes to and from a backend",
+            &["addr", "direction"],
+            directed(&|b| b.bytes_to, &|b| b.bytes_from),
+        )?;
+        for (name, help, f) in [
+            (
+                "edgeproxy_backend_new_flows_total",
+                "Connections given to a backend",
+                &(|b: &counters::BackendRow| b.new_flows) as &dyn Fn(&counters::BackendRow) -> u64,
+            ),
+            (
+                "edgeproxy_backend_resets_total",
+                "RSTs a backend sent",
+                &|b| b.resets_from,
+            ),
+            (
+                "edgeproxy_backend_syn_acks_total",
+                "Connections a backend answered with a SYN-ACK",
+                &|b| b.syn_acks,
+            ),
+            (
+                "edgeproxy_backend_refused_total",
+                "Connections a backend refused (a RST before any SYN-ACK)",
+                &|b| b.refused,
+            ),
+        ] {
+            out.counters(name, help, &["addr"], per_backend(f))?;
+        }
+        let as_f64 = |v: Vec<(Vec<String>, u64)>| {
+            v.into_iter()
+                .map(|(l, v)| (l, v as f64))
+                .collect::<Vec<_>>()
+        };
+        out.gauges(
+            "edgeproxy_backend_active_flows",
+            "Live connections of a backend in the flow table",
+            &["addr"],
+            as_f64(per_backend(&|b| b.active_flows)),
+        )?;
+        out.gauges(
+            "edgeproxy_backend_eligible",
+            "1 if the kernel may give the backend new flows",
+            &["addr"],
+            as_f64(per_backend(&|b| u64::from(b.eligible))),
+        )?;
+        let d = &nat.drops;
+        out.counters(
+            "edgeproxy_drops_total",
+            "Packets for services that were dropped or not translated, by reason",
+            &["reason"],
+            [
+                ("no_backend", d.no_backend),
+                ("port_exhausted", d.port_exhausted),
+                ("flow_insert", d.flow_insert),
+                ("unsupported", d.unsupported),
+                ("resize_failed", d.resize_failed),
+                ("redirect_failed", d.redirect_failed),
+                ("no_flow", d.no_flow),
+            ]
+            .into_iter()
+            .map(|(reason, v)| (vec![reason.to_owned()], v))
+            .collect(),
+        )?;
+        out.gauges(
+            "edgeproxy_flow_table_entries",
+            "Flow table entries (each connection takes two)",
+            &[],
+            vec![(vec![], nat.flow_entries as f64)],
+        )?;
+        out.gauges(
+            "edgeproxy_flow_table_capacity",
+            "Flow table size",
+            &[],
+            vec![(vec![], f64::from(nat.flow_capacity))],
+        )?;
+    }
+    out.gauges(
+        "edgeproxy_backend_info",
+        "A backend of state and the overlay endpoint its kernel counters are labelled by",
+        &["backend", "service", "addr"],
+        view.backends
+            .iter()
+            .map(|(id, b)| (vec![id.clone(), b.service.clone(), b.addr.clone()], 1.0))
+            .collect(),
+    )?;
+    out.gauges(
+        "edgeproxy_backend_health",
+        "1 for the backend's health status in this POP's view (unknown, up, degraded, down)",
+        &["backend", "status"],
+        view.backends
+            .iter()
+            .flat_map(|(id, b)| {
+                ["unknown", "up", "degraded", "down"].map(|status| {
+                    (
+                        vec![id.clone(), status.to_owned()],
+                        f64::from(u8::from(b.status == status)),
+                    )
+                })
+            })
+            .collect(),
+    )?;
+    out.gauges(
+        "edgeproxy_backend_check_rtt_seconds",
+        "Smoothed round-trip time of the backend's health checks",
+        &["backend"],
+        view.backends
+            .iter()
+            .filter_map(|(id, b)| Some((vec![id.clone()], b.rtt_seconds?)))
+            .collect(),
+    )?;
+    out.counters(
+        "edgeproxy_backend_checks_total",
+        "Health checks of the backend",
+        &["backend"],
+        view.backends
+            .iter()
+            .map(|(id, b)| (vec![id.clone()], b.checks))
+            .collect(),
+    )?;
+    out.counters(
+        "edgeproxy_backend_check_failures_total",
+        "Failed health checks of the backend",
+        &["backend"],
+        view.backends
+            .iter()
+            .map(|(id, b)| (vec![id.clone()], b.failures))
+            .collect(),
+    )?;
+    out.counters(
+        "edgeproxy_health_transitions_total",
+        "Backend health status changes",
+        &[],
+        vec![(vec![], view.health_transitions)],
+    )?;
+    out.gauges(
+        "edgeproxy_state_source_info",
+        "Where the agent reads its state",
+        &["source"],
+        vec![(vec![view.state_source.clone()], 1.0)],
+    )?;
+    if let Some(stale) = view.state_stale_seconds {
+        out.gauges(
+            "edgeproxy_state_staleness_seconds",
+            "How far behind the state may be (0 while known current)",
+            &[],
+            vec![(vec![], stale)],
+        )?;
+    }
+    out.counters(
+        "edgeproxy_state_rejected_rows_total",
+        "State rows rejected since start",
+        &[],
+        vec![(vec![], view.rejected_rows)],
+    )?;
+    out.gauges(
+        "edgeproxy_agent_start_time_seconds",
+        "When the agent started (Unix time)",
+        &[],
+        vec![(vec![], view.start_time_seconds)],
+    )?;
+    let mut text = Vec::new();
+    TextEncoder::new().encode(&out.registry.gather(), &mut text)?;
+    String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
