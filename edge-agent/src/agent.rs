@@ -797,6 +797,10 @@ impl Agent {
             let mut health_rows = tokio::time::interval(Duration::from_secs(health.write_interval_secs.max(1)));
             let mut replan = tokio::time::interval(Duration::from_secs(1));
             println!("edge-agent ready");
+            // systemd's Type=notify readiness (a no-op without NOTIFY_SOCKET).
+            if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                warn!(%error, "telling systemd we are ready");
+            }
             loop {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => return anyhow::Ok(()),
@@ -868,6 +872,7 @@ impl Agent {
                 }
             }
         })?;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         // An agent that is gone has no status; a killed one's file ages, and `status` says so.
         let _ = std::fs::remove_file(self.pins.agent_status_file());
         info!("agent stopping; the data plane stays attached (`edge-agent detach` removes it)");

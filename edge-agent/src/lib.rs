@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod netdev;
 pub mod object;
+pub mod pinned_maps;
 pub mod register;
 pub mod report;
 pub mod services;

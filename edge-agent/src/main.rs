@@ -67,6 +67,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Every pinned map: what it holds, its key and value, and the bpftool command to dump it.
+    Maps {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Import a v1 routing.db into the state database (`state.database` / EDGEPROXY_DB_PATH).
     ImportV1 {
         /// The v1 routing.db (opened read-only).
@@ -193,6 +198,14 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?
                 .block_on(sidecar.run())
+        }
+        Command::Maps { output } => {
+            let rows = edge_agent::pinned_maps::rows(&pins);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => edge_agent::pinned_maps::print_table(&rows),
+            }
+            Ok(())
         }
         Command::Detach => {
             if dataplane::detach(&pins).context("detaching")? {

@@ -160,17 +160,7 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
             .iter()
             .find(|h| h.pop_id == config.pop_id && h.backend_id == b.id);
         let health = row.map_or(HealthStatus::Unknown, |h| h.status);
-        let check = b
-            .check
-            .clone()
-            .or_else(|| {
-                state
-                    .services
-                    .iter()
-                    .find(|s| s.id == b.service)
-                    .and_then(|s| s.check.clone())
-            })
-            .unwrap_or_else(|| config.health.default_check.clone());
+        let check = config.health.check_of(b, &state);
         let mut shares = BTreeMap::new();
         if let Some((id, _)) = kernel {
             for (label, counts) in tables.get(&b.service).into_iter().flatten() {

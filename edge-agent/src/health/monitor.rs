@@ -94,17 +94,7 @@ impl Monitor {
                 BackendAddr::Name(name) => resolve(name),
             };
             let Some(addr) = addr else { continue };
-            let spec = b
-                .check
-                .clone()
-                .or_else(|| {
-                    state
-                        .services
-                        .iter()
-                        .find(|s| s.id == b.service)
-                        .and_then(|s| s.check.clone())
-                })
-                .unwrap_or_else(|| self.config.default_check.clone());
+            let spec = self.config.check_of(b, state);
             let timing = self.config.timing(&spec);
             targets.push((
                 Target {

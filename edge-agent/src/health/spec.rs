@@ -377,6 +377,25 @@ impl HealthConfig {
         }
     }
 
+    /// The check `backend` gets: its own, else its service's, else the default.
+    pub fn check_of(
+        &self,
+        backend: &crate::model::Backend,
+        state: &crate::model::Snapshot,
+    ) -> CheckSpec {
+        backend
+            .check
+            .clone()
+            .or_else(|| {
+                state
+                    .services
+                    .iter()
+                    .find(|s| s.id == backend.service)
+                    .and_then(|s| s.check.clone())
+            })
+            .unwrap_or_else(|| self.default_check.clone())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.default_check.validate()?;
         if self.concurrency == 0 {

@@ -130,3 +130,29 @@ pub fn churn(lab: &Lab, per_sec: u32, secs: u32) -> Result<(u64, u64), Error> {
         doc["failed"].as_u64().unwrap_or(u64::MAX),
     ))
 }
+
+/// A backend row of a lab's state: weight 1, limits far from the lab's loads, enabled, the
+/// service's check, no lease.
+pub fn lab_backend(
+    id: &str,
+    service: &str,
+    region: &str,
+    country: &str,
+    addr: edge_agent::model::BackendAddr,
+) -> Result<edge_agent::model::Backend, Error> {
+    Ok(edge_agent::model::Backend {
+        id: id.into(),
+        service: service.into(),
+        region: region.parse()?,
+        country: country.parse()?,
+        addr,
+        port: BACKEND_PORT,
+        weight: 1,
+        soft_limit: 1000,
+        hard_limit: 10_000,
+        draining: false,
+        enabled: true,
+        check: None,
+        lease: None,
+    })
+}

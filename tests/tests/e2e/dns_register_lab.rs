@@ -9,7 +9,7 @@ use std::{
 };
 
 use edge_agent::{
-    model::{Backend, BackendAddr, Pop, Service},
+    model::{BackendAddr, Pop, Service},
     state::SqliteState,
 };
 use edge_lab::{
@@ -18,7 +18,8 @@ use edge_lab::{
 };
 
 use super::common::{
-    agent_bin, churn, echo_backends, kernel_backend, tear_down, wait_eligible, TestResult,
+    agent_bin, churn, echo_backends, kernel_backend, lab_backend, tear_down, wait_eligible,
+    TestResult,
 };
 
 type Error = Box<dyn std::error::Error>;
@@ -129,21 +130,7 @@ fn dns_answers_from_state_and_registrations_come_and_go() -> TestResult {
         // Named, not numbered: the agent resolves it from its own state (host3's row).
         (3, "us", BackendAddr::Name("host3.hosts.internal".into())),
     ] {
-        state.upsert_backend(&Backend {
-            id: format!("be{n}"),
-            service: "web".into(),
-            region: region.parse()?,
-            country: "US".parse()?,
-            addr,
-            port: BACKEND_PORT,
-            weight: 1,
-            soft_limit: 1000,
-            hard_limit: 10_000,
-            draining: false,
-            enabled: true,
-            check: None,
-            lease: None,
-        })?;
+        state.upsert_backend(&lab_backend(&format!("be{n}"), "web", region, "US", addr)?)?;
     }
     drop(state);
     let config = format!(

@@ -5,7 +5,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use edge_agent::{
-    model::{Backend, BackendAddr, Service},
+    model::{BackendAddr, Service},
     state::SqliteState,
 };
 use edge_lab::{
@@ -13,7 +13,7 @@ use edge_lab::{
     pop_lab::{backend_addr, spawn_echo_load, start_agent, topology, OVERLAY, VIP4, VIP6},
 };
 
-use super::common::{agent_bin, echo_backends, tear_down, TestResult};
+use super::common::{agent_bin, echo_backends, lab_backend, tear_down, TestResult};
 
 #[test]
 fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
@@ -29,21 +29,13 @@ fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
             check: None,
         })?;
         for n in 1..=2 {
-            state.upsert_backend(&Backend {
-                id: format!("{id}-be{n}"),
-                service: id.into(),
-                region: "eu".parse()?,
-                country: "DE".parse()?,
-                addr: BackendAddr::Ip(backend_addr(n).parse()?),
-                port: edge_lab::pop_lab::BACKEND_PORT,
-                weight: 1,
-                soft_limit: 1000,
-                hard_limit: 10_000,
-                draining: false,
-                enabled: true,
-                check: None,
-                lease: None,
-            })?;
+            state.upsert_backend(&lab_backend(
+                &format!("{id}-be{n}"),
+                id,
+                "eu",
+                "DE",
+                BackendAddr::Ip(backend_addr(n).parse()?),
+            )?)?;
         }
     }
     drop(state);

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration, time::Instant};
 
 use edge_agent::{
     geo::write_country_mmdb,
-    model::{Backend, BackendAddr, Service},
+    model::{BackendAddr, Service},
     state::SqliteState,
 };
 use edge_lab::{
@@ -17,7 +17,7 @@ use edge_lab::{
     Lab,
 };
 
-use super::common::{agent_bin, echo_backends, tear_down, TestResult};
+use super::common::{agent_bin, echo_backends, lab_backend, tear_down, TestResult};
 
 /// (backend id, region, country); backend `n` (1-based) listens on `backend_addr(n)`.
 const BACKENDS: [(&str, &str, &str); 5] = [
@@ -172,21 +172,13 @@ fn clients_land_where_v1s_tiers_say() -> TestResult {
         check: None,
     })?;
     for (n, (id, region, country)) in BACKENDS.iter().enumerate() {
-        state.upsert_backend(&Backend {
-            id: (*id).into(),
-            service: "web".into(),
-            region: region.parse()?,
-            country: country.parse()?,
-            addr: BackendAddr::Ip(backend_addr(n + 1).parse()?),
-            port: edge_lab::pop_lab::BACKEND_PORT,
-            weight: 1,
-            soft_limit: 1000,
-            hard_limit: 10_000,
-            draining: false,
-            enabled: true,
-            check: None,
-            lease: None,
-        })?;
+        state.upsert_backend(&lab_backend(
+            id,
+            "web",
+            region,
+            country,
+            BackendAddr::Ip(backend_addr(n + 1).parse()?),
+        )?)?;
     }
     drop(state);
     let config = format!(

@@ -12,7 +12,7 @@ use std::{
 
 use edge_agent::{
     health::CheckSpec,
-    model::{Backend, BackendAddr, Service},
+    model::{BackendAddr, Service},
     state::SqliteState,
 };
 use edge_lab::{
@@ -22,7 +22,8 @@ use edge_lab::{
 };
 
 use super::common::{
-    agent_bin, churn, echo_backends, kernel_backend, tear_down, wait_eligible, TestResult,
+    agent_bin, churn, echo_backends, kernel_backend, lab_backend, tear_down, wait_eligible,
+    TestResult,
 };
 
 type Error = Box<dyn std::error::Error>;
@@ -40,21 +41,15 @@ fn write_state(lab: &Lab, checks: &[&str]) -> Result<PathBuf, Error> {
     })?;
     for (i, check) in checks.iter().enumerate() {
         let n = i + 1;
-        state.upsert_backend(&Backend {
-            id: format!("be{n}"),
-            service: "web".into(),
-            region: "eu".parse()?,
-            country: "DE".parse()?,
-            addr: BackendAddr::Ip(backend_addr(n).parse()?),
-            port: BACKEND_PORT,
-            weight: 1,
-            soft_limit: 1000,
-            hard_limit: 10_000,
-            draining: false,
-            enabled: true,
-            check: CheckSpec::parse_column(check)?,
-            lease: None,
-        })?;
+        let mut backend = lab_backend(
+            &format!("be{n}"),
+            "web",
+            "eu",
+            "DE",
+            BackendAddr::Ip(backend_addr(n).parse()?),
+        )?;
+        backend.check = CheckSpec::parse_column(check)?;
+        state.upsert_backend(&backend)?;
     }
     Ok(db)
 }
