@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up the machine, run the lab, run the tests. No product logic lives here.
 
 mod bench;
+mod container;
 mod demo;
 mod setup;
 mod shell;
@@ -43,6 +44,12 @@ enum Command {
     /// in the same lab, one after the other; prints a table of ratios to plain routing and
     /// writes it to target/bench/e2e.json.
     Bench(bench::BenchArgs),
+    /// Build the agent's container image with podman (`localhost/edge-agent:dev`).
+    Container {
+        /// Skip `setup` (the test suite uses this after doing it).
+        #[arg(long, hide = true)]
+        no_setup: bool,
+    },
     /// Lab housekeeping.
     Lab {
         #[command(subcommand)]
@@ -78,6 +85,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Bench(args) => bench::run(args),
+        Command::Container { no_setup } => {
+            if !no_setup {
+                setup::run()?;
+            }
+            container::run()
+        }
         Command::Lab { command } => match command {
             LabCommand::Clean => {
                 let removed = edge_lab::clean_all().context("cleaning lab leftovers")?;

@@ -37,6 +37,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bind9-dnsutils", "dig: querying the agent's DNS in the lab"),
     ("curl", "calling the registration API in the lab"),
     ("prometheus", "promtool: checking the agent's /metrics"),
+    ("podman", "the agent's container image and its test"),
+    (
+        "runc",
+        "podman's runtime here (crun refuses this machine's cgroup layout)",
+    ),
 ];
 
 /// bpf-linker release known to build against the nightly's LLVM here (see ../shared/TOOLCHAIN.md).

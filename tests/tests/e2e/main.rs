@@ -2,7 +2,9 @@
 //! `cargo xtask test` builds (`EDGE_AGENT_BIN`, `EDGE_XTASK_BIN`).
 
 mod agent_lifecycle;
+mod cli_lab;
 mod common;
+mod container_lab;
 mod corrosion_lab;
 mod dns_register_lab;
 mod drain_timeout;

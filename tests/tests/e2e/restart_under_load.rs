@@ -52,11 +52,16 @@ backends = [{{ name = "be1", addr = "{}", port = 5201 }}]
     first.wait_exit(Duration::from_secs(5))?;
     std::thread::sleep(Duration::from_secs(1));
     let second = start_agent(&lab, &agent_bin(), &config, &[])?;
-    assert!(
-        second.output_so_far().contains("adopted the pinned link"),
-        "the new agent adopts the running data plane:\n{}",
-        second.output_so_far()
-    );
+    // Its log (stderr) is read on its own thread: it may trail the ready line (stdout).
+    if second
+        .wait_for_output("adopted the pinned link", Duration::from_secs(5))
+        .is_err()
+    {
+        panic!(
+            "the new agent adopts the running data plane:\n{}",
+            second.output_so_far()
+        );
+    }
 
     let status = stream.wait_exit(Duration::from_secs(60))?;
     let report = stream.output_so_far();
