@@ -359,20 +359,29 @@ impl Agent {
         }
         b.state = state;
         b.state_read_at = Some(std::time::Instant::now());
-        let zone = b.zone(&self.config, &b.health.views());
+        let health = b.health.views();
+        let zone = b.zone(&self.config, &health);
         b.health.sync(&b.state, &|name| zone.resolve(name));
         b.snapshot_tx.send_replace(Arc::new(b.state.clone()));
-        self.apply();
+        self.apply_with(&health, &zone);
     }
 
     /// Computes the plan from the current state and load, and writes it.
     fn apply(&mut self) {
-        let Some(b) = self.balancing.as_mut() else {
+        let Some(b) = self.balancing.as_ref() else {
             return;
         };
         let health = b.health.views();
         let zone = b.zone(&self.config, &health);
-        b.publish(&zone);
+        self.apply_with(&health, &zone);
+    }
+
+    /// [`Agent::apply`] with this POP's health view and the zone already computed.
+    fn apply_with(&mut self, health: &HashMap<String, balancer::HealthView>, zone: &Zone) {
+        let Some(b) = self.balancing.as_mut() else {
+            return;
+        };
+        b.publish(zone);
         let unknown: Region = b.regions.default_region();
         let regions = &b.regions;
         let region_of = |c: Country| regions.region_of(c);
@@ -383,7 +392,7 @@ impl Agent {
             unknown_region: &unknown,
             classes: &b.classes,
             active: &b.active,
-            health: &health,
+            health,
             now_unix: crate::model::unix_now(),
         };
         let plan = balancer::plan(&b.state, &inputs, &|name| zone.resolve(name));

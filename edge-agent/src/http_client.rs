@@ -1,6 +1,7 @@
-//! HTTP/1.1 requests from the agent (to Corrosion, and the sidecar to the agent's API): one
-//! connection per request through hyper's connection API, bounded by a timeout for the
-//! answer's head; the body is the caller's to read (and may stream for as long as it lasts).
+//! HTTP/1.1 requests from the agent (to Corrosion, HTTP health checks, and the sidecar to the
+//! agent's API): one connection per request through hyper's connection API (so each says
+//! `Connection: close`), bounded by a timeout for the answer's head; the body is the caller's
+//! to read (and may stream for as long as it lasts).
 
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub enum HttpError {
     #[error("building the request: {0}")]
     Request(#[from] hyper::http::Error),
 }
+
+const USER_AGENT: &str = concat!("edgeproxy/", env!("CARGO_PKG_VERSION"));
 
 /// Sends one request to `base` (`http://host:port`) for `path` (with its query).
 pub async fn send(
@@ -72,7 +75,11 @@ pub async fn send(
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, authority.as_str())
-        .header(hyper::header::CONTENT_TYPE, "application/json");
+        .header(hyper::header::USER_AGENT, USER_AGENT)
+        .header(hyper::header::CONNECTION, "close");
+    if body.is_some() {
+        request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
     if let Some(token) = token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }

@@ -2,8 +2,8 @@
 //! it measured or why it failed.
 //!
 //! Each check opens its own connection (as HAProxy's do): a check must notice a backend that
-//! stopped accepting, which a kept-alive connection would hide. HTTP speaks HTTP/1.1 through
-//! hyper's connection API; gRPC uses tonic with tonic-health's generated client.
+//! stopped accepting, which a kept-alive connection would hide. HTTP goes through
+//! `http_client` (hyper's connection API); gRPC uses tonic with tonic-health's generated client.
 
 use std::{
     collections::BTreeMap,
@@ -11,11 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http_body_util::Empty;
-use hyper::body::Bytes;
+use hyper::Method;
 use tokio::net::TcpStream;
 
 use super::spec::{parse_status_range, CheckKind, CheckSpec};
+use crate::http_client;
 
 /// Where and how to check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub async fn probe(
     let run = async {
         match &target.spec.kind {
             CheckKind::Tcp => tcp(target.addr).await,
-            CheckKind::Http { path, expect } => http(target.addr, path, expect).await,
+            CheckKind::Http { path, expect } => http(target.addr, path, expect, timeout).await,
             CheckKind::Grpc { service } => grpc(target.addr, service).await,
             CheckKind::Command { name } => command(target, name, commands).await,
         }
@@ -61,26 +61,16 @@ async fn tcp(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-async fn http(addr: SocketAddr, path: &str, expect: &str) -> Result<(), String> {
+async fn http(addr: SocketAddr, path: &str, expect: &str, timeout: Duration) -> Result<(), String> {
     let expect = parse_status_range(expect)?;
-    let stream = connect(addr).await?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+    let base: hyper::Uri = format!("http://{addr}")
+        .parse()
+        .map_err(|e| format!("HTTP check address {addr}: {e}"))?;
+    // The probe's own timeout bounds the whole check (and says so); this one only backs it up.
+    let response = http_client::send(&base, None, Method::GET, path, None, timeout * 2)
         .await
-        .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::USER_AGENT, "edgeproxy-health/2")
-        .header(hyper::header::CONNECTION, "close")
-        .body(Empty::new())
-        .map_err(|e| format!("HTTP request for {path}: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("HTTP GET {path} at {addr}: {e}"));
-    conn.abort();
-    let status = response?.status().as_u16();
+        .map_err(|e| format!("HTTP GET {path}: {e}"))?;
+    let status = response.status().as_u16();
     if expect.contains(&status) {
         Ok(())
     } else {
