@@ -45,9 +45,15 @@ fn libraries(binary: &Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-pub fn run() -> anyhow::Result<()> {
-    shell::run(shell::cargo().args(["build", "--release", "--package", "edge-agent"]))?;
-    let agent = shell::target_dir().join("release").join("edge-agent");
+/// Builds the image around `agent`, or around a fresh release build when none is given.
+pub fn run(agent: Option<&Path>) -> anyhow::Result<()> {
+    let agent = match agent {
+        Some(path) => path.to_path_buf(),
+        None => {
+            shell::run(shell::cargo().args(["build", "--release", "--package", "edge-agent"]))?;
+            shell::target_dir().join("release").join("edge-agent")
+        }
+    };
     let context = shell::target_dir().join("container");
     let root = context.join("rootfs");
     if root.exists() {

@@ -49,6 +49,10 @@ enum Command {
         /// Skip `setup` (the test suite uses this after doing it).
         #[arg(long, hide = true)]
         no_setup: bool,
+        /// Put this agent binary in the image instead of building the release one (the test
+        /// suite passes the one it built, so as not to compile beside running labs).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
     },
     /// Lab housekeeping.
     Lab {
@@ -85,11 +89,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Bench(args) => bench::run(args),
-        Command::Container { no_setup } => {
+        Command::Container { no_setup, agent } => {
             if !no_setup {
                 setup::run()?;
             }
-            container::run()
+            container::run(agent.as_deref())
         }
         Command::Lab { command } => match command {
             LabCommand::Clean => {

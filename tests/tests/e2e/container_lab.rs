@@ -9,7 +9,7 @@ use edge_lab::{
     pop_lab::{agent_config, spawn_echo_load, topology},
 };
 
-use super::common::{bin, churn, echo_backends, tear_down, wait_eligible, TestResult};
+use super::common::{agent_bin, bin, churn, echo_backends, tear_down, wait_eligible, TestResult};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -53,8 +53,11 @@ fn wait_logs(name: &str, needle: &str, times: usize) -> Result<(), Error> {
 
 #[test]
 fn the_agent_serves_from_a_container_and_restarts_without_resets() -> TestResult {
+    // The agent the suite built: compiling a release one here would load the machine while
+    // other labs run.
     let built = Command::new(bin("EDGE_XTASK_BIN"))
-        .args(["container", "--no-setup"])
+        .args(["container", "--no-setup", "--agent"])
+        .arg(agent_bin())
         .status()?;
     assert!(built.success(), "cargo xtask container failed");
     let lab = topology("ctr", 2).up()?;
