@@ -43,6 +43,8 @@ pub struct Agent {
     dataplane: DataPlane,
     /// `None` when no overlay is configured: the data plane then only counts.
     balancing: Option<Balancing>,
+    /// The anycast BGP speaker, when peers are configured (started with the runtime).
+    bgp: Option<crate::bgp::Speaker>,
 }
 
 struct Balancing {
@@ -243,9 +245,14 @@ impl Agent {
             xdp_mode: config.xdp_mode,
             reset,
             sizes,
+            debug_log: config.bpf_debug_log,
         };
         let mut dataplane = dataplane::start(&pins, &attach)
             .with_context(|| format!("starting the data plane on {iface}"))?;
+        if config.bpf_debug_log {
+            let _inside = runtime.enter();
+            crate::bpf_log::start(&mut dataplane.ebpf);
+        }
         info!(iface, xdp = ?dataplane.xdp, tc = ?dataplane.tc, root = %pins.root().display(), "data plane running");
         let balancing = match pop {
             Some(pop) => Some(Balancing {
@@ -284,6 +291,7 @@ impl Agent {
             pins,
             dataplane,
             balancing,
+            bgp: None,
         };
         agent.reload_geo();
         agent.reload_state();
@@ -376,6 +384,46 @@ impl Agent {
         self.apply_with(&health, &zone);
     }
 
+    /// Tells the BGP speaker what this POP can serve now: a VIP is announced while a service on
+    /// it has an eligible backend, the data plane is attached, and no drain has run its course.
+    fn announce(&mut self, shutting_down: bool) {
+        let Some(speaker) = self.bgp.as_mut() else {
+            return;
+        };
+        let mut vips = std::collections::BTreeSet::new();
+        let mut servable = std::collections::BTreeSet::new();
+        if let Some(b) = self.balancing.as_ref() {
+            vips.extend(b.state.services.iter().map(|s| s.vip));
+            if let Some(plan) = &b.last_plan {
+                servable.extend(
+                    plan.services
+                        .iter()
+                        .filter(|s| s.sets.values().any(|set| !set.is_empty()))
+                        .map(|s| s.vip),
+                );
+            }
+        }
+        let attached = self.config.iface.as_deref().is_some_and(|iface| {
+            self.pins.xdp_link(iface).exists() && netdev::ifindex(iface).is_some()
+        });
+        let inputs = crate::bgp::routes::Inputs {
+            servable,
+            attached,
+            draining_since: crate::bgp::drain::since(&self.pins),
+            shutting_down,
+        };
+        speaker.update(&vips, &inputs);
+    }
+
+    /// Starts the BGP speaker where peers are configured.
+    async fn start_bgp(&mut self) {
+        match crate::bgp::Speaker::start(&self.config.bgp).await {
+            Ok(speaker) => self.bgp = speaker,
+            Err(error) => warn!(%error, "BGP is off"),
+        }
+        self.announce(false);
+    }
+
     /// [`Agent::apply`] with this POP's health view and the zone already computed.
     fn apply_with(&mut self, health: &HashMap<String, balancer::HealthView>, zone: &Zone) {
         let Some(b) = self.balancing.as_mut() else {
@@ -397,6 +445,7 @@ impl Agent {
         };
         let plan = balancer::plan(&b.state, &inputs, &|name| zone.resolve(name));
         if b.last_plan.as_ref() == Some(&plan) {
+            self.announce(false);
             return;
         }
         match b.reconciler.apply(&mut self.dataplane.ebpf, &b.pop, &plan) {
@@ -413,6 +462,7 @@ impl Agent {
             }
             Err(error) => warn!(%error, "applying state failed; the maps keep the last good state"),
         }
+        self.announce(false);
     }
 
     /// Expires idle flows and refreshes the live connection counts the plan weighs.
@@ -596,6 +646,14 @@ impl Agent {
                 "transitions": b.health.transitions,
             },
             "dns": b.dns.as_ref().map(|d| d.local.clone()),
+            "bgp": self.bgp.as_ref().map(|speaker| {
+                let (sessions, vips) = speaker.status();
+                serde_json::json!({
+                    "draining_since": crate::bgp::drain::since(&self.pins),
+                    "sessions": sessions,
+                    "vips": vips,
+                })
+            }),
         });
         self.publish_metrics(b);
         let path = self.pins.agent_status_file();
@@ -626,6 +684,9 @@ impl Agent {
             health_transitions: b.health.transitions,
             ..crate::metrics::AgentView::default()
         };
+        if let Some(speaker) = &self.bgp {
+            (view.bgp_sessions, view.bgp_vips) = speaker.status();
+        }
         for s in &b.state.services {
             let key = crate::services::service_key(s.vip, s.port);
             view.services
@@ -799,6 +860,7 @@ impl Agent {
             self.start_dns().await;
             self.start_metrics().await;
             self.start_register_api().await;
+            self.start_bgp().await;
             let mut checks = self.balancing.as_mut().and_then(|b| b.health.start());
             let health = self.config.health.clone();
             let mut passive = tokio::time::interval(Duration::from_millis(health.passive.interval_ms.max(10)));
@@ -812,8 +874,8 @@ impl Agent {
             }
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return anyhow::Ok(()),
-                    _ = sigterm.recv() => return anyhow::Ok(()),
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = sigterm.recv() => break,
                     () = async {
                         match changes.as_mut() {
                             Some(changes) => changes.changed().await,
@@ -850,6 +912,8 @@ impl Agent {
                         }
                     }
                     _ = replan.tick() => {
+                        // Drains and hold-downs run out with time alone.
+                        self.announce(false);
                         self.write_status();
                         // Leases run out with time alone: registered backends need a look
                         // every second.
@@ -880,8 +944,14 @@ impl Agent {
                     }
                 }
             }
+            // Withdraw first: routers move new clients to another POP while this one still
+            // serves the connections already here.
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            if let Some(speaker) = self.bgp.take() {
+                speaker.shutdown(Duration::from_secs(3)).await;
+            }
+            anyhow::Ok(())
         })?;
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         // An agent that is gone has no status; a killed one's file ages, and `status` says so.
         let _ = std::fs::remove_file(self.pins.agent_status_file());
         info!("agent stopping; the data plane stays attached (`edge-agent detach` removes it)");

@@ -80,6 +80,10 @@ pub struct AgentConfig {
     /// Seconds between counter summaries in the agent's log; 0 turns them off
     /// (`EDGEPROXY_STATS_LOG_SECS`).
     pub stats_log_secs: u64,
+    /// Debug records from the kernel programs (new flows, refused SYNs, segments and replies
+    /// without a flow) in the agent's log, target `edge_ebpf` (`--bpf-debug-log`). Off, the
+    /// verifier removes the logging code; on, each record costs the packet that writes it.
+    pub bpf_debug_log: bool,
     /// The overlay towards the backends.
     pub overlay: OverlayConfig,
     /// Flow table sizing and timeouts.
@@ -104,6 +108,8 @@ pub struct AgentConfig {
     pub register: RegisterConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The anycast BGP speaker (`[bgp]`): off without peers.
+    pub bgp: crate::bgp::BgpConfig,
     /// Services and their backends, when state does not come from a database.
     pub services: Vec<ServiceConfig>,
 }
@@ -171,6 +177,7 @@ impl Default for AgentConfig {
             bpffs_root: PathBuf::from(bpffs::DEFAULT_ROOT),
             xdp_mode: XdpMode::Auto,
             stats_log_secs: 10,
+            bpf_debug_log: false,
             overlay: OverlayConfig::default(),
             flows: FlowConfig::default(),
             maglev: MaglevConfig::default(),
@@ -183,6 +190,7 @@ impl Default for AgentConfig {
             dns: DnsConfig::default(),
             register: RegisterConfig::default(),
             metrics: MetricsConfig::default(),
+            bgp: crate::bgp::BgpConfig::default(),
             services: Vec::new(),
         }
     }
@@ -503,6 +511,7 @@ impl AgentConfig {
             .health
             .validate()
             .and_then(|()| config.register.validate())
+            .and_then(|()| config.bgp.validate())
             .map_err(|reason| ConfigError::Invalid {
                 path: path.map_or_else(|| PathBuf::from("(defaults)"), Path::to_path_buf),
                 reason,
@@ -530,12 +539,16 @@ mod tests {
             AgentConfig::default()
         );
 
-        std::fs::write(&file, "iface = \"eth1\"\nxdp_mode = \"skb\"\n")?;
+        std::fs::write(
+            &file,
+            "iface = \"eth1\"\nxdp_mode = \"skb\"\nbpf_debug_log = true\n",
+        )?;
         let config = AgentConfig::load(Some(&file), |var| {
             (var == "EDGEPROXY_BPFFS_ROOT").then(|| "/sys/fs/bpf/other".to_owned())
         })?;
         assert_eq!(config.iface.as_deref(), Some("eth1"));
         assert_eq!(config.xdp_mode, XdpMode::Skb);
+        assert!(config.bpf_debug_log);
         assert_eq!(config.bpffs_root, PathBuf::from("/sys/fs/bpf/other"));
         std::fs::remove_dir_all(&dir)?;
         Ok(())

@@ -112,6 +112,8 @@ pub struct Attach<'a> {
     pub xdp_mode: XdpMode,
     pub reset: bool,
     pub sizes: MapSizes,
+    /// Load the programs with their debug records on (`--bpf-debug-log`).
+    pub debug_log: bool,
 }
 
 /// How a program came to be attached.
@@ -133,8 +135,22 @@ pub struct DataPlane {
 /// Loads the embedded object. With `pins`, maps are created at (or reused from) their pin paths;
 /// without, they are private to this load (packet tests and benchmarks).
 pub fn load_object(pins: Option<&PinDir>, sizes: MapSizes) -> Result<Ebpf, DataPlaneError> {
+    load_object_with(pins, sizes, false)
+}
+
+/// `load_object`, with the programs' debug records on or off. The switch is a read-only global
+/// fixed at load time, so with it off the verifier removes the logging code: it costs nothing.
+/// aya-log's ring buffer (`AYA_LOGS`) is created either way and never pinned: each load gets its
+/// own, and the programs swapped into the pinned links write to the new one.
+pub fn load_object_with(
+    pins: Option<&PinDir>,
+    sizes: MapSizes,
+    debug_log: bool,
+) -> Result<Ebpf, DataPlaneError> {
+    let debug_log = u8::from(debug_log);
     let mut loader = EbpfLoader::new();
     loader
+        .override_global(names::DEBUG_LOG, &debug_log, true)
         .map_max_entries(names::FLOWS, sizes.flows)
         .map_max_entries(names::MAGLEV, sizes.maglev)
         .map_max_entries(names::AFFINITY, sizes.affinity)
@@ -208,7 +224,7 @@ pub fn start(pins: &PinDir, attach: &Attach<'_>) -> Result<DataPlane, DataPlaneE
             });
         }
     }
-    let mut ebpf = load_object(Some(pins), attach.sizes)?;
+    let mut ebpf = load_object_with(Some(pins), attach.sizes, attach.debug_log)?;
 
     let xdp = {
         let program = xdp_program(&mut ebpf, names::XDP_INGRESS)?;

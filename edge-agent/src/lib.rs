@@ -3,6 +3,8 @@
 
 pub mod agent;
 pub mod balancer;
+pub mod bgp;
+pub mod bpf_log;
 pub mod bpffs;
 pub mod config;
 pub mod counters;

@@ -47,6 +47,10 @@ enum Command {
         /// Remove every pinned object (maps and flows included) before loading.
         #[arg(long)]
         reset: bool,
+        /// Log the kernel programs' debug records (new flows, refused SYNs, segments and
+        /// replies without a flow) under target `edge_ebpf`; config `bpf_debug_log`.
+        #[arg(long)]
+        bpf_debug_log: bool,
     },
     /// Print the data plane's counters from the pinned maps (works without a running agent).
     Status {
@@ -83,6 +87,12 @@ enum Command {
         #[arg(long)]
         ipv4_prefix: Option<ipnet::Ipv6Net>,
     },
+    /// Drain this POP: routes are announced with the graceful-shutdown community (RFC 8326) and
+    /// the configured prepend, then withdrawn after `bgp.drain_delay_secs`. Lasts until
+    /// `undrain` (or a reboot).
+    Drain,
+    /// End a drain: routes are announced normally again.
+    Undrain,
     /// Detach the data plane and remove every pinned object.
     Detach,
     /// Register the process beside this sidecar as a backend, heartbeat, and deregister on
@@ -140,10 +150,12 @@ fn main() -> anyhow::Result<()> {
             iface,
             xdp_mode,
             reset,
+            bpf_debug_log,
         } => {
             if let Some(iface) = iface {
                 config.iface = Some(iface);
             }
+            config.bpf_debug_log |= bpf_debug_log;
             if let Some(mode) = xdp_mode {
                 config.xdp_mode = mode;
             }
@@ -204,6 +216,22 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Table => edge_agent::pinned_maps::print_table(&rows),
+            }
+            Ok(())
+        }
+        Command::Drain => {
+            let since = edge_agent::bgp::drain::start(&pins).context("starting the drain")?;
+            println!(
+                "draining since {since} (unix): graceful-shutdown community now, withdraw after {} s",
+                config.bgp.drain_delay_secs
+            );
+            Ok(())
+        }
+        Command::Undrain => {
+            if edge_agent::bgp::drain::stop(&pins).context("ending the drain")? {
+                println!("undrained: routes are announced normally again");
+            } else {
+                println!("not draining");
             }
             Ok(())
         }
@@ -334,6 +362,11 @@ fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
                 ),
                 (None, true) => {}
             }
+            if running {
+                if let Some(bgp) = agent.as_ref().map(|a| &a["bgp"]).filter(|b| !b.is_null()) {
+                    print_bgp(bgp);
+                }
+            }
             print!("{snapshot}");
             if !nat.services.is_empty() || !nat.backends.is_empty() {
                 println!();
@@ -342,6 +375,54 @@ fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The BGP part of `edge-agent status`: each session, then each VIP and why it is (not)
+/// announced.
+fn print_bgp(bgp: &serde_json::Value) {
+    if let Some(since) = bgp["draining_since"].as_i64() {
+        println!(
+            "BGP: draining since {} s ago",
+            edge_agent::model::unix_now() - since
+        );
+    }
+    println!(
+        "{:<40} {:>10} {:<12} {:>10} {:>9} {:>9}  last error",
+        "BGP peer", "AS", "state", "uptime", "announced", "received"
+    );
+    let now = edge_agent::model::unix_now();
+    for s in bgp["sessions"].as_array().into_iter().flatten() {
+        let uptime = s["established_at"]
+            .as_i64()
+            .map_or_else(|| "-".to_owned(), |t| format!("{} s", now - t));
+        // serde_json's numbers ignore widths: print them as strings.
+        let num =
+            |v: &serde_json::Value| v.as_u64().map_or_else(|| "?".to_owned(), |n| n.to_string());
+        println!(
+            "{:<40} {:>10} {:<12} {:>10} {:>9} {:>9}  {}",
+            s["peer"].as_str().unwrap_or("?"),
+            num(&s["asn"]),
+            s["state"].as_str().unwrap_or("?"),
+            uptime,
+            num(&s["prefixes_announced"]),
+            num(&s["prefixes_received"]),
+            s["last_error"].as_str().unwrap_or("-"),
+        );
+    }
+    for v in bgp["vips"].as_array().into_iter().flatten() {
+        println!(
+            "  VIP {:<39} as {:<43} {}: {}",
+            v["vip"].as_str().unwrap_or("?"),
+            v["prefix"].as_str().unwrap_or("?"),
+            if v["announced"].as_bool() == Some(true) {
+                "announced"
+            } else {
+                "withdrawn"
+            },
+            v["reason"].as_str().unwrap_or("?"),
+        );
+    }
+    println!();
 }
 
 fn list_flows(

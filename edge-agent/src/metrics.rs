@@ -57,6 +57,9 @@ pub struct AgentView {
     pub health_checks: u64,
     pub health_transitions: u64,
     pub start_time_seconds: f64,
+    /// BGP sessions and VIPs, when the speaker runs.
+    pub bgp_sessions: Vec<crate::bgp::session::PeerStatus>,
+    pub bgp_vips: Vec<crate::bgp::routes::VipState>,
 }
 
 /// One scrape's registry, filled family by family.
@@ -342,6 +345,7 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
         &[],
         vec![(vec![], view.rejected_rows)],
     )?;
+    bgp(&out, &view)?;
     out.gauges(
         "edgeproxy_agent_start_time_seconds",
         "When the agent started (Unix time)",
@@ -351,4 +355,78 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
     let mut text = Vec::new();
     TextEncoder::new().encode(&out.registry.gather(), &mut text)?;
     String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// The BGP speaker's sessions (one state gauge per RFC 4271 state, as node_exporter does for
+/// systemd units) and whether each VIP is announced.
+fn bgp(out: &Scrape, view: &AgentView) -> prometheus::Result<()> {
+    use crate::bgp::session::State;
+    const STATES: [State; 6] = [
+        State::Idle,
+        State::Connect,
+        State::Active,
+        State::OpenSent,
+        State::OpenConfirm,
+        State::Established,
+    ];
+    if view.bgp_sessions.is_empty() {
+        return Ok(());
+    }
+    out.gauges(
+        "edgeproxy_bgp_session_state",
+        "1 for the BGP session's current state",
+        &["peer", "state"],
+        view.bgp_sessions
+            .iter()
+            .flat_map(|p| {
+                STATES.map(|st| {
+                    (
+                        vec![p.peer.to_string(), st.as_str().to_owned()],
+                        f64::from(u8::from(p.state == st)),
+                    )
+                })
+            })
+            .collect(),
+    )?;
+    out.gauges(
+        "edgeproxy_bgp_prefixes_announced",
+        "Prefixes announced to the peer",
+        &["peer"],
+        view.bgp_sessions
+            .iter()
+            .map(|p| (vec![p.peer.to_string()], p.prefixes_announced as f64))
+            .collect(),
+    )?;
+    out.counters(
+        "edgeproxy_bgp_prefixes_received_total",
+        "Prefixes the peer announced to this speaker (read, not used)",
+        &["peer"],
+        view.bgp_sessions
+            .iter()
+            .map(|p| (vec![p.peer.to_string()], p.prefixes_received))
+            .collect(),
+    )?;
+    out.counters(
+        "edgeproxy_bgp_sessions_established_total",
+        "Times the session reached Established",
+        &["peer"],
+        view.bgp_sessions
+            .iter()
+            .map(|p| (vec![p.peer.to_string()], p.established_count))
+            .collect(),
+    )?;
+    out.gauges(
+        "edgeproxy_bgp_vip_announced",
+        "1 while the VIP is announced",
+        &["vip", "prefix"],
+        view.bgp_vips
+            .iter()
+            .map(|v| {
+                (
+                    vec![v.vip.to_string(), v.prefix.to_string()],
+                    f64::from(u8::from(v.announced)),
+                )
+            })
+            .collect(),
+    )
 }

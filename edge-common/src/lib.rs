@@ -43,6 +43,8 @@ pub mod names {
     pub const GEO_V6: &str = "GEO_V6";
     pub const SERVICE_RINGS: &str = "SERVICE_RINGS";
     pub const AFFINITY: &str = "AFFINITY";
+    /// The load-time global (`u8`) that turns the programs' debug records on.
+    pub const DEBUG_LOG: &str = "DEBUG_LOG";
 }
 
 /// Sizes of the maps whose size the agent does not choose at load time.

@@ -34,6 +34,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     csum,
     ctx::ptr_at,
+    debug_log,
     maps::{
         NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V6, MAGLEV, POP_CONFIG, SCRATCH,
         SERVICES, SERVICE_RINGS,
@@ -138,6 +139,7 @@ fn flow_for(
     }
     if tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         stats::no_flow();
+        debug_log::no_flow(key, tcp_flags);
         return Ok(None);
     }
     let meta = u32::from(tcp_flags) | u32::from(v4) << 8;
@@ -147,12 +149,19 @@ fn flow_for(
         service.flags,
         meta,
         bytes as u64,
-    ))?;
+    ))
+    .inspect_err(|&reason| debug_log::refused(key, service.service_id, reason))?;
     stats::service_packet(service.service_id, bytes, true);
     stats::backend_to(backend_id, bytes, true);
     // Read back the entry just written, so that the rewrite works from map memory, not a copy
     // on the 512-byte stack.
-    FLOWS.get_ptr_mut(key).map(Some).ok_or(Drop::FlowInsert)
+    let Some(entry) = FLOWS.get_ptr_mut(key) else {
+        debug_log::refused(key, service.service_id, Drop::FlowInsert);
+        return Err(Drop::FlowInsert);
+    };
+    // SAFETY: the LRU entry stays valid for this program run.
+    debug_log::new_flow(key, unsafe { &*entry });
+    Ok(Some(entry))
 }
 
 /// `new_flow`'s result in one register: a backend id, or `FAILED | drop reason`.

@@ -2,12 +2,13 @@
 //!
 //! Entry points stay a few lines long: classify, decide, count, return the action. Parsing lives
 //! in `parse`, translation in `forward` (XDP, client -> backend) and `reply` (TC, backend ->
-//! client), counting in `stats`.
+//! client), counting in `stats`, debug records (off unless the agent asks) in `debug_log`.
 #![no_std]
 #![no_main]
 
 mod csum;
 mod ctx;
+mod debug_log;
 mod forward;
 mod maps;
 mod parse;

@@ -22,6 +22,7 @@ use network_types::ip::Ipv6Hdr;
 use crate::{
     csum,
     ctx::ptr_at,
+    debug_log,
     maps::{FLOWS, POP_CONFIG},
     stats::{self, Drop},
     tcp,
@@ -84,6 +85,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         )
     };
     let Some(entry) = FLOWS.get_ptr_mut(key) else {
+        debug_log::reply_miss(config, &key);
         return Ok(TC_ACT_OK);
     };
     let bytes = ctx.len() as usize;

@@ -37,6 +37,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bind9-dnsutils", "dig: querying the agent's DNS in the lab"),
     ("curl", "calling the registration API in the lab"),
     ("prometheus", "promtool: checking the agent's /metrics"),
+    ("bird2", "the BGP router the anycast lab peers with"),
     ("podman", "the agent's container image and its test"),
     (
         "runc",

@@ -17,6 +17,7 @@ pub fn run() -> anyhow::Result<()> {
             "services",
             "The agent's services: internal. DNS queries, registration API requests",
         ),
+        ("bgp", "The BGP decoder under 1,000,000 mutated messages"),
     ];
     for (bench, title) in sections {
         let json = shell::workspace_root().join(format!("target/bench/{bench}.json"));

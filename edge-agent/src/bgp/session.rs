@@ -1,0 +1,527 @@
+//! One peer's session: the RFC 4271 state machine as a task. Connect (or wait for the peer),
+//! exchange OPENs, then keep the peer's routes equal to the speaker's RIB until an error, the
+//! hold timer, or shutdown; after an error, back off and start again. A graceful stop withdraws
+//! every route before the Cease NOTIFICATION closes the session.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bgpkit_parser::models::{AsnLength, BgpMessage};
+use bytes::BytesMut;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{tcp::OwnedReadHalf, tcp::OwnedWriteHalf, TcpSocket, TcpStream},
+    sync::{mpsc, watch},
+    time::{timeout_at, Instant},
+};
+use tracing::{info, warn};
+
+use super::{
+    config::PeerConfig,
+    open::{self, Negotiated},
+    routes::Rib,
+    wire::{self, code, Notify, Speaking},
+};
+
+/// The RFC 4271 states, as `edge-agent status` shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum State {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "Idle",
+            State::Connect => "Connect",
+            State::Active => "Active",
+            State::OpenSent => "OpenSent",
+            State::OpenConfirm => "OpenConfirm",
+            State::Established => "Established",
+        }
+    }
+}
+
+/// What `edge-agent status` and `/metrics` show of a session.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerStatus {
+    pub peer: IpAddr,
+    pub asn: u32,
+    pub state: State,
+    /// Unix seconds when the session became Established.
+    pub established_at: Option<i64>,
+    pub prefixes_announced: usize,
+    pub prefixes_received: u64,
+    pub families: Vec<&'static str>,
+    pub last_error: Option<String>,
+    pub established_count: u64,
+}
+
+/// What a session needs from the speaker.
+#[derive(Clone)]
+pub struct Local {
+    pub asn: u32,
+    pub hold_time: u16,
+    /// Fixed by config, else the local address of the session when it is IPv4.
+    pub router_id: Option<Ipv4Addr>,
+    pub retry: Duration,
+    pub retry_max: Duration,
+}
+
+/// How a session ended.
+enum End {
+    Shutdown,
+    Failed(String),
+}
+
+/// How long an OPEN may take to come (RFC 4271 suggests 4 minutes; a router answers in
+/// milliseconds, and a stuck one should not hold the session that long).
+const OPEN_WAIT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Session {
+    pub peer: PeerConfig,
+    pub local: Local,
+    pub rib: watch::Receiver<Arc<Rib>>,
+    /// Connections the listener accepted from this (passive) peer.
+    pub incoming: Option<mpsc::Receiver<TcpStream>>,
+    pub shutdown: watch::Receiver<bool>,
+    pub status: Arc<Mutex<PeerStatus>>,
+}
+
+impl Session {
+    fn set(&self, f: impl FnOnce(&mut PeerStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self) {
+        let mut backoff = self.local.retry;
+        while !self.stopping() {
+            self.set(|s| {
+                s.state = if self.peer.passive {
+                    State::Active
+                } else {
+                    State::Connect
+                }
+            });
+            let stream = if self.peer.passive {
+                self.accept().await
+            } else {
+                self.connect().await
+            };
+            let end = match stream {
+                Ok(Some(stream)) => self.session(stream).await,
+                Ok(None) => End::Shutdown,
+                Err(e) => End::Failed(e),
+            };
+            let established = self.status.lock().is_ok_and(|s| s.established_at.is_some());
+            self.set(|s| {
+                s.state = State::Idle;
+                s.established_at = None;
+                s.prefixes_announced = 0;
+                s.families.clear();
+            });
+            match end {
+                End::Shutdown => return,
+                End::Failed(error) => {
+                    warn!(peer = %self.peer.address, %error, "BGP session down");
+                    self.set(|s| s.last_error = Some(error));
+                }
+            }
+            if established {
+                backoff = self.local.retry;
+            }
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stopped(&mut shutdown) => return,
+            }
+            backoff = (backoff * 2).min(self.local.retry_max);
+        }
+    }
+
+    async fn accept(&mut self) -> Result<Option<TcpStream>, String> {
+        let mut shutdown = self.shutdown.clone();
+        let Some(incoming) = self.incoming.as_mut() else {
+            return Err("a passive peer without a listener".into());
+        };
+        tokio::select! {
+            s = incoming.recv() => s.map(Some).ok_or_else(|| "the listener stopped".to_owned()),
+            () = stopped(&mut shutdown) => Ok(None),
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Option<TcpStream>, String> {
+        let peer = SocketAddr::new(self.peer.address, self.peer.port);
+        let socket = if peer.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        if let Some(key) = self.peer.md5_key()? {
+            super::md5::set_key(&socket, self.peer.address, false, &key)
+                .map_err(|e| format!("setting the TCP-MD5 key: {e}"))?;
+        }
+        if let Some(local) = self.peer.local_address {
+            socket
+                .bind(SocketAddr::new(local, 0))
+                .map_err(|e| format!("binding {local}: {e}"))?;
+        }
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(peer)) => match r {
+                Ok(Ok(s)) => Ok(Some(s)),
+                Ok(Err(e)) => Err(format!("connecting to {peer}: {e}")),
+                Err(_) => Err(format!("connecting to {peer}: timed out")),
+            },
+            () = stopped(&mut shutdown) => Ok(None),
+        }
+    }
+
+    /// One TCP connection's life: OPENs, then Established until it ends.
+    async fn session(&mut self, stream: TcpStream) -> End {
+        let _ = stream.set_nodelay(true);
+        let (local_addr, _) = match (stream.local_addr(), stream.peer_addr()) {
+            (Ok(l), Ok(p)) => (l, p),
+            _ => return End::Failed("the connection closed at once".into()),
+        };
+        let router_id = match (self.local.router_id, local_addr.ip()) {
+            (Some(id), _) => id,
+            (None, IpAddr::V4(v4)) => v4,
+            (None, IpAddr::V6(_)) => {
+                return End::Failed("bgp.router_id is needed for a session over IPv6".into())
+            }
+        };
+        let (rd, wr) = stream.into_split();
+        let mut conn = Conn {
+            rd,
+            wr,
+            buf: BytesMut::with_capacity(4096),
+            asn_len: AsnLength::Bits32,
+        };
+        let hold = self.peer.hold_time_secs.unwrap_or(self.local.hold_time);
+        match self.establish(&mut conn, hold, router_id, local_addr).await {
+            Ok(Some((negotiated, speaking))) => {
+                self.established(&mut conn, negotiated, speaking).await
+            }
+            Ok(None) => {
+                conn.close(&Notify::new(
+                    code::CEASE,
+                    2,
+                    Vec::new(),
+                    "administrative shutdown",
+                ))
+                .await;
+                End::Shutdown
+            }
+            Err(SessionError::Sent(n)) => {
+                conn.close(&n).await;
+                End::Failed(format!("sent {n}"))
+            }
+            Err(SessionError::Gone(e)) => End::Failed(e),
+        }
+    }
+
+    /// OpenSent and OpenConfirm: `None` when shutdown came first.
+    async fn establish(
+        &mut self,
+        conn: &mut Conn,
+        hold: u16,
+        router_id: Ipv4Addr,
+        local_addr: SocketAddr,
+    ) -> Result<Option<(Negotiated, Speaking)>, SessionError> {
+        conn.send(&open::ours(self.local.asn, hold, router_id))
+            .await?;
+        self.set(|s| s.state = State::OpenSent);
+        let mut shutdown = self.shutdown.clone();
+        let deadline = Instant::now() + OPEN_WAIT;
+        let msg = tokio::select! {
+            m = conn.recv(deadline) => m?,
+            () = stopped(&mut shutdown) => return Ok(None),
+        };
+        let negotiated = match msg {
+            BgpMessage::Open(o) => open::accept(&o, self.peer.asn, hold, router_id)?,
+            other => return Err(unexpected(&other, 1)),
+        };
+        conn.asn_len = negotiated.asn_len;
+        conn.send(&BgpMessage::KeepAlive).await?;
+        self.set(|s| s.state = State::OpenConfirm);
+        let deadline = Instant::now() + hold_duration(negotiated.hold_time).unwrap_or(OPEN_WAIT);
+        let msg = tokio::select! {
+            m = conn.recv(deadline) => m?,
+            () = stopped(&mut shutdown) => return Ok(None),
+        };
+        match msg {
+            BgpMessage::KeepAlive => {}
+            other => return Err(unexpected(&other, 2)),
+        }
+        let speaking = Speaking {
+            local_asn: self.local.asn,
+            asn_len: negotiated.asn_len,
+            next_hop_v4: self.peer.next_hop_v4.or(match local_addr.ip() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+            }),
+            next_hop_v6: self.peer.next_hop_v6.or(match local_addr.ip() {
+                IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => Some(v6),
+                _ => None,
+            }),
+        };
+        Ok(Some((negotiated, speaking)))
+    }
+
+    async fn established(&mut self, conn: &mut Conn, n: Negotiated, speaking: Speaking) -> End {
+        let families: Vec<&'static str> = [
+            (n.ipv4 && speaking.next_hop_v4.is_some(), "ipv4"),
+            (n.ipv6 && speaking.next_hop_v6.is_some(), "ipv6"),
+        ]
+        .into_iter()
+        .filter_map(|(on, f)| on.then_some(f))
+        .collect();
+        info!(peer = %self.peer.address, peer_id = %n.peer_id, hold = n.hold_time, ?families, "BGP session established");
+        self.set(|s| {
+            s.state = State::Established;
+            s.established_at = Some(crate::model::unix_now());
+            s.established_count += 1;
+            s.families.clone_from(&families);
+            s.last_error = None;
+        });
+        let mut out = Outbox {
+            speaking,
+            ipv4: families.contains(&"ipv4"),
+            ipv6: families.contains(&"ipv6"),
+            advertised: Rib::new(),
+        };
+        match self.run_established(conn, &n, &mut out).await {
+            Ok(()) => {
+                // Withdraw first, then close: routers move traffic before the session drops.
+                let withdrawn = out.sync(conn, &Rib::new()).await;
+                if withdrawn.is_ok() {
+                    info!(peer = %self.peer.address, "routes withdrawn; closing the session");
+                }
+                conn.close(&Notify::new(
+                    code::CEASE,
+                    2,
+                    Vec::new(),
+                    "administrative shutdown",
+                ))
+                .await;
+                End::Shutdown
+            }
+            Err(SessionError::Sent(notify)) => {
+                conn.close(&notify).await;
+                End::Failed(format!("sent {notify}"))
+            }
+            Err(SessionError::Gone(e)) => End::Failed(e),
+        }
+    }
+
+    async fn run_established(
+        &mut self,
+        conn: &mut Conn,
+        n: &Negotiated,
+        out: &mut Outbox,
+    ) -> Result<(), SessionError> {
+        let hold = hold_duration(n.hold_time);
+        let mut keepalive = tokio::time::interval(Duration::from_secs(n.keepalive_secs().max(1)));
+        keepalive.reset();
+        let far = Duration::from_secs(86_400 * 365);
+        let mut deadline = Instant::now() + hold.unwrap_or(far);
+        let rib = Arc::clone(&self.rib.borrow_and_update());
+        out.sync(conn, &rib).await?;
+        self.set(|s| s.prefixes_announced = out.advertised.len());
+        out.end_of_rib(conn).await?;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                () = stopped(&mut shutdown) => return Ok(()),
+                changed = self.rib.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let rib = Arc::clone(&self.rib.borrow_and_update());
+                    out.sync(conn, &rib).await?;
+                    self.set(|s| s.prefixes_announced = out.advertised.len());
+                }
+                _ = keepalive.tick(), if hold.is_some() => conn.send(&BgpMessage::KeepAlive).await?,
+                msg = conn.recv(deadline) => {
+                    deadline = Instant::now() + hold.unwrap_or(far);
+                    match msg? {
+                        BgpMessage::KeepAlive => {}
+                        BgpMessage::Update(u) => {
+                            let (announced, _) = wire::update_counts(&u);
+                            self.set(|s| s.prefixes_received += announced as u64);
+                        }
+                        BgpMessage::RouteRefresh(_) => {
+                            let rib = Arc::clone(&self.rib.borrow());
+                            out.advertised.clear();
+                            out.sync(conn, &rib).await?;
+                        }
+                        other => return Err(unexpected(&other, 3)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the speaker stops (the guard `wait_for` returns is not `Send`).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+fn hold_duration(secs: u16) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(u64::from(secs)))
+}
+
+/// A NOTIFICATION from the peer ends the session; any other message out of place is a
+/// Finite State Machine Error (RFC 6608 subcodes: 1 OpenSent, 2 OpenConfirm, 3 Established).
+fn unexpected(msg: &BgpMessage, fsm_subcode: u8) -> SessionError {
+    match msg {
+        BgpMessage::Notification(n) => {
+            let (c, s) = n.error.get_codes();
+            SessionError::Gone(format!("peer sent NOTIFICATION {c}/{s} ({:?})", n.error))
+        }
+        other => SessionError::Sent(Notify::new(
+            code::FSM,
+            fsm_subcode,
+            vec![other.msg_type() as u8],
+            format!("unexpected {:?}", other.msg_type()),
+        )),
+    }
+}
+
+enum SessionError {
+    /// We must send this NOTIFICATION, then close.
+    Sent(Notify),
+    /// The connection is gone (or the peer closed it with a NOTIFICATION).
+    Gone(String),
+}
+
+impl From<Notify> for SessionError {
+    fn from(n: Notify) -> Self {
+        SessionError::Sent(n)
+    }
+}
+
+struct Conn {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    asn_len: AsnLength,
+}
+
+impl Conn {
+    async fn send(&mut self, msg: &BgpMessage) -> Result<(), SessionError> {
+        let bytes = wire::encode(msg, self.asn_len)?;
+        self.wr
+            .write_all(&bytes)
+            .await
+            .map_err(|e| SessionError::Gone(format!("writing: {e}")))
+    }
+
+    /// The next message, or the hold timer's NOTIFICATION at `deadline`.
+    async fn recv(&mut self, deadline: Instant) -> Result<BgpMessage, SessionError> {
+        loop {
+            if let Some(frame) = wire::frame(&mut self.buf)? {
+                return Ok(wire::decode(&frame, self.asn_len)?);
+            }
+            match timeout_at(deadline, self.rd.read_buf(&mut self.buf)).await {
+                Err(_) => {
+                    return Err(SessionError::Sent(Notify::new(
+                        code::HOLD_TIMER,
+                        0,
+                        Vec::new(),
+                        "hold timer expired",
+                    )))
+                }
+                Ok(Ok(0)) => {
+                    return Err(SessionError::Gone("the peer closed the connection".into()))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(SessionError::Gone(format!("reading: {e}"))),
+            }
+        }
+    }
+
+    /// Sends `notify` (best effort) and closes.
+    async fn close(&mut self, notify: &Notify) {
+        if let Ok(bytes) = wire::encode(&notify.message(), self.asn_len) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.wr.write_all(&bytes)).await;
+        }
+        let _ = self.wr.shutdown().await;
+    }
+}
+
+/// What this session has announced, and how to bring the peer to a new RIB.
+struct Outbox {
+    speaking: Speaking,
+    ipv4: bool,
+    ipv6: bool,
+    advertised: Rib,
+}
+
+impl Outbox {
+    fn carries(&self, p: &ipnet::IpNet) -> bool {
+        match p {
+            ipnet::IpNet::V4(_) => self.ipv4,
+            ipnet::IpNet::V6(_) => self.ipv6,
+        }
+    }
+
+    async fn sync(&mut self, conn: &mut Conn, rib: &Rib) -> Result<(), SessionError> {
+        let gone: Vec<ipnet::IpNet> = self
+            .advertised
+            .keys()
+            .filter(|p| !rib.contains_key(p))
+            .copied()
+            .collect();
+        for v6 in [false, true] {
+            let family: Vec<ipnet::IpNet> = gone
+                .iter()
+                .filter(|p| p.addr().is_ipv6() == v6)
+                .copied()
+                .collect();
+            if !family.is_empty() {
+                conn.send(&wire::withdraw(v6, &family)).await?;
+            }
+        }
+        for p in gone {
+            self.advertised.remove(&p);
+        }
+        for (p, attrs) in rib {
+            if !self.carries(p) || self.advertised.get(p) == Some(attrs) {
+                continue;
+            }
+            if let Some(msg) = wire::announce(*p, attrs, &self.speaking) {
+                conn.send(&msg).await?;
+                self.advertised.insert(*p, attrs.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_of_rib(&self, conn: &mut Conn) -> Result<(), SessionError> {
+        if self.ipv4 {
+            conn.send(&wire::withdraw(false, &[])).await?;
+        }
+        if self.ipv6 {
+            conn.send(&wire::withdraw(true, &[])).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,566 @@
+//! Anycast against a real router: BIRD 2 in a router namespace peers with two POPs announcing
+//! the same IPv4 and IPv6 VIPs (POP A over IPv4 transport with TCP-MD5, the agent connecting;
+//! POP B over IPv6 transport, BIRD connecting). Clients behind the router reach the VIP through
+//! the POP BIRD chose; when that POP loses its backend, is drained, or its agent stops, the
+//! route is withdrawn and new connections land on the other POP. Times are printed
+//! (`--nocapture`).
+//!
+//! ```text
+//! client --c0-- router (BIRD) --ra-- popa (XDP eth0) --ovl0-- hub --b1-- bea
+//!                             --rb-- popb (XDP eth0) --ovl0-- hub --b2-- beb
+//! ```
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use edge_agent::{bpffs::PinDir, counters};
+use edge_lab::{bpffs_pin_dir, Lab, LabProcess, Topology};
+
+use super::common::{agent_bin, tear_down, TestResult};
+
+type Error = Box<dyn std::error::Error>;
+
+const VIP4: &str = "198.18.7.10";
+const VIP6: &str = "2001:db8:ff7::10";
+const MD5: &str = "edge-md5-secret";
+
+fn topology() -> Topology {
+    let mut t = Topology::new("bgp")
+        .ns("client")
+        .ns("router")
+        .ns("popa")
+        .ns("popb")
+        .ns("hub")
+        .ns("bea")
+        .ns("beb")
+        .veth(("client", "eth0"), ("router", "c0"))
+        .veth(("router", "ra"), ("popa", "eth0"))
+        .veth(("router", "rb"), ("popb", "eth0"))
+        .veth(("popa", "ovl0"), ("hub", "upa"))
+        .veth(("popb", "ovl0"), ("hub", "upb"))
+        .veth(("hub", "b1"), ("bea", "eth0"))
+        .veth(("hub", "b2"), ("beb", "eth0"))
+        // Full checksums into the XDP programs (see TOOLCHAIN.md).
+        .tx_checksum_off("client", "eth0")
+        .tx_checksum_off("router", "ra")
+        .tx_checksum_off("router", "rb")
+        .addr("client", "eth0", "10.0.9.2/24")
+        .addr("client", "eth0", "2001:db8:9::2/64")
+        .addr("router", "c0", "10.0.9.1/24")
+        .addr("router", "c0", "2001:db8:9::1/64")
+        .addr("router", "ra", "10.0.10.1/24")
+        .addr("router", "ra", "2001:db8:10::1/64")
+        .addr("router", "rb", "10.0.11.1/24")
+        .addr("router", "rb", "2001:db8:11::1/64")
+        .addr("popa", "eth0", "10.0.10.2/24")
+        .addr("popa", "eth0", "2001:db8:10::2/64")
+        .addr("popb", "eth0", "10.0.11.2/24")
+        .addr("popb", "eth0", "2001:db8:11::2/64")
+        .addr("popa", "ovl0", "fd00:ee::1/64")
+        .addr("popb", "ovl0", "fd00:ee:2::1/64")
+        .addr("hub", "upa", "fd00:ee::fe/64")
+        .addr("hub", "upb", "fd00:ee:2::fe/64")
+        .addr("hub", "b1", "fd00:ee:1:1::1/64")
+        .addr("hub", "b2", "fd00:ee:1:2::1/64")
+        .addr("bea", "eth0", "fd00:ee:1:1::2/64")
+        .addr("beb", "eth0", "fd00:ee:1:2::2/64")
+        .route("client", "default", "10.0.9.1")
+        .route("client", "default", "2001:db8:9::1")
+        .route("popa", "default", "10.0.10.1")
+        .route("popa", "default", "2001:db8:10::1")
+        .route("popb", "default", "10.0.11.1")
+        .route("popb", "default", "2001:db8:11::1")
+        .route("popa", "fd00:ee:1::/48", "fd00:ee::fe")
+        .route("popb", "fd00:ee:1::/48", "fd00:ee:2::fe")
+        .route("bea", "default", "fd00:ee:1:1::1")
+        .route("beb", "default", "fd00:ee:1:2::1");
+    for ns in ["router", "popa", "popb"] {
+        t = t.sysctl(ns, "net.ipv4.ip_forward", "1");
+    }
+    for ns in ["router", "popa", "popb", "hub"] {
+        t = t.sysctl(ns, "net.ipv6.conf.all.forwarding", "1");
+    }
+    for ns in ["popa", "popb"] {
+        // The VIPs are local: a segment with no flow is answered by the POP's kernel.
+        t = t
+            .addr(ns, "lo", &format!("{VIP4}/32"))
+            .addr(ns, "lo", &format!("{VIP6}/128"));
+    }
+    t
+}
+
+/// POP `x`'s agent config: one backend, fast health checks, and its BGP session.
+fn pop_config(x: &str, bgp: &str) -> String {
+    let (overlay, backend) = match x {
+        "a" => ("fd00:ee::1", "fd00:ee:1:1::2"),
+        _ => ("fd00:ee:2::1", "fd00:ee:1:2::2"),
+    };
+    format!(
+        r#"iface = "eth0"
+stats_log_secs = 0
+pop_id = "pop{x}"
+
+[overlay]
+iface = "ovl0"
+addr = "{overlay}"
+
+[flows]
+max_entries = 65536
+
+[maglev]
+max_services = 8
+
+[health]
+profile = "fast"
+
+[health.passive]
+enabled = false
+
+[dns]
+enabled = false
+
+[metrics]
+listen = "127.0.0.1:9469"
+
+[[services]]
+name = "web4"
+vip = "{VIP4}"
+port = 7
+backends = [{{ name = "be{x}", addr = "{backend}", port = 7007 }}]
+
+[[services]]
+name = "web6"
+vip = "{VIP6}"
+port = 7
+backends = [{{ name = "be{x}", addr = "{backend}", port = 7007 }}]
+
+[bgp]
+hold_time_secs = 9
+hold_down_ms = 1000
+drain_delay_secs = 2
+drain_prepend = 2
+communities = ["65010:7"]
+{bgp}
+"#
+    )
+}
+
+fn bird_config(log: &Path) -> String {
+    format!(
+        r#"router id 10.0.9.1;
+log "{}" all;
+timeformat protocol iso long;
+protocol device {{ scan time 1; }}
+protocol kernel k4 {{ ipv4 {{ export all; }}; }}
+protocol kernel k6 {{ ipv6 {{ export all; }}; }}
+template bgp pops {{
+  local as 65000;
+  hold time 9;
+  connect delay time 1;
+  connect retry time 1;
+  error wait time 1, 2;
+  debug {{ states, routes, events, packets }};
+  ipv4 {{ import all; export none; }};
+  ipv6 {{ import all; export none; }};
+}}
+protocol bgp popa from pops {{
+  local 10.0.10.1 as 65000;
+  neighbor 10.0.10.2 as 65001;
+  passive on;
+  password "{MD5}";
+}}
+protocol bgp popb from pops {{
+  local 2001:db8:11::1 as 65000;
+  neighbor 2001:db8:11::2 as 65002;
+}}
+"#,
+        log.display()
+    )
+}
+
+struct Bgp {
+    lab: Lab,
+    bird: LabProcess,
+    socket: String,
+    bird_log: std::path::PathBuf,
+    agents: [Option<LabProcess>; 2],
+    backends: [Option<LabProcess>; 2],
+}
+
+impl Bgp {
+    fn birdc(&self, args: &[&str]) -> Result<String, Error> {
+        let mut argv = vec!["birdc", "-s", &self.socket];
+        argv.extend_from_slice(args);
+        let out = self.lab.ns("router").exec(&argv)?;
+        Ok(out.stdout.clone())
+    }
+
+    /// The POP (`a`/`b`) the router's kernel sends `vip` to, or `None` with no route.
+    fn chosen(&self, vip: &str) -> Result<Option<char>, Error> {
+        let family = if vip.contains(':') { "-6" } else { "-4" };
+        let out = self
+            .lab
+            .ns("router")
+            .exec(&["ip", family, "route", "show", vip])?;
+        let line = out.stdout.trim();
+        Ok(
+            if line.contains("10.0.10.2")
+                || line.contains("2001:db8:10::2")
+                || line.contains("dev ra")
+            {
+                Some('a')
+            } else if line.contains("10.0.11.2")
+                || line.contains("2001:db8:11::2")
+                || line.contains("dev rb")
+            {
+                Some('b')
+            } else {
+                None
+            },
+        )
+    }
+
+    /// Waits until `pred(chosen for both VIPs)` holds; returns how long it took.
+    fn wait_route(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(Option<char>) -> bool,
+    ) -> Result<Duration, Error> {
+        let start = Instant::now();
+        loop {
+            let (v4, v6) = (self.chosen(VIP4)?, self.chosen(VIP6)?);
+            if pred(v4) && pred(v6) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "{what}: routes v4 {v4:?} v6 {v6:?} after {timeout:?}\n{}\n{}",
+                    self.birdc(&["show", "protocols", "all"])
+                        .unwrap_or_default(),
+                    std::fs::read_to_string(&self.bird_log).unwrap_or_default()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// New flows POP `x`'s data plane has seen.
+    fn new_flows(&self, x: char) -> Result<u64, Error> {
+        let pins = PinDir::new(bpffs_pin_dir(self.lab.ns(&format!("pop{x}")).name()));
+        let report = counters::nat_report(&pins)?;
+        Ok(report.services.iter().map(|s| s.new_flows).sum())
+    }
+
+    /// Echoes a few bytes through both VIPs from the client; returns the POP that took them.
+    fn echo_both(&self) -> Result<char, Error> {
+        let before = [self.new_flows('a')?, self.new_flows('b')?];
+        for target in [format!("{VIP4}:7"), format!("[{VIP6}]:7")] {
+            let addr: SocketAddr = target.parse()?;
+            self.lab
+                .ns("client")
+                .run_in_thread(|| -> Result<(), String> {
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                        .map_err(|e| format!("connect {addr}: {e}"))?;
+                    s.set_read_timeout(Some(Duration::from_secs(3)))
+                        .map_err(|e| e.to_string())?;
+                    let msg = b"anycast hello";
+                    s.write_all(msg).map_err(|e| e.to_string())?;
+                    let mut back = [0u8; 13];
+                    s.read_exact(&mut back)
+                        .map_err(|e| format!("echo from {addr}: {e}"))?;
+                    if &back != msg {
+                        return Err(format!("echo from {addr} differs"));
+                    }
+                    Ok(())
+                })??;
+        }
+        let after = [self.new_flows('a')?, self.new_flows('b')?];
+        match (after[0] - before[0], after[1] - before[1]) {
+            (2, 0) => Ok('a'),
+            (0, 2) => Ok('b'),
+            other => Err(format!("new flows at (a, b): {other:?}").into()),
+        }
+    }
+
+    fn start_agent(&mut self, x: char) -> Result<(), Error> {
+        let i = usize::from(x == 'b');
+        let bgp = match x {
+            'a' => format!(
+                "asn = 65001\n\n[[bgp.peers]]\naddress = \"10.0.10.1\"\nasn = 65000\npassword = \"{MD5}\"\nnext_hop_v6 = \"2001:db8:10::2\"\n"
+            ),
+            _ => "asn = 65002\nrouter_id = \"10.0.11.2\"\nlisten = [\"[::]:179\"]\n\n[[bgp.peers]]\naddress = \"2001:db8:11::1\"\nasn = 65000\npassive = true\nnext_hop_v4 = \"10.0.11.2\"\n".to_owned(),
+        };
+        let ns = self.lab.ns(&format!("pop{x}"));
+        let config = self.lab.log_dir().join(format!("agent-{x}.toml"));
+        std::fs::write(&config, pop_config(&x.to_string(), &bgp))?;
+        let pins = bpffs_pin_dir(ns.name());
+        let agent = agent_bin();
+        let argv = [
+            agent.to_str().ok_or("agent path")?,
+            "--bpffs-root",
+            pins.to_str().ok_or("pins path")?,
+            "--config",
+            config.to_str().ok_or("config path")?,
+            "run",
+        ];
+        let process = ns.spawn(&format!("agent-{x}"), &argv, &[])?;
+        process.wait_for_output("edge-agent ready", Duration::from_secs(30))?;
+        self.agents[i] = Some(process);
+        Ok(())
+    }
+
+    fn start_backend(&mut self, x: char) -> Result<(), Error> {
+        let i = usize::from(x == 'b');
+        let p = self.lab.ns(&format!("be{x}")).spawn(
+            &format!("echo-{x}"),
+            &[env!("CARGO_BIN_EXE_echo-server"), "[::]:7007"],
+            &[],
+        )?;
+        p.wait_for_output("echo-server ready", Duration::from_secs(10))?;
+        self.backends[i] = Some(p);
+        Ok(())
+    }
+
+    /// `edge-agent <cmd>` against POP `x`'s pins.
+    fn cli(&self, x: char, args: &[&str]) -> Result<std::process::Output, Error> {
+        let ns = self.lab.ns(&format!("pop{x}"));
+        Ok(Command::new(agent_bin())
+            .arg("--bpffs-root")
+            .arg(bpffs_pin_dir(ns.name()))
+            .arg("--config")
+            .arg(self.lab.log_dir().join(format!("agent-{x}.toml")))
+            .args(args)
+            .output()?)
+    }
+}
+
+#[test]
+fn bird_routes_clients_to_a_pop_that_can_serve_them() -> TestResult {
+    let lab = topology().up()?;
+    let bird_log = lab.log_dir().join("bird.log");
+    let conf = lab.log_dir().join("bird.conf");
+    std::fs::write(&conf, bird_config(&bird_log))?;
+    // A unix socket path has room for 107 bytes: not under the lab's log directory.
+    let socket = format!("/run/{}.bird.ctl", lab.ns("router").name());
+    let bird = lab.ns("router").spawn(
+        "bird",
+        &[
+            "bird",
+            "-f",
+            "-c",
+            conf.to_str().ok_or("path")?,
+            "-s",
+            &socket,
+        ],
+        &[],
+    )?;
+    let mut t = Bgp {
+        lab,
+        bird,
+        socket,
+        bird_log,
+        agents: [None, None],
+        backends: [None, None],
+    };
+    let result = scenario(&mut t);
+    let _ = t.bird.kill();
+    let _ = std::fs::remove_file(&t.socket);
+    for p in t.agents.iter().chain(t.backends.iter()).flatten() {
+        let _ = p.kill();
+    }
+    if result.is_err() {
+        eprintln!(
+            "BIRD log:\n{}",
+            std::fs::read_to_string(&t.bird_log).unwrap_or_default()
+        );
+    }
+    tear_down(t.lab);
+    result
+}
+
+fn scenario(t: &mut Bgp) -> TestResult {
+    t.start_backend('a')?;
+    t.start_backend('b')?;
+    t.start_agent('a')?;
+    t.start_agent('b')?;
+
+    // Both sessions up, each carrying both families, and BIRD sees both paths.
+    let start = Instant::now();
+    loop {
+        let protocols = t.birdc(&["show", "protocols"])?;
+        let up = protocols
+            .lines()
+            .filter(|l| l.contains("Established"))
+            .count();
+        let routes4 = t.birdc(&["show", "route", "for", VIP4, "all"])?;
+        let routes6 = t.birdc(&["show", "route", "for", VIP6, "all"])?;
+        let paths = |r: &str| r.matches("BGP.as_path").count();
+        if up == 2 && paths(&routes4) == 2 && paths(&routes6) == 2 {
+            println!(
+                "bgp: both sessions Established and both paths of both VIPs in BIRD after {} ms",
+                start.elapsed().as_millis()
+            );
+            assert!(
+                routes4.contains("65010:7") || routes4.contains("(65010,7)"),
+                "community missing:\n{routes4}"
+            );
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(
+                format!("sessions/paths not up:\n{protocols}\n{routes4}\n{routes6}").into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The agents' status (written every second) says the same.
+    for x in ['a', 'b'] {
+        let start = Instant::now();
+        let session = loop {
+            let status = t.cli(x, &["status", "--output", "json"])?;
+            let doc: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+            let session = doc["agent"]["bgp"]["sessions"][0].clone();
+            if session["state"] == "Established" || start.elapsed() > Duration::from_secs(3) {
+                break session;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(session["state"], "Established", "POP {x}: {session}");
+        assert_eq!(session["prefixes_announced"], 2, "POP {x}: {session}");
+        assert_eq!(
+            session["families"],
+            serde_json::json!(["ipv4", "ipv6"]),
+            "POP {x}: {session}"
+        );
+    }
+    let table = t.cli('b', &["status"])?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("Established") && table.contains("announced: servable"),
+        "{table}"
+    );
+
+    // Clients go where BIRD points.
+    t.wait_route("initial", Duration::from_secs(5), |c| c.is_some())?;
+    let first = t.chosen(VIP4)?.ok_or("no route")?;
+    assert_eq!(t.chosen(VIP6)?, Some(first), "both VIPs through one POP");
+    assert_eq!(t.echo_both()?, first);
+    let other = if first == 'a' { 'b' } else { 'a' };
+    println!("bgp: BIRD chose POP {first}; clients land there");
+
+    // The chosen POP loses its last backend: withdrawn, and clients land on the other.
+    let i = usize::from(first == 'b');
+    if let Some(p) = t.backends[i].take() {
+        p.kill()?;
+    }
+    let moved = t.wait_route("backend lost", Duration::from_secs(5), |c| c == Some(other))?;
+    println!(
+        "bgp: backend killed -> route moved to POP {other} in the router's kernel after {} ms (fast checks: fall 3 x 250 ms)",
+        moved.as_millis()
+    );
+    assert_eq!(t.echo_both()?, other);
+
+    // Recovery: back after the hold-down.
+    t.start_backend(first)?;
+    let back = t.wait_route("backend back", Duration::from_secs(10), |c| {
+        c == Some(first)
+    })?;
+    println!(
+        "bgp: backend back -> route back after {} ms (rise + 1 s hold-down)",
+        back.as_millis()
+    );
+    assert_eq!(t.echo_both()?, first);
+
+    // Drain: graceful-shutdown community first, then withdrawn; undrain brings it back.
+    let out = t.cli(first, &["drain"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    loop {
+        let r = t.birdc(&["show", "route", "for", VIP4, "all"])?;
+        if r.contains("65535:0") || r.contains("(65535,0)") || r.contains("graceful") {
+            println!(
+                "bgp: drain -> graceful-shutdown community at BIRD after {} ms",
+                start.elapsed().as_millis()
+            );
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(3) {
+            return Err(format!("no graceful-shutdown community:\n{r}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The longer, marked path loses at once; the withdraw follows after the delay.
+    let drained = t.wait_route("drain", Duration::from_secs(6), |c| c == Some(other))?;
+    println!(
+        "bgp: drain -> route at POP {other} after {} ms (longer path, marked)",
+        drained.as_millis()
+    );
+    loop {
+        let r = t.birdc(&["show", "route", "for", VIP4, "all"])?;
+        if r.matches("BGP.as_path").count() == 1 {
+            println!(
+                "bgp: drain -> withdrawn after {} ms (drain_delay_secs = 2)",
+                start.elapsed().as_millis()
+            );
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            return Err(format!("the drained POP's path is still there:\n{r}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(t.echo_both()?, other);
+    let out = t.cli(first, &["undrain"])?;
+    assert!(out.status.success());
+    let undrained = t.wait_route("undrain", Duration::from_secs(5), |c| c == Some(first))?;
+    println!(
+        "bgp: undrain -> route back after {} ms",
+        undrained.as_millis()
+    );
+
+    // A graceful stop: withdraw on the wire before the session closes, then the other POP.
+    let log_before = std::fs::read_to_string(&t.bird_log)?.len();
+    let agent = t.agents[i].take().ok_or("no agent")?;
+    agent.signal(libc::SIGTERM)?;
+    let moved = t.wait_route("agent stopped", Duration::from_secs(5), |c| {
+        c == Some(other)
+    })?;
+    agent.wait_exit(Duration::from_secs(10))?;
+    println!(
+        "bgp: SIGTERM -> route at POP {other} after {} ms",
+        moved.as_millis()
+    );
+    assert_eq!(t.echo_both()?, other);
+    let log = std::fs::read_to_string(&t.bird_log)?;
+    let log = &log[log_before..];
+    let proto = format!("pop{first}");
+    let withdraw = log
+        .lines()
+        .position(|l| l.contains(&proto) && l.contains("removed") && l.contains(VIP4))
+        .ok_or_else(|| format!("BIRD logged no withdraw of {VIP4} from {proto}:\n{log}"))?;
+    let closed = log
+        .lines()
+        .position(|l| {
+            l.contains(&proto)
+                && (l.contains("Received: Administrative shutdown")
+                    || l.contains("State changed to stop")
+                    || l.contains("Down"))
+        })
+        .ok_or_else(|| format!("BIRD logged no session end for {proto}:\n{log}"))?;
+    assert!(
+        withdraw < closed,
+        "withdraw (line {withdraw}) after the close (line {closed}):\n{log}"
+    );
+    Ok(())
+}
