@@ -71,7 +71,12 @@ CREATE TABLE pops (
     -- WireGuard public key (base64) and endpoint (host:port).
     public_key TEXT,
     endpoint TEXT,
-    updated_at INTEGER NOT NULL DEFAULT 0
+    updated_at INTEGER NOT NULL DEFAULT 0,
+    -- 'pop' (runs the data plane) or 'host' (a backend host: only joins the overlay).
+    role TEXT NOT NULL DEFAULT 'pop',
+    -- The host's number in its region (1..2^32-1): with the region and the deployment prefix,
+    -- its 6PN /96 (docs/6pn.md). 0: not in the 6PN mesh.
+    host_number INTEGER NOT NULL DEFAULT 0
 );
 
 -- One POP's view of one backend. Only that POP writes the rows keyed by its pop_id, so
@@ -90,3 +95,12 @@ CREATE TABLE health (
 );
 
 CREATE INDEX health_backend_id ON health (backend_id);
+
+-- Deployment-wide settings, one value per key: `sixpn.prefix` (the 6PN /48, generated once),
+-- `sixpn.region.<region>` (a region's number in 6PN addresses, for regions beyond the fixed
+-- ones).
+CREATE TABLE settings (
+    key TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL DEFAULT '',
+    updated_at INTEGER NOT NULL DEFAULT 0
+);

@@ -45,6 +45,8 @@ pub struct Agent {
     balancing: Option<Balancing>,
     /// The anycast BGP speaker, when peers are configured (started with the runtime).
     bgp: Option<crate::bgp::Speaker>,
+    /// This POP in the 6PN mesh, when `[sixpn]` is enabled.
+    sixpn: Option<crate::sixpn::node::Node>,
 }
 
 struct Balancing {
@@ -185,7 +187,7 @@ pub fn pop_settings(
 }
 
 /// The configured state source: Corrosion, the local file, or none (the config's services).
-fn open_source(
+pub fn open_source(
     config: &AgentConfig,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Option<Arc<dyn StateStore>>> {
@@ -228,6 +230,25 @@ impl Agent {
                 maglev::next_prime(config.maglev.table_size)
             );
         }
+        // First: the overlay the data plane forwards into may be this 6PN device.
+        let sixpn = if config.sixpn.enabled {
+            let id = config
+                .sixpn
+                .id
+                .clone()
+                .unwrap_or_else(|| config.pop_id.clone());
+            Some(
+                crate::sixpn::node::Node::start(
+                    &config.sixpn,
+                    &id,
+                    &config.region,
+                    crate::model::HostRole::Pop,
+                )
+                .context("starting the 6PN device")?,
+            )
+        } else {
+            None
+        };
         let pop = pop_settings(&config, &iface)?;
         // Made here, not in `run`: the Corrosion source starts its subscriptions on it.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -292,6 +313,7 @@ impl Agent {
             dataplane,
             balancing,
             bgp: None,
+            sixpn,
         };
         agent.reload_geo();
         agent.reload_state();
@@ -364,6 +386,9 @@ impl Agent {
             b.draining_since
                 .entry(backend.id.clone())
                 .or_insert(started);
+        }
+        if let (Some(node), Some(store)) = (self.sixpn.as_mut(), b.source.as_ref()) {
+            crate::sixpn::host::apply(&**store, node, &state);
         }
         b.state = state;
         b.state_read_at = Some(std::time::Instant::now());
@@ -646,6 +671,7 @@ impl Agent {
                 "transitions": b.health.transitions,
             },
             "dns": b.dns.as_ref().map(|d| d.local.clone()),
+            "sixpn": self.sixpn.as_ref().map(crate::sixpn::node::Node::status),
             "bgp": self.bgp.as_ref().map(|speaker| {
                 let (sessions, vips) = speaker.status();
                 serde_json::json!({

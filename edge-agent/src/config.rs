@@ -110,6 +110,8 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     /// The anycast BGP speaker (`[bgp]`): off without peers.
     pub bgp: crate::bgp::BgpConfig,
+    /// This host in the 6PN WireGuard mesh (`[sixpn]`): off unless enabled.
+    pub sixpn: crate::sixpn::node::SixpnConfig,
     /// Services and their backends, when state does not come from a database.
     pub services: Vec<ServiceConfig>,
 }
@@ -191,6 +193,7 @@ impl Default for AgentConfig {
             register: RegisterConfig::default(),
             metrics: MetricsConfig::default(),
             bgp: crate::bgp::BgpConfig::default(),
+            sixpn: crate::sixpn::node::SixpnConfig::default(),
             services: Vec::new(),
         }
     }

@@ -87,6 +87,13 @@ enum Command {
         #[arg(long)]
         ipv4_prefix: Option<ipnet::Ipv6Net>,
     },
+    /// Run as a backend host: join the 6PN mesh from the state (no data plane) until SIGTERM.
+    Host,
+    /// This host's WireGuard (6PN).
+    Wg {
+        #[command(subcommand)]
+        command: WgCommand,
+    },
     /// Drain this POP: routes are announced with the graceful-shutdown community (RFC 8326) and
     /// the configured prepend, then withdrawn after `bgp.drain_delay_secs`. Lasts until
     /// `undrain` (or a reboot).
@@ -219,6 +226,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Host => edge_agent::sixpn::host::run(config),
+        Command::Wg {
+            command: WgCommand::Show { output },
+        } => wg_show(&pins, output),
+        Command::Wg {
+            command: WgCommand::RotateKey,
+        } => rotate_key(&config),
         Command::Drain => {
             let since = edge_agent::bgp::drain::start(&pins).context("starting the drain")?;
             println!(
@@ -244,6 +258,107 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+#[derive(Subcommand)]
+enum WgCommand {
+    /// The implementation in use, this host's address and key, and each peer: endpoint,
+    /// allowed IPs, last handshake, bytes (from the running agent).
+    Show {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Make a new key, then publish its public half: the running agent switches to it when
+    /// the state shows it, as every peer does, so only one handshake is lost.
+    RotateKey,
+}
+
+fn wg_show(pins: &PinDir, output: Output) -> anyhow::Result<()> {
+    let doc = std::fs::read(pins.agent_status_file())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|a| a["sixpn"].clone())
+        .filter(|s| !s.is_null())
+        .context("no running agent with [sixpn] enabled (its status file says nothing of 6PN)")?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
+        Output::Table => print_sixpn(&doc),
+    }
+    Ok(())
+}
+
+fn print_sixpn(s: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    println!(
+        "6PN {} ({}): address {}, public key {}, port {}",
+        text(&s["ifname"]),
+        text(&s["implementation"]),
+        text(&s["address"]),
+        text(&s["public_key"]),
+        s["listen_port"]
+    );
+    for p in s["problems"].as_array().into_iter().flatten() {
+        println!("  left out: {}", text(p));
+    }
+    println!(
+        "  {:<46} {:<40} {:>14} {:>12} {:>12}  allowed IPs",
+        "peer", "endpoint", "handshake", "rx bytes", "tx bytes"
+    );
+    for p in s["peers"].as_array().into_iter().flatten() {
+        let handshake = p["last_handshake_secs_ago"]
+            .as_f64()
+            .map_or_else(|| "never".to_owned(), |a| format!("{a:.0} s ago"));
+        let ips: Vec<String> = p["allowed_ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        println!(
+            "  {:<46} {:<40} {:>14} {:>12} {:>12}  {}",
+            text(&p["public_key"]),
+            text(&p["endpoint"]),
+            handshake,
+            p["rx_bytes"].as_u64().unwrap_or(0),
+            p["tx_bytes"].as_u64().unwrap_or(0),
+            ips.join(", ")
+        );
+    }
+}
+
+/// Writes a new key beside the old one, moves it in place, and publishes its public half in
+/// this host's row.
+fn rotate_key(config: &AgentConfig) -> anyhow::Result<()> {
+    use edge_agent::sixpn::PrivateKey;
+    let sixpn = &config.sixpn;
+    let id = sixpn.id.clone().unwrap_or_else(|| config.pop_id.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let store = edge_agent::agent::open_source(config, &runtime)?
+        .context("rotating the key needs the state (state.database or Corrosion)")?;
+    let (snap, _) = store.snapshot().context("reading the state")?;
+    let mut row = snap
+        .pops
+        .iter()
+        .find(|p| p.id == id)
+        .cloned()
+        .with_context(|| format!("no row {id} in pops: is the agent running?"))?;
+    let key = PrivateKey::generate();
+    let staged = sixpn.key_file.with_extension("new");
+    let _ = std::fs::remove_file(&staged);
+    key.store(&staged).context("writing the new key")?;
+    std::fs::rename(&staged, &sixpn.key_file).context("moving the new key in place")?;
+    row.public_key = Some(key.public_key().to_string());
+    store
+        .execute(&edge_agent::state::write::upsert_pop(
+            &row,
+            edge_agent::model::unix_now(),
+        )?)
+        .context("publishing the new public key")?;
+    println!("new public key {} published for {id}", key.public_key());
+    Ok(())
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<AgentConfig> {
@@ -365,6 +480,10 @@ fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
             if running {
                 if let Some(bgp) = agent.as_ref().map(|a| &a["bgp"]).filter(|b| !b.is_null()) {
                     print_bgp(bgp);
+                }
+                if let Some(sixpn) = agent.as_ref().map(|a| &a["sixpn"]).filter(|s| !s.is_null()) {
+                    print_sixpn(sixpn);
+                    println!();
                 }
             }
             print!("{snapshot}");

@@ -199,6 +199,29 @@ pub struct Pop {
     pub overlay_addr: Option<Ipv6Addr>,
     pub public_key: Option<String>,
     pub endpoint: Option<String>,
+    pub role: HostRole,
+    /// Its number in its region for 6PN addresses; 0: not in the mesh.
+    pub host_number: u32,
+}
+
+/// What a member of the deployment runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostRole {
+    /// The data plane, and the overlay.
+    #[default]
+    Pop,
+    /// A backend host: the overlay only.
+    Host,
+}
+
+impl HostRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostRole::Pop => "pop",
+            HostRole::Host => "host",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +255,8 @@ pub struct Snapshot {
     pub backends: Vec<Backend>,
     pub pops: Vec<Pop>,
     pub health: Vec<Health>,
+    /// The `settings` table (`sixpn.prefix`, ...).
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 /// A row a source could not turn into state, and why; the source counts and logs these.

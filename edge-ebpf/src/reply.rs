@@ -1,6 +1,7 @@
 //! The backend -> client direction, in TC ingress on the overlay interface: the reverse flow
 //! entry restores VIP -> client (NAT64 for IPv4 clients), then the packet is redirected out of
-//! the public interface with the kernel's neighbour resolution (`bpf_redirect_neigh`). Going
+//! the public interface with the kernel's neighbour resolution (`bpf_redirect_neigh`; from an
+//! L3 overlay such as WireGuard, after making room for a link-layer header). Going
 //! through the IP stack instead would drop it: its source, the VIP, is a local address.
 //!
 //! Checksums go through `bpf_l4_csum_replace`, which knows whether the skb carries a full
@@ -9,8 +10,9 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect_neigh},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect_neigh, bpf_skb_change_head},
     programs::TcContext,
+    EbpfContext as _,
 };
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_RST, TCP_SYN},
@@ -163,6 +165,16 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     }
     if tcp_flags & TCP_SYN != 0 {
         tcp::clamp_mss(ctx, out_tcp, config.mss_clamp);
+    }
+    if L2 == 0 {
+        // An L3 overlay (WireGuard, TUN) delivers no link-layer header, and the kernel's
+        // redirect_neigh drops a packet without one: it strips that header before writing the
+        // next hop's. 14 blank bytes in front satisfy it.
+        // SAFETY: the context's skb, valid for this run; packet pointers are not used after.
+        let rc = unsafe { bpf_skb_change_head(ctx.as_ptr().cast(), 14, 0) };
+        if rc != 0 {
+            return Err(Drop::ResizeFailed);
+        }
     }
     // SAFETY: a NULL neighbour asks the kernel to look the next hop up itself.
     let action = unsafe { bpf_redirect_neigh(config.public_ifindex, core::ptr::null_mut(), 0, 0) };

@@ -305,8 +305,11 @@ mod tests {
                 overlay_addr: Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 9)),
                 public_key: None,
                 endpoint: None,
+                role: crate::model::HostRole::Host,
+                host_number: 9,
             }],
             health: Vec::new(),
+            settings: Default::default(),
         }
     }
 

@@ -2,7 +2,13 @@
 //! host's WireGuard keys, and the userspace WireGuard implementation used when the kernel has no
 //! `wireguard` module. See `docs/6pn.md`.
 
+pub mod host;
+pub mod kernel;
 pub mod keys;
+pub mod members;
+pub mod netlink_link;
+mod nlsock;
+pub mod node;
 pub mod plan;
 pub mod uapi;
 pub mod userspace;

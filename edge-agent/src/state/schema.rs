@@ -21,7 +21,7 @@ pub const SCHEMA: &str = include_str!("../../schema/edgeproxy.sql");
 pub const SCHEMA_VERSION: i64 = 2;
 
 /// The tables a source reads.
-pub const TABLES: [&str; 4] = ["services", "backends", "pops", "health"];
+pub const TABLES: [&str; 5] = ["services", "backends", "pops", "health", "settings"];
 
 struct Object {
     kind: String,

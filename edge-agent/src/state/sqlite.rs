@@ -162,7 +162,8 @@ impl SqliteState {
             read_table(&tx, "services", &columns::SERVICES, |c| b.service(c))?;
             read_table(&tx, "backends", &columns::BACKENDS, |c| b.backend(c))?;
             read_table(&tx, "pops", &columns::POPS, |c| b.pop(c))?;
-            read_table(&tx, "health", &columns::HEALTH, |c| b.health(c))
+            read_table(&tx, "health", &columns::HEALTH, |c| b.health(c))?;
+            read_table(&tx, "settings", &columns::SETTINGS, |c| b.setting(c))
         };
         read().map_err(self.sqlite())?;
         tx.finish().map_err(self.sqlite())?;
@@ -222,6 +223,10 @@ impl SqliteState {
 
     pub fn upsert_health(&self, health: &Health) -> Result<(), StateError> {
         self.execute(&write::upsert_health(health)?)
+    }
+
+    pub fn upsert_setting(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.execute(&write::upsert_setting(key, value, unix_now())?)
     }
 }
 
@@ -298,8 +303,11 @@ mod tests {
             overlay_addr: Some("fd10::1".parse()?),
             public_key: Some("yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=".to_owned()),
             endpoint: Some("198.51.100.1:51820".to_owned()),
+            role: crate::model::HostRole::Pop,
+            host_number: 1,
         };
         state.upsert_pop(&pop)?;
+        state.upsert_setting("sixpn.prefix", "fd5e:a1c0:7b3d::/48")?;
         let health = Health {
             pop_id: "pop-sa-1".to_owned(),
             backend_id: "b1".to_owned(),
@@ -315,6 +323,10 @@ mod tests {
         assert_eq!(snap.services, vec![api, web]);
         assert_eq!(snap.backends, vec![b1.clone(), b2.clone()]);
         assert_eq!(snap.pops, vec![pop]);
+        assert_eq!(
+            snap.settings.get("sixpn.prefix").map(String::as_str),
+            Some("fd5e:a1c0:7b3d::/48")
+        );
         assert_eq!(snap.health, vec![health]);
 
         state.set_backend_enabled("b1", false)?;

@@ -13,8 +13,8 @@ use rusqlite::types::ValueRef;
 
 use crate::health::CheckSpec;
 use crate::model::{
-    Backend, BackendAddr, Country, Health, HealthStatus, Lease, Pop, Region, RejectedRow, Service,
-    Snapshot,
+    Backend, BackendAddr, Country, Health, HealthStatus, HostRole, Lease, Pop, Region, RejectedRow,
+    Service, Snapshot,
 };
 
 /// The columns a source selects from each table, in the order the row parsers expect.
@@ -37,7 +37,16 @@ pub mod columns {
         "heartbeat_at",
         "heartbeat_secs",
     ];
-    pub const POPS: [&str; 5] = ["id", "region", "overlay_addr", "public_key", "endpoint"];
+    pub const POPS: [&str; 7] = [
+        "id",
+        "region",
+        "overlay_addr",
+        "public_key",
+        "endpoint",
+        "role",
+        "host_number",
+    ];
+    pub const SETTINGS: [&str; 2] = ["key", "value"];
     pub const HEALTH: [&str; 6] = [
         "pop_id",
         "backend_id",
@@ -516,13 +525,42 @@ fn pop_row(c: &[Cell<'_>]) -> Result<Pop, String> {
     if let Some(endpoint) = endpoint {
         check_endpoint(endpoint)?;
     }
+    let role = match text(c[5], "role")? {
+        "pop" => HostRole::Pop,
+        "host" => HostRole::Host,
+        other => return Err(format!("role {other:?}: expected pop or host")),
+    };
+    let host_number = int(c[6], "host_number")?;
+    let host_number = u32::try_from(host_number)
+        .map_err(|_| format!("host_number {host_number} is outside 0..2^32"))?;
     Ok(Pop {
         id: id.to_owned(),
         region,
         overlay_addr,
         public_key: public_key.map(str::to_owned),
         endpoint: endpoint.map(str::to_owned),
+        role,
+        host_number,
     })
+}
+
+/// What a settings row must be: a key, and a value of sane length.
+pub fn check_setting(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 128 {
+        return Err("key must have 1 to 128 bytes".into());
+    }
+    if value.len() > 4096 {
+        return Err("value longer than 4096 bytes".into());
+    }
+    Ok(())
+}
+
+fn setting_row(c: &[Cell<'_>]) -> Result<(String, String), String> {
+    arity(c, columns::SETTINGS.len())?;
+    let key = text(c[0], "key")?;
+    let value = text(c[1], "value")?;
+    check_setting(key, value)?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 fn health_row(c: &[Cell<'_>]) -> Result<Health, String> {
@@ -556,6 +594,7 @@ pub struct SnapshotBuilder {
     backends: Vec<Backend>,
     pops: Vec<Pop>,
     health: Vec<Health>,
+    settings: std::collections::BTreeMap<String, String>,
     rejected: Vec<RejectedRow>,
     rejected_services: HashSet<String>,
     rejected_backends: HashSet<String>,
@@ -590,6 +629,19 @@ impl SnapshotBuilder {
                 let key = cells.first().map_or_else(String::new, |c| key_text(*c));
                 self.rejected_backends.insert(key.clone());
                 self.reject("backends", key, reason);
+            }
+        }
+    }
+
+    /// A `settings` row, columns as in [`columns::SETTINGS`].
+    pub fn setting(&mut self, cells: &[Cell<'_>]) {
+        match setting_row(cells) {
+            Ok((k, v)) => {
+                self.settings.insert(k, v);
+            }
+            Err(reason) => {
+                let key = cells.first().map_or_else(String::new, |c| key_text(*c));
+                self.reject("settings", key, reason);
             }
         }
     }
@@ -686,6 +738,7 @@ impl SnapshotBuilder {
             snap.backends.push(b);
         }
 
+        snap.settings = std::mem::take(&mut self.settings);
         self.pops.sort_by(|a, b| a.id.cmp(&b.id));
         for p in std::mem::take(&mut self.pops) {
             if snap.pops.last().is_some_and(|last| last.id == p.id) {
@@ -853,7 +906,32 @@ mod tests {
     #[test]
     fn pop_and_health_fields_are_checked() {
         let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
-        let pop = |addr, pk, ep| pop_row(&[Cell::Text("pop-1"), Cell::Text("sa"), addr, pk, ep]);
+        let pop = |addr, pk, ep| {
+            pop_row(&[
+                Cell::Text("pop-1"),
+                Cell::Text("sa"),
+                addr,
+                pk,
+                ep,
+                Cell::Text("pop"),
+                Cell::Int(3),
+            ])
+        };
+        let role = |role, n| {
+            pop_row(&[
+                Cell::Text("h"),
+                Cell::Text("sa"),
+                Cell::Null,
+                Cell::Null,
+                Cell::Null,
+                Cell::Text(role),
+                Cell::Int(n),
+            ])
+        };
+        assert_eq!(
+            role("host", 7).map(|p| (p.role, p.host_number)),
+            Ok((HostRole::Host, 7))
+        );
         assert!(pop(Cell::Null, Cell::Null, Cell::Null).is_ok());
         assert!(pop(
             Cell::Text("fd10::1"),
@@ -883,6 +961,9 @@ mod tests {
                 pop(Cell::Null, Cell::Null, Cell::Text("host:0")),
                 "endpoint",
             ),
+            (role("router", 1), "role"),
+            (role("host", -1), "host_number"),
+            (role("host", 1 << 40), "host_number"),
         ];
         for (result, expected) in bad {
             match result {

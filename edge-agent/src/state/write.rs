@@ -265,11 +265,12 @@ pub fn delete_backend(id: &str) -> Vec<Stmt> {
 pub fn upsert_pop(p: &Pop, now: i64) -> Result<Vec<Stmt>, StateError> {
     validate::check_pop(p).map_err(invalid("pops", &p.id))?;
     Ok(vec![Stmt::new(
-        "INSERT INTO pops (id, region, overlay_addr, public_key, endpoint, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+        "INSERT INTO pops (id, region, overlay_addr, public_key, endpoint, updated_at, role, \
+         host_number) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
          ON CONFLICT (id) DO UPDATE SET region = excluded.region, \
          overlay_addr = excluded.overlay_addr, public_key = excluded.public_key, \
-         endpoint = excluded.endpoint, updated_at = excluded.updated_at",
+         endpoint = excluded.endpoint, updated_at = excluded.updated_at, \
+         role = excluded.role, host_number = excluded.host_number",
         vec![
             p.id.as_str().into(),
             p.region.as_str().into(),
@@ -277,7 +278,23 @@ pub fn upsert_pop(p: &Pop, now: i64) -> Result<Vec<Stmt>, StateError> {
             p.public_key.clone().into(),
             p.endpoint.clone().into(),
             now.into(),
+            p.role.as_str().into(),
+            i64::from(p.host_number).into(),
         ],
+    )])
+}
+
+/// Removes a POP or host (and so its peer from every 6PN mesh).
+pub fn delete_pop(id: &str) -> Vec<Stmt> {
+    vec![Stmt::new("DELETE FROM pops WHERE id = ?1", vec![id.into()]).must_exist("pops", id)]
+}
+
+pub fn upsert_setting(key: &str, value: &str, now: i64) -> Result<Vec<Stmt>, StateError> {
+    validate::check_setting(key, value).map_err(invalid("settings", key))?;
+    Ok(vec![Stmt::new(
+        "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        vec![key.into(), value.into(), now.into()],
     )])
 }
 

@@ -117,6 +117,8 @@ fn dns_answers_from_state_and_registrations_come_and_go() -> TestResult {
         overlay_addr: Some(OVERLAY.parse()?),
         public_key: None,
         endpoint: None,
+        role: edge_agent::model::HostRole::Pop,
+        host_number: 0,
     })?;
     state.upsert_pop(&Pop {
         id: "host3".into(),
@@ -124,6 +126,8 @@ fn dns_answers_from_state_and_registrations_come_and_go() -> TestResult {
         overlay_addr: Some(backend_addr(3).parse()?),
         public_key: None,
         endpoint: None,
+        role: edge_agent::model::HostRole::Host,
+        host_number: 0,
     })?;
     for (n, region, addr) in [
         (2, "us", BackendAddr::Ip(backend_addr(2).parse()?)),

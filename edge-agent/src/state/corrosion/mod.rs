@@ -56,11 +56,12 @@ impl Default for CorrosionConfig {
 }
 
 /// The tables, in the order a snapshot reads them, with the query each subscribes to.
-const TABLES: [(&str, &[&str]); 4] = [
+const TABLES: [(&str, &[&str]); 5] = [
     ("services", &columns::SERVICES),
     ("backends", &columns::BACKENDS),
     ("pops", &columns::POPS),
     ("health", &columns::HEALTH),
+    ("settings", &columns::SETTINGS),
 ];
 
 fn query(table: &str, cols: &[&str]) -> String {
@@ -254,7 +255,8 @@ impl StateSource for CorrosionState {
                     0 => b.service(&cells),
                     1 => b.backend(&cells),
                     2 => b.pop(&cells),
-                    _ => b.health(&cells),
+                    3 => b.health(&cells),
+                    _ => b.setting(&cells),
                 }
             }
         }

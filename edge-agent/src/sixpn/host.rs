@@ -1,0 +1,102 @@
+//! `edge-agent host`: a backend host's agent. No data plane: it joins the 6PN mesh from the
+//! state (publishing its row, reconciling its peers on every change) until SIGTERM.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{bail, Context as _};
+use tracing::{info, warn};
+
+use super::node::Node;
+use crate::{
+    bpffs::PinDir,
+    config::AgentConfig,
+    model::HostRole,
+    state::{write, StateStore},
+};
+
+pub fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let store: Option<Arc<dyn StateStore>> = crate::agent::open_source(&config, &runtime)?;
+    let Some(store) = store else {
+        bail!("host role: the mesh comes from the state; set state.database or state.source = \"corrosion\"");
+    };
+    if !config.sixpn.enabled {
+        bail!("host role: [sixpn] enabled = true is needed (the host only joins the 6PN)");
+    }
+    let id = config
+        .sixpn
+        .id
+        .clone()
+        .unwrap_or_else(|| config.pop_id.clone());
+    let mut node = Node::start(&config.sixpn, &id, &config.region, HostRole::Host)
+        .context("starting the 6PN device")?;
+    let status_file = PinDir::new(&config.bpffs_root).agent_status_file();
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut changes = store.changes().context("watching the state")?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut first = true;
+        loop {
+            sync(&*store, &mut node);
+            write_status(&status_file, &node);
+            if first {
+                println!("edge-agent host ready");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                first = false;
+            }
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = sigterm.recv() => break,
+                () = changes.changed() => {}
+                _ = tick.tick() => {}
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_file(&status_file);
+    info!("host agent stopping; the 6PN device goes with it");
+    Ok(())
+}
+
+/// Reads the state, then [`apply`].
+fn sync(store: &dyn StateStore, node: &mut Node) {
+    match store.snapshot() {
+        Ok((snap, _)) => apply(store, node, &snap),
+        Err(error) => warn!(%error, "reading the state failed; the mesh stays as it is"),
+    }
+}
+
+/// Publishes this host's row if the state does not say it yet, and reconciles the peers.
+pub fn apply(store: &dyn StateStore, node: &mut Node, snap: &crate::model::Snapshot) {
+    if let Some(row) = node.own_row(snap) {
+        match write::upsert_pop(&row, crate::model::unix_now()).and_then(|s| store.execute(&s)) {
+            Ok(()) => info!(id = %row.id, "6PN: published this host's row"),
+            Err(error) => warn!(%error, "6PN: publishing this host's row"),
+        }
+    }
+    if let Err(error) = node.reconcile(snap) {
+        warn!(%error, "6PN: reconciling the mesh");
+    }
+}
+
+fn write_status(path: &std::path::Path, node: &Node) {
+    let doc = serde_json::json!({
+        "pid": std::process::id(),
+        "role": "host",
+        "written_at": crate::model::unix_now(),
+        "sixpn": node.status(),
+    });
+    let tmp = path.with_extension("tmp");
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, doc.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(error) = written {
+        warn!(%error, "writing the host status");
+    }
+}

@@ -1,0 +1,332 @@
+//! This host's place in the 6PN mesh, kept by the agent: its WireGuard device (kernel when the
+//! `wireguard` link kind exists, else wireguard-go), its key, its address, its row in the
+//! state, and its peers reconciled from the rows on every state change.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv6Addr,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use ipnet::{IpNet, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{
+    kernel::{Implementation, KernelError, KernelWg},
+    keys::{PrivateKey, PublicKey},
+    members::{changes, Mesh},
+    netlink_link::{LinkError, NetlinkLink},
+    uapi::{DeviceConfig, DeviceState},
+    userspace::{WireguardGo, DEFAULT_MTU},
+};
+use crate::model::{HostRole, Pop, Region, Snapshot};
+
+/// The `[sixpn]` section of the agent's config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SixpnConfig {
+    pub enabled: bool,
+    /// This member's `pops` row; defaults to the agent's `pop_id`.
+    pub id: Option<String>,
+    /// Its number in its region (assigned by whoever adds hosts; 1 and up).
+    pub host_number: u32,
+    /// The WireGuard interface. wireguard-go's sockets share one directory for every network
+    /// namespace, so the name must be unique on the machine.
+    pub ifname: String,
+    pub listen_port: u16,
+    /// `address:port` others reach this host at, published in its row.
+    pub endpoint: Option<String>,
+    pub key_file: PathBuf,
+    pub keepalive_secs: u16,
+    pub mtu: u32,
+}
+
+impl Default for SixpnConfig {
+    fn default() -> Self {
+        SixpnConfig {
+            enabled: false,
+            id: None,
+            host_number: 0,
+            ifname: "6pn0".into(),
+            listen_port: 51820,
+            endpoint: None,
+            key_file: PathBuf::from("/var/lib/edgeproxy/wireguard.key"),
+            keepalive_secs: 25,
+            mtu: DEFAULT_MTU,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("6PN: {0}")]
+    Key(#[from] super::KeyError),
+    #[error("6PN: {0}")]
+    Userspace(#[from] super::UserspaceError),
+    #[error("6PN: {0}")]
+    Uapi(#[from] super::UapiError),
+    #[error("6PN kernel WireGuard: {0}")]
+    Kernel(#[from] KernelError),
+    #[error("6PN link: {0}")]
+    Link(#[from] LinkError),
+    #[error("6PN: sixpn.host_number must be 1 or more")]
+    NoHostNumber,
+}
+
+/// Which WireGuard the device is: the kernel's when a `wireguard` link can be created (as
+/// `wg-quick` prefers), else wireguard-go.
+enum Device {
+    Kernel(KernelWg),
+    Userspace { wg: WireguardGo, why: String },
+}
+
+impl Device {
+    fn start(ifname: &str, link: &NetlinkLink) -> Result<Device, NodeError> {
+        match Implementation::detect() {
+            Implementation::Kernel => {
+                link.create_wireguard(ifname)?;
+                Ok(Device::Kernel(KernelWg::open(ifname)?))
+            }
+            Implementation::Userspace { reason } => Ok(Device::Userspace {
+                wg: WireguardGo::start(ifname, None)?,
+                why: reason,
+            }),
+        }
+    }
+
+    fn implementation(&self) -> String {
+        match self {
+            Device::Kernel(_) => "kernel (generic netlink)".to_owned(),
+            Device::Userspace { why, .. } => {
+                format!("userspace (wireguard-go, UAPI socket): {why}")
+            }
+        }
+    }
+
+    fn set(&self, config: &DeviceConfig) -> Result<(), NodeError> {
+        match self {
+            Device::Kernel(wg) => Ok(wg.set(config)?),
+            Device::Userspace { wg, .. } => Ok(wg.uapi().set(config)?),
+        }
+    }
+
+    fn get(&self) -> Result<DeviceState, NodeError> {
+        match self {
+            Device::Kernel(wg) => Ok(wg.get()?),
+            Device::Userspace { wg, .. } => Ok(wg.uapi().get()?),
+        }
+    }
+}
+
+/// What a reconciliation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub added_or_changed: usize,
+    pub removed: usize,
+    pub address: Option<Ipv6Addr>,
+    pub key_rotated: bool,
+}
+
+pub struct Node {
+    config: SixpnConfig,
+    id: String,
+    region: Region,
+    role: HostRole,
+    key: PrivateKey,
+    device: Device,
+    link: NetlinkLink,
+    address: Option<Ipv6Addr>,
+    problems: Vec<(String, String)>,
+}
+
+impl Node {
+    /// Loads (or makes) the key and starts the device; peers come with the first
+    /// [`Node::reconcile`].
+    pub fn start(
+        config: &SixpnConfig,
+        id: &str,
+        region: &Region,
+        role: HostRole,
+    ) -> Result<Node, NodeError> {
+        if config.host_number == 0 {
+            return Err(NodeError::NoHostNumber);
+        }
+        let (key, created) = PrivateKey::load_or_generate(&config.key_file)?;
+        if created {
+            info!(path = %config.key_file.display(), "6PN: generated this host's WireGuard key");
+        }
+        let link = NetlinkLink::open()?;
+        let device = Device::start(&config.ifname, &link)?;
+        device.set(&DeviceConfig {
+            private_key: Some(key.clone()),
+            listen_port: Some(config.listen_port),
+            replace_peers: true,
+            peers: Vec::new(),
+        })?;
+        link.up(&config.ifname, config.mtu)?;
+        info!(ifname = %config.ifname, implementation = %device.implementation(), public_key = %key.public_key(), "6PN device up");
+        Ok(Node {
+            config: config.clone(),
+            id: id.to_owned(),
+            region: region.clone(),
+            role,
+            key,
+            device,
+            link,
+            address: None,
+            problems: Vec::new(),
+        })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// The row this host publishes: its key, endpoint and number, keeping what else `current`
+    /// says of it. `None` when the state already says exactly this.
+    pub fn own_row(&self, snap: &Snapshot) -> Option<Pop> {
+        let current = snap.pops.iter().find(|p| p.id == self.id);
+        let row = Pop {
+            id: self.id.clone(),
+            region: self.region.clone(),
+            overlay_addr: self.address.or(current.and_then(|p| p.overlay_addr)),
+            public_key: Some(self.public_key().to_string()),
+            endpoint: self.config.endpoint.clone(),
+            role: self.role,
+            host_number: self.config.host_number,
+        };
+        (current != Some(&row)).then_some(row)
+    }
+
+    /// Brings the device to what the rows say: this host's address, a peer per other member.
+    /// Only peers that differ are touched.
+    pub fn reconcile(&mut self, snap: &Snapshot) -> Result<Reconciled, NodeError> {
+        let mut done = Reconciled {
+            key_rotated: self.follow_key_rotation(snap)?,
+            ..Reconciled::default()
+        };
+        let mesh = Mesh::from_snapshot(snap);
+        if mesh.problems != self.problems {
+            for (what, why) in &mesh.problems {
+                warn!(%what, %why, "6PN: left out of the mesh");
+            }
+            self.problems.clone_from(&mesh.problems);
+        }
+        if let Some(d) = &mesh.deployment {
+            if let Some(me) = mesh.member(&self.id) {
+                if self.address != Some(me.addr) {
+                    // The whole deployment on-link: WireGuard's allowed IPs pick the peer.
+                    let net = Ipv6Net::new(me.addr, 48).unwrap_or(d.prefix());
+                    self.link.add_addr(&self.config.ifname, IpNet::V6(net))?;
+                    info!(address = %me.addr, "6PN address");
+                    self.address = Some(me.addr);
+                    done.address = Some(me.addr);
+                }
+            }
+        }
+        let desired = mesh.peers_of(&self.id, self.config.keepalive_secs);
+        let current = self.device.get()?;
+        let delta = changes(&current.peers, &desired);
+        if !delta.is_empty() {
+            done.removed = delta.iter().filter(|p| p.remove).count();
+            done.added_or_changed = delta.len() - done.removed;
+            self.device.set(&DeviceConfig {
+                private_key: None,
+                listen_port: None,
+                replace_peers: false,
+                peers: delta,
+            })?;
+            info!(
+                added_or_changed = done.added_or_changed,
+                removed = done.removed,
+                peers = desired.len(),
+                "6PN peers reconciled"
+            );
+        }
+        Ok(done)
+    }
+
+    /// `edge-agent wg rotate-key` wrote a new key file and this host's row: take the new key
+    /// once the row names it, so that peers and this device switch together.
+    fn follow_key_rotation(&mut self, snap: &Snapshot) -> Result<bool, NodeError> {
+        let published = snap
+            .pops
+            .iter()
+            .find(|p| p.id == self.id)
+            .and_then(|p| p.public_key.as_deref())
+            .and_then(|k| k.parse::<PublicKey>().ok());
+        let Some(published) = published else {
+            return Ok(false);
+        };
+        if published == self.public_key() {
+            return Ok(false);
+        }
+        let on_disk = PrivateKey::load(&self.config.key_file)?;
+        if on_disk.public_key() != published {
+            return Ok(false);
+        }
+        self.device.set(&DeviceConfig {
+            private_key: Some(on_disk.clone()),
+            listen_port: None,
+            replace_peers: false,
+            peers: Vec::new(),
+        })?;
+        info!(public_key = %published, "6PN: key rotated");
+        self.key = on_disk;
+        Ok(true)
+    }
+
+    /// For `edge-agent status` and `wg`: the implementation, this host, and each peer.
+    pub fn status(&self) -> serde_json::Value {
+        let state = self.device.get();
+        let now = SystemTime::now();
+        let peers: Vec<serde_json::Value> = match &state {
+            Ok(s) => s
+                .peers
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "public_key": p.public_key.to_string(),
+                        "endpoint": p.endpoint.map(|e| e.to_string()),
+                        "allowed_ips": p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "last_handshake_secs_ago": p.last_handshake
+                            .and_then(|t| now.duration_since(t).ok())
+                            .map(|d: Duration| d.as_secs_f64()),
+                        "rx_bytes": p.rx_bytes,
+                        "tx_bytes": p.tx_bytes,
+                    })
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        serde_json::json!({
+            "implementation": self.device.implementation(),
+            "ifname": self.config.ifname,
+            "id": self.id,
+            "address": self.address,
+            "public_key": self.public_key().to_string(),
+            "listen_port": self.config.listen_port,
+            "error": state.err().map(|e| e.to_string()),
+            "problems": self.problems.iter().map(|(w, y)| format!("{w}: {y}")).collect::<Vec<_>>(),
+            "peers": peers,
+        })
+    }
+
+    /// The peers as `wg show` would list them: key -> allowed IPs.
+    pub fn peers(&self) -> Result<BTreeMap<String, Vec<String>>, NodeError> {
+        Ok(self
+            .device
+            .get()?
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.public_key.to_string(),
+                    p.allowed_ips.iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect())
+    }
+}
