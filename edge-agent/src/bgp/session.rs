@@ -219,20 +219,10 @@ impl Session {
                 self.established(&mut conn, negotiated, speaking).await
             }
             Ok(None) => {
-                conn.close(&Notify::new(
-                    code::CEASE,
-                    2,
-                    Vec::new(),
-                    "administrative shutdown",
-                ))
-                .await;
+                conn.close(&Notify::administrative_shutdown()).await;
                 End::Shutdown
             }
-            Err(SessionError::Sent(n)) => {
-                conn.close(&n).await;
-                End::Failed(format!("sent {n}"))
-            }
-            Err(SessionError::Gone(e)) => End::Failed(e),
+            Err(error) => conn.fail(error).await,
         }
     }
 
@@ -313,20 +303,10 @@ impl Session {
                 if withdrawn.is_ok() {
                     info!(peer = %self.peer.address, "routes withdrawn; closing the session");
                 }
-                conn.close(&Notify::new(
-                    code::CEASE,
-                    2,
-                    Vec::new(),
-                    "administrative shutdown",
-                ))
-                .await;
+                conn.close(&Notify::administrative_shutdown()).await;
                 End::Shutdown
             }
-            Err(SessionError::Sent(notify)) => {
-                conn.close(&notify).await;
-                End::Failed(format!("sent {notify}"))
-            }
-            Err(SessionError::Gone(e)) => End::Failed(e),
+            Err(error) => conn.fail(error).await,
         }
     }
 
@@ -455,6 +435,17 @@ impl Conn {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(SessionError::Gone(format!("reading: {e}"))),
             }
+        }
+    }
+
+    /// Ends the connection after an error: the NOTIFICATION owed is sent first.
+    async fn fail(&mut self, error: SessionError) -> End {
+        match error {
+            SessionError::Sent(notify) => {
+                self.close(&notify).await;
+                End::Failed(format!("sent {notify}"))
+            }
+            SessionError::Gone(e) => End::Failed(e),
         }
     }
 

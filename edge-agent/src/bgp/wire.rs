@@ -50,6 +50,11 @@ impl Notify {
         }
     }
 
+    /// Cease / Administrative Shutdown (RFC 4486): what a stopping speaker closes with.
+    pub fn administrative_shutdown() -> Self {
+        Notify::new(code::CEASE, 2, Vec::new(), "administrative shutdown")
+    }
+
     pub fn message(&self) -> BgpMessage {
         BgpMessage::Notification(BgpNotificationMessage {
             error: BgpError::new(self.code, self.subcode),

@@ -156,3 +156,17 @@ pub fn lab_backend(
         lease: None,
     })
 }
+
+/// A fresh state database in the lab's log directory with one service, `web` on `vip`:7 (the
+/// echo port of the lab clients): what most labs start their state from.
+pub fn web_state(lab: &Lab, vip: &str) -> Result<(edge_agent::state::SqliteState, PathBuf), Error> {
+    let db = lab.log_dir().join("routing.db");
+    let state = edge_agent::state::SqliteState::open(&db)?;
+    state.upsert_service(&edge_agent::model::Service {
+        id: "web".into(),
+        vip: vip.parse::<std::net::IpAddr>()?,
+        port: 7,
+        check: None,
+    })?;
+    Ok((state, db))
+}

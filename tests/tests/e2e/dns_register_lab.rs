@@ -3,15 +3,9 @@
 //! after its heartbeats stop (SIGKILL), and at once on SIGTERM; DNS follows every change. The
 //! times measured are printed.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use edge_agent::{
-    model::{BackendAddr, Pop, Service},
-    state::SqliteState,
-};
+use edge_agent::model::{BackendAddr, Pop};
 use edge_lab::{
     pop_lab::{backend_addr, start_agent, topology, BACKEND_PORT, OVERLAY, VIP4},
     Lab, LabProcess,
@@ -19,7 +13,7 @@ use edge_lab::{
 
 use super::common::{
     agent_bin, churn, echo_backends, kernel_backend, lab_backend, tear_down, wait_eligible,
-    TestResult,
+    web_state, TestResult,
 };
 
 type Error = Box<dyn std::error::Error>;
@@ -103,14 +97,7 @@ fn until(
 fn dns_answers_from_state_and_registrations_come_and_go() -> TestResult {
     let lab = topology("dns", 3).up()?;
     let _servers = echo_backends(&lab, 3)?;
-    let db = lab.log_dir().join("routing.db");
-    let state = SqliteState::open(&db)?;
-    state.upsert_service(&Service {
-        id: "web".into(),
-        vip: VIP4.parse::<IpAddr>()?,
-        port: 7,
-        check: None,
-    })?;
+    let (state, db) = web_state(&lab, VIP4)?;
     state.upsert_pop(&Pop {
         id: "pop1".into(),
         region: "eu".parse()?,

@@ -4,20 +4,16 @@
 //! CLI, the way an operator would: the country's backend (the client falls to its region), the
 //! whole region (the POP's region), the POP's region (anywhere).
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration, time::Instant};
+use std::{collections::BTreeMap, time::Duration, time::Instant};
 
-use edge_agent::{
-    geo::write_country_mmdb,
-    model::{BackendAddr, Service},
-    state::SqliteState,
-};
+use edge_agent::{geo::write_country_mmdb, model::BackendAddr};
 use edge_lab::{
     bpffs_pin_dir,
     pop_lab::{backend_addr, start_agent, topology, OVERLAY, VIP4},
     Lab,
 };
 
-use super::common::{agent_bin, echo_backends, lab_backend, tear_down, TestResult};
+use super::common::{agent_bin, echo_backends, lab_backend, tear_down, web_state, TestResult};
 
 /// (backend id, region, country); backend `n` (1-based) listens on `backend_addr(n)`.
 const BACKENDS: [(&str, &str, &str); 5] = [
@@ -163,14 +159,7 @@ fn clients_land_where_v1s_tiers_say() -> TestResult {
         .collect::<Result<_, Box<dyn std::error::Error>>>()?;
     write_country_mmdb(&geo, &entries, "edgeProxy-Test-Country")?;
 
-    let db = lab.log_dir().join("routing.db");
-    let state = SqliteState::open(&db)?;
-    state.upsert_service(&Service {
-        id: "web".into(),
-        vip: VIP4.parse::<IpAddr>()?,
-        port: 7,
-        check: None,
-    })?;
+    let (state, db) = web_state(&lab, VIP4)?;
     for (n, (id, region, country)) in BACKENDS.iter().enumerate() {
         state.upsert_backend(&lab_backend(
             id,

@@ -23,13 +23,13 @@ use std::{
 };
 
 use edge_agent::{
-    model::{BackendAddr, Service},
+    model::BackendAddr,
     sixpn::{Deployment, RegionNumbers},
     state::SqliteState,
 };
 use edge_lab::{bpffs_pin_dir, Lab, LabProcess, Topology};
 
-use super::common::{agent_bin, lab_backend, tear_down, TestResult};
+use super::common::{agent_bin, lab_backend, tear_down, web_state, TestResult};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -269,15 +269,8 @@ fn agents_build_the_mesh_from_rows_alone() -> TestResult {
 fn scenario(mesh: &mut Mesh) -> TestResult {
     // The control plane: the deployment's prefix, a service whose backends are the hosts in
     // regions other than the client's POP. No peer, address or key is written by the test.
-    let db = mesh.lab.log_dir().join("routing.db");
-    let state = SqliteState::open(&db)?;
+    let (state, db) = web_state(&mesh.lab, VIP4)?;
     state.upsert_setting("sixpn.prefix", PREFIX)?;
-    state.upsert_service(&Service {
-        id: "web".into(),
-        vip: VIP4.parse::<IpAddr>()?,
-        port: 7,
-        check: None,
-    })?;
     for i in [3, 4] {
         let m = &MEMBERS[i];
         state.upsert_backend(&lab_backend(

@@ -10,12 +10,17 @@
 //!
 //! A mode that fails (the edgeproxy agent rejecting its config, a balancer dying) is reported and
 //! makes the command exit non-zero, after the other modes have been measured and printed.
+//!
+//! Other sections: `micro` (per packet and control plane), `health` (1,000 backends checked
+//! every second, [`health`]) and `overlay` (throughput over the 6PN and through the data plane
+//! over it, beside plain WireGuard, [`overlay`]).
 
 mod health;
 mod lab;
 mod load;
 pub mod micro;
 mod modes;
+mod overlay;
 
 use std::{
     fmt,
@@ -52,7 +57,8 @@ pub struct BenchArgs {
     #[arg(long)]
     no_setup: bool,
     /// Sections to run, comma-separated (default: all): e2e (the modes table), micro (per
-    /// packet and control plane), health (1,000 backends checked every second).
+    /// packet and control plane), health (1,000 backends checked every second), overlay
+    /// (throughput over the 6PN and through the data plane over it, beside plain WireGuard).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
 }
@@ -62,6 +68,7 @@ pub enum Section {
     E2e,
     Micro,
     Health,
+    Overlay,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -202,7 +209,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let wants = |section| args.only.is_empty() || args.only.contains(&section);
     let tools = build_tools()?;
     let agent: Result<PathBuf, String> =
-        if !modes.contains(&Mode::EdgeProxy) && !wants(Section::Health) {
+        if !modes.contains(&Mode::EdgeProxy) && !wants(Section::Health) && !wants(Section::Overlay)
+        {
             Err("not needed".into())
         } else if let Some(path) = &args.agent {
             if path.exists() {
@@ -304,6 +312,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
             }
             Err(e) => problems.push(format!("health section: no agent: {e}")),
+        }
+    }
+    if wants(Section::Overlay) && !STOP.load(Ordering::SeqCst) {
+        match &agent {
+            Ok(agent) => {
+                if let Err(e) = overlay::run(agent, args.seconds, &mut run_ids) {
+                    problems.push(format!("overlay section: {e:#}"));
+                }
+            }
+            Err(e) => problems.push(format!("overlay section: no agent: {e}")),
         }
     }
     for id in &run_ids {
