@@ -76,7 +76,10 @@ CREATE TABLE pops (
     role TEXT NOT NULL DEFAULT 'pop',
     -- The host's number in its region (1..2^32-1): with the region and the deployment prefix,
     -- its 6PN /96 (docs/6pn.md). 0: not in the 6PN mesh.
-    host_number INTEGER NOT NULL DEFAULT 0
+    host_number INTEGER NOT NULL DEFAULT 0,
+    -- Its v1 IPv4 overlay address (10.50.x.y), carried beside the 6PN /96 on the same tunnel
+    -- while v1 users remain; NULL for none.
+    overlay_ipv4 TEXT
 );
 
 -- One POP's view of one backend. Only that POP writes the rows keyed by its pop_id, so

@@ -202,6 +202,8 @@ pub struct Pop {
     pub role: HostRole,
     /// Its number in its region for 6PN addresses; 0: not in the mesh.
     pub host_number: u32,
+    /// Its v1 IPv4 overlay address, during the transition.
+    pub overlay_ipv4: Option<std::net::Ipv4Addr>,
 }
 
 /// What a member of the deployment runs.

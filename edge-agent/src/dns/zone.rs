@@ -307,6 +307,7 @@ mod tests {
                 endpoint: None,
                 role: crate::model::HostRole::Host,
                 host_number: 9,
+                overlay_ipv4: None,
             }],
             health: Vec::new(),
             settings: Default::default(),

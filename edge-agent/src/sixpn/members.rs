@@ -30,6 +30,8 @@ pub struct Member {
     /// Its /96: what it owns and what its peers route to it.
     pub prefix: Ipv6Net,
     pub addr: Ipv6Addr,
+    /// Its v1 IPv4 overlay address, routed to it beside the /96 while the transition lasts.
+    pub ipv4: Option<std::net::Ipv4Addr>,
 }
 
 /// The mesh as the state describes it, and the rows that could not join it (and why).
@@ -102,6 +104,7 @@ impl Mesh {
                         endpoint,
                         prefix: deployment.host_prefix(region, pop.host_number),
                         addr: deployment.host_addr(region, pop.host_number),
+                        ipv4: pop.overlay_ipv4,
                     })
                 });
             match joined {
@@ -124,7 +127,9 @@ impl Mesh {
             .iter()
             .filter(|m| m.id != self_id && Some(m.public_key) != own_key)
             .map(|m| {
-                let mut peer = PeerConfig::new(m.public_key, m.endpoint, vec![IpNet::V6(m.prefix)]);
+                let mut allowed = vec![IpNet::V6(m.prefix)];
+                allowed.extend(m.ipv4.map(|v4| IpNet::V4(v4.into())));
+                let mut peer = PeerConfig::new(m.public_key, m.endpoint, allowed);
                 peer.persistent_keepalive = Some(keepalive);
                 (m.public_key, peer)
             })
@@ -194,6 +199,7 @@ mod tests {
             endpoint: Some(endpoint.into()),
             role: HostRole::Host,
             host_number: n,
+            overlay_ipv4: None,
         })
     }
     type TestResult2 = Result<Pop, Box<dyn std::error::Error>>;
@@ -209,7 +215,11 @@ mod tests {
         snap.pops = vec![
             pop("pop-sa", "sa", 1, &keys[0], "192.0.2.1:51820")?,
             pop("host-us", "us", 7, &keys[1], "192.0.2.2:51820")?,
-            pop("host-eu", "eu", 12, &keys[2], "[2001:db8::3]:51820")?,
+            // Dual stack: its v1 address rides the same tunnel.
+            Pop {
+                overlay_ipv4: Some("10.50.3.12".parse()?),
+                ..pop("host-eu", "eu", 12, &keys[2], "[2001:db8::3]:51820")?
+            },
             // Not in the mesh: no number.
             Pop {
                 host_number: 0,
@@ -225,7 +235,10 @@ mod tests {
         assert_eq!(peers.len(), 2);
         assert_eq!(
             peers[&keys[2]].allowed_ips,
-            vec!["fd5e:a1c0:7b3d:300:0:c::/96".parse::<IpNet>()?]
+            vec![
+                "fd5e:a1c0:7b3d:300:0:c::/96".parse::<IpNet>()?,
+                "10.50.3.12/32".parse()?
+            ]
         );
 
         // Applied, then host-us leaves: only its removal is sent.

@@ -41,6 +41,9 @@ pub struct SixpnConfig {
     pub key_file: PathBuf,
     pub keepalive_secs: u16,
     pub mtu: u32,
+    /// This host's v1 IPv4 overlay address with v1's on-link prefix (`10.50.1.1/16`), kept on
+    /// the same tunnel during the transition; published so that peers route it here.
+    pub ipv4: Option<ipnet::Ipv4Net>,
 }
 
 impl Default for SixpnConfig {
@@ -55,6 +58,7 @@ impl Default for SixpnConfig {
             key_file: PathBuf::from("/var/lib/edgeproxy/wireguard.key"),
             keepalive_secs: 25,
             mtu: DEFAULT_MTU,
+            ipv4: None,
         }
     }
 }
@@ -159,6 +163,10 @@ impl Node {
         }
         let link = NetlinkLink::open()?;
         let device = Device::start(&config.ifname, &link)?;
+        if let Some(v4) = config.ipv4 {
+            // Dual stack from the start: v1 users of this host keep reaching it.
+            link.add_addr(&config.ifname, IpNet::V4(v4))?;
+        }
         device.set(&DeviceConfig {
             private_key: Some(key.clone()),
             listen_port: Some(config.listen_port),
@@ -196,6 +204,7 @@ impl Node {
             endpoint: self.config.endpoint.clone(),
             role: self.role,
             host_number: self.config.host_number,
+            overlay_ipv4: self.config.ipv4.map(|n| n.addr()),
         };
         (current != Some(&row)).then_some(row)
     }

@@ -305,6 +305,7 @@ mod tests {
             endpoint: Some("198.51.100.1:51820".to_owned()),
             role: crate::model::HostRole::Pop,
             host_number: 1,
+            overlay_ipv4: Some("10.50.1.1".parse()?),
         };
         state.upsert_pop(&pop)?;
         state.upsert_setting("sixpn.prefix", "fd5e:a1c0:7b3d::/48")?;

@@ -37,7 +37,7 @@ pub mod columns {
         "heartbeat_at",
         "heartbeat_secs",
     ];
-    pub const POPS: [&str; 7] = [
+    pub const POPS: [&str; 8] = [
         "id",
         "region",
         "overlay_addr",
@@ -45,6 +45,7 @@ pub mod columns {
         "endpoint",
         "role",
         "host_number",
+        "overlay_ipv4",
     ];
     pub const SETTINGS: [&str; 2] = ["key", "value"];
     pub const HEALTH: [&str; 6] = [
@@ -533,6 +534,12 @@ fn pop_row(c: &[Cell<'_>]) -> Result<Pop, String> {
     let host_number = int(c[6], "host_number")?;
     let host_number = u32::try_from(host_number)
         .map_err(|_| format!("host_number {host_number} is outside 0..2^32"))?;
+    let overlay_ipv4 = opt_text(c[7], "overlay_ipv4")?
+        .map(|s| {
+            s.parse::<std::net::Ipv4Addr>()
+                .map_err(|_| format!("overlay_ipv4 {s:?} is not an IPv4 address"))
+        })
+        .transpose()?;
     Ok(Pop {
         id: id.to_owned(),
         region,
@@ -541,6 +548,7 @@ fn pop_row(c: &[Cell<'_>]) -> Result<Pop, String> {
         endpoint: endpoint.map(str::to_owned),
         role,
         host_number,
+        overlay_ipv4,
     })
 }
 
@@ -915,6 +923,7 @@ mod tests {
                 ep,
                 Cell::Text("pop"),
                 Cell::Int(3),
+                Cell::Null,
             ])
         };
         let role = |role, n| {
@@ -926,6 +935,7 @@ mod tests {
                 Cell::Null,
                 Cell::Text(role),
                 Cell::Int(n),
+                Cell::Null,
             ])
         };
         assert_eq!(
@@ -964,6 +974,19 @@ mod tests {
             (role("router", 1), "role"),
             (role("host", -1), "host_number"),
             (role("host", 1 << 40), "host_number"),
+            (
+                pop_row(&[
+                    Cell::Text("h"),
+                    Cell::Text("sa"),
+                    Cell::Null,
+                    Cell::Null,
+                    Cell::Null,
+                    Cell::Text("host"),
+                    Cell::Int(1),
+                    Cell::Text("10.50.1"),
+                ]),
+                "overlay_ipv4",
+            ),
         ];
         for (result, expected) in bad {
             match result {

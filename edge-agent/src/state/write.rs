@@ -266,11 +266,12 @@ pub fn upsert_pop(p: &Pop, now: i64) -> Result<Vec<Stmt>, StateError> {
     validate::check_pop(p).map_err(invalid("pops", &p.id))?;
     Ok(vec![Stmt::new(
         "INSERT INTO pops (id, region, overlay_addr, public_key, endpoint, updated_at, role, \
-         host_number) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         host_number, overlay_ipv4) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
          ON CONFLICT (id) DO UPDATE SET region = excluded.region, \
          overlay_addr = excluded.overlay_addr, public_key = excluded.public_key, \
          endpoint = excluded.endpoint, updated_at = excluded.updated_at, \
-         role = excluded.role, host_number = excluded.host_number",
+         role = excluded.role, host_number = excluded.host_number, \
+         overlay_ipv4 = excluded.overlay_ipv4",
         vec![
             p.id.as_str().into(),
             p.region.as_str().into(),
@@ -280,6 +281,7 @@ pub fn upsert_pop(p: &Pop, now: i64) -> Result<Vec<Stmt>, StateError> {
             now.into(),
             p.role.as_str().into(),
             i64::from(p.host_number).into(),
+            p.overlay_ipv4.map(|a| a.to_string()).into(),
         ],
     )])
 }

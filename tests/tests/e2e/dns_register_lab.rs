@@ -106,6 +106,7 @@ fn dns_answers_from_state_and_registrations_come_and_go() -> TestResult {
         endpoint: None,
         role: edge_agent::model::HostRole::Pop,
         host_number: 0,
+        overlay_ipv4: None,
     })?;
     state.upsert_pop(&Pop {
         id: "host3".into(),
@@ -115,6 +116,7 @@ fn dns_answers_from_state_and_registrations_come_and_go() -> TestResult {
         endpoint: None,
         role: edge_agent::model::HostRole::Host,
         host_number: 0,
+        overlay_ipv4: None,
     })?;
     for (n, region, addr) in [
         (2, "us", BackendAddr::Ip(backend_addr(2).parse()?)),

@@ -77,6 +77,11 @@ const MEMBERS: [Member; 5] = [
     },
 ];
 
+/// v1's IPv4 overlay address of member `i`, kept on the same tunnel (dual stack).
+fn v1_addr(i: usize) -> String {
+    format!("10.50.{}.1", i + 1)
+}
+
 fn underlay(i: usize) -> String {
     format!("2001:db8:6{i}::2")
 }
@@ -128,12 +133,13 @@ impl Mesh {
         let key = self.lab.log_dir().join(format!("{}.key", m.ns));
         let sixpn = format!(
             "[sixpn]\nenabled = true\nid = \"{}\"\nhost_number = {}\nifname = \"{}\"\nlisten_port = {PORT}\n\
-             endpoint = \"[{}]:{PORT}\"\nkey_file = \"{}\"\nkeepalive_secs = 5\n",
+             endpoint = \"[{}]:{PORT}\"\nkey_file = \"{}\"\nkeepalive_secs = 5\nipv4 = \"{}/16\"\n",
             m.ns,
             m.number,
             self.lab.wg_ifname(i as u16),
             underlay(i),
-            key.display()
+            key.display(),
+            v1_addr(i)
         );
         let common = format!(
             "pop_id = \"{}\"\nregion = \"{}\"\nstats_log_secs = 0\n\n[state]\ndatabase = \"{}\"\n\n\
@@ -193,7 +199,9 @@ impl Mesh {
             .lines()
             .filter_map(|l| {
                 let (k, ips) = l.split_once('\t')?;
-                Some((k.to_owned(), ips.trim().to_owned()))
+                let mut ips: Vec<&str> = ips.split_whitespace().collect();
+                ips.sort_unstable();
+                Some((k.to_owned(), ips.join(" ")))
             })
             .collect())
     }
@@ -303,7 +311,8 @@ fn scenario(mesh: &mut Mesh) -> TestResult {
                 let region = RegionNumbers::default().get(m.region).ok_or("region")?;
                 want.insert(
                     mesh.published_key(state, j)?,
-                    d.host_prefix(region, m.number).to_string(),
+                    // Sorted as `wg_peers` sorts: the v1 /32 first.
+                    format!("{}/32 {}", v1_addr(j), d.host_prefix(region, m.number)),
                 );
             }
         }
@@ -348,6 +357,25 @@ fn scenario(mesh: &mut Mesh) -> TestResult {
         "6pn: all 20 ordered pairs reach each other over their 6PN addresses (slowest first answer {} ms)",
         slowest.as_millis()
     );
+    // Dual stack during the transition: v1's IPv4 overlay addresses ride the same tunnels.
+    for (from, to) in [(0usize, 3usize), (3, 4), (4, 1)] {
+        let out = mesh.lab.ns(MEMBERS[from].ns).exec(&[
+            "ping",
+            "-4",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &v1_addr(to),
+        ])?;
+        assert!(
+            out.success(),
+            "{} -> {} over v1 IPv4: {}",
+            MEMBERS[from].ns,
+            MEMBERS[to].ns,
+            out.stdout
+        );
+    }
 
     // The status (written every second) says which WireGuard, and each peer's handshake,
     // bytes and endpoint.

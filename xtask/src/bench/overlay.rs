@@ -44,7 +44,7 @@ use super::{
     background_busy, check_stop,
     lab::{exec_bounded, wait_ready, wait_until},
     load::parse_iperf3,
-    NOISY, SETTLE,
+    median, NOISY, SETTLE,
 };
 use crate::shell;
 
@@ -268,8 +268,10 @@ struct LineResult {
     line: Line,
     /// Why the line could not be measured at all.
     error: Option<String>,
+    /// The median over the rounds, or the first error.
     values: Vec<(Test, Result<f64, String>)>,
-    retransmits: Vec<(Test, f64)>,
+    /// Every round's (Gbit/s, retransmits).
+    samples: Vec<(Test, Vec<(f64, f64)>)>,
     /// Share of the CPUs busy with the path idle, just before the line's tests.
     background_busy: Option<f64>,
 }
@@ -281,6 +283,13 @@ impl LineResult {
 
     fn ok(&self, test: Test) -> Option<f64> {
         self.value(test)?.as_ref().ok().copied()
+    }
+
+    fn samples(&self, test: Test) -> &[(f64, f64)] {
+        self.samples
+            .iter()
+            .find(|(t, _)| *t == test)
+            .map_or(&[], |(_, s)| s.as_slice())
     }
 }
 
@@ -300,7 +309,7 @@ impl Results {
                     line,
                     error: None,
                     values: Vec::new(),
-                    retransmits: Vec::new(),
+                    samples: Vec::new(),
                     background_busy: None,
                 })
                 .collect(),
@@ -360,9 +369,17 @@ const DATA_PLANE_RATIOS: [(Line, Line); 2] = [
 // ---------------------------------------------------------------------------------------------
 // The run
 
-pub fn run(agent: &Path, seconds: u64, run_ids: &mut Vec<String>) -> anyhow::Result<()> {
+/// How long and how often each iperf3 test runs: `rounds` times in a row, the median kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub seconds: u64,
+    pub rounds: u32,
+}
+
+pub fn run(agent: &Path, settings: Settings, run_ids: &mut Vec<String>) -> anyhow::Result<()> {
     println!(
-        "\nbench: === overlay (6PN over WireGuard, beside plain WireGuard; {seconds} s per test) ==="
+        "\nbench: === overlay (6PN over WireGuard, beside plain WireGuard; {} s per test, {} round(s)) ===",
+        settings.seconds, settings.rounds
     );
     let started = Instant::now();
     let mut results = Results::new();
@@ -374,21 +391,21 @@ pub fn run(agent: &Path, seconds: u64, run_ids: &mut Vec<String>) -> anyhow::Res
         run_ids.push(lab.run_id().to_string());
         println!("bench: overlay: lab run {} up", lab.run_id());
         // Everything started in there is dropped (stopped) before the lab.
-        measure_all(&lab, agent, seconds, &mut results)
+        measure_all(&lab, agent, settings, &mut results)
     })();
     if let Err(e) = &outcome {
         results.fail(&Line::ALL, e);
     }
     let elapsed = started.elapsed();
     println!();
-    print!("{}", render_table(&results, seconds));
+    print!("{}", render_table(&results, settings));
     let path = shell::workspace_root().join("target/bench/overlay.json");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(
         &path,
-        serde_json::to_string_pretty(&to_json(&results, seconds, elapsed))?,
+        serde_json::to_string_pretty(&to_json(&results, settings, elapsed))?,
     )
     .with_context(|| format!("writing {}", path.display()))?;
     println!("(written to {})", path.display());
@@ -399,7 +416,12 @@ pub fn run(agent: &Path, seconds: u64, run_ids: &mut Vec<String>) -> anyhow::Res
     Ok(())
 }
 
-fn measure_all(lab: &Lab, agent: &Path, seconds: u64, results: &mut Results) -> anyhow::Result<()> {
+fn measure_all(
+    lab: &Lab,
+    agent: &Path,
+    settings: Settings,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let db = write_state(lab).context("writing the state file")?;
     // The client's route to the 6PN for line (d): from its 6PN address, with the overlay's MTU
     // (the MSS the data plane clamps the VIP lines' SYNs to).
@@ -432,7 +454,7 @@ fn measure_all(lab: &Lab, agent: &Path, seconds: u64, results: &mut Results) -> 
     wait_ready(&iperf, "Server listening", Duration::from_secs(10))?;
 
     // (a) Plain WireGuard, then its devices go.
-    if let Err(e) = plain_wireguard(lab, seconds, results, &iperf) {
+    if let Err(e) = plain_wireguard(lab, settings, results, &iperf) {
         eprintln!("bench: overlay: plain WireGuard FAILED: {e:#}");
         results.fail(&[Line::PlainWg], &e);
     }
@@ -459,7 +481,7 @@ fn measure_all(lab: &Lab, agent: &Path, seconds: u64, results: &mut Results) -> 
                 Line::Agents,
                 lab.ns(HA.ns),
                 IpAddr::V6(HB.addr()),
-                seconds,
+                settings,
                 &running,
             ) {
                 eprintln!("bench: overlay: 6PN by the agents FAILED: {e:#}");
@@ -472,7 +494,7 @@ fn measure_all(lab: &Lab, agent: &Path, seconds: u64, results: &mut Results) -> 
                     Line::Routed,
                     lab.ns("client"),
                     IpAddr::V6(HB.addr()),
-                    seconds,
+                    settings,
                     &running,
                 )
             });
@@ -515,7 +537,7 @@ fn measure_all(lab: &Lab, agent: &Path, seconds: u64, results: &mut Results) -> 
         (Line::DataPlane6, IpAddr::V6(VIP6)),
     ] {
         check_stop()?;
-        if let Err(e) = measure_line(results, line, lab.ns("client"), vip, seconds, &running) {
+        if let Err(e) = measure_line(results, line, lab.ns("client"), vip, settings, &running) {
             eprintln!("bench: overlay: {} FAILED: {e:#}", line.label());
             results.fail(&[line], &e);
         }
@@ -638,7 +660,7 @@ fn start_wireguard_go(lab: &Lab, m: &Member, ifname: &str) -> anyhow::Result<Lab
 
 fn plain_wireguard(
     lab: &Lab,
-    seconds: u64,
+    settings: Settings,
     results: &mut Results,
     iperf: &LabProcess,
 ) -> anyhow::Result<()> {
@@ -707,7 +729,7 @@ fn plain_wireguard(
         Line::PlainWg,
         lab.ns(HA.ns),
         IpAddr::V6(HB.addr()),
-        seconds,
+        settings,
         &running,
     )?;
     // wireguard-go deletes its device and socket on SIGTERM.
@@ -1011,7 +1033,7 @@ fn measure_line(
     line: Line,
     ns: &NetNs,
     target: IpAddr,
-    seconds: u64,
+    settings: Settings,
     alive: &dyn Fn() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let tag = line.short();
@@ -1030,23 +1052,45 @@ fn measure_line(
         );
     }
     for test in Test::ALL {
-        check_stop()?;
-        alive()?;
-        std::thread::sleep(SETTLE);
-        let value = iperf3(ns, target, test.streams(), test.reverse(), seconds).and_then(|m| {
-            println!(
-                "bench: overlay: ({tag}) iperf3 {}: {:.2} Gbit/s, {} retransmits",
-                test.label(),
-                m.gbps,
-                m.retransmits
-            );
-            if m.gbps <= 0.0 {
-                bail!("iperf3 moved no data");
+        let mut samples = Vec::new();
+        let mut error = None;
+        for round in 1..=settings.rounds {
+            check_stop()?;
+            alive()?;
+            std::thread::sleep(SETTLE);
+            let seconds = settings.seconds;
+            match iperf3(ns, target, test.streams(), test.reverse(), seconds) {
+                Ok(m) => {
+                    println!(
+                        "bench: overlay: ({tag}) iperf3 {}{}: {:.2} Gbit/s, {} retransmits",
+                        test.label(),
+                        if settings.rounds > 1 {
+                            format!(" (round {round}/{})", settings.rounds)
+                        } else {
+                            String::new()
+                        },
+                        m.gbps,
+                        m.retransmits
+                    );
+                    if m.gbps > 0.0 {
+                        samples.push((m.gbps, m.retransmits));
+                    } else if error.is_none() {
+                        error = Some("iperf3 moved no data".to_owned());
+                    }
+                }
+                Err(e) => {
+                    error.get_or_insert(format!("round {round}: {e:#}"));
+                }
             }
-            r.retransmits.push((test, m.retransmits));
-            Ok(m.gbps)
-        });
-        r.values.push((test, value.map_err(|e| format!("{e:#}"))));
+        }
+        let gbps: Vec<f64> = samples.iter().map(|(g, _)| *g).collect();
+        let value = match (error, median(&gbps)) {
+            (Some(e), _) => Err(e),
+            (None, Some(m)) => Ok(m),
+            (None, None) => Err("no round measured".to_owned()),
+        };
+        r.values.push((test, value));
+        r.samples.push((test, samples));
     }
     alive()
 }
@@ -1078,7 +1122,7 @@ fn cell(results: &Results, line: Line, test: Test) -> String {
     }
 }
 
-fn render_table(results: &Results, seconds: u64) -> String {
+fn render_table(results: &Results, settings: Settings) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header = vec!["path".to_owned()];
     header.extend(Test::ALL.iter().map(|t| format!("iperf3, {}", t.label())));
@@ -1112,12 +1156,12 @@ fn render_table(results: &Results, seconds: u64) -> String {
         })
         .collect();
     let mut out = format!(
-        "overlay throughput, Gbit/s (ratio to plain WireGuard, line a), {seconds} s per iperf3 \
-         test, userspace WireGuard{}:\n",
-        if results.wireguard.is_empty() {
-            String::new()
+        "overlay throughput, Gbit/s (ratio to plain WireGuard, line a), {} s per iperf3 test{}:\n",
+        settings.seconds,
+        if settings.rounds > 1 {
+            format!(", median of {} rounds", settings.rounds)
         } else {
-            format!(" ({})", results.wireguard.join("; "))
+            String::new()
         }
     );
     for (i, row) in rows.iter().enumerate() {
@@ -1143,6 +1187,9 @@ fn render_table(results: &Results, seconds: u64) -> String {
         "Reverse: the backend sends (iperf3 --reverse). Lines a and b run between two backend \
          hosts; d, c and c6 from a client through the POP to one of them.\n",
     );
+    for w in &results.wireguard {
+        let _ = writeln!(out, "WireGuard: {w}");
+    }
     let busy: Vec<String> = results
         .lines
         .iter()
@@ -1162,16 +1209,19 @@ fn render_table(results: &Results, seconds: u64) -> String {
         );
     }
     for r in &results.lines {
-        if !r.retransmits.is_empty() {
-            let parts: Vec<String> = r
-                .retransmits
-                .iter()
-                .map(|(t, n)| format!("{n} ({})", t.label()))
-                .collect();
+        let parts: Vec<String> = Test::ALL
+            .iter()
+            .filter_map(|&t| {
+                let n: Vec<f64> = r.samples(t).iter().map(|(_, n)| *n).collect();
+                Some(format!("{:.0} ({})", median(&n)?, t.label()))
+            })
+            .collect();
+        if !parts.is_empty() {
             let _ = writeln!(
                 out,
-                "note: ({}) iperf3 retransmits: {}",
+                "note: ({}) iperf3 retransmits{}: {}",
                 r.line.short(),
+                if settings.rounds > 1 { ", median" } else { "" },
                 parts.join(", ")
             );
         }
@@ -1185,7 +1235,7 @@ fn render_table(results: &Results, seconds: u64) -> String {
     out
 }
 
-fn to_json(results: &Results, seconds: u64, elapsed: Duration) -> Value {
+fn to_json(results: &Results, settings: Settings, elapsed: Duration) -> Value {
     let unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -1202,7 +1252,8 @@ fn to_json(results: &Results, seconds: u64, elapsed: Duration) -> Value {
                         Some(Ok(v)) => json!({
                             "gbit_per_s": v,
                             "ratio_to_plain_wireguard": results.ratio(r.line, Line::PlainWg, t),
-                            "retransmits": r.retransmits.iter().find(|(x, _)| *x == t).map(|(_, n)| n),
+                            "rounds": r.samples(t).iter().map(|(g, _)| *g).collect::<Vec<f64>>(),
+                            "retransmits": r.samples(t).iter().map(|(_, n)| *n).collect::<Vec<f64>>(),
                         }),
                         Some(Err(e)) => json!({ "error": e }),
                         None => json!({
@@ -1242,7 +1293,8 @@ fn to_json(results: &Results, seconds: u64, elapsed: Duration) -> Value {
         "wireguard": results.wireguard,
         "baseline": Line::PlainWg.key(),
         "settings": {
-            "seconds_per_test": seconds,
+            "seconds_per_test": settings.seconds,
+            "rounds": settings.rounds,
             "wireguard_mtu": WG_MTU,
             "deployment": deployment(),
         },
@@ -1281,7 +1333,11 @@ mod tests {
         set(&mut results, Line::Routed, 1.6);
         set(&mut results, Line::DataPlane4, 0.8);
         results.fail(&[Line::DataPlane6], &anyhow::anyhow!("agent exited"));
-        let table = render_table(&results, 5);
+        let settings = Settings {
+            seconds: 5,
+            rounds: 1,
+        };
+        let table = render_table(&results, settings);
         assert!(table.contains("2.00 (1.00)"), "{table}");
         assert!(table.contains("1.90 (0.95)"), "{table}");
         assert!(
@@ -1290,7 +1346,7 @@ mod tests {
         );
         assert!(table.contains("0.80 (0.40)"), "{table}");
         assert!(table.contains("FAILED: (c6)"), "{table}");
-        let doc = to_json(&results, 5, Duration::from_secs(1));
+        let doc = to_json(&results, settings, Duration::from_secs(1));
         assert_eq!(
             doc.pointer("/data_plane_over_kernel_routing/c_over_d/iperf3_1_stream"),
             Some(&json!(0.5))
