@@ -47,8 +47,8 @@ pub struct BenchArgs {
     seconds: u64,
     /// Repeat the whole sequence of modes this many times and report each figure's median.
     /// Rounds alternate the order of the modes, so that a drift in background load (another
-    /// build on a shared machine) hits every mode alike. The overlay section repeats each of its
-    /// iperf3 tests this many times in a row instead.
+    /// build on a shared machine) hits every mode alike. The overlay section's phases alternate
+    /// the same way.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
     /// Use this edge-agent binary for the edgeproxy mode instead of building the release one.

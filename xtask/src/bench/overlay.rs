@@ -7,7 +7,7 @@
 //!                 hb  --u0--+   hb runs `iperf3 -s`
 //! ```
 //!
-//! The lines of the table, in the order they are measured:
+//! The lines of the table:
 //!
 //! - (a) `ha -> hb` over plain WireGuard: wireguard-go in each host configured with `wg` and
 //!   `ip` (the same addresses, allowed IPs, MTU and keepalive the agents would set). The
@@ -17,15 +17,20 @@
 //! - (d) `client -> pop -> hb`, the POP routing with the kernel (no data plane: its agent runs
 //!   as `edge-agent host`): an IPv6 client holding an address of the POP's /96 (a workload
 //!   address, instance 2) reaches hb's 6PN address.
-//! - (c) `client -> VIP -> hb` through the data plane: the POP's agent restarted as
+//! - (c) `client -> VIP -> hb` through the data plane: the POP's agent as
 //!   `edge-agent run` with `[sixpn]` (same key), XDP on its public `eth0`, `overlay.iface` its
 //!   WireGuard device; an IPv4 client to the IPv4 VIP (NAT46, the client in the POP's /96 as
 //!   `overlay.snat_prefix`), and an IPv6 client to the IPv6 VIP (NAT66).
 //!
-//! (c)/(d) is then the data plane's cost over the overlay: same client, same POP, same
-//! WireGuard devices, same backend, with and without the XDP programs. Each line is iperf3 with
+//! (c)/(d) is then the data plane's cost over the overlay: same client, same POP, same kind of
+//! WireGuard device, same backend, with and without the XDP programs. Each line is iperf3 with
 //! 1 stream, 4 streams, and 1 stream in reverse (the backend sends: on the POP, the reply
 //! program on the WireGuard device instead of the XDP program on `eth0`).
+//!
+//! The lines are measured in three phases (plain WireGuard; the agents with the POP routing;
+//! the agents with the POP's data plane), each starting from no WireGuard device and no data
+//! plane. With `--rounds N` the phases run N times, in reverse order every other round, and each
+//! figure is the median of its rounds.
 
 use std::{
     fmt::Write as _,
@@ -266,23 +271,30 @@ impl Test {
 #[derive(Debug)]
 struct LineResult {
     line: Line,
-    /// Why the line could not be measured at all.
-    error: Option<String>,
-    /// The median over the rounds, or the first error.
-    values: Vec<(Test, Result<f64, String>)>,
+    /// Failures of the whole line in a round (its setup, its path), labelled with the round.
+    errors: Vec<String>,
+    /// Failures of one test in a round.
+    test_errors: Vec<(Test, String)>,
     /// Every round's (Gbit/s, retransmits).
     samples: Vec<(Test, Vec<(f64, f64)>)>,
-    /// Share of the CPUs busy with the path idle, just before the line's tests.
+    /// Share of the CPUs busy with the path idle just before the line's tests: the highest of
+    /// the rounds.
     background_busy: Option<f64>,
 }
 
 impl LineResult {
-    fn value(&self, test: Test) -> Option<&Result<f64, String>> {
-        self.values.iter().find(|(t, _)| *t == test).map(|(_, v)| v)
+    /// The median over the rounds; an error if any round of the test failed (a failure is not
+    /// averaged away).
+    fn value(&self, test: Test) -> Option<Result<f64, String>> {
+        if let Some((_, e)) = self.test_errors.iter().find(|(t, _)| *t == test) {
+            return Some(Err(e.clone()));
+        }
+        let gbps: Vec<f64> = self.samples(test).iter().map(|(g, _)| *g).collect();
+        median(&gbps).map(Ok)
     }
 
     fn ok(&self, test: Test) -> Option<f64> {
-        self.value(test)?.as_ref().ok().copied()
+        self.value(test)?.ok()
     }
 
     fn samples(&self, test: Test) -> &[(f64, f64)] {
@@ -291,30 +303,37 @@ impl LineResult {
             .find(|(t, _)| *t == test)
             .map_or(&[], |(_, s)| s.as_slice())
     }
+
+    fn push(&mut self, test: Test, sample: (f64, f64)) {
+        match self.samples.iter_mut().find(|(t, _)| *t == test) {
+            Some((_, v)) => v.push(sample),
+            None => self.samples.push((test, vec![sample])),
+        }
+    }
 }
 
 struct Results {
     lines: Vec<LineResult>,
+    rounds: u32,
     /// The WireGuard implementation the agents reported, and wireguard-go's version.
     wireguard: Vec<String>,
-    notes: Vec<String>,
 }
 
 impl Results {
-    fn new() -> Self {
+    fn new(rounds: u32) -> Self {
         Results {
             lines: Line::ALL
                 .iter()
                 .map(|&line| LineResult {
                     line,
-                    error: None,
-                    values: Vec::new(),
+                    errors: Vec::new(),
+                    test_errors: Vec::new(),
                     samples: Vec::new(),
                     background_busy: None,
                 })
                 .collect(),
+            rounds,
             wireguard: Vec::new(),
-            notes: Vec::new(),
         }
     }
 
@@ -326,13 +345,25 @@ impl Results {
         self.lines.iter_mut().find(|r| r.line == line)
     }
 
-    /// Marks those of `lines` that were not completely measured as failed with `error`.
-    fn fail(&mut self, lines: &[Line], error: &anyhow::Error) {
+    /// `text`, prefixed with its round when there are several.
+    fn label(&self, round: u32, text: &str) -> String {
+        if self.rounds > 1 {
+            format!("round {round}: {text}")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    /// Records that `lines` failed in `round` (0: outside the rounds).
+    fn fail(&mut self, lines: &[Line], round: u32, error: &anyhow::Error) {
+        let text = if round == 0 {
+            format!("{error:#}")
+        } else {
+            self.label(round, &format!("{error:#}"))
+        };
         for &line in lines {
             if let Some(r) = self.line_mut(line) {
-                if r.values.len() < Test::ALL.len() && r.error.is_none() {
-                    r.error = Some(format!("{error:#}"));
-                }
+                r.errors.push(text.clone());
             }
         }
     }
@@ -347,13 +378,11 @@ impl Results {
     fn failed(&self) -> Vec<String> {
         let mut out = Vec::new();
         for r in &self.lines {
-            if let Some(e) = &r.error {
+            for e in &r.errors {
                 out.push(format!("{}: {e}", r.line.label()));
             }
-            for (test, v) in &r.values {
-                if let Err(e) = v {
-                    out.push(format!("{} / {}: {e}", r.line.label(), test.label()));
-                }
+            for (test, e) in &r.test_errors {
+                out.push(format!("{} / {}: {e}", r.line.label(), test.label()));
             }
         }
         out
@@ -369,7 +398,8 @@ const DATA_PLANE_RATIOS: [(Line, Line); 2] = [
 // ---------------------------------------------------------------------------------------------
 // The run
 
-/// How long and how often each iperf3 test runs: `rounds` times in a row, the median kept.
+/// How long each iperf3 test runs, and how many times the whole sequence of lines is measured
+/// (the median is kept).
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub seconds: u64,
@@ -382,7 +412,7 @@ pub fn run(agent: &Path, settings: Settings, run_ids: &mut Vec<String>) -> anyho
         settings.seconds, settings.rounds
     );
     let started = Instant::now();
-    let mut results = Results::new();
+    let mut results = Results::new(settings.rounds);
     if let Some(version) = wireguard_go_version() {
         results.wireguard.push(version);
     }
@@ -394,7 +424,7 @@ pub fn run(agent: &Path, settings: Settings, run_ids: &mut Vec<String>) -> anyho
         measure_all(&lab, agent, settings, &mut results)
     })();
     if let Err(e) = &outcome {
-        results.fail(&Line::ALL, e);
+        results.fail(&Line::ALL, 0, e);
     }
     let elapsed = started.elapsed();
     println!();
@@ -414,6 +444,51 @@ pub fn run(agent: &Path, settings: Settings, run_ids: &mut Vec<String>) -> anyho
         bail!("{}", failed.join("\n  "));
     }
     Ok(())
+}
+
+/// What runs while some lines are measured. Each phase starts from nothing running in the
+/// members (no WireGuard device, no data plane) and leaves nothing running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// (a): wireguard-go in ha and hb, set up with `wg` and `ip`.
+    Plain,
+    /// (b), (d): `edge-agent host` in the three members.
+    Hosts,
+    /// (c), (c6): `edge-agent host` in ha and hb, `edge-agent run` in the POP.
+    DataPlane,
+}
+
+impl Phase {
+    const ALL: [Phase; 3] = [Phase::Plain, Phase::Hosts, Phase::DataPlane];
+
+    fn lines(self) -> &'static [Line] {
+        match self {
+            Phase::Plain => &[Line::PlainWg],
+            Phase::Hosts => &[Line::Agents, Line::Routed],
+            Phase::DataPlane => &[Line::DataPlane4, Line::DataPlane6],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Plain => "plain WireGuard",
+            Phase::Hosts => "the agents' 6PN, the POP routing",
+            Phase::DataPlane => "the agents' 6PN, the POP's data plane",
+        }
+    }
+}
+
+/// One round and one line's measurement context.
+struct Ctx<'a> {
+    lab: &'a Lab,
+    agent: &'a Path,
+    db: &'a Path,
+    iperf: &'a LabProcess,
+    settings: Settings,
+    round: u32,
+    /// Even rounds run the phases, and the lines within each, in reverse order, so that a
+    /// drift in background load (another build on a shared machine) hits every line alike.
+    reversed: bool,
 }
 
 fn measure_all(
@@ -453,94 +528,172 @@ fn measure_all(
     )?;
     wait_ready(&iperf, "Server listening", Duration::from_secs(10))?;
 
-    // (a) Plain WireGuard, then its devices go.
-    if let Err(e) = plain_wireguard(lab, settings, results, &iperf) {
-        eprintln!("bench: overlay: plain WireGuard FAILED: {e:#}");
-        results.fail(&[Line::PlainWg], &e);
-    }
-    check_stop()?;
-
-    // (b) and (d): every member runs `edge-agent host`.
-    let mut agents = Agents::new(lab, agent, &db);
-    let mesh = (|| -> anyhow::Result<()> {
-        for m in [&POP, &HA, &HB] {
-            agents.start(m, Role::Host, 0)?;
+    for round in 1..=settings.rounds {
+        let reversed = round % 2 == 0;
+        let mut phases = Phase::ALL;
+        if reversed {
+            phases.reverse();
         }
-        agents.wait_for_mesh()?;
+        let ctx = Ctx {
+            lab,
+            agent,
+            db: &db,
+            iperf: &iperf,
+            settings,
+            round,
+            reversed,
+        };
+        for phase in phases {
+            check_stop()?;
+            if settings.rounds > 1 {
+                println!(
+                    "bench: overlay: --- round {round}/{}: {} ---",
+                    settings.rounds,
+                    phase.name()
+                );
+            }
+            let outcome = clean_slate(lab, agent).and_then(|()| match phase {
+                Phase::Plain => plain_wireguard(&ctx, results),
+                Phase::Hosts => hosts(&ctx, results),
+                Phase::DataPlane => data_plane(&ctx, results),
+            });
+            if let Err(e) = outcome {
+                eprintln!(
+                    "bench: overlay: {} FAILED: {e:#}",
+                    results.label(round, phase.name())
+                );
+                results.fail(phase.lines(), round, &e);
+            }
+        }
+    }
+    clean_slate(lab, agent)
+}
+
+/// Measures `line` for one round, recording a failure against it instead of returning it.
+fn measure_or_record(
+    ctx: &Ctx<'_>,
+    results: &mut Results,
+    line: Line,
+    ns: &NetNs,
+    target: IpAddr,
+    alive: &dyn Fn() -> anyhow::Result<()>,
+) {
+    if let Err(e) = measure_line(ctx, results, line, ns, target, alive) {
+        eprintln!(
+            "bench: overlay: {} FAILED: {e:#}",
+            results.label(ctx.round, line.label())
+        );
+        results.fail(&[line], ctx.round, &e);
+    }
+}
+
+/// (b) and (d): every member runs `edge-agent host`.
+fn hosts(ctx: &Ctx<'_>, results: &mut Results) -> anyhow::Result<()> {
+    let lab = ctx.lab;
+    let mut agents = Agents::new(lab, ctx.agent, ctx.db);
+    for m in [&POP, &HA, &HB] {
+        agents.start(m, Role::Host)?;
+    }
+    agents.wait_for_mesh()?;
+    if results.wireguard.len() < 2 {
         if let Some(implementation) = agents.implementation(&HB) {
             results.wireguard.push(format!("agents: {implementation}"));
         }
-        wait_ping(lab.ns(HA.ns), HB.addr())?;
-        Ok(())
-    })();
-    match mesh {
-        Ok(()) => {
-            let running = || agents.check_alive().and_then(|()| alive(&iperf));
-            if let Err(e) = measure_line(
-                results,
-                Line::Agents,
-                lab.ns(HA.ns),
-                IpAddr::V6(HB.addr()),
-                settings,
-                &running,
-            ) {
-                eprintln!("bench: overlay: 6PN by the agents FAILED: {e:#}");
-                results.fail(&[Line::Agents], &e);
-            }
-            check_stop()?;
-            let routed = wait_ping(lab.ns("client"), HB.addr()).and_then(|()| {
-                measure_line(
-                    results,
-                    Line::Routed,
-                    lab.ns("client"),
-                    IpAddr::V6(HB.addr()),
-                    settings,
-                    &running,
-                )
-            });
-            if let Err(e) = routed {
-                eprintln!("bench: overlay: routed through the POP FAILED: {e:#}");
-                results.fail(&[Line::Routed], &e);
-            }
-        }
-        Err(e) => {
-            eprintln!("bench: overlay: the agents' mesh FAILED: {e:#}");
-            results.fail(
-                &[
-                    Line::Agents,
-                    Line::Routed,
-                    Line::DataPlane4,
-                    Line::DataPlane6,
-                ],
-                &e,
-            );
-            return Ok(());
+    }
+    let running = || agents.check_alive().and_then(|()| alive(ctx.iperf));
+    let mut lines = [
+        (Line::Agents, lab.ns(HA.ns)),
+        (Line::Routed, lab.ns("client")),
+    ];
+    if ctx.reversed {
+        lines.reverse();
+    }
+    for (line, ns) in lines {
+        check_stop()?;
+        let path = wait_ping(ns, HB.addr());
+        match path {
+            Ok(()) => measure_or_record(ctx, results, line, ns, IpAddr::V6(HB.addr()), &running),
+            Err(e) => results.fail(&[line], ctx.round, &e),
         }
     }
-    check_stop()?;
+    agents.stop_all()
+}
 
-    // (c): the POP's agent again, now with the data plane.
-    let data_plane = (|| -> anyhow::Result<()> {
-        agents.stop(POP.ns)?;
-        agents.start(&POP, Role::Pop, 1)?;
-        wait_ping(lab.ns(POP.ns), HB.addr())?;
-        Ok(())
-    })();
-    if let Err(e) = data_plane {
-        eprintln!("bench: overlay: the POP with the data plane FAILED: {e:#}");
-        results.fail(&[Line::DataPlane4, Line::DataPlane6], &e);
-        return Ok(());
+/// (c) and (c6): the hosts run `edge-agent host`, the POP `edge-agent run` with the data plane.
+fn data_plane(ctx: &Ctx<'_>, results: &mut Results) -> anyhow::Result<()> {
+    let lab = ctx.lab;
+    let mut agents = Agents::new(lab, ctx.agent, ctx.db);
+    for m in [&HA, &HB] {
+        agents.start(m, Role::Host)?;
     }
-    let running = || agents.check_alive().and_then(|()| alive(&iperf));
-    for (line, vip) in [
+    agents.start(&POP, Role::Pop)?;
+    agents.wait_for_mesh()?;
+    wait_ping(lab.ns(POP.ns), HB.addr())?;
+    let running = || agents.check_alive().and_then(|()| alive(ctx.iperf));
+    let mut lines = [
         (Line::DataPlane4, IpAddr::V4(VIP4)),
         (Line::DataPlane6, IpAddr::V6(VIP6)),
-    ] {
+    ];
+    if ctx.reversed {
+        lines.reverse();
+    }
+    for (line, vip) in lines {
         check_stop()?;
-        if let Err(e) = measure_line(results, line, lab.ns("client"), vip, settings, &running) {
-            eprintln!("bench: overlay: {} FAILED: {e:#}", line.label());
-            results.fail(&[line], &e);
+        measure_or_record(ctx, results, line, lab.ns("client"), vip, &running);
+    }
+    agents.stop_all()
+}
+
+/// Before and after each phase: no WireGuard device left in the members (wireguard-go removes
+/// its own when it stops), and no data plane on the POP's `eth0` (it stays attached when its
+/// agent exits, by design: the next agent adopts it).
+fn clean_slate(lab: &Lab, agent: &Path) -> anyhow::Result<()> {
+    let ours = lab.wg_ifname(0);
+    let ours = ours.trim_end_matches('0');
+    wait_until(Duration::from_secs(10), || {
+        for m in [&POP, &HA, &HB] {
+            if lab
+                .ns(m.ns)
+                .ip(&["-o", "link", "show"])?
+                .stdout
+                .contains(ours)
+            {
+                return Ok(false);
+            }
         }
+        Ok(true)
+    })
+    .context("a WireGuard device outlived its wireguard-go")?;
+    let pop = lab.ns(POP.ns);
+    let xdp = || -> anyhow::Result<bool> {
+        Ok(pop
+            .ip(&["-d", "link", "show", "dev", "eth0"])?
+            .stdout
+            .contains("prog/xdp"))
+    };
+    if xdp()? {
+        let pins = bpffs_pin_dir(pop.name());
+        let detach = pop.spawn(
+            "edge-agent-detach",
+            &[
+                &agent.to_string_lossy(),
+                "--bpffs-root",
+                &pins.to_string_lossy(),
+                "detach",
+            ],
+            &[],
+        )?;
+        let status = detach.wait_exit(Duration::from_secs(10))?;
+        if !status.success() {
+            bail!(
+                "edge-agent detach failed ({status}): {}",
+                detach.output_so_far()
+            );
+        }
+        if xdp()? {
+            bail!("the data plane is still attached to the POP's eth0 after `edge-agent detach`");
+        }
+        println!("bench: overlay: data plane detached from the POP's eth0");
     }
     Ok(())
 }
@@ -658,12 +811,8 @@ fn start_wireguard_go(lab: &Lab, m: &Member, ifname: &str) -> anyhow::Result<Lab
     Ok(p)
 }
 
-fn plain_wireguard(
-    lab: &Lab,
-    settings: Settings,
-    results: &mut Results,
-    iperf: &LabProcess,
-) -> anyhow::Result<()> {
+fn plain_wireguard(ctx: &Ctx<'_>, results: &mut Results) -> anyhow::Result<()> {
+    let lab = ctx.lab;
     let members = [&HA, &HB];
     let mut keys = Vec::new();
     for m in members {
@@ -722,33 +871,18 @@ fn plain_wireguard(
     wait_ping(lab.ns(HA.ns), HB.addr())?;
     let running = || {
         devices.iter().try_for_each(alive)?;
-        alive(iperf)
+        alive(ctx.iperf)
     };
-    measure_line(
+    measure_or_record(
+        ctx,
         results,
         Line::PlainWg,
         lab.ns(HA.ns),
         IpAddr::V6(HB.addr()),
-        settings,
         &running,
-    )?;
-    // wireguard-go deletes its device and socket on SIGTERM.
+    );
+    // wireguard-go deletes its device and socket on SIGTERM (the next phase waits for that).
     drop(devices);
-    for (i, m) in members.iter().enumerate() {
-        let ifname = lab.wg_ifname(u16::try_from(i)?);
-        wait_until(Duration::from_secs(5), || {
-            Ok(!lab
-                .ns(m.ns)
-                .exec(&["ip", "link", "show", "dev", &ifname])?
-                .success())
-        })
-        .with_context(|| {
-            format!(
-                "{ifname} still exists in {} after wireguard-go stopped",
-                m.ns
-            )
-        })?;
-    }
     Ok(())
 }
 
@@ -781,11 +915,9 @@ impl<'a> Agents<'a> {
         }
     }
 
-    /// The device of member `m`'s `generation`-th agent: a new name for each, so that a
-    /// restarted agent never meets its predecessor's device or socket.
-    fn ifname(&self, m: &Member, generation: u16) -> String {
-        self.lab
-            .wg_ifname(10 + u16::from(m.underlay) * 10 + generation)
+    /// Member `m`'s device (plain WireGuard's are 0 and 1).
+    fn ifname(&self, m: &Member) -> String {
+        self.lab.wg_ifname(10 + u16::from(m.underlay))
     }
 
     fn config(&self, m: &Member, role: Role, ifname: &str) -> String {
@@ -835,8 +967,8 @@ impl<'a> Agents<'a> {
         bpffs_pin_dir(self.lab.ns(m.ns).name())
     }
 
-    fn start(&mut self, m: &'static Member, role: Role, generation: u16) -> anyhow::Result<()> {
-        let ifname = self.ifname(m, generation);
+    fn start(&mut self, m: &'static Member, role: Role) -> anyhow::Result<()> {
+        let ifname = self.ifname(m);
         let (subcommand, ready) = match role {
             Role::Host => ("host", "edge-agent host ready"),
             Role::Pop => ("run", "edge-agent ready"),
@@ -877,23 +1009,14 @@ impl<'a> Agents<'a> {
         Ok(())
     }
 
-    /// Stops member `ns`'s agent and waits until its WireGuard device is gone.
-    fn stop(&mut self, ns: &str) -> anyhow::Result<()> {
-        let Some(i) = self.running.iter().position(|(n, _, _)| *n == ns) else {
-            return Ok(());
-        };
-        let (_, ifname, p) = self.running.remove(i);
-        p.signal(libc::SIGTERM)?;
-        p.wait_exit(Duration::from_secs(10))?;
-        drop(p);
-        wait_until(Duration::from_secs(5), || {
-            Ok(!self
-                .lab
-                .ns(ns)
-                .exec(&["ip", "link", "show", "dev", &ifname])?
-                .success())
-        })
-        .with_context(|| format!("{ifname} still exists in {ns} after its agent stopped"))
+    /// Stops every agent (each stops its wireguard-go, which removes its device).
+    fn stop_all(mut self) -> anyhow::Result<()> {
+        for (ns, _, p) in self.running.drain(..) {
+            p.signal(libc::SIGTERM)?;
+            p.wait_exit(Duration::from_secs(10))
+                .with_context(|| format!("stopping the agent in {ns}"))?;
+        }
+        Ok(())
     }
 
     fn check_alive(&self) -> anyhow::Result<()> {
@@ -1028,70 +1151,64 @@ fn warm_up(
     }
 }
 
+/// One round of `line`: the path is checked (and warmed), then each test runs once.
 fn measure_line(
+    ctx: &Ctx<'_>,
     results: &mut Results,
     line: Line,
     ns: &NetNs,
     target: IpAddr,
-    settings: Settings,
     alive: &dyn Fn() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let tag = line.short();
+    let round = if ctx.settings.rounds > 1 {
+        format!(", round {}/{}", ctx.round, ctx.settings.rounds)
+    } else {
+        String::new()
+    };
     warm_up(ns, target, alive).with_context(|| format!("iperf3 from {} to {target}", ns.name()))?;
-    println!("bench: overlay: ({tag}) path to {target} works");
+    println!("bench: overlay: ({tag}{round}) path to {target} works");
     std::thread::sleep(SETTLE);
     let busy = background_busy(Duration::from_secs(1));
-    let Some(r) = results.line_mut(line) else {
-        bail!("no line {line:?}");
-    };
-    r.background_busy = busy;
     if let Some(busy) = busy.filter(|b| *b > NOISY) {
         println!(
-            "bench: overlay: ({tag}) CPUs {:.0}% busy with the path idle - other work is running: figures will be skewed",
+            "bench: overlay: ({tag}{round}) CPUs {:.0}% busy with the path idle - other work is running: figures will be skewed",
             busy * 100.0
         );
     }
+    let label = |text: &str| results.label(ctx.round, text);
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
     for test in Test::ALL {
-        let mut samples = Vec::new();
-        let mut error = None;
-        for round in 1..=settings.rounds {
-            check_stop()?;
-            alive()?;
-            std::thread::sleep(SETTLE);
-            let seconds = settings.seconds;
-            match iperf3(ns, target, test.streams(), test.reverse(), seconds) {
-                Ok(m) => {
-                    println!(
-                        "bench: overlay: ({tag}) iperf3 {}{}: {:.2} Gbit/s, {} retransmits",
-                        test.label(),
-                        if settings.rounds > 1 {
-                            format!(" (round {round}/{})", settings.rounds)
-                        } else {
-                            String::new()
-                        },
-                        m.gbps,
-                        m.retransmits
-                    );
-                    if m.gbps > 0.0 {
-                        samples.push((m.gbps, m.retransmits));
-                    } else if error.is_none() {
-                        error = Some("iperf3 moved no data".to_owned());
-                    }
-                }
-                Err(e) => {
-                    error.get_or_insert(format!("round {round}: {e:#}"));
-                }
+        check_stop()?;
+        alive()?;
+        std::thread::sleep(SETTLE);
+        let seconds = ctx.settings.seconds;
+        match iperf3(ns, target, test.streams(), test.reverse(), seconds) {
+            Ok(m) if m.gbps > 0.0 => {
+                println!(
+                    "bench: overlay: ({tag}{round}) iperf3 {}: {:.2} Gbit/s, {} retransmits",
+                    test.label(),
+                    m.gbps,
+                    m.retransmits
+                );
+                samples.push((test, (m.gbps, m.retransmits)));
             }
+            Ok(_) => errors.push((test, label("iperf3 moved no data"))),
+            Err(e) => errors.push((test, label(&format!("{e:#}")))),
         }
-        let gbps: Vec<f64> = samples.iter().map(|(g, _)| *g).collect();
-        let value = match (error, median(&gbps)) {
-            (Some(e), _) => Err(e),
-            (None, Some(m)) => Ok(m),
-            (None, None) => Err("no round measured".to_owned()),
-        };
-        r.values.push((test, value));
-        r.samples.push((test, samples));
     }
+    let Some(r) = results.line_mut(line) else {
+        bail!("no line {line:?}");
+    };
+    r.background_busy = match (r.background_busy, busy) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    for (test, sample) in samples {
+        r.push(test, sample);
+    }
+    r.test_errors.extend(errors);
     alive()
 }
 
@@ -1112,7 +1229,7 @@ fn cell(results: &Results, line: Line, test: Test) -> String {
         return "-".into();
     };
     match r.value(test) {
-        None if r.error.is_some() => "FAILED".into(),
+        None if !r.errors.is_empty() => "FAILED".into(),
         None => "-".into(),
         Some(Err(_)) => "error".into(),
         Some(Ok(v)) => match results.ratio(line, Line::PlainWg, test) {
@@ -1159,7 +1276,10 @@ fn render_table(results: &Results, settings: Settings) -> String {
         "overlay throughput, Gbit/s (ratio to plain WireGuard, line a), {} s per iperf3 test{}:\n",
         settings.seconds,
         if settings.rounds > 1 {
-            format!(", median of {} rounds", settings.rounds)
+            format!(
+                ", median of {} rounds (phases in alternating order)",
+                settings.rounds
+            )
         } else {
             String::new()
         }
@@ -1226,9 +1346,6 @@ fn render_table(results: &Results, settings: Settings) -> String {
             );
         }
     }
-    for note in &results.notes {
-        let _ = writeln!(out, "note: {note}");
-    }
     for problem in results.failed() {
         let _ = writeln!(out, "FAILED: {problem}");
     }
@@ -1257,7 +1374,7 @@ fn to_json(results: &Results, settings: Settings, elapsed: Duration) -> Value {
                         }),
                         Some(Err(e)) => json!({ "error": e }),
                         None => json!({
-                            "error": r.error.clone().unwrap_or_else(|| "not measured".into())
+                            "error": r.errors.first().cloned().unwrap_or_else(|| "not measured".into())
                         }),
                     };
                     (t.key().to_owned(), v)
@@ -1267,6 +1384,7 @@ fn to_json(results: &Results, settings: Settings, elapsed: Duration) -> Value {
                 "key": r.line.key(),
                 "label": r.line.label(),
                 "background_cpu_busy": r.background_busy,
+                "errors": r.errors,
                 "tests": tests,
             })
         })
@@ -1300,7 +1418,6 @@ fn to_json(results: &Results, settings: Settings, elapsed: Duration) -> Value {
         },
         "lines": lines,
         "data_plane_over_kernel_routing": data_plane,
-        "notes": results.notes,
         "failed": results.failed(),
     })
 }
@@ -1321,18 +1438,52 @@ mod tests {
     }
 
     #[test]
+    fn rounds_give_medians_and_keep_failures() {
+        let mut results = Results::new(3);
+        if let Some(r) = results.line_mut(Line::Agents) {
+            for g in [0.5, 0.3, 0.4] {
+                r.push(Test::One, (g, 10.0));
+            }
+            r.push(Test::Four, (0.6, 0.0));
+            r.test_errors
+                .push((Test::Four, results_label(2, "iperf3 moved no data")));
+        }
+        let r = results.line(Line::Agents);
+        assert_eq!(r.and_then(|r| r.value(Test::One)), Some(Ok(0.4)));
+        assert_eq!(
+            r.and_then(|r| r.value(Test::Four)),
+            Some(Err("round 2: iperf3 moved no data".into()))
+        );
+        assert_eq!(r.and_then(|r| r.value(Test::Reverse)), None);
+        results.fail(&[Line::Routed], 3, &anyhow::anyhow!("no ping"));
+        assert_eq!(
+            results.failed(),
+            vec![
+                "(b) host -> host, 6PN built by the agents / 4 streams: round 2: iperf3 moved no data",
+                "(d) IPv6 client -> POP, kernel routing -> host over 6PN: round 3: no ping",
+            ]
+        );
+    }
+
+    fn results_label(round: u32, text: &str) -> String {
+        Results::new(3).label(round, text)
+    }
+
+    #[test]
     fn table_shows_ratios_to_plain_wireguard_and_of_the_data_plane() {
-        let mut results = Results::new();
+        let mut results = Results::new(1);
         let set = |results: &mut Results, line, v: f64| {
             if let Some(r) = results.line_mut(line) {
-                r.values = Test::ALL.iter().map(|&t| (t, Ok(v))).collect();
+                for t in Test::ALL {
+                    r.push(t, (v, 0.0));
+                }
             }
         };
         set(&mut results, Line::PlainWg, 2.0);
         set(&mut results, Line::Agents, 1.9);
         set(&mut results, Line::Routed, 1.6);
         set(&mut results, Line::DataPlane4, 0.8);
-        results.fail(&[Line::DataPlane6], &anyhow::anyhow!("agent exited"));
+        results.fail(&[Line::DataPlane6], 1, &anyhow::anyhow!("agent exited"));
         let settings = Settings {
             seconds: 5,
             rounds: 1,
