@@ -440,6 +440,16 @@ impl Agent {
         speaker.update(&vips, &inputs);
     }
 
+    /// Reconciles the 6PN peers against the state already read: keepalives start once a peer
+    /// has answered, which no state change announces.
+    fn refresh_sixpn(&mut self) {
+        if let (Some(node), Some(b)) = (self.sixpn.as_mut(), self.balancing.as_ref()) {
+            if let Err(error) = node.reconcile(&b.state) {
+                warn!(%error, "6PN: reconciling the mesh");
+            }
+        }
+    }
+
     /// Starts the BGP speaker where peers are configured.
     async fn start_bgp(&mut self) {
         match crate::bgp::Speaker::start(&self.config.bgp).await {
@@ -940,6 +950,7 @@ impl Agent {
                     _ = replan.tick() => {
                         // Drains and hold-downs run out with time alone.
                         self.announce(false);
+                        self.refresh_sixpn();
                         self.write_status();
                         // Leases run out with time alone: registered backends need a look
                         // every second.

@@ -233,6 +233,17 @@ fn main() -> anyhow::Result<()> {
         Command::Wg {
             command: WgCommand::RotateKey,
         } => rotate_key(&config),
+        Command::Wg {
+            command: WgCommand::Down,
+        } => {
+            let ifname = &config.sixpn.ifname;
+            if edge_agent::sixpn::node::down(ifname)? {
+                println!("{ifname} deleted");
+            } else {
+                println!("no interface {ifname}");
+            }
+            Ok(())
+        }
         Command::Drain => {
             let since = edge_agent::bgp::drain::start(&pins).context("starting the drain")?;
             println!(
@@ -271,6 +282,8 @@ enum WgCommand {
     /// Make a new key, then publish its public half: the running agent switches to it when
     /// the state shows it, as every peer does, so only one handshake is lost.
     RotateKey,
+    /// Delete the 6PN interface (it stays up when the agent stops, as the data plane does).
+    Down,
 }
 
 fn wg_show(pins: &PinDir, output: Output) -> anyhow::Result<()> {

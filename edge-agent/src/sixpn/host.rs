@@ -70,16 +70,18 @@ fn sync(store: &dyn StateStore, node: &mut Node) {
     }
 }
 
-/// Publishes this host's row if the state does not say it yet, and reconciles the peers.
+/// Reconciles the peers, and publishes this host's row if the state does not say it yet.
+/// Reconciling comes first: it takes a key that `wg rotate-key` published, so that the row
+/// compared next already names it (the other way round, the old key would be published back).
 pub fn apply(store: &dyn StateStore, node: &mut Node, snap: &crate::model::Snapshot) {
+    if let Err(error) = node.reconcile(snap) {
+        warn!(%error, "6PN: reconciling the mesh");
+    }
     if let Some(row) = node.own_row(snap) {
         match write::upsert_pop(&row, crate::model::unix_now()).and_then(|s| store.execute(&s)) {
             Ok(()) => info!(id = %row.id, "6PN: published this host's row"),
             Err(error) => warn!(%error, "6PN: publishing this host's row"),
         }
-    }
-    if let Err(error) = node.reconcile(snap) {
-        warn!(%error, "6PN: reconciling the mesh");
     }
 }
 

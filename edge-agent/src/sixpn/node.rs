@@ -18,8 +18,8 @@ use super::{
     keys::{PrivateKey, PublicKey},
     members::{changes, Mesh},
     netlink_link::{LinkError, NetlinkLink},
-    uapi::{DeviceConfig, DeviceState},
-    userspace::{WireguardGo, DEFAULT_MTU},
+    uapi::{DeviceConfig, DeviceState, Uapi},
+    userspace::{self, DEFAULT_MTU},
 };
 use crate::model::{HostRole, Pop, Region, Snapshot};
 
@@ -80,23 +80,35 @@ pub enum NodeError {
 }
 
 /// Which WireGuard the device is: the kernel's when a `wireguard` link can be created (as
-/// `wg-quick` prefers), else wireguard-go.
+/// `wg-quick` prefers), else wireguard-go. Either outlives the agent, like the data plane: the
+/// next agent adopts it with its peers, so flows over the overlay go on through a restart.
 enum Device {
     Kernel(KernelWg),
-    Userspace { wg: WireguardGo, why: String },
+    Userspace { uapi: Uapi, why: String },
 }
 
 impl Device {
-    fn start(ifname: &str, link: &NetlinkLink) -> Result<Device, NodeError> {
+    /// The device, and whether an earlier agent's was adopted.
+    fn start(ifname: &str, link: &NetlinkLink) -> Result<(Device, bool), NodeError> {
+        if let Some(uapi) = userspace::adopt(ifname) {
+            let why = "adopted from an earlier agent".to_owned();
+            return Ok((Device::Userspace { uapi, why }, true));
+        }
         match Implementation::detect() {
             Implementation::Kernel => {
-                link.create_wireguard(ifname)?;
-                Ok(Device::Kernel(KernelWg::open(ifname)?))
+                let existed = link.index(ifname).is_ok();
+                if !existed {
+                    link.create_wireguard(ifname)?;
+                }
+                Ok((Device::Kernel(KernelWg::open(ifname)?), existed))
             }
-            Implementation::Userspace { reason } => Ok(Device::Userspace {
-                wg: WireguardGo::start(ifname, None)?,
-                why: reason,
-            }),
+            Implementation::Userspace { reason } => Ok((
+                Device::Userspace {
+                    uapi: userspace::start_detached(ifname)?,
+                    why: reason,
+                },
+                false,
+            )),
         }
     }
 
@@ -112,14 +124,14 @@ impl Device {
     fn set(&self, config: &DeviceConfig) -> Result<(), NodeError> {
         match self {
             Device::Kernel(wg) => Ok(wg.set(config)?),
-            Device::Userspace { wg, .. } => Ok(wg.uapi().set(config)?),
+            Device::Userspace { uapi, .. } => Ok(uapi.set(config)?),
         }
     }
 
     fn get(&self) -> Result<DeviceState, NodeError> {
         match self {
             Device::Kernel(wg) => Ok(wg.get()?),
-            Device::Userspace { wg, .. } => Ok(wg.uapi().get()?),
+            Device::Userspace { uapi, .. } => Ok(uapi.get()?),
         }
     }
 }
@@ -162,19 +174,21 @@ impl Node {
             info!(path = %config.key_file.display(), "6PN: generated this host's WireGuard key");
         }
         let link = NetlinkLink::open()?;
-        let device = Device::start(&config.ifname, &link)?;
+        let (device, adopted) = Device::start(&config.ifname, &link)?;
         if let Some(v4) = config.ipv4 {
             // Dual stack from the start: v1 users of this host keep reaching it.
             link.add_addr(&config.ifname, IpNet::V4(v4))?;
         }
+        // An adopted device keeps its peers (their sessions carry live flows); the first
+        // reconcile corrects whatever changed while no agent ran.
         device.set(&DeviceConfig {
             private_key: Some(key.clone()),
             listen_port: Some(config.listen_port),
-            replace_peers: true,
+            replace_peers: !adopted,
             peers: Vec::new(),
         })?;
         link.up(&config.ifname, config.mtu)?;
-        info!(ifname = %config.ifname, implementation = %device.implementation(), public_key = %key.public_key(), "6PN device up");
+        info!(ifname = %config.ifname, implementation = %device.implementation(), adopted, public_key = %key.public_key(), "6PN device up");
         Ok(Node {
             config: config.clone(),
             id: id.to_owned(),
@@ -235,8 +249,20 @@ impl Node {
                 }
             }
         }
-        let desired = mesh.peers_of(&self.id, self.config.keepalive_secs);
+        let mut desired = mesh.peers_of(&self.id, self.config.keepalive_secs);
         let current = self.device.get()?;
+        // Keepalives start once a peer has answered. Set when the peer is added, they make both
+        // sides open their first handshake at the same moment, and this wireguard-go then left
+        // some pairs without a session for over a minute in the lab (never with them deferred).
+        for (key, peer) in &mut desired {
+            let answered = current
+                .peers
+                .iter()
+                .any(|s| s.public_key == *key && s.last_handshake.is_some());
+            if !answered {
+                peer.persistent_keepalive = Some(0);
+            }
+        }
         let delta = changes(&current.peers, &desired);
         if !delta.is_empty() {
             done.removed = delta.iter().filter(|p| p.remove).count();
@@ -338,4 +364,15 @@ impl Node {
             })
             .collect())
     }
+}
+
+/// `edge-agent wg down`: deletes the 6PN interface (wireguard-go exits with it). The agent
+/// leaves it up when it stops, as it leaves the data plane attached.
+pub fn down(ifname: &str) -> Result<bool, NodeError> {
+    let link = NetlinkLink::open()?;
+    if link.index(ifname).is_err() {
+        return Ok(false);
+    }
+    link.delete(ifname)?;
+    Ok(true)
 }

@@ -231,6 +231,73 @@ impl WireguardGo {
     }
 }
 
+/// The UAPI of a wireguard-go already serving `ifname` (left running by an earlier agent), if
+/// one answers.
+pub fn adopt(ifname: &str) -> Option<Uapi> {
+    let socket = socket_path(ifname);
+    let uapi = Uapi::new(&socket);
+    uapi.get().is_ok().then_some(uapi)
+}
+
+/// Starts wireguard-go for `ifname` in the agent's namespace so that it outlives the agent, as
+/// the data plane does: the flows over the overlay go on while the agent restarts, and the next
+/// agent adopts the device ([`adopt`]). It gets its own process group (a Ctrl-C to the agent's
+/// terminal does not reach it) and no pipes to the agent (a write to a closed pipe would kill
+/// it); deleting its interface stops it.
+pub fn start_detached(ifname: &str) -> Result<Uapi, UserspaceError> {
+    let socket = socket_path(ifname);
+    if socket.exists() {
+        if UnixStream::connect(&socket).is_ok() {
+            return Err(UserspaceError::InUse {
+                ifname: ifname.to_owned(),
+                socket,
+            });
+        }
+        std::fs::remove_file(&socket)
+            .map_err(io_err(format!("remove stale {}", socket.display())))?;
+    }
+    std::fs::create_dir_all(SOCKET_DIR).map_err(io_err(format!("create {SOCKET_DIR}")))?;
+    let mut child = Command::new("wireguard-go")
+        .args(["-f", ifname])
+        .env(PREFER_USERSPACE, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(io_err(format!("start wireguard-go {ifname}")))?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().map_err(io_err("wait wireguard-go"))? {
+            return Err(UserspaceError::Exited {
+                ifname: ifname.to_owned(),
+                status,
+            });
+        }
+        if UnixStream::connect(&socket).is_ok() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(UserspaceError::NoSocket {
+                ifname: ifname.to_owned(),
+                socket,
+                timeout: START_TIMEOUT,
+            });
+        }
+        sleep(POLL);
+    }
+    // Reaped if it exits while this agent runs; after that, init reaps it.
+    let reaper = std::thread::Builder::new()
+        .name(format!("wg-reap-{ifname}"))
+        .spawn(move || child.wait());
+    if let Err(e) = reaper {
+        tracing::warn!(%ifname, error = %e, "wireguard-go will not be reaped by this agent");
+    }
+    Ok(Uapi::new(&socket))
+}
+
 impl Drop for WireguardGo {
     fn drop(&mut self) {
         if let Err(e) = self.terminate() {

@@ -430,6 +430,43 @@ fn scenario(mesh: &mut Mesh) -> TestResult {
     }
     println!("6pn: 6 client connections through the sa POP's data plane to us/eu backends over WireGuard echoed intact");
 
+    // The POP's agent killed and started again: the data plane and the 6PN device outlive it,
+    // the new agent adopts both, and a connection through them goes on.
+    let vip: SocketAddr = format!("{VIP4}:7").parse()?;
+    let mut held = mesh
+        .lab
+        .ns("client")
+        .run_in_thread(|| -> Result<TcpStream, String> {
+            let s = TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            Ok(s)
+        })??;
+    let round = |held: &mut TcpStream, what: &str| -> Result<(), Error> {
+        let msg = format!("still here: {what}");
+        held.write_all(msg.as_bytes())?;
+        let mut back = vec![0u8; msg.len()];
+        held.read_exact(&mut back)?;
+        assert_eq!(back, msg.as_bytes(), "{what}");
+        Ok(())
+    };
+    round(&mut held, "before")?;
+    if let Some(agent) = mesh.agents.remove("popsa") {
+        agent.signal(libc::SIGKILL)?;
+        agent.wait_exit(Duration::from_secs(5))?;
+    }
+    round(&mut held, "while no agent runs")?;
+    mesh.start(0, &db)?;
+    let restarted = mesh.agents.get("popsa").ok_or("popsa's agent")?;
+    assert!(
+        restarted.output_so_far().contains("adopted=true"),
+        "the new agent did not adopt the 6PN device"
+    );
+    round(&mut held, "after the restart")?;
+    echo(&mesh.lab, "client", vip, 100_000, 7)?;
+    println!("6pn: the sa POP's agent SIGKILLed and restarted: a held connection echoed before, during and after; the device was adopted");
+
     // Removing hsa (its agent stopped, its row deleted) reaches every peer within 1 s while
     // hus streams to heu.
     let heu: SocketAddr = SocketAddr::new(IpAddr::V6(addr(&MEMBERS[4])?), 7007);

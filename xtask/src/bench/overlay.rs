@@ -1009,12 +1009,17 @@ impl<'a> Agents<'a> {
         Ok(())
     }
 
-    /// Stops every agent (each stops its wireguard-go, which removes its device).
+    /// Stops every agent, then deletes its 6PN device (which the agent leaves up, as it leaves
+    /// the data plane attached): wireguard-go exits with it.
     fn stop_all(mut self) -> anyhow::Result<()> {
-        for (ns, _, p) in self.running.drain(..) {
+        for (ns, ifname, p) in self.running.drain(..) {
             p.signal(libc::SIGTERM)?;
             p.wait_exit(Duration::from_secs(10))
                 .with_context(|| format!("stopping the agent in {ns}"))?;
+            self.lab
+                .ns(ns)
+                .ip(&["link", "del", &ifname])
+                .with_context(|| format!("deleting {ifname} in {ns}"))?;
         }
         Ok(())
     }
