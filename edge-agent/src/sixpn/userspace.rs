@@ -114,6 +114,50 @@ fn forward_output(ifname: &str, stream: Option<impl io::Read + Send + 'static>) 
     }
 }
 
+/// Makes way for a new wireguard-go on `ifname`: a socket that answers is someone else's
+/// (`InUse`); one nobody answers on was left by a killed wireguard-go and is removed, so that
+/// waiting for the new socket cannot mistake it for the new one.
+fn clear_stale_socket(ifname: &str) -> Result<PathBuf, UserspaceError> {
+    let socket = socket_path(ifname);
+    if socket.exists() {
+        if UnixStream::connect(&socket).is_ok() {
+            return Err(UserspaceError::InUse {
+                ifname: ifname.to_owned(),
+                socket,
+            });
+        }
+        std::fs::remove_file(&socket)
+            .map_err(io_err(format!("remove stale {}", socket.display())))?;
+    }
+    std::fs::create_dir_all(SOCKET_DIR).map_err(io_err(format!("create {SOCKET_DIR}")))?;
+    Ok(socket)
+}
+
+/// Waits until `child`'s socket answers; an error if it exits or takes too long (the caller
+/// stops it then).
+fn wait_for_socket(child: &mut Child, ifname: &str, socket: &Path) -> Result<(), UserspaceError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().map_err(io_err("wait wireguard-go"))? {
+            return Err(UserspaceError::Exited {
+                ifname: ifname.to_owned(),
+                status,
+            });
+        }
+        if UnixStream::connect(socket).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(UserspaceError::NoSocket {
+                ifname: ifname.to_owned(),
+                socket: socket.to_owned(),
+                timeout: START_TIMEOUT,
+            });
+        }
+        sleep(POLL);
+    }
+}
+
 /// A running wireguard-go that owns one interface.
 #[derive(Debug)]
 pub struct WireguardGo {
@@ -126,20 +170,7 @@ impl WireguardGo {
     /// Starts wireguard-go for `ifname` (created in the namespace `netns`, or the agent's own),
     /// and returns once its socket answers.
     pub fn start(ifname: &str, netns: Option<&Path>) -> Result<Self, UserspaceError> {
-        let socket = socket_path(ifname);
-        if socket.exists() {
-            if UnixStream::connect(&socket).is_ok() {
-                return Err(UserspaceError::InUse {
-                    ifname: ifname.to_owned(),
-                    socket,
-                });
-            }
-            // Nobody listens: left by a wireguard-go that was killed. Waiting below for the
-            // socket to appear must not mistake it for the new one.
-            std::fs::remove_file(&socket)
-                .map_err(io_err(format!("remove stale {}", socket.display())))?;
-        }
-        std::fs::create_dir_all(SOCKET_DIR).map_err(io_err(format!("create {SOCKET_DIR}")))?;
+        let socket = clear_stale_socket(ifname)?;
         let (mut cmd, _netns_fd) = command_in(netns, "wireguard-go")?;
         let mut child = cmd
             .args(["-f", ifname])
@@ -156,27 +187,9 @@ impl WireguardGo {
             child,
             uapi: Uapi::new(&socket),
         };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = wg.child.try_wait().map_err(io_err("wait wireguard-go"))? {
-                return Err(UserspaceError::Exited {
-                    ifname: ifname.to_owned(),
-                    status,
-                });
-            }
-            if UnixStream::connect(&socket).is_ok() {
-                return Ok(wg);
-            }
-            if Instant::now() >= deadline {
-                // `wg` is dropped here, which stops the process.
-                return Err(UserspaceError::NoSocket {
-                    ifname: ifname.to_owned(),
-                    socket,
-                    timeout: START_TIMEOUT,
-                });
-            }
-            sleep(POLL);
-        }
+        // On an error `wg` is dropped, which stops the process.
+        wait_for_socket(&mut wg.child, ifname, &socket)?;
+        Ok(wg)
     }
 
     pub fn ifname(&self) -> &str {
@@ -245,18 +258,7 @@ pub fn adopt(ifname: &str) -> Option<Uapi> {
 /// terminal does not reach it) and no pipes to the agent (a write to a closed pipe would kill
 /// it); deleting its interface stops it.
 pub fn start_detached(ifname: &str) -> Result<Uapi, UserspaceError> {
-    let socket = socket_path(ifname);
-    if socket.exists() {
-        if UnixStream::connect(&socket).is_ok() {
-            return Err(UserspaceError::InUse {
-                ifname: ifname.to_owned(),
-                socket,
-            });
-        }
-        std::fs::remove_file(&socket)
-            .map_err(io_err(format!("remove stale {}", socket.display())))?;
-    }
-    std::fs::create_dir_all(SOCKET_DIR).map_err(io_err(format!("create {SOCKET_DIR}")))?;
+    let socket = clear_stale_socket(ifname)?;
     let mut child = Command::new("wireguard-go")
         .args(["-f", ifname])
         .env(PREFER_USERSPACE, "1")
@@ -266,27 +268,10 @@ pub fn start_detached(ifname: &str) -> Result<Uapi, UserspaceError> {
         .process_group(0)
         .spawn()
         .map_err(io_err(format!("start wireguard-go {ifname}")))?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().map_err(io_err("wait wireguard-go"))? {
-            return Err(UserspaceError::Exited {
-                ifname: ifname.to_owned(),
-                status,
-            });
-        }
-        if UnixStream::connect(&socket).is_ok() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(UserspaceError::NoSocket {
-                ifname: ifname.to_owned(),
-                socket,
-                timeout: START_TIMEOUT,
-            });
-        }
-        sleep(POLL);
+    if let Err(e) = wait_for_socket(&mut child, ifname, &socket) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
     }
     // Reaped if it exits while this agent runs; after that, init reaps it.
     let reaper = std::thread::Builder::new()

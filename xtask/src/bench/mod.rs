@@ -671,16 +671,6 @@ fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) -> String {
         row.extend(results.iter().map(|r| cell(results, r, metric)));
         rows.push(row);
     }
-    let columns = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|row| row.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
     let mut out = format!(
         "end-to-end, value (ratio to plain), {}{seconds} s per iperf3/wrk test, \
          wrk {} threads x {} connections, echo {} x {} B round trips:\n",
@@ -694,25 +684,7 @@ fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) -> String {
         load::ECHO_COUNT,
         load::ECHO_SIZE
     );
-    for (i, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(c, (s, w))| {
-                if c == 0 {
-                    format!("{s:<w$}")
-                } else {
-                    format!("{s:>w$}")
-                }
-            })
-            .collect();
-        out.push_str(&format!("| {} |\n", line.join(" | ")));
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
-        }
-    }
+    out.push_str(&markdown_table(&rows, &[0]));
     out.push_str(
         "Throughput and request rates: higher is better. Round trips: lower is better.\n\
          The new-connection-per-request rate (wrk with `Connection: close`) is the new \
@@ -843,6 +815,42 @@ fn write_json(
         serde_json::to_string_pretty(&to_json(results, seconds, rounds, elapsed))?,
     )
     .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `rows` as a Markdown table, columns padded to their widest cell (the first left-aligned,
+/// the others right-aligned), with a rule under each row listed in `rules_after`.
+pub(crate) fn markdown_table(rows: &[Vec<String>], rules_after: &[usize]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|row| row.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (s, w))| {
+                if c == 0 {
+                    format!("{s:<w$}")
+                } else {
+                    format!("{s:>w$}")
+                }
+            })
+            .collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        if rules_after.contains(&i) {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1267,16 +1267,6 @@ fn render_table(results: &Results, settings: Settings) -> String {
         }));
         rows.push(row);
     }
-    let columns = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|row| row.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
     let mut out = format!(
         "overlay throughput, Gbit/s (ratio to plain WireGuard, line a), {} s per iperf3 test{}:\n",
         settings.seconds,
@@ -1289,25 +1279,7 @@ fn render_table(results: &Results, settings: Settings) -> String {
             String::new()
         }
     );
-    for (i, row) in rows.iter().enumerate() {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(c, (s, w))| {
-                if c == 0 {
-                    format!("{s:<w$}")
-                } else {
-                    format!("{s:>w$}")
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "| {} |", cells.join(" | "));
-        if i == 0 || i == Line::ALL.len() {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            let _ = writeln!(out, "|-{}-|", rule.join("-|-"));
-        }
-    }
+    out.push_str(&super::markdown_table(&rows, &[0, Line::ALL.len()]));
     out.push_str(
         "Reverse: the backend sends (iperf3 --reverse). Lines a and b run between two backend \
          hosts; d, c and c6 from a client through the POP to one of them.\n",
