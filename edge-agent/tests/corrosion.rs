@@ -309,6 +309,16 @@ async fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) -> Resul
     Ok(started.elapsed())
 }
 
+/// A wait's failure with what the source holds, how it feels, and what the fake was asked.
+fn explain(e: impl std::fmt::Display, source: &CorrosionState, fake: &Fake) -> String {
+    format!(
+        "{e}: {:?} {:?} {:?}",
+        ports(source),
+        source.health(),
+        fake.requests()
+    )
+}
+
 fn ports(source: &CorrosionState) -> Vec<u16> {
     source
         .snapshot()
@@ -355,14 +365,7 @@ async fn reads_follows_and_resumes() -> Result<(), Error> {
         ports(&source) == [80, 81]
     })
     .await
-    .map_err(|e| {
-        format!(
-            "{e}: {:?} {:?} {:?}",
-            ports(&source),
-            source.health(),
-            fake.requests()
-        )
-    })?;
+    .map_err(|e| explain(e, &source, &fake))?;
 
     // Corrosion goes away: the last state stays.
     fake.set_down(true);
@@ -376,14 +379,7 @@ async fn reads_follows_and_resumes() -> Result<(), Error> {
         ports(&source) == [81, 8080]
     })
     .await
-    .map_err(|e| {
-        format!(
-            "{e}: {:?} {:?} {:?}",
-            ports(&source),
-            source.health(),
-            fake.requests()
-        )
-    })?;
+    .map_err(|e| explain(e, &source, &fake))?;
     let requests = fake.requests();
     assert!(
         requests

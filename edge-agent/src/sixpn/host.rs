@@ -40,8 +40,22 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         let mut changes = store.changes().context("watching the state")?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut first = true;
+        // Read again only when the state changed (this agent's own row writes included: the
+        // watch sees every commit); the tick reconciles against what was read, for what
+        // changes without a state change (a peer answering, after which keepalives start).
+        let mut snap = None;
         loop {
-            sync(&*store, &mut node);
+            if snap.is_none() {
+                match store.snapshot() {
+                    Ok((read, _)) => snap = Some(read),
+                    Err(error) => {
+                        warn!(%error, "reading the state failed; the mesh stays as it is")
+                    }
+                }
+            }
+            if let Some(snap) = &snap {
+                apply(&*store, &mut node, snap);
+            }
             write_status(&status_file, &node);
             if first {
                 println!("edge-agent host ready");
@@ -51,23 +65,15 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
-                () = changes.changed() => {}
+                () = changes.changed() => snap = None,
                 _ = tick.tick() => {}
             }
         }
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&status_file);
-    info!("host agent stopping; the 6PN device goes with it");
+    info!("host agent stopping; the 6PN device stays up (`edge-agent wg down` removes it)");
     Ok(())
-}
-
-/// Reads the state, then [`apply`].
-fn sync(store: &dyn StateStore, node: &mut Node) {
-    match store.snapshot() {
-        Ok((snap, _)) => apply(store, node, &snap),
-        Err(error) => warn!(%error, "reading the state failed; the mesh stays as it is"),
-    }
 }
 
 /// Reconciles the peers, and publishes this host's row if the state does not say it yet.

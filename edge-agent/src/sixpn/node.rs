@@ -3,7 +3,6 @@
 //! state, and its peers reconciled from the rows on every state change.
 
 use std::{
-    collections::BTreeMap,
     net::Ipv6Addr,
     path::PathBuf,
     time::{Duration, SystemTime},
@@ -136,15 +135,6 @@ impl Device {
     }
 }
 
-/// What a reconciliation did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Reconciled {
-    pub added_or_changed: usize,
-    pub removed: usize,
-    pub address: Option<Ipv6Addr>,
-    pub key_rotated: bool,
-}
-
 pub struct Node {
     config: SixpnConfig,
     id: String,
@@ -225,11 +215,8 @@ impl Node {
 
     /// Brings the device to what the rows say: this host's address, a peer per other member.
     /// Only peers that differ are touched.
-    pub fn reconcile(&mut self, snap: &Snapshot) -> Result<Reconciled, NodeError> {
-        let mut done = Reconciled {
-            key_rotated: self.follow_key_rotation(snap)?,
-            ..Reconciled::default()
-        };
+    pub fn reconcile(&mut self, snap: &Snapshot) -> Result<(), NodeError> {
+        self.follow_key_rotation(snap)?;
         let mesh = Mesh::from_snapshot(snap);
         if mesh.problems != self.problems {
             for (what, why) in &mesh.problems {
@@ -245,7 +232,6 @@ impl Node {
                     self.link.add_addr(&self.config.ifname, IpNet::V6(net))?;
                     info!(address = %me.addr, "6PN address");
                     self.address = Some(me.addr);
-                    done.address = Some(me.addr);
                 }
             }
         }
@@ -265,8 +251,8 @@ impl Node {
         }
         let delta = changes(&current.peers, &desired);
         if !delta.is_empty() {
-            done.removed = delta.iter().filter(|p| p.remove).count();
-            done.added_or_changed = delta.len() - done.removed;
+            let removed = delta.iter().filter(|p| p.remove).count();
+            let added_or_changed = delta.len() - removed;
             self.device.set(&DeviceConfig {
                 private_key: None,
                 listen_port: None,
@@ -274,18 +260,18 @@ impl Node {
                 peers: delta,
             })?;
             info!(
-                added_or_changed = done.added_or_changed,
-                removed = done.removed,
+                added_or_changed,
+                removed,
                 peers = desired.len(),
                 "6PN peers reconciled"
             );
         }
-        Ok(done)
+        Ok(())
     }
 
     /// `edge-agent wg rotate-key` wrote a new key file and this host's row: take the new key
     /// once the row names it, so that peers and this device switch together.
-    fn follow_key_rotation(&mut self, snap: &Snapshot) -> Result<bool, NodeError> {
+    fn follow_key_rotation(&mut self, snap: &Snapshot) -> Result<(), NodeError> {
         let published = snap
             .pops
             .iter()
@@ -293,14 +279,14 @@ impl Node {
             .and_then(|p| p.public_key.as_deref())
             .and_then(|k| k.parse::<PublicKey>().ok());
         let Some(published) = published else {
-            return Ok(false);
+            return Ok(());
         };
         if published == self.public_key() {
-            return Ok(false);
+            return Ok(());
         }
         let on_disk = PrivateKey::load(&self.config.key_file)?;
         if on_disk.public_key() != published {
-            return Ok(false);
+            return Ok(());
         }
         self.device.set(&DeviceConfig {
             private_key: Some(on_disk.clone()),
@@ -310,7 +296,7 @@ impl Node {
         })?;
         info!(public_key = %published, "6PN: key rotated");
         self.key = on_disk;
-        Ok(true)
+        Ok(())
     }
 
     /// For `edge-agent status` and `wg`: the implementation, this host, and each peer.
@@ -347,22 +333,6 @@ impl Node {
             "problems": self.problems.iter().map(|(w, y)| format!("{w}: {y}")).collect::<Vec<_>>(),
             "peers": peers,
         })
-    }
-
-    /// The peers as `wg show` would list them: key -> allowed IPs.
-    pub fn peers(&self) -> Result<BTreeMap<String, Vec<String>>, NodeError> {
-        Ok(self
-            .device
-            .get()?
-            .peers
-            .iter()
-            .map(|p| {
-                (
-                    p.public_key.to_string(),
-                    p.allowed_ips.iter().map(ToString::to_string).collect(),
-                )
-            })
-            .collect())
     }
 }
 

@@ -926,7 +926,7 @@ mod tests {
                 Cell::Null,
             ])
         };
-        let role = |role, n| {
+        let host = |role, n, ipv4| {
             pop_row(&[
                 Cell::Text("h"),
                 Cell::Text("sa"),
@@ -935,9 +935,10 @@ mod tests {
                 Cell::Null,
                 Cell::Text(role),
                 Cell::Int(n),
-                Cell::Null,
+                ipv4,
             ])
         };
+        let role = |role, n| host(role, n, Cell::Null);
         assert_eq!(
             role("host", 7).map(|p| (p.role, p.host_number)),
             Ok((HostRole::Host, 7))
@@ -974,19 +975,7 @@ mod tests {
             (role("router", 1), "role"),
             (role("host", -1), "host_number"),
             (role("host", 1 << 40), "host_number"),
-            (
-                pop_row(&[
-                    Cell::Text("h"),
-                    Cell::Text("sa"),
-                    Cell::Null,
-                    Cell::Null,
-                    Cell::Null,
-                    Cell::Text("host"),
-                    Cell::Int(1),
-                    Cell::Text("10.50.1"),
-                ]),
-                "overlay_ipv4",
-            ),
+            (host("host", 1, Cell::Text("10.50.1")), "overlay_ipv4"),
         ];
         for (result, expected) in bad {
             match result {

@@ -99,20 +99,7 @@ pub fn start_backends(lab: &Lab, tools: &Tools) -> anyhow::Result<Backends> {
     let ns = lab.ns(BACKEND);
     let mut processes = Vec::new();
 
-    let iperf = ns.spawn(
-        "iperf3-server",
-        // --forceflush: its stdout is a pipe, and the ready line would sit in a buffer.
-        &[
-            "iperf3",
-            "--server",
-            "--forceflush",
-            "--port",
-            &IPERF_PORT.to_string(),
-        ],
-        &[],
-    )?;
-    wait_ready(&iperf, "Server listening", Duration::from_secs(10))?;
-    processes.push(iperf);
+    processes.push(start_iperf_server(ns)?);
 
     let echo_addr = format!("[::]:{ECHO_PORT}");
     let echo = ns.spawn(
@@ -203,6 +190,24 @@ http {{
 
 /// Waits until `process` prints `needle`, failing at once (with its exit status and output) if
 /// it exits first.
+/// `iperf3 --server` on [`IPERF_PORT`] in `ns`, once it listens.
+pub fn start_iperf_server(ns: &NetNs) -> anyhow::Result<LabProcess> {
+    let iperf = ns.spawn(
+        "iperf3-server",
+        // --forceflush: its stdout is a pipe, and the ready line would sit in a buffer.
+        &[
+            "iperf3",
+            "--server",
+            "--forceflush",
+            "--port",
+            &IPERF_PORT.to_string(),
+        ],
+        &[],
+    )?;
+    wait_ready(&iperf, "Server listening", Duration::from_secs(10))?;
+    Ok(iperf)
+}
+
 pub fn wait_ready(process: &LabProcess, needle: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {

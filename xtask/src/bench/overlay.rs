@@ -47,7 +47,7 @@ use serde_json::{json, Value};
 
 use super::{
     background_busy, check_stop,
-    lab::{exec_bounded, wait_ready, wait_until},
+    lab::{exec_bounded, start_iperf_server, wait_ready, wait_until},
     load::parse_iperf3,
     median, NOISY, SETTLE,
 };
@@ -514,19 +514,7 @@ fn measure_all(
         "mtu",
         &WG_MTU.to_string(),
     ])?;
-    let iperf = lab.ns(HB.ns).spawn(
-        "iperf3-server",
-        // --forceflush: its stdout is a pipe, and the ready line would sit in a buffer.
-        &[
-            "iperf3",
-            "--server",
-            "--forceflush",
-            "--port",
-            &IPERF_PORT.to_string(),
-        ],
-        &[],
-    )?;
-    wait_ready(&iperf, "Server listening", Duration::from_secs(10))?;
+    let iperf = start_iperf_server(lab.ns(HB.ns))?;
 
     for round in 1..=settings.rounds {
         let reversed = round % 2 == 0;
@@ -729,20 +717,7 @@ fn write_state(lab: &Lab) -> anyhow::Result<PathBuf> {
             HB.addr()
         );
     }
-    let mut child = Command::new("sqlite3")
-        .arg(&db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting sqlite3")?;
-    child
-        .stdin
-        .take()
-        .context("sqlite3's stdin")?
-        .write_all(sql.as_bytes())
-        .context("writing to sqlite3")?;
-    let out = child.wait_with_output().context("waiting for sqlite3")?;
+    let out = run_with_input(Command::new("sqlite3").arg(&db), sql.as_bytes())?;
     if !out.status.success() {
         bail!(
             "sqlite3 {} failed ({}): {}",
@@ -752,6 +727,26 @@ fn write_state(lab: &Lab) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(db)
+}
+
+/// Runs `cmd` with `input` on its stdin and returns what it printed.
+fn run_with_input(cmd: &mut Command, input: &[u8]) -> anyhow::Result<std::process::Output> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    child
+        .stdin
+        .take()
+        .with_context(|| format!("{program}'s stdin"))?
+        .write_all(input)
+        .with_context(|| format!("writing to {program}"))?;
+    child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {program}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -769,19 +764,7 @@ fn wg_keypair() -> anyhow::Result<(String, String)> {
             String::from_utf8_lossy(&private.stderr)
         );
     }
-    let mut child = Command::new("wg")
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running wg pubkey")?;
-    child
-        .stdin
-        .take()
-        .context("wg pubkey's stdin")?
-        .write_all(&private.stdout)?;
-    let public = child.wait_with_output()?;
+    let public = run_with_input(Command::new("wg").arg("pubkey"), &private.stdout)?;
     if !public.status.success() {
         bail!(
             "wg pubkey failed: {}",
