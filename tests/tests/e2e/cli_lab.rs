@@ -34,13 +34,18 @@ fn json(pins: &Path, config: &Path, command: &str) -> Result<serde_json::Value, 
     )?)?)
 }
 
-/// The whitespace-separated column `col` of the table lines that start with `start`.
-fn column(table: &str, start: &dyn Fn(&str) -> bool, col: usize) -> BTreeSet<String> {
+/// The whitespace-separated column `col` of the table lines that `start` accepts, row by row.
+fn cells(table: &str, start: &dyn Fn(&str) -> bool, col: usize) -> Vec<String> {
     table
         .lines()
         .filter(|l| start(l))
         .filter_map(|l| l.split_whitespace().nth(col).map(str::to_owned))
         .collect()
+}
+
+/// The distinct values of that column.
+fn column(table: &str, start: &dyn Fn(&str) -> bool, col: usize) -> BTreeSet<String> {
+    cells(table, start, col).into_iter().collect()
 }
 
 #[test]
@@ -78,7 +83,8 @@ fn json_output_agrees_with_the_tables() -> TestResult {
         .iter()
         .filter_map(|b| b["active_flows"].as_u64())
         .sum();
-    let flows_table: u64 = column(&table, &is_backend_row, 3)
+    // Summed row by row: two backends with equal counts are two rows, not one value.
+    let flows_table: u64 = cells(&table, &is_backend_row, 3)
         .iter()
         .filter_map(|n| n.parse::<u64>().ok())
         .sum();
