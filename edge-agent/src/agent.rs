@@ -264,6 +264,7 @@ impl Agent {
             public_iface: &iface,
             overlay_iface: config.overlay.iface.as_deref(),
             xdp_mode: config.xdp_mode,
+            forward_hook: config.forward_hook,
             reset,
             sizes,
             debug_log: config.bpf_debug_log,
@@ -274,7 +275,7 @@ impl Agent {
             let _inside = runtime.enter();
             crate::bpf_log::start(&mut dataplane.ebpf);
         }
-        info!(iface, xdp = ?dataplane.xdp, tc = ?dataplane.tc, root = %pins.root().display(), "data plane running");
+        info!(iface, hook = dataplane.hook.name(), forward = ?dataplane.forward, reply = ?dataplane.reply, root = %pins.root().display(), "data plane running");
         let balancing = match pop {
             Some(pop) => Some(Balancing {
                 reconciler: Reconciler::recover(&mut dataplane.ebpf, config.maglev.table_size)?,
@@ -429,7 +430,8 @@ impl Agent {
             }
         }
         let attached = self.config.iface.as_deref().is_some_and(|iface| {
-            self.pins.xdp_link(iface).exists() && netdev::ifindex(iface).is_some()
+            (self.pins.xdp_link(iface).exists() || self.pins.tc_forward_link(iface).exists())
+                && netdev::ifindex(iface).is_some()
         });
         let inputs = crate::bgp::routes::Inputs {
             servable,

@@ -84,22 +84,31 @@ impl PinDir {
         self.links().join(format!("xdp-{iface}"))
     }
 
+    /// The reply program's link on the overlay interface.
     pub fn tc_link(&self, iface: &str) -> PathBuf {
         self.links().join(format!("tc-{iface}"))
     }
 
-    /// Interfaces with a pinned XDP link, from the link file names.
-    pub fn attached_ifaces(&self) -> Vec<String> {
+    /// The translation's link when it runs at TC ingress of the public interface.
+    pub fn tc_forward_link(&self, iface: &str) -> PathBuf {
+        self.links().join(format!("tcfwd-{iface}"))
+    }
+
+    /// Interfaces where the translation is attached, with its hook ("xdp" or "tc"), from the
+    /// link file names.
+    pub fn attached_ifaces(&self) -> Vec<(String, &'static str)> {
         let Ok(entries) = std::fs::read_dir(self.links()) else {
             return Vec::new();
         };
-        let mut ifaces: Vec<String> = entries
+        let mut ifaces: Vec<(String, &'static str)> = entries
             .filter_map(Result::ok)
             .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_prefix("xdp-")
-                    .map(str::to_owned)
+                let name = e.file_name().to_str()?.to_owned();
+                if let Some(iface) = name.strip_prefix("xdp-") {
+                    Some((iface.to_owned(), "xdp"))
+                } else {
+                    name.strip_prefix("tcfwd-").map(|i| (i.to_owned(), "tc"))
+                }
             })
             .collect();
         ifaces.sort();

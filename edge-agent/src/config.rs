@@ -67,6 +67,33 @@ impl FromStr for XdpMode {
     }
 }
 
+/// Which hook runs the client -> backend translation on the public interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardHook {
+    /// TC on veth (XDP there copies every packet out of its skb first, and the TC program
+    /// forwards to the overlay itself), XDP on every other device.
+    #[default]
+    Auto,
+    /// XDP (`xdp_mode` says how); the kernel routes the translated packets.
+    Xdp,
+    /// TC ingress; the program forwards the translated packets with `bpf_fib_lookup`.
+    Tc,
+}
+
+impl FromStr for ForwardHook {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(ForwardHook::Auto),
+            "xdp" => Ok(ForwardHook::Xdp),
+            "tc" => Ok(ForwardHook::Tc),
+            other => Err(format!("unknown forward hook {other:?} (auto, xdp, tc)")),
+        }
+    }
+}
+
 /// The whole configuration file. Every field has a default, so an empty file is valid.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -77,6 +104,8 @@ pub struct AgentConfig {
     pub bpffs_root: PathBuf,
     /// XDP attach mode (`EDGEPROXY_XDP_MODE`).
     pub xdp_mode: XdpMode,
+    /// The hook of the client -> backend translation (`EDGEPROXY_FORWARD_HOOK`).
+    pub forward_hook: ForwardHook,
     /// Seconds between counter summaries in the agent's log; 0 turns them off
     /// (`EDGEPROXY_STATS_LOG_SECS`).
     pub stats_log_secs: u64,
@@ -178,6 +207,7 @@ impl Default for AgentConfig {
             iface: None,
             bpffs_root: PathBuf::from(bpffs::DEFAULT_ROOT),
             xdp_mode: XdpMode::Auto,
+            forward_hook: ForwardHook::Auto,
             stats_log_secs: 10,
             bpf_debug_log: false,
             overlay: OverlayConfig::default(),
@@ -472,6 +502,13 @@ impl AgentConfig {
                 reason,
             })?;
         }
+        if let Some(hook) = env("EDGEPROXY_FORWARD_HOOK") {
+            config.forward_hook = hook.parse().map_err(|reason| ConfigError::Env {
+                var: "EDGEPROXY_FORWARD_HOOK",
+                value: hook.clone(),
+                reason,
+            })?;
+        }
         if let Some(region) = env("EDGEPROXY_REGION") {
             config.region = region.parse().map_err(|reason| ConfigError::Env {
                 var: "EDGEPROXY_REGION",
@@ -544,13 +581,14 @@ mod tests {
 
         std::fs::write(
             &file,
-            "iface = \"eth1\"\nxdp_mode = \"skb\"\nbpf_debug_log = true\n",
+            "iface = \"eth1\"\nxdp_mode = \"skb\"\nforward_hook = \"tc\"\nbpf_debug_log = true\n",
         )?;
         let config = AgentConfig::load(Some(&file), |var| {
             (var == "EDGEPROXY_BPFFS_ROOT").then(|| "/sys/fs/bpf/other".to_owned())
         })?;
         assert_eq!(config.iface.as_deref(), Some("eth1"));
         assert_eq!(config.xdp_mode, XdpMode::Skb);
+        assert_eq!(config.forward_hook, ForwardHook::Tc);
         assert!(config.bpf_debug_log);
         assert_eq!(config.bpffs_root, PathBuf::from("/sys/fs/bpf/other"));
         std::fs::remove_dir_all(&dir)?;

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     bpffs::{BpffsError, PinDir},
-    config::XdpMode,
+    config::{ForwardHook, XdpMode},
     object,
 };
 
@@ -110,10 +110,49 @@ pub struct Attach<'a> {
     pub public_iface: &'a str,
     pub overlay_iface: Option<&'a str>,
     pub xdp_mode: XdpMode,
+    pub forward_hook: ForwardHook,
     pub reset: bool,
     pub sizes: MapSizes,
     /// Load the programs with their debug records on (`--bpf-debug-log`).
     pub debug_log: bool,
+}
+
+/// The hook the client -> backend translation runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+impl Hook {
+    /// The configured hook for `iface`: `auto` is TC on veth, XDP elsewhere. On veth, XDP runs
+    /// on a copy of every packet the stack hands over (a TCP skb is always cloned), which costs
+    /// more than the whole TC path; on a NIC, XDP runs on the driver's own buffers.
+    pub fn resolve(configured: ForwardHook, iface: &str) -> Hook {
+        match configured {
+            ForwardHook::Xdp => Hook::Xdp,
+            ForwardHook::Tc => Hook::Tc,
+            ForwardHook::Auto => match crate::netdev::driver(iface).as_deref() {
+                Some("veth") => Hook::Tc,
+                _ => Hook::Xdp,
+            },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+
+    /// The pinned link of this hook's program on `iface`.
+    pub fn link(self, pins: &PinDir, iface: &str) -> std::path::PathBuf {
+        match self {
+            Hook::Xdp => pins.xdp_link(iface),
+            Hook::Tc => pins.tc_forward_link(iface),
+        }
+    }
 }
 
 /// How a program came to be attached.
@@ -128,8 +167,11 @@ pub enum Attachment {
 /// The loaded data plane. Dropping it leaves everything pinned and attached.
 pub struct DataPlane {
     pub ebpf: Ebpf,
-    pub xdp: Attachment,
-    pub tc: Option<Attachment>,
+    /// The client -> backend program on the public interface, and its hook.
+    pub hook: Hook,
+    pub forward: Attachment,
+    /// The reply program on the overlay interface.
+    pub reply: Option<Attachment>,
 }
 
 /// Loads the embedded object. With `pins`, maps are created at (or reused from) their pin paths;
@@ -194,9 +236,11 @@ pub fn xdp_program<'e>(
     Ok(program)
 }
 
-/// The loaded (not attached) TC reply program of `ebpf`.
-pub fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataPlaneError> {
-    let name = names::TC_REPLY;
+/// The loaded (not attached) TC program `name` of `ebpf`.
+pub fn tc_program<'e>(
+    ebpf: &'e mut Ebpf,
+    name: &'static str,
+) -> Result<&'e mut SchedClassifier, DataPlaneError> {
     let program: &mut SchedClassifier = ebpf
         .program_mut(name)
         .ok_or(DataPlaneError::MissingProgram { name })?
@@ -226,31 +270,68 @@ pub fn start(pins: &PinDir, attach: &Attach<'_>) -> Result<DataPlane, DataPlaneE
     }
     let mut ebpf = load_object_with(Some(pins), attach.sizes, attach.debug_log)?;
 
-    let xdp = {
-        let program = xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        let link_path = pins.xdp_link(attach.public_iface);
-        let attachment = match adopt_xdp(program, &link_path) {
-            Some(attachment) => attachment,
-            None => attach_xdp(program, attach.public_iface, attach.xdp_mode, &link_path)?,
-        };
-        pin_program(pins, names::XDP_INGRESS, |path| program.pin(path))?;
-        attachment
-    };
-
-    let tc = match attach.overlay_iface {
-        Some(iface) => {
-            let program = tc_program(&mut ebpf)?;
-            let link_path = pins.tc_link(iface);
-            let attachment = match adopt_tc(program, &link_path) {
+    let iface = attach.public_iface;
+    let hook = Hook::resolve(attach.forward_hook, iface);
+    let link_path = hook.link(pins, iface);
+    let forward = match hook {
+        Hook::Xdp => {
+            let program = xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+            let attachment = match adopt_xdp(program, &link_path) {
                 Some(attachment) => attachment,
-                None => attach_tc(program, iface, &link_path)?,
+                None => attach_xdp(program, iface, attach.xdp_mode, &link_path)?,
             };
-            pin_program(pins, names::TC_REPLY, |path| program.pin(path))?;
-            Some(attachment)
+            pin_program(pins, names::XDP_INGRESS, |path| program.pin(path))?;
+            attachment
         }
+        Hook::Tc => attach_or_adopt_tc(&mut ebpf, pins, names::TC_FORWARD, iface, &link_path)?,
+    };
+    // The other hook's link, from an agent configured otherwise, goes only now that this one
+    // translates: for a moment both run, and the second sees already translated packets,
+    // which are not for a VIP and pass.
+    let other = match hook {
+        Hook::Xdp => Hook::Tc,
+        Hook::Tc => Hook::Xdp,
+    };
+    let stale = other.link(pins, iface);
+    if stale.exists() {
+        let _ = std::fs::remove_file(&stale);
+        info!(link = %stale.display(), hook = other.name(), "detached the other hook's program");
+    }
+
+    let reply = match attach.overlay_iface {
+        Some(overlay) => Some(attach_or_adopt_tc(
+            &mut ebpf,
+            pins,
+            names::TC_REPLY,
+            overlay,
+            &pins.tc_link(overlay),
+        )?),
         None => None,
     };
-    Ok(DataPlane { ebpf, xdp, tc })
+    Ok(DataPlane {
+        ebpf,
+        hook,
+        forward,
+        reply,
+    })
+}
+
+/// Attaches TC ingress program `name` to `iface`, or swaps it into the link pinned at
+/// `link_path` by an earlier agent, and pins the program.
+fn attach_or_adopt_tc(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    name: &'static str,
+    iface: &str,
+    link_path: &Path,
+) -> Result<Attachment, DataPlaneError> {
+    let program = tc_program(ebpf, name)?;
+    let attachment = match adopt_tc(program, link_path) {
+        Some(attachment) => attachment,
+        None => attach_tc(program, name, iface, link_path)?,
+    };
+    pin_program(pins, name, |path| program.pin(path))?;
+    Ok(attachment)
 }
 
 fn pin_program(
@@ -368,10 +449,10 @@ fn attach_xdp(
 
 fn attach_tc(
     program: &mut SchedClassifier,
+    name: &'static str,
     iface: &str,
     link_path: &Path,
 ) -> Result<Attachment, DataPlaneError> {
-    let name = names::TC_REPLY;
     // Kernels before 6.6 attach through the clsact qdisc; on newer ones (tcx) it is not needed
     // and an existing one is fine.
     if let Err(error) = tc::qdisc_add_clsact(iface) {
@@ -393,7 +474,7 @@ fn attach_tc(
         source,
     })?;
     pin_link(fd_link, link_path)?;
-    info!(iface, link = %link_path.display(), "TC reply program attached and pinned");
+    info!(iface, program = name, link = %link_path.display(), "TC program attached and pinned");
     Ok(Attachment::Fresh { mode: "tcx" })
 }
 

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edge_agent::{
     agent::Agent,
     bpffs::PinDir,
-    config::{AgentConfig, XdpMode},
+    config::{AgentConfig, ForwardHook, XdpMode},
     counters, dataplane, flows,
 };
 use edge_common::{names, FlowKey, FlowValue};
@@ -44,6 +44,9 @@ enum Command {
         /// XDP attach mode.
         #[arg(long)]
         xdp_mode: Option<XdpMode>,
+        /// Hook of the client -> backend translation: auto (TC on veth, XDP elsewhere), xdp, tc.
+        #[arg(long)]
+        forward_hook: Option<ForwardHook>,
         /// Remove every pinned object (maps and flows included) before loading.
         #[arg(long)]
         reset: bool,
@@ -156,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run {
             iface,
             xdp_mode,
+            forward_hook,
             reset,
             bpf_debug_log,
         } => {
@@ -165,6 +169,9 @@ fn main() -> anyhow::Result<()> {
             config.bpf_debug_log |= bpf_debug_log;
             if let Some(mode) = xdp_mode {
                 config.xdp_mode = mode;
+            }
+            if let Some(hook) = forward_hook {
+                config.forward_hook = hook;
             }
             run(config, cli.config, &pins, reset)
         }
@@ -453,7 +460,10 @@ fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
                 "agent_running": running,
                 "agent": agent,
                 "bpffs_root": pins.root(),
-                "attached": attached,
+                "attached": attached
+                    .iter()
+                    .map(|(iface, hook)| serde_json::json!({"iface": iface, "hook": hook}))
+                    .collect::<Vec<_>>(),
                 "counters": snapshot.classes,
                 "services": nat.services,
                 "backends": nat.backends,
@@ -463,11 +473,18 @@ fn status(pins: &PinDir, output: Output) -> anyhow::Result<()> {
         }
         Output::Table => {
             if attached.is_empty() {
-                println!("XDP: not attached (maps at {})", pins.root().display());
-            } else {
                 println!(
-                    "XDP: attached to {} (pins at {})",
-                    attached.join(", "),
+                    "data plane: not attached (maps at {})",
+                    pins.root().display()
+                );
+            } else {
+                let on: Vec<String> = attached
+                    .iter()
+                    .map(|(iface, hook)| format!("{iface} ({})", hook.to_uppercase()))
+                    .collect();
+                println!(
+                    "data plane: attached to {} (pins at {})",
+                    on.join(", "),
                     pins.root().display()
                 );
             }

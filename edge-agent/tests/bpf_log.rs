@@ -57,7 +57,7 @@ fn load(debug_log: bool) -> Result<Ebpf, Error> {
     };
     let mut ebpf = dataplane::load_object_with(None, sizes, debug_log)?;
     dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-    dataplane::tc_program(&mut ebpf)?;
+    dataplane::tc_program(&mut ebpf, names::TC_REPLY)?;
     let pop = PopSettings {
         overlay_addr: OVERLAY,
         mss_clamp: 1360,
@@ -149,7 +149,7 @@ fn run(debug_log: bool) -> Result<(Vec<String>, [u32; 2]), Error> {
     for frame in frames {
         test_run(xdp.fd()?, &frame, 1)?;
     }
-    let tc = dataplane::tc_program(&mut ebpf)?;
+    let tc = dataplane::tc_program(&mut ebpf, names::TC_REPLY)?;
     let tc_size = tc.info()?.size_translated().ok_or("no translated size")?;
     test_run(tc.fd()?, &stray_reply()?, 1)?;
     logger.flush();

@@ -26,8 +26,6 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, Transp
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 type Error = Box<dyn std::error::Error>;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const MAC_POP: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
@@ -84,21 +82,47 @@ fn services() -> Result<Vec<ServiceConfig>, Error> {
     ])
 }
 
+/// The two programs that translate client packets; every forward test runs against both.
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    Xdp,
+    Tc,
+}
+
+/// What a forward program did with a frame, whichever hook ran it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Up the kernel's stack (Verdict::Pass, TC_ACT_OK).
+    Pass,
+    Drop,
+    /// Forwarded by the program itself (TC_ACT_REDIRECT).
+    Redirect,
+    Other(u32),
+}
+
 /// The data plane loaded with private maps, filled by the agent's reconciler.
 struct Nat {
     ebpf: Ebpf,
+    hook: Hook,
 }
 
 impl Nat {
-    fn new() -> Result<Self, Error> {
-        Self::with_flows(4096)
+    fn new(hook: Hook) -> Result<Self, Error> {
+        Self::with_flows(hook, 4096)
     }
 
-    fn with_flows(flows: u32) -> Result<Self, Error> {
-        Self::with(flows, None)
+    fn with_flows(hook: Hook, flows: u32) -> Result<Self, Error> {
+        Self::with(hook, flows, None)
     }
 
-    fn with(flows: u32, snat_prefix: Option<ipnet::Ipv6Net>) -> Result<Self, Error> {
+    /// In a network namespace of its own (this test's thread only): the TC program asks the
+    /// kernel's routing for the next hop, and the answer must not depend on the machine's
+    /// routes. With none (forwarding off), the translated packet goes up the stack, like XDP's.
+    fn with(hook: Hook, flows: u32, snat_prefix: Option<ipnet::Ipv6Net>) -> Result<Self, Error> {
+        // SAFETY: plain syscall; it moves only the calling thread to a new namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
         let sizes = MapSizes {
             flows,
             maglev: 2 * 8 * TABLE_SIZE,
@@ -106,7 +130,8 @@ impl Nat {
         };
         let mut ebpf = dataplane::load_object(None, sizes)?;
         dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        dataplane::tc_program(&mut ebpf)?;
+        dataplane::tc_program(&mut ebpf, names::TC_FORWARD)?;
+        dataplane::tc_program(&mut ebpf, names::TC_REPLY)?;
         let pop = PopSettings {
             overlay_addr: OVERLAY.parse()?,
             mss_clamp: MSS_CLAMP,
@@ -125,17 +150,37 @@ impl Nat {
         let applied = reconciler.apply(&mut ebpf, &pop, &static_plan(&config))?;
         assert_eq!(applied.services, 3, "services applied: {applied:?}");
         assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
-        Ok(Nat { ebpf })
+        Ok(Nat { ebpf, hook })
     }
 
-    fn xdp(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
-        let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-        let out = test_run(program.fd()?, frame, 1)?;
-        Ok((out.retval, out.data_out))
+    /// A client frame through this test's forward program.
+    fn forward(&mut self, frame: &[u8]) -> Result<(Verdict, Vec<u8>), Error> {
+        let (program, verdict): (_, fn(u32) -> Verdict) = match self.hook {
+            Hook::Xdp => (
+                dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?.fd()?,
+                |r| match r {
+                    1 => Verdict::Drop,
+                    2 => Verdict::Pass,
+                    other => Verdict::Other(other),
+                },
+            ),
+            Hook::Tc => (
+                dataplane::tc_program(&mut self.ebpf, names::TC_FORWARD)?.fd()?,
+                |r| match r {
+                    0 => Verdict::Pass,
+                    2 => Verdict::Drop,
+                    TC_ACT_REDIRECT => Verdict::Redirect,
+                    other => Verdict::Other(other),
+                },
+            ),
+        };
+        let out = test_run(program, frame, 1)?;
+        Ok((verdict(out.retval), out.data_out))
     }
 
+    /// A backend's frame through the reply program.
     fn tc(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
-        let program = dataplane::tc_program(&mut self.ebpf)?;
+        let program = dataplane::tc_program(&mut self.ebpf, names::TC_REPLY)?;
         let out = test_run(program.fd()?, frame, 1)?;
         Ok((out.retval, out.data_out))
     }
@@ -263,12 +308,12 @@ fn backends() -> Vec<IpAddr> {
         .collect()
 }
 
-#[test]
-fn ipv4_syn_and_data_are_translated_to_ipv6() -> TestResult {
-    let mut nat = Nat::new()?;
-    let (verdict, out) = nat.xdp(&syn4(40000, 80)?)?;
+fn ipv4_syn_and_data_are_translated_to_ipv6(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let (verdict, out) = nat.forward(&syn4(40000, 80)?)?;
     assert_eq!(
-        verdict, XDP_PASS,
+        verdict,
+        Verdict::Pass,
         "translated SYN goes to the kernel's routing"
     );
     let syn = check(&out)?;
@@ -311,8 +356,8 @@ fn ipv4_syn_and_data_are_translated_to_ipv6() -> TestResult {
     assert_eq!(u16::from_be(reverse.0.dport), syn.sport);
 
     let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-    let (verdict, out) = nat.xdp(&data4(40000, &payload)?)?;
-    assert_eq!(verdict, XDP_PASS);
+    let (verdict, out) = nat.forward(&data4(40000, &payload)?)?;
+    assert_eq!(verdict, Verdict::Pass);
     let data = check(&out)?;
     assert_eq!(
         (data.src, data.dst, data.sport, data.dport),
@@ -324,11 +369,10 @@ fn ipv4_syn_and_data_are_translated_to_ipv6() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn ipv6_syn_is_translated_and_its_reply_comes_back() -> TestResult {
-    let mut nat = Nat::new()?;
-    let (verdict, out) = nat.xdp(&syn6(50000)?)?;
-    assert_eq!(verdict, XDP_PASS);
+fn ipv6_syn_is_translated_and_its_reply_comes_back(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let (verdict, out) = nat.forward(&syn6(50000)?)?;
+    assert_eq!(verdict, Verdict::Pass);
     let syn = check(&out)?;
     assert_eq!(syn.src, OVERLAY.parse::<IpAddr>()?);
     assert!(backends().contains(&syn.dst));
@@ -359,10 +403,9 @@ fn ipv6_syn_is_translated_and_its_reply_comes_back() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn reply_to_an_ipv4_client_is_translated_to_ipv4() -> TestResult {
-    let mut nat = Nat::new()?;
-    let (_, out) = nat.xdp(&syn4(40001, 80)?)?;
+fn reply_to_an_ipv4_client_is_translated_to_ipv4(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let (_, out) = nat.forward(&syn4(40001, 80)?)?;
     let syn = check(&out)?;
     let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
         return Err("expected IPv6".into());
@@ -407,9 +450,8 @@ fn reply_to_an_ipv4_client_is_translated_to_ipv4() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn traffic_that_is_not_for_a_service_passes_untouched() -> TestResult {
-    let mut nat = Nat::new()?;
+fn traffic_that_is_not_for_a_service_passes_untouched(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
     let mut other_host = Vec::new();
     PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
         .ipv4(CLIENT4, [198, 18, 0, 11], 64)
@@ -435,8 +477,8 @@ fn traffic_that_is_not_for_a_service_passes_untouched() -> TestResult {
         ("TCP to the VIP on another port", syn4(40000, 443)?),
         ("UDP to the VIP's port", udp_to_vip),
     ] {
-        let (verdict, out) = nat.xdp(&frame)?;
-        assert_eq!(verdict, XDP_PASS, "{what}");
+        let (verdict, out) = nat.forward(&frame)?;
+        assert_eq!(verdict, Verdict::Pass, "{what}");
         assert_eq!(out, frame, "{what}: must not be modified");
     }
     let (verdict, out) = nat.tc(&reply_unknown)?;
@@ -446,33 +488,35 @@ fn traffic_that_is_not_for_a_service_passes_untouched() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops() -> TestResult {
-    let mut nat = Nat::new()?;
+fn non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
     let frame = data4(41000, b"late")?;
-    let (verdict, out) = nat.xdp(&frame)?;
-    assert_eq!(verdict, XDP_PASS);
+    let (verdict, out) = nat.forward(&frame)?;
+    assert_eq!(verdict, Verdict::Pass);
     assert_eq!(out, frame, "untranslated: the kernel answers it with a RST");
     assert_eq!(nat.drops()?.no_flow, 1);
 
-    let (verdict, _) = nat.xdp(&syn4(41001, 81)?)?;
-    assert_eq!(verdict, XDP_DROP, "a service with no backend drops SYNs");
+    let (verdict, _) = nat.forward(&syn4(41001, 81)?)?;
+    assert_eq!(
+        verdict,
+        Verdict::Drop,
+        "a service with no backend drops SYNs"
+    );
     assert_eq!(nat.drops()?.no_backend, 1);
     Ok(())
 }
 
-#[test]
-fn rst_closes_the_flow_and_the_sweeper_removes_it() -> TestResult {
-    let mut nat = Nat::new()?;
-    nat.xdp(&syn4(42000, 80)?)?;
+fn rst_closes_the_flow_and_the_sweeper_removes_it(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    nat.forward(&syn4(42000, 80)?)?;
     let mut rst = Vec::new();
     PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
         .ipv4(CLIENT4, VIP4, 64)
         .tcp(42000, 80, 1001, 0)
         .rst()
         .write(&mut rst, &[])?;
-    let (verdict, out) = nat.xdp(&rst)?;
-    assert_eq!(verdict, XDP_PASS);
+    let (verdict, out) = nat.forward(&rst)?;
+    assert_eq!(verdict, Verdict::Pass);
     assert!(
         check(&out)?.dst.is_ipv6(),
         "the RST is translated to the backend too"
@@ -496,13 +540,12 @@ fn rst_closes_the_flow_and_the_sweeper_removes_it() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn new_flows_are_admitted_when_the_flow_table_is_full() -> TestResult {
+fn new_flows_are_admitted_when_the_flow_table_is_full(hook: Hook) -> TestResult {
     // 32 entries hold 16 connections; open 64: the least recently used are evicted.
-    let mut nat = Nat::with_flows(32)?;
+    let mut nat = Nat::with_flows(hook, 32)?;
     for sport in 43000..43064 {
-        let (verdict, out) = nat.xdp(&syn4(sport, 80)?)?;
-        assert_eq!(verdict, XDP_PASS, "SYN from port {sport}");
+        let (verdict, out) = nat.forward(&syn4(sport, 80)?)?;
+        assert_eq!(verdict, Verdict::Pass, "SYN from port {sport}");
         assert!(
             check(&out)?.dst.is_ipv6(),
             "SYN from port {sport} translated"
@@ -511,8 +554,8 @@ fn new_flows_are_admitted_when_the_flow_table_is_full() -> TestResult {
     let entries = nat.entries()?.len();
     assert!(entries <= 32, "table holds at most its size: {entries}");
     let frame = data4(43000, b"evicted?")?;
-    let (verdict, out) = nat.xdp(&frame)?;
-    assert_eq!(verdict, XDP_PASS);
+    let (verdict, out) = nat.forward(&frame)?;
+    assert_eq!(verdict, Verdict::Pass);
     assert_eq!(
         out, frame,
         "the oldest flow was evicted; its packet is not translated"
@@ -521,10 +564,9 @@ fn new_flows_are_admitted_when_the_flow_table_is_full() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn source_ports_in_use_are_skipped_and_exhaustion_drops() -> TestResult {
-    let mut nat = Nat::new()?;
-    let (_, out) = nat.xdp(&syn4(44000, 80)?)?;
+fn source_ports_in_use_are_skipped_and_exhaustion_drops(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let (_, out) = nat.forward(&syn4(44000, 80)?)?;
     let first = check(&out)?;
     let taken: Vec<(FlowKey, FlowValue)> = nat.entries()?;
     let reverse = taken
@@ -539,8 +581,8 @@ fn source_ports_in_use_are_skipped_and_exhaustion_drops() -> TestResult {
         .ok_or("no forward entry")?
         .0;
     nat.flows()?.remove(&forward)?;
-    let (verdict, out) = nat.xdp(&syn4(44000, 80)?)?;
-    assert_eq!(verdict, XDP_PASS);
+    let (verdict, out) = nat.forward(&syn4(44000, 80)?)?;
+    assert_eq!(verdict, Verdict::Pass);
     let second = check(&out)?;
     assert_eq!(second.dst, first.dst, "Maglev picks the same backend");
     assert_ne!(
@@ -569,20 +611,20 @@ fn source_ports_in_use_are_skipped_and_exhaustion_drops() -> TestResult {
             flows.insert(key, value, 0)?;
         }
     }
-    let (verdict, _) = nat.xdp(&syn4(44000, 80)?)?;
+    let (verdict, _) = nat.forward(&syn4(44000, 80)?)?;
     assert_eq!(
-        verdict, XDP_DROP,
+        verdict,
+        Verdict::Drop,
         "no free source port among the candidates"
     );
     assert_eq!(nat.drops()?.port_exhausted, 1);
     Ok(())
 }
 
-#[test]
-fn with_a_snat_prefix_ipv4_clients_keep_their_address_and_port() -> TestResult {
-    let mut nat = Nat::with(4096, Some("fd00:ee:ff::/96".parse()?))?;
-    let (verdict, out) = nat.xdp(&syn4(45000, 80)?)?;
-    assert_eq!(verdict, XDP_PASS);
+fn with_a_snat_prefix_ipv4_clients_keep_their_address_and_port(hook: Hook) -> TestResult {
+    let mut nat = Nat::with(hook, 4096, Some("fd00:ee:ff::/96".parse()?))?;
+    let (verdict, out) = nat.forward(&syn4(45000, 80)?)?;
+    assert_eq!(verdict, Verdict::Pass);
     let syn = check(&out)?;
     let embedded: IpAddr = "fd00:ee:ff::c633:6407".parse()?;
     assert_eq!(
@@ -610,7 +652,37 @@ fn with_a_snat_prefix_ipv4_clients_keep_their_address_and_port() -> TestResult {
     assert_eq!((back.sport, back.dport), (80, 45000));
 
     // IPv6 clients cannot be embedded in a /96: they still get a port of the overlay address.
-    let (_, out) = nat.xdp(&syn6(50001)?)?;
+    let (_, out) = nat.forward(&syn6(50001)?)?;
     assert_eq!(check(&out)?.src, OVERLAY.parse::<IpAddr>()?);
     Ok(())
 }
+
+/// Each test above, once per hook.
+macro_rules! for_both_hooks {
+    ($($name:ident),* $(,)?) => {
+        mod xdp {
+            $(#[test]
+            fn $name() -> super::TestResult {
+                super::$name(super::Hook::Xdp)
+            })*
+        }
+        mod tc {
+            $(#[test]
+            fn $name() -> super::TestResult {
+                super::$name(super::Hook::Tc)
+            })*
+        }
+    };
+}
+
+for_both_hooks!(
+    ipv4_syn_and_data_are_translated_to_ipv6,
+    ipv6_syn_is_translated_and_its_reply_comes_back,
+    reply_to_an_ipv4_client_is_translated_to_ipv4,
+    traffic_that_is_not_for_a_service_passes_untouched,
+    non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops,
+    rst_closes_the_flow_and_the_sweeper_removes_it,
+    new_flows_are_admitted_when_the_flow_table_is_full,
+    source_ports_in_use_are_skipped_and_exhaustion_drops,
+    with_a_snat_prefix_ipv4_clients_keep_their_address_and_port,
+);

@@ -27,6 +27,9 @@ pub mod names {
     pub const XDP_INGRESS: &str = "edge_xdp";
     /// A program that parses like `edge_xdp` and passes: the benchmarks' baseline.
     pub const XDP_BASELINE: &str = "edge_xdp_baseline";
+    /// The TC ingress program on the public interface: `edge_xdp`'s translation where the TC
+    /// hook is the cheaper one (veth).
+    pub const TC_FORWARD: &str = "edge_tc_forward";
     /// The TC ingress program on the overlay interface (the reply path).
     pub const TC_REPLY: &str = "edge_tc_reply";
     /// Per-CPU packet counters per (IP version, protocol, verdict).

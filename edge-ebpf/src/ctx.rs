@@ -4,10 +4,15 @@ use core::mem;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 
+use crate::csum;
+
 /// A program context with a linear packet between `data` and `data_end`.
 pub trait Packet {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// Updates the transport checksum at `check_off` for a 16-bit word of the segment changing
+    /// from `old` to `new`. False if it could not.
+    fn l4_csum_replace16(&self, check_off: usize, old: u16, new: u16) -> bool;
 }
 
 /// Volatile reads keep LLVM from merging the two adjacent 32-bit context fields into one 64-bit
@@ -24,6 +29,19 @@ impl Packet for XdpContext {
         // SAFETY: as above.
         unsafe { core::ptr::read_volatile(&raw const (*self.ctx).data_end) as usize }
     }
+    /// An XDP frame always carries its full checksum: arithmetic in place.
+    #[inline(always)]
+    fn l4_csum_replace16(&self, check_off: usize, old: u16, new: u16) -> bool {
+        let Some(check) = ptr_at::<_, [u8; 2]>(self, check_off) else {
+            return false;
+        };
+        // SAFETY: bounds-checked.
+        unsafe {
+            let sum = csum::replace16(u16::from_ne_bytes(*check), old, new);
+            *check = sum.to_ne_bytes();
+        }
+        true
+    }
 }
 
 impl Packet for TcContext {
@@ -34,6 +52,13 @@ impl Packet for TcContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
+    }
+    /// The kernel's helper: an skb may carry a partial checksum (offload), which only covers
+    /// the pseudo-header, and the helper knows which kind it is.
+    #[inline(always)]
+    fn l4_csum_replace16(&self, check_off: usize, old: u16, new: u16) -> bool {
+        self.l4_csum_replace(check_off, u64::from(old), u64::from(new), 2)
+            .is_ok()
     }
 }
 

@@ -1,16 +1,18 @@
 //! edgeProxy kernel programs.
 //!
 //! Entry points stay a few lines long: classify, decide, count, return the action. Parsing lives
-//! in `parse`, translation in `forward` (XDP, client -> backend) and `reply` (TC, backend ->
+//! in `parse`, translation in `forward` (client -> backend, in XDP or TC) and `reply` (TC, backend ->
 //! client), counting in `stats`, debug records (off unless the agent asks) in `debug_log`.
 #![no_std]
 #![no_main]
 
+mod bytes;
 mod csum;
 mod ctx;
 mod debug_log;
 mod forward;
 mod maps;
+mod next_hop;
 mod parse;
 mod reply;
 mod stats;
@@ -28,7 +30,7 @@ use aya_ebpf::{
 pub fn edge_xdp(ctx: XdpContext) -> u32 {
     let frame_len = ctx.data_end() - ctx.data();
     let packet = parse::classify(&ctx);
-    let action = match forward::forward(&ctx, &packet, frame_len) {
+    let action = match forward::xdp::forward(&ctx, &packet, frame_len) {
         Ok(action) => action,
         Err(reason) => {
             stats::drop(reason);
@@ -36,6 +38,20 @@ pub fn edge_xdp(ctx: XdpContext) -> u32 {
         }
     };
     stats::count(packet.l3, packet.l4, action, frame_len);
+    action
+}
+
+/// TC ingress on the public interface, where XDP would cost more than it saves (veth): the same
+/// translation as `edge_xdp`, and the packet is forwarded to the overlay from here.
+#[classifier]
+pub fn edge_tc_forward(ctx: TcContext) -> i32 {
+    let frame_len = ctx.len() as usize;
+    let (packet, result) = forward::tc::forward(&ctx, frame_len);
+    let action = result.unwrap_or_else(|reason| {
+        stats::drop(reason);
+        TC_ACT_SHOT
+    });
+    stats::count(packet.l3, packet.l4, stats::tc_verdict(action), frame_len);
     action
 }
 

@@ -68,6 +68,8 @@ pub struct NewFlowScratch {
     pub reverse_key: FlowKey,
     pub binding: AffinityKey,
     pub geo_v6: Key<[u8; 16]>,
+    /// The TC hook's next-hop question and the kernel's answer.
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
 }
 
 #[btf_map]

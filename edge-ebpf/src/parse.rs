@@ -1,9 +1,7 @@
 //! Header parsing: Ethernet, up to two VLAN tags, IPv4 or IPv6 (with extension headers), then the
 //! transport header. Every read goes through [`ptr_at`], which bounds-checks a whole header.
 
-use aya_ebpf::programs::XdpContext;
-
-use crate::ctx::ptr_at;
+use crate::ctx::{ptr_at, Packet as Context};
 use edge_common::stats::{L3Class, L4Class};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, vlan::VlanHdr};
 
@@ -71,7 +69,7 @@ struct Ipv6ExtHdr {
 }
 
 #[inline(always)]
-pub fn classify(ctx: &XdpContext) -> Packet {
+pub fn classify<C: Context>(ctx: &C) -> Packet {
     let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
         return Packet::new(L3Class::Malformed, L4Class::None);
     };
@@ -97,7 +95,7 @@ pub fn classify(ctx: &XdpContext) -> Packet {
 }
 
 #[inline(always)]
-fn classify_ipv4(ctx: &XdpContext, offset: usize) -> Packet {
+fn classify_ipv4<C: Context>(ctx: &C, offset: usize) -> Packet {
     let Some(ip) = ptr_at::<_, Ipv4Hdr>(ctx, offset) else {
         return Packet::new(L3Class::Malformed, L4Class::None);
     };
@@ -123,7 +121,7 @@ fn classify_ipv4(ctx: &XdpContext, offset: usize) -> Packet {
 }
 
 #[inline(always)]
-fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
+fn classify_ipv6<C: Context>(ctx: &C, offset: usize) -> Packet {
     let Some(ip) = ptr_at::<_, Ipv6Hdr>(ctx, offset) else {
         return Packet::new(L3Class::Malformed, L4Class::None);
     };
@@ -181,7 +179,7 @@ fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
 }
 
 #[inline(always)]
-fn classify_l4(ctx: &XdpContext, offset: usize, proto: u8, icmp_proto: u8) -> L4Class {
+fn classify_l4<C: Context>(ctx: &C, offset: usize, proto: u8, icmp_proto: u8) -> L4Class {
     let (class, header_len) = match proto {
         IPPROTO_TCP => (L4Class::Tcp, TCP_HDR_LEN),
         IPPROTO_UDP => (L4Class::Udp, UDP_HDR_LEN),

@@ -1,16 +1,20 @@
 //! The backend -> client direction, in TC ingress on the overlay interface: the reverse flow
-//! entry restores VIP -> client (NAT64 for IPv4 clients), then the packet is redirected out of
-//! the public interface with the kernel's neighbour resolution (`bpf_redirect_neigh`; from an
-//! L3 overlay such as WireGuard, after making room for a link-layer header). Going
-//! through the IP stack instead would drop it: its source, the VIP, is a local address.
+//! entry restores VIP -> client (NAT64 for IPv4 clients), then the packet is redirected to its
+//! next hop (`next_hop`: the kernel's routing and neighbour tables, answers kept briefly), or,
+//! while the kernel has no neighbour entry for it, out of the public interface with the
+//! kernel's neighbour resolution (`bpf_redirect_neigh`). From an L3 overlay such as WireGuard
+//! it first gets room for a link-layer header. Going through the IP stack instead would drop
+//! it: its source, the VIP, is a local address.
 //!
 //! Checksums go through `bpf_l4_csum_replace`, which knows whether the skb carries a full
 //! checksum or a partial one (a locally generated packet with offload), and updates the
 //! pseudo-header part accordingly (`BPF_F_PSEUDO_HDR`).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect_neigh, bpf_skb_change_head},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
     programs::TcContext,
     EbpfContext as _,
 };
@@ -22,16 +26,18 @@ use edge_common::{
 use network_types::ip::Ipv6Hdr;
 
 use crate::{
-    csum,
+    bytes, csum,
     ctx::ptr_at,
     debug_log,
     maps::{FLOWS, POP_CONFIG},
+    next_hop,
     stats::{self, Drop},
     tcp,
 };
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 
 #[repr(C)]
 struct Ports {
@@ -66,20 +72,22 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         return Ok(TC_ACT_OK);
     };
     let ports = hdr as *mut Ports;
-    // SAFETY: bounds-checked above.
+    // Field by field (see `bytes`): a literal would go through BPF's byte-loop memmove.
+    let mut key = MaybeUninit::<FlowKey>::uninit();
+    let k = key.as_mut_ptr();
+    // SAFETY: bounds-checked above; `k` points at this frame's key, every field written.
     let (key, tcp_flags, hop_limit, tclass, payload_len) = unsafe {
         if (*ip).vcf[0] >> 4 != 6 || (*ip).next_hdr != IPPROTO_TCP {
             return Ok(TC_ACT_OK);
         }
+        bytes::copy16(&raw mut (*k).src, &raw const (*ip).src_addr);
+        bytes::copy16(&raw mut (*k).dst, &raw const (*ip).dst_addr);
+        (*k).sport = (*ports).source;
+        (*k).dport = (*ports).dest;
+        (*k).proto = IPPROTO_TCP;
+        bytes::zero3(&raw mut (*k)._pad);
         (
-            FlowKey {
-                src: (*ip).src_addr,
-                dst: (*ip).dst_addr,
-                sport: (*ports).source,
-                dport: (*ports).dest,
-                proto: IPPROTO_TCP,
-                _pad: [0; 3],
-            },
+            key.assume_init(),
             (*hdr)[13],
             (*ip).hop_limit,
             ((*ip).vcf[0] << 4) | ((*ip).vcf[1] >> 4),
@@ -90,14 +98,14 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         debug_log::reply_miss(config, &key);
         return Ok(TC_ACT_OK);
     };
-    let bytes = ctx.len() as usize;
+    let len = ctx.len() as usize;
     // SAFETY: no preconditions (coarse clock, as in `forward`); the entry is valid for this run.
     let (flags, backend_id, new_sport, new_dport, answered_before) = unsafe {
         let answered_before = (*entry).tcp_flags & (TCP_SYN | TCP_RST) != 0;
         (*entry).tcp_flags |= tcp_flags;
         (*entry).last_seen_ns = bpf_ktime_get_coarse_ns();
         (*entry).packets += 1;
-        (*entry).bytes += bytes as u64;
+        (*entry).bytes += len as u64;
         (
             (*entry).flags,
             (*entry).backend_id,
@@ -110,7 +118,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         // A forward key seen on the overlay: not a reply of ours.
         return Ok(TC_ACT_OK);
     }
-    stats::backend_from(backend_id, bytes, tcp_flags, answered_before);
+    stats::backend_from(backend_id, len, tcp_flags, answered_before);
 
     // The key's src and dst, and the entry's new_src and new_dst, are 32 contiguous bytes each.
     let old_addrs = (&key as *const FlowKey).cast::<u8>();
@@ -139,8 +147,8 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         };
         // SAFETY: bounds-checked; the entry is valid for this run.
         unsafe {
-            (*ip).src_addr = (*entry).new_src;
-            (*ip).dst_addr = (*entry).new_dst;
+            bytes::copy16(&raw mut (*ip).src_addr, &raw const (*entry).new_src);
+            bytes::copy16(&raw mut (*ip).dst_addr, &raw const (*entry).new_dst);
         }
         tcp_off
     };
@@ -176,8 +184,29 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
             return Err(Drop::ResizeFailed);
         }
     }
-    // SAFETY: a NULL neighbour asks the kernel to look the next hop up itself.
-    let action = unsafe { bpf_redirect_neigh(config.public_ifindex, core::ptr::null_mut(), 0, 0) };
+    let v4 = flags & FLOW_V4_CLIENT != 0;
+    let (ip_header, ether_type) = if v4 { (20, ETH_P_IP) } else { (40, ETH_P_IPV6) };
+    // SAFETY: the entry is valid for this run; its addresses are the packet's new ones.
+    let hop = unsafe {
+        next_hop::resolve(
+            ctx,
+            v4,
+            &raw const (*entry).new_src,
+            &raw const (*entry).new_dst,
+            payload_len.wrapping_add(ip_header),
+        )
+    };
+    let action = match (hop, ptr_at::<_, [u8; 14]>(ctx, 0)) {
+        (Some(hop), Some(frame)) => {
+            // SAFETY: bounds-checked; the cache slot is valid for this run.
+            unsafe {
+                next_hop::write_ethernet(frame, hop, ether_type);
+                bpf_redirect((*hop).ifindex, 0)
+            }
+        }
+        // SAFETY: a NULL neighbour asks the kernel to look the next hop up itself.
+        _ => unsafe { bpf_redirect_neigh(config.public_ifindex, core::ptr::null_mut(), 0, 0) },
+    };
     if action as i32 == TC_ACT_SHOT {
         return Err(Drop::RedirectFailed);
     }

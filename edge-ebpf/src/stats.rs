@@ -1,6 +1,10 @@
 //! Per-CPU counters: packet classes (`EDGE_STATS`), per service, per backend, and drops by reason.
 
-use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    btf_maps::PerCpuArray,
+    macros::btf_map,
+};
 use edge_common::{
     flow::{TCP_RST, TCP_SYN},
     stats::{stats_index, L3Class, L4Class},
@@ -20,6 +24,16 @@ pub fn count(l3: L3Class, l4: L4Class, action: u32, frame_len: usize) {
             (*slot).packets += 1;
             (*slot).bytes += frame_len as u64;
         }
+    }
+}
+
+/// A TC action as the XDP verdict it amounts to, so that both hooks count in the same slots.
+#[inline(always)]
+pub fn tc_verdict(action: i32) -> u32 {
+    match action {
+        TC_ACT_SHOT => xdp_action::XDP_DROP,
+        TC_ACT_REDIRECT => xdp_action::XDP_REDIRECT,
+        _ => xdp_action::XDP_PASS,
     }
 }
 

@@ -1,9 +1,6 @@
 //! TCP header helpers: flags, and MSS clamping on SYN and SYN-ACK.
 
-use crate::{
-    csum,
-    ctx::{ptr_at, Packet},
-};
+use crate::ctx::{ptr_at, Packet};
 
 /// Options walked before giving up; a SYN carries at most MSS, SACK-permitted, timestamps,
 /// window scale and padding (RFC 9293 section 3.2).
@@ -51,29 +48,29 @@ pub fn clamp_mss<C: Packet>(ctx: &C, tcp_off: usize, clamp: u16) {
             let Some(value) = ptr_at::<_, [u8; 2]>(ctx, off + 2) else {
                 return;
             };
-            let Some(check) = ptr_at::<_, [u8; 2]>(ctx, tcp_off + 16) else {
+            // SAFETY: bounds-checked.
+            let old = unsafe { *value };
+            if u16::from_be_bytes(old) <= clamp {
                 return;
+            }
+            let new = clamp.to_be_bytes();
+            // A 16-bit field at an odd offset from the header start straddles two checksum
+            // words: its contribution is the byte-swapped value.
+            let (old_word, new_word) = if (off + 2 - tcp_off).is_multiple_of(2) {
+                (u16::from_ne_bytes(old), u16::from_ne_bytes(new))
+            } else {
+                (
+                    u16::from_ne_bytes(old).swap_bytes(),
+                    u16::from_ne_bytes(new).swap_bytes(),
+                )
             };
-            // SAFETY: both bounds-checked.
-            unsafe {
-                let mss = u16::from_be_bytes(*value);
-                if mss <= clamp {
-                    return;
-                }
-                let new = clamp.to_be_bytes();
-                // A 16-bit field at an odd offset from the header start straddles two checksum
-                // words: its contribution is the byte-swapped value.
-                let (old_word, new_word) = if (off + 2 - tcp_off).is_multiple_of(2) {
-                    (u16::from_ne_bytes(*value), u16::from_ne_bytes(new))
-                } else {
-                    (
-                        u16::from_ne_bytes(*value).swap_bytes(),
-                        u16::from_ne_bytes(new).swap_bytes(),
-                    )
-                };
-                let sum = csum::replace16(u16::from_ne_bytes(*check), old_word, new_word);
-                *value = new;
-                *check = sum.to_ne_bytes();
+            if !ctx.l4_csum_replace16(tcp_off + 16, old_word, new_word) {
+                return;
+            }
+            // Looked up again: a checksum helper may have moved the packet.
+            if let Some(value) = ptr_at::<_, [u8; 2]>(ctx, off + 2) {
+                // SAFETY: bounds-checked.
+                unsafe { *value = new };
             }
             return;
         }

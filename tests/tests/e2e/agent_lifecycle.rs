@@ -21,7 +21,18 @@ fn start_agent(lab: &Lab, extra: &[&str]) -> Result<LabProcess, Box<dyn std::err
     let agent = agent_bin();
     let pins = bpffs_pin_dir(lab.ns("pop").name());
     let (agent, pins) = (agent.to_string_lossy(), pins.to_string_lossy());
-    let mut argv = vec![&*agent, "--bpffs-root", &*pins, "run", "--iface", "eth0"];
+    // XDP, whatever `auto` would pick on this veth: this lab is about the XDP link's adoption
+    // (the other labs run the TC hook `auto` picks here).
+    let mut argv = vec![
+        &*agent,
+        "--bpffs-root",
+        &*pins,
+        "run",
+        "--iface",
+        "eth0",
+        "--forward-hook",
+        "xdp",
+    ];
     argv.extend_from_slice(extra);
     let process = lab
         .ns("pop")

@@ -209,20 +209,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let wants = |section| args.only.is_empty() || args.only.contains(&section);
     let tools = build_tools()?;
-    let agent: Result<PathBuf, String> =
-        if !modes.contains(&Mode::EdgeProxy) && !wants(Section::Health) && !wants(Section::Overlay)
-        {
-            Err("not needed".into())
-        } else if let Some(path) = &args.agent {
-            if path.exists() {
-                Ok(path.clone())
-            } else {
-                Err(format!("{} does not exist", path.display()))
-            }
+    let agent: Result<PathBuf, String> = if !modes.iter().any(|m| m.is_edgeproxy())
+        && !wants(Section::Health)
+        && !wants(Section::Overlay)
+    {
+        Err("not needed".into())
+    } else if let Some(path) = &args.agent {
+        if path.exists() {
+            Ok(path.clone())
         } else {
-            // A broken agent build fails the edgeproxy mode only: the baselines still get measured.
-            build_agent().map_err(|e| format!("{e:#}"))
-        };
+            Err(format!("{} does not exist", path.display()))
+        }
+    } else {
+        // A broken agent build fails the edgeproxy mode only: the baselines still get measured.
+        build_agent().map_err(|e| format!("{e:#}"))
+    };
 
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {

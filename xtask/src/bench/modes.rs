@@ -25,18 +25,24 @@ pub enum Mode {
     Haproxy,
     /// A userspace tokio proxy (what edgeProxy v1 did).
     TokioProxy,
-    /// The edgeProxy v2 agent: XDP full NAT from the VIP to the backend's overlay address.
+    /// The edgeProxy v2 agent as configured by default (`forward_hook = "auto"`: TC on these veth
+    /// interfaces): full NAT from the VIP to the backend's overlay address.
     #[value(name = "edgeproxy")]
     EdgeProxy,
+    /// The edgeProxy v2 agent with its translation in XDP (`forward_hook = "xdp"`), for the
+    /// comparison that made `auto` choose TC on veth.
+    #[value(name = "edgeproxy-xdp")]
+    EdgeProxyXdp,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Plain,
         Mode::NftDnat,
         Mode::Haproxy,
         Mode::TokioProxy,
         Mode::EdgeProxy,
+        Mode::EdgeProxyXdp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,7 +52,13 @@ impl Mode {
             Mode::Haproxy => "haproxy",
             Mode::TokioProxy => "tokio-proxy",
             Mode::EdgeProxy => "edgeproxy",
+            Mode::EdgeProxyXdp => "edgeproxy-xdp",
         }
+    }
+
+    /// An edgeProxy agent runs in this mode.
+    pub fn is_edgeproxy(self) -> bool {
+        matches!(self, Mode::EdgeProxy | Mode::EdgeProxyXdp)
     }
 
     /// Where the client sends its traffic.
@@ -100,12 +112,17 @@ pub fn start(mode: Mode, lab: &Lab, inputs: &Inputs<'_>) -> anyhow::Result<Balan
         Mode::NftDnat => nft_dnat(lab),
         Mode::Haproxy => haproxy(lab),
         Mode::TokioProxy => tokio_proxy(lab, inputs.tools),
-        Mode::EdgeProxy => {
+        Mode::EdgeProxy | Mode::EdgeProxyXdp => {
             let agent = inputs
                 .agent
                 .as_ref()
                 .map_err(|e| anyhow::anyhow!("no edge-agent binary: {e}"))?;
-            edgeproxy(lab, agent)
+            let hook = if mode == Mode::EdgeProxyXdp {
+                "xdp"
+            } else {
+                "auto"
+            };
+            edgeproxy(lab, agent, hook)
         }
     }
 }
@@ -214,12 +231,13 @@ fn tokio_proxy(lab: &Lab, tools: &Tools) -> anyhow::Result<Balancer> {
     })
 }
 
-/// The agent's configuration: the XDP program on the client-facing `eth0`, full NAT of each
-/// service on the VIP to the backend's overlay address through `ovl0`.
-pub fn agent_config() -> String {
+/// The agent's configuration: the translation on the client-facing `eth0` in `hook`, full NAT
+/// of each service on the VIP to the backend's overlay address through `ovl0`.
+pub fn agent_config(hook: &str) -> String {
     let mut toml = format!(
         "# Written by cargo xtask bench.\n\
-         iface = \"eth0\"\n\n\
+         iface = \"eth0\"\n\
+         forward_hook = \"{hook}\"\n\n\
          [overlay]\n\
          iface = \"ovl0\"\n\
          addr = \"{LB_OVERLAY_V6}\"\n\
@@ -240,10 +258,10 @@ pub fn agent_config() -> String {
     toml
 }
 
-fn edgeproxy(lab: &Lab, agent: &Path) -> anyhow::Result<Balancer> {
+fn edgeproxy(lab: &Lab, agent: &Path, hook: &str) -> anyhow::Result<Balancer> {
     let ns = lab.ns(LB);
     let config = lab.log_dir().join("edge-agent.toml");
-    std::fs::write(&config, agent_config())
+    std::fs::write(&config, agent_config(hook))
         .with_context(|| format!("writing {}", config.display()))?;
     // Under the run's name, so that the lab's teardown (and `find_leftovers`) covers the pins.
     let pins = edge_lab::bpffs_pin_dir(ns.name());
@@ -262,6 +280,15 @@ fn edgeproxy(lab: &Lab, agent: &Path) -> anyhow::Result<Balancer> {
         &[("EDGEPROXY_STATS_LOG_SECS", "0")],
     )?;
     wait_ready(&process, "edge-agent ready", Duration::from_secs(30))?;
+    // Which hook `auto` chose, for the record.
+    let output = process.output_so_far();
+    if let Some(chosen) = output
+        .split("hook=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+    {
+        println!("bench: edge-agent translates in {}", chosen.to_uppercase());
+    }
     Ok(Balancer {
         processes: vec![process],
     })
@@ -294,9 +321,9 @@ mod tests {
 
     #[test]
     fn agent_config_lists_every_service() {
-        let toml = agent_config();
+        let toml = agent_config("tc");
         assert!(toml.starts_with("# Written"));
-        assert!(toml.contains("iface = \"eth0\""));
+        assert!(toml.contains("iface = \"eth0\"\nforward_hook = \"tc\"\n"));
         assert!(toml.contains("[overlay]\niface = \"ovl0\"\naddr = \"fd00:ee::1\"\nmtu = 1420\n"));
         assert!(toml.contains("snat_prefix = \"fd00:ee:ff::/96\""));
         for port in [5201, 8080, 7007] {

@@ -1,6 +1,9 @@
-//! The client -> backend direction, in XDP on the public interface: service match, flow lookup,
-//! new-flow setup (Maglev pick, source-port allocation) and the full-NAT rewrite, with NAT46 for
-//! IPv4 clients. Translated packets are passed to the kernel, which routes them to the overlay.
+//! The client -> backend direction on the public interface: flow lookup, service match on a
+//! miss, new-flow setup (geo class, affinity, Maglev pick, source-port allocation), shared by the two
+//! hooks that rewrite the packet: `xdp` (XDP; the kernel routes the translated packet) and `tc`
+//! (TC ingress; the program forwards it itself). Which one runs is the agent's choice: XDP where
+//! the driver runs it natively on the NIC's buffers, TC on veth, where XDP would first copy
+//! every packet the stack hands over out of its skb (see docs/architecture.md).
 //!
 //! A non-SYN packet for a VIP with no flow (state lost to LRU eviction, or a stray segment) is
 //! passed to the kernel untouched: the VIP is a local address of the POP, so the kernel answers
@@ -12,17 +15,20 @@
     reason = "map keys and values go by reference: a copy would cost BPF stack (512 bytes)"
 )]
 
+pub mod tc;
+pub mod xdp;
+
+use core::mem::MaybeUninit;
+
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head},
-    programs::XdpContext,
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
 };
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_SYN},
-    geo::{AffinityKey, AffinityValue, GEO_CLASSES},
+    geo::{AffinityValue, GEO_CLASSES},
     hash::flow_hash,
-    ipv4_mapped,
     limits::PORT_TRIES,
     pop::{POP_READY, POP_SNAT96},
     service::{BACKEND_ACTIVE, BACKEND_ELIGIBLE, NO_BACKEND, SERVICE_AFFINITY},
@@ -32,8 +38,8 @@ use edge_common::{
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    csum,
-    ctx::ptr_at,
+    bytes,
+    ctx::{ptr_at, Packet},
     debug_log,
     maps::{
         NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V6, MAGLEV, POP_CONFIG, SCRATCH,
@@ -41,14 +47,13 @@ use crate::{
     },
     parse,
     stats::{self, Drop},
-    tcp,
 };
 
 const ETH_LEN: usize = 14;
 const V4_TCP: usize = ETH_LEN + 20;
 const V6_TCP: usize = ETH_LEN + 40;
 /// NAT46 grows the IP header from 20 to 40 bytes.
-const NAT46_GROWTH: i32 = 20;
+const NAT46_GROWTH: usize = 20;
 
 /// Ports of a TCP header, network byte order as stored.
 #[repr(C)]
@@ -57,68 +62,93 @@ struct Ports {
     dest: u16,
 }
 
+/// A TCP packet the rewrites can work on: the data plane is configured and the headers sit at
+/// the fixed offsets the rewrites use.
+struct Candidate {
+    config: &'static PopConfig,
+    v4: bool,
+}
+
+/// Whether `packet` could be the data plane's. `Ok(None)`: it cannot; pass it untouched.
+/// Whether it is for a service is asked of the flow table first and of `SERVICES` only on a
+/// miss: an established packet needs one hash lookup, not two.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, packet: &parse::Packet, frame_len: usize) -> Result<u32, Drop> {
+fn candidate<C: Packet>(ctx: &C, packet: &parse::Packet) -> Result<Option<Candidate>, Drop> {
     if packet.l4 != L4Class::Tcp {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(None);
     }
     let Some(config) = POP_CONFIG.get(0) else {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(None);
     };
     if config.flags & POP_READY == 0 {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(None);
     }
     let v4 = match packet.l3 {
         L3Class::Ipv4 => true,
         L3Class::Ipv6 => false,
-        _ => return Ok(xdp_action::XDP_PASS),
+        _ => return Ok(None),
     };
-    let Some(ports) = ptr_at::<_, Ports>(ctx, packet.l4_off) else {
-        return Ok(xdp_action::XDP_PASS);
-    };
-    let mut key = ServiceKey {
-        // SAFETY: bounds-checked.
-        port: unsafe { (*ports).dest },
-        proto: IPPROTO_TCP,
-        ..ServiceKey::default()
-    };
-    if v4 {
-        let Some(ip) = ptr_at::<_, Ipv4Hdr>(ctx, packet.l3_off) else {
-            return Ok(xdp_action::XDP_PASS);
-        };
-        // SAFETY: bounds-checked.
-        key.addr = ipv4_mapped(unsafe { (*ip).dst_addr });
-    } else {
-        let Some(ip) = ptr_at::<_, Ipv6Hdr>(ctx, packet.l3_off) else {
-            return Ok(xdp_action::XDP_PASS);
-        };
-        // SAFETY: bounds-checked.
-        key.addr = unsafe { (*ip).dst_addr };
-    }
-    // SAFETY: the value is read once, by copy.
-    let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else {
-        return Ok(xdp_action::XDP_PASS);
-    };
-    // The fast paths below work at fixed offsets: untagged frames, no IPv4 options, no IPv6
-    // extension headers, no fragments.
+    // The rewrites work at fixed offsets: untagged frames, no IPv4 options, no IPv6 extension
+    // headers, no fragments. Such a packet for a service is dropped and counted; any other
+    // passes.
     let fixed = if v4 { V4_TCP } else { V6_TCP };
     if packet.l3_off != ETH_LEN || packet.l4_off != fixed || packet.fragment {
-        return Err(Drop::Unsupported);
+        return match service_at(ctx, packet, v4) {
+            Some(_) => Err(Drop::Unsupported),
+            None => Ok(None),
+        };
+    }
+    Ok(Some(Candidate { config, v4 }))
+}
+
+/// The service a packet at any layout is addressed to (the slow path of `candidate`).
+#[inline(always)]
+fn service_at<C: Packet>(ctx: &C, packet: &parse::Packet, v4: bool) -> Option<ServiceValue> {
+    let ports = ptr_at::<_, Ports>(ctx, packet.l4_off)?;
+    // Every field written below: a literal would be zeroed with a call to BPF's byte-loop memset.
+    let mut key = MaybeUninit::<ServiceKey>::uninit();
+    let k = key.as_mut_ptr();
+    // SAFETY: bounds-checked; `k` points at this frame's key.
+    unsafe {
+        (*k).port = (*ports).dest;
+        (*k).proto = IPPROTO_TCP;
+        (*k)._pad = 0;
     }
     if v4 {
-        forward_v4(ctx, config, &service, frame_len)
+        let ip = ptr_at::<_, Ipv4Hdr>(ctx, packet.l3_off)?;
+        // SAFETY: bounds-checked.
+        unsafe { bytes::write_mapped(&raw mut (*k).addr, (*ip).dst_addr) };
     } else {
-        forward_v6(ctx, config, &service, frame_len)
+        let ip = ptr_at::<_, Ipv6Hdr>(ctx, packet.l3_off)?;
+        // SAFETY: bounds-checked.
+        unsafe { bytes::copy16(&raw mut (*k).addr, &raw const (*ip).dst_addr) };
+    }
+    // SAFETY: every field was written above; the value is read once, by copy.
+    unsafe { SERVICES.get(&key.assume_init()).copied() }
+}
+
+/// The service a flow key is addressed to.
+#[inline(always)]
+fn service_of(flow: &FlowKey) -> Option<ServiceValue> {
+    let mut key = MaybeUninit::<ServiceKey>::uninit();
+    let k = key.as_mut_ptr();
+    // SAFETY: `k` points at this frame's key; every field is written before it is read.
+    unsafe {
+        bytes::copy16(&raw mut (*k).addr, &raw const flow.dst);
+        (*k).port = flow.dport;
+        (*k).proto = IPPROTO_TCP;
+        (*k)._pad = 0;
+        SERVICES.get(&key.assume_init()).copied()
     }
 }
 
-/// Looks up the flow of `key`, creating it for a SYN. `None`: not a SYN and no flow.
+/// Looks up the flow of `key`, creating it for a SYN to a service. `None`: pass the packet
+/// untouched (not for a service, or not a SYN and no flow).
 #[inline(always)]
 fn flow_for(
     key: &FlowKey,
     tcp_flags: u8,
     bytes: usize,
-    service: &ServiceValue,
     v4: bool,
 ) -> Result<Option<*mut FlowValue>, Drop> {
     // SAFETY: no preconditions. The coarse clock (CLOCK_MONOTONIC_COARSE, jiffy resolution) is
@@ -128,6 +158,10 @@ fn flow_for(
         // SAFETY: an LRU entry stays valid for this program run; counter updates may race with
         // another CPU's, which only costs a count.
         unsafe {
+            if (*entry).flags & FLOW_REVERSE != 0 {
+                // A backend's 5-tuple arriving from the client side: not ours to translate.
+                return Ok(None);
+            }
             (*entry).tcp_flags |= tcp_flags;
             (*entry).last_seen_ns = now;
             (*entry).packets += 1;
@@ -137,6 +171,9 @@ fn flow_for(
         }
         return Ok(Some(entry));
     }
+    let Some(service) = service_of(key) else {
+        return Ok(None);
+    };
     if tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         stats::no_flow();
         debug_log::no_flow(key, tcp_flags);
@@ -245,24 +282,34 @@ fn setup_flow(
     let (value, reverse_key) = unsafe { (&mut (*scratch).value, &mut (*scratch).reverse_key) };
     // One value, written as the reverse entry and then turned into the forward one.
     // Field by field: a struct literal would be built on the stack first and copied.
-    value.new_src = key.dst;
-    value.new_dst = key.src;
+    // SAFETY: fields of this CPU's scratch slot and of the caller's key.
+    unsafe {
+        bytes::copy16(&raw mut value.new_src, &raw const key.dst);
+        bytes::copy16(&raw mut value.new_dst, &raw const key.src);
+    }
     value.new_sport = key.dport;
     value.new_dport = key.sport;
     value.service_id = service.service_id;
     value.backend_id = backend_id;
     value.flags = FLOW_REVERSE | family;
-    value.tcp_flags = 0;
-    value._pad = [0; 2];
+    // The flags and padding as one word: a byte array would be zeroed by a memset call.
+    // SAFETY: `tcp_flags` and `_pad` are the two bytes after `flags`, 2-byte aligned.
+    unsafe { (&raw mut value.tcp_flags).cast::<u16>().write_volatile(0) };
     value.created_ns = now;
     value.last_seen_ns = now;
-    value.packets = 0;
-    value.bytes = 0;
-    reverse_key.src = backend.addr;
-    reverse_key.dst = config.overlay_addr;
+    // SAFETY: fields of this CPU's scratch slot (two zero stores would become a memset call).
+    unsafe {
+        (&raw mut value.packets).write_volatile(0);
+        (&raw mut value.bytes).write_volatile(0);
+    }
+    // SAFETY: fields of this CPU's scratch slot and of map values valid for this run.
+    unsafe {
+        bytes::copy16(&raw mut reverse_key.src, &raw const backend.addr);
+        bytes::copy16(&raw mut reverse_key.dst, &raw const config.overlay_addr);
+        bytes::zero3(&raw mut reverse_key._pad);
+    }
     reverse_key.sport = backend.port;
     reverse_key.proto = IPPROTO_TCP;
-    reverse_key._pad = [0; 3];
     if v4 && config.flags & POP_SNAT96 != 0 {
         // The client's own address and port, under this POP's /96: unique as long as the
         // client's own 4-tuple is.
@@ -273,7 +320,8 @@ fn setup_flow(
             return claimed.map(|()| backend_id);
         }
         // Taken (a stale reverse half): fall back to a port of the overlay address.
-        reverse_key.dst = config.overlay_addr;
+        // SAFETY: as above.
+        unsafe { bytes::copy16(&raw mut reverse_key.dst, &raw const config.overlay_addr) };
     }
     let range = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
     // Start from other hash bits than the ring slot's, so that one backend's flows spread over
@@ -305,8 +353,11 @@ fn claim(
     FLOWS
         .insert(reverse_key, &*value, BPF_NOEXIST as u64)
         .ok()?;
-    value.new_src = reverse_key.dst;
-    value.new_dst = backend.addr;
+    // SAFETY: fields of the caller's scratch slot and of a map value valid for this run.
+    unsafe {
+        bytes::copy16(&raw mut value.new_src, &raw const reverse_key.dst);
+        bytes::copy16(&raw mut value.new_dst, &raw const backend.addr);
+    }
     value.new_sport = reverse_key.dport;
     value.new_dport = backend.port;
     value.flags = family;
@@ -328,7 +379,7 @@ fn scratch_key() -> Result<*mut FlowKey, Drop> {
     unsafe {
         let key = &raw mut (*scratch).key;
         (*key).proto = IPPROTO_TCP;
-        (*key)._pad = [0; 3];
+        bytes::zero3(&raw mut (*key)._pad);
         Ok(key)
     }
 }
@@ -342,7 +393,9 @@ fn geo_class(scratch: *mut NewFlowScratch, client: &[u8; 16], v4: bool) -> u32 {
     } else {
         // SAFETY: this CPU's scratch slot.
         let key = unsafe { &mut (*scratch).geo_v6 };
-        *key = Key::new(128, *client);
+        key.prefix_len = 128;
+        // SAFETY: the slot's field and the caller's address.
+        unsafe { bytes::copy16(&raw mut key.data, client) };
         GEO_V6.get(key).map(|g| g.class)
     };
     u32::from(found.unwrap_or(0))
@@ -363,10 +416,9 @@ fn pick_backend(
     let sticky = service.flags & SERVICE_AFFINITY != 0 && config.affinity_ttl_ns != 0;
     // SAFETY: this CPU's scratch slot, used only within this program run.
     let binding = unsafe { &mut (*scratch).binding };
-    *binding = AffinityKey {
-        service_id: service.service_id,
-        client: key.src,
-    };
+    binding.service_id = service.service_id;
+    // SAFETY: the slot's field and the caller's key.
+    unsafe { bytes::copy16(&raw mut binding.client, &raw const key.src) };
     if sticky {
         if let Some(bound) = AFFINITY.get_ptr_mut(&*binding) {
             // SAFETY: the LRU entry is valid for this run.
@@ -408,146 +460,4 @@ fn pick_backend(
         let _ = AFFINITY.insert(&*binding, &value, BPF_ANY as u64);
     }
     Some(backend_id)
-}
-
-#[inline(always)]
-fn forward_v6(
-    ctx: &XdpContext,
-    config: &PopConfig,
-    service: &ServiceValue,
-    bytes: usize,
-) -> Result<u32, Drop> {
-    let Some(frame) = ptr_at::<_, [u8; V6_TCP + 20]>(ctx, 0) else {
-        return Ok(xdp_action::XDP_PASS);
-    };
-    // SAFETY: both lie inside the checked region.
-    let (ip, hdr) = unsafe {
-        (
-            frame.cast::<u8>().add(ETH_LEN) as *mut Ipv6Hdr,
-            frame.cast::<u8>().add(V6_TCP) as *mut [u8; 20],
-        )
-    };
-    let ports = hdr as *mut Ports;
-    let key = scratch_key()?;
-    // SAFETY: all pointers were bounds-checked above; the key is this CPU's scratch slot.
-    unsafe {
-        (*key).src = (*ip).src_addr;
-        (*key).dst = (*ip).dst_addr;
-        (*key).sport = (*ports).source;
-        (*key).dport = (*ports).dest;
-        let tcp_flags = (*hdr)[13];
-        let Some(flow) = flow_for(&*key, tcp_flags, bytes, service, false)? else {
-            return Ok(xdp_action::XDP_PASS);
-        };
-        let check = hdr.cast::<u8>().add(16) as *mut u16;
-        // FlowKey and FlowValue both start with src, dst, sport, dport: 36 contiguous bytes
-        // that cover every checksummed field the rewrite changes.
-        *check = csum::replace_raw(*check, key.cast(), flow.cast(), 36);
-        (*ip).src_addr = (*flow).new_src;
-        (*ip).dst_addr = (*flow).new_dst;
-        (*ports).source = (*flow).new_sport;
-        (*ports).dest = (*flow).new_dport;
-        if tcp_flags & TCP_SYN != 0 {
-            tcp::clamp_mss(ctx, V6_TCP, config.mss_clamp);
-        }
-    }
-    Ok(xdp_action::XDP_PASS)
-}
-
-#[inline(always)]
-fn forward_v4(
-    ctx: &XdpContext,
-    config: &PopConfig,
-    service: &ServiceValue,
-    bytes: usize,
-) -> Result<u32, Drop> {
-    // One bounds check for Ethernet, IPv4 and TCP: fewer packet-pointer values for LLVM to
-    // juggle (it once merged and shifted them, which the verifier refuses).
-    let Some(frame) = ptr_at::<_, [u8; V4_TCP + 20]>(ctx, 0) else {
-        return Ok(xdp_action::XDP_PASS);
-    };
-    // SAFETY: both lie inside the checked region.
-    let (ip, hdr) = unsafe {
-        (
-            frame.cast::<u8>().add(ETH_LEN) as *mut Ipv4Hdr,
-            frame.cast::<u8>().add(V4_TCP) as *mut [u8; 20],
-        )
-    };
-    let ports = hdr as *mut Ports;
-    let key = scratch_key()?;
-    // SAFETY: bounds-checked above; nothing is read through these pointers after adjust_head.
-    let (tos, tot_len, ttl, tcp_flags, check, old) = unsafe {
-        let src4 = (*ip).src_addr;
-        let dst4 = (*ip).dst_addr;
-        (*key).src = ipv4_mapped(src4);
-        (*key).dst = ipv4_mapped(dst4);
-        (*key).sport = (*ports).source;
-        (*key).dport = (*ports).dest;
-        (
-            (*ip).tos,
-            u16::from_be_bytes((*ip).tot_len),
-            (*ip).ttl,
-            (*hdr)[13],
-            u16::from_ne_bytes([(*hdr)[16], (*hdr)[17]]),
-            // The words the checksum covered: addresses, then both ports.
-            [
-                u32::from_ne_bytes(src4),
-                u32::from_ne_bytes(dst4),
-                u32::from_ne_bytes([(*hdr)[0], (*hdr)[1], (*hdr)[2], (*hdr)[3]]),
-            ],
-        )
-    };
-    if tot_len < 20 {
-        return Err(Drop::Unsupported);
-    }
-    // SAFETY: this CPU's scratch slot.
-    let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, service, true)? else {
-        return Ok(xdp_action::XDP_PASS);
-    };
-    // The pseudo-header's length and protocol words sum the same for IPv4 and IPv6 (RFC 8200
-    // section 8.1), so only the addresses and ports change the checksum.
-    let sum = csum::diff_raw(old.as_ptr().cast(), 12, flow.cast(), 36, u32::from(!check));
-    let check = !csum::fold(u64::from(sum));
-
-    // SAFETY: ctx.ctx is the program's own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -NAT46_GROWTH) } != 0 {
-        return Err(Drop::ResizeFailed);
-    }
-    let Some(frame) = ptr_at::<_, [u8; V6_TCP + 20]>(ctx, 0) else {
-        return Err(Drop::ResizeFailed);
-    };
-    // SAFETY: all three lie inside the checked region.
-    let (eth, ip, hdr) = unsafe {
-        (
-            frame as *mut [u8; 14],
-            frame.cast::<u8>().add(ETH_LEN) as *mut Ipv6Hdr,
-            frame.cast::<u8>().add(V6_TCP) as *mut [u8; 20],
-        )
-    };
-    // SAFETY: bounds-checked against the grown frame; the old Ethernet header is still there,
-    // 20 bytes further on, and the flow entry stays valid for this run.
-    unsafe {
-        let old_eth = eth.cast::<u8>().add(NAT46_GROWTH as usize) as *const [u8; 12];
-        let new_eth = eth as *mut [u8; 12];
-        *new_eth = *old_eth;
-        (*eth)[12] = 0x86;
-        (*eth)[13] = 0xdd;
-        (*ip).vcf = [0x60 | (tos >> 4), (tos & 0x0f) << 4, 0, 0];
-        (*ip).payload_len = (tot_len - 20).to_be_bytes();
-        (*ip).next_hdr = IPPROTO_TCP;
-        (*ip).hop_limit = ttl;
-        (*ip).src_addr = (*flow).new_src;
-        (*ip).dst_addr = (*flow).new_dst;
-        let (new_sport, new_dport) = ((*flow).new_sport, (*flow).new_dport);
-        let ports = hdr as *mut Ports;
-        (*ports).source = new_sport;
-        (*ports).dest = new_dport;
-        let [c0, c1] = check.to_ne_bytes();
-        (*hdr)[16] = c0;
-        (*hdr)[17] = c1;
-    }
-    if tcp_flags & TCP_SYN != 0 {
-        tcp::clamp_mss(ctx, V6_TCP, config.mss_clamp);
-    }
-    Ok(xdp_action::XDP_PASS)
 }
