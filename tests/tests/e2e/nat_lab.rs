@@ -36,16 +36,34 @@ fn predicted_backend(table: &[u32], client: SocketAddr, vip: SocketAddr) -> Stri
     backend_addr(table[(hash % TABLE_SIZE) as usize] as usize + 1)
 }
 
+/// With `forward_hook = "auto"`, which picks TC on these veth interfaces.
 #[test]
 fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
-    let lab = topology("nat", BACKENDS).up()?;
+    thousand_connections("nat", &[], "tc")
+}
+
+/// The same through the XDP hook.
+#[test]
+fn a_thousand_connections_are_echoed_intact_through_the_xdp_hook() -> TestResult {
+    thousand_connections("natx", &["--forward-hook", "xdp"], "xdp")
+}
+
+fn thousand_connections(name: &str, args: &[&str], hook: &str) -> TestResult {
+    let lab = topology(name, BACKENDS).up()?;
     let _servers = echo_backends(&lab, BACKENDS)?;
-    let agent = start_agent(
-        &lab,
-        &agent_bin(),
-        &agent_config(BACKENDS, ""),
-        &["--reset"],
-    )?;
+    let mut argv = vec!["--reset"];
+    argv.extend_from_slice(args);
+    let agent = start_agent(&lab, &agent_bin(), &agent_config(BACKENDS, ""), &argv)?;
+    let status = std::process::Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(bpffs_pin_dir(lab.ns("pop").name()))
+        .args(["status", "--output", "json"])
+        .output()?;
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(
+        doc["attached"][0]["hook"], hook,
+        "the translation's hook: {doc}"
+    );
 
     // Seeded by echo-load's default; payloads of random sizes up to 1 MiB.
     let echo_load = env!("CARGO_BIN_EXE_echo-load").as_ref();
