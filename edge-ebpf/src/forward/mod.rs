@@ -371,6 +371,63 @@ fn claim(
     Some(Ok(()))
 }
 
+/// What NAT46 carries over from an IPv4/TCP packet, read before its header is replaced.
+struct V4Fields {
+    tos: u8,
+    tot_len: u16,
+    ttl: u8,
+    tcp_flags: u8,
+    /// The TCP checksum, as stored.
+    check: u16,
+    /// The words the checksum covered that the rewrite changes: addresses, then both ports.
+    old: [u32; 3],
+}
+
+/// Reads an IPv4/TCP packet at the fixed offsets into this CPU's scratch flow key (addresses
+/// IPv4-mapped) and the fields NAT46 carries over. `Ok(None)`: the headers are not all there.
+#[inline(always)]
+fn read_v4<C: Packet>(ctx: &C) -> Result<Option<(*mut FlowKey, V4Fields)>, Drop> {
+    // One bounds check for Ethernet, IPv4 and TCP: fewer packet-pointer values for LLVM to
+    // juggle (it once merged and shifted them, which the verifier refuses).
+    let Some(frame) = ptr_at::<_, [u8; V4_TCP + 20]>(ctx, 0) else {
+        return Ok(None);
+    };
+    // SAFETY: both lie inside the checked region.
+    let (ip, hdr) = unsafe {
+        (
+            frame.cast::<u8>().add(ETH_LEN) as *mut Ipv4Hdr,
+            frame.cast::<u8>().add(V4_TCP) as *mut [u8; 20],
+        )
+    };
+    let ports = hdr as *mut Ports;
+    let key = scratch_key()?;
+    // SAFETY: bounds-checked above; the key is this CPU's scratch slot.
+    let fields = unsafe {
+        let src4 = (*ip).src_addr;
+        let dst4 = (*ip).dst_addr;
+        bytes::write_mapped(&raw mut (*key).src, src4);
+        bytes::write_mapped(&raw mut (*key).dst, dst4);
+        (*key).sport = (*ports).source;
+        (*key).dport = (*ports).dest;
+        V4Fields {
+            tos: (*ip).tos,
+            tot_len: u16::from_be_bytes((*ip).tot_len),
+            ttl: (*ip).ttl,
+            tcp_flags: (*hdr)[13],
+            check: u16::from_ne_bytes([(*hdr)[16], (*hdr)[17]]),
+            old: [
+                u32::from_ne_bytes(src4),
+                u32::from_ne_bytes(dst4),
+                u32::from_ne_bytes([(*hdr)[0], (*hdr)[1], (*hdr)[2], (*hdr)[3]]),
+            ],
+        }
+    };
+    if fields.tot_len < 20 {
+        return Err(Drop::Unsupported);
+    }
+    Ok(Some((key, fields)))
+}
+
 /// This CPU's scratch flow key, with its constant fields set.
 #[inline(always)]
 fn scratch_key() -> Result<*mut FlowKey, Drop> {

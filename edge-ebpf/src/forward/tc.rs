@@ -15,9 +15,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use edge_common::{flow::TCP_SYN, PopConfig, IPPROTO_TCP};
-use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+use network_types::ip::Ipv6Hdr;
 
-use super::{candidate, flow_for, scratch_key, Ports, ETH_LEN, V4_TCP, V6_TCP};
+use super::{candidate, flow_for, read_v4, scratch_key, Ports, V4Fields, ETH_LEN, V4_TCP, V6_TCP};
 use crate::{bytes, csum, ctx::ptr_at, next_hop, parse, stats::Drop, tcp};
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
@@ -117,50 +117,24 @@ fn forward_v6(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<Optio
 /// `None`: no flow and not a SYN.
 #[inline(always)]
 fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<Option<u32>, Drop> {
-    let Some(frame) = ptr_at::<_, [u8; V4_TCP + 20]>(ctx, 0) else {
+    let Some((key, v4)) = read_v4(ctx)? else {
         return Ok(None);
     };
-    // SAFETY: both lie inside the checked region.
-    let (ip, hdr) = unsafe {
-        (
-            frame.cast::<u8>().add(ETH_LEN) as *mut Ipv4Hdr,
-            frame.cast::<u8>().add(V4_TCP) as *mut [u8; 20],
-        )
-    };
-    let ports = hdr as *mut Ports;
-    let key = scratch_key()?;
-    // SAFETY: bounds-checked above; nothing is read through these pointers after the resize.
-    let (tos, tot_len, ttl, tcp_flags, old_addrs) = unsafe {
-        let src4 = (*ip).src_addr;
-        let dst4 = (*ip).dst_addr;
-        bytes::write_mapped(&raw mut (*key).src, src4);
-        bytes::write_mapped(&raw mut (*key).dst, dst4);
-        (*key).sport = (*ports).source;
-        (*key).dport = (*ports).dest;
-        (
-            (*ip).tos,
-            u16::from_be_bytes((*ip).tot_len),
-            (*ip).ttl,
-            (*hdr)[13],
-            [u32::from_ne_bytes(src4), u32::from_ne_bytes(dst4)],
-        )
-    };
-    if tot_len < 20 {
-        return Err(Drop::Unsupported);
-    }
+    let V4Fields {
+        tos,
+        tot_len,
+        ttl,
+        tcp_flags,
+        old,
+        ..
+    } = v4;
     // SAFETY: this CPU's scratch slot.
     let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, true)? else {
         return Ok(None);
     };
     // The pseudo-header's length and protocol words sum the same for IPv4 and IPv6 (RFC 8200
     // section 8.1): only the addresses change it.
-    let addrs = csum::diff_raw(
-        old_addrs.as_ptr().cast(),
-        8,
-        flow.cast::<u8>(),
-        ADDRS_LEN,
-        0,
-    );
+    let addrs = csum::diff_raw(old.as_ptr().cast(), 8, flow.cast::<u8>(), ADDRS_LEN, 0);
     // SAFETY: both structs are longer than 36 bytes.
     let ports_diff = unsafe {
         csum::diff_raw(

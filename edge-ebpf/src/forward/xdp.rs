@@ -3,9 +3,11 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use edge_common::{flow::TCP_SYN, PopConfig, IPPROTO_TCP};
-use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+use network_types::ip::Ipv6Hdr;
 
-use super::{candidate, flow_for, scratch_key, Ports, ETH_LEN, NAT46_GROWTH, V4_TCP, V6_TCP};
+use super::{
+    candidate, flow_for, read_v4, scratch_key, Ports, V4Fields, ETH_LEN, NAT46_GROWTH, V6_TCP,
+};
 use crate::{bytes, csum, ctx::ptr_at, parse, stats::Drop, tcp};
 
 #[inline(always)]
@@ -61,45 +63,17 @@ fn forward_v6(ctx: &XdpContext, config: &PopConfig, bytes: usize) -> Result<u32,
 
 #[inline(always)]
 fn forward_v4(ctx: &XdpContext, config: &PopConfig, bytes: usize) -> Result<u32, Drop> {
-    // One bounds check for Ethernet, IPv4 and TCP: fewer packet-pointer values for LLVM to
-    // juggle (it once merged and shifted them, which the verifier refuses).
-    let Some(frame) = ptr_at::<_, [u8; V4_TCP + 20]>(ctx, 0) else {
+    let Some((key, v4)) = read_v4(ctx)? else {
         return Ok(xdp_action::XDP_PASS);
     };
-    // SAFETY: both lie inside the checked region.
-    let (ip, hdr) = unsafe {
-        (
-            frame.cast::<u8>().add(ETH_LEN) as *mut Ipv4Hdr,
-            frame.cast::<u8>().add(V4_TCP) as *mut [u8; 20],
-        )
-    };
-    let ports = hdr as *mut Ports;
-    let key = scratch_key()?;
-    // SAFETY: bounds-checked above; nothing is read through these pointers after adjust_head.
-    let (tos, tot_len, ttl, tcp_flags, check, old) = unsafe {
-        let src4 = (*ip).src_addr;
-        let dst4 = (*ip).dst_addr;
-        bytes::write_mapped(&raw mut (*key).src, src4);
-        bytes::write_mapped(&raw mut (*key).dst, dst4);
-        (*key).sport = (*ports).source;
-        (*key).dport = (*ports).dest;
-        (
-            (*ip).tos,
-            u16::from_be_bytes((*ip).tot_len),
-            (*ip).ttl,
-            (*hdr)[13],
-            u16::from_ne_bytes([(*hdr)[16], (*hdr)[17]]),
-            // The words the checksum covered: addresses, then both ports.
-            [
-                u32::from_ne_bytes(src4),
-                u32::from_ne_bytes(dst4),
-                u32::from_ne_bytes([(*hdr)[0], (*hdr)[1], (*hdr)[2], (*hdr)[3]]),
-            ],
-        )
-    };
-    if tot_len < 20 {
-        return Err(Drop::Unsupported);
-    }
+    let V4Fields {
+        tos,
+        tot_len,
+        ttl,
+        tcp_flags,
+        check,
+        old,
+    } = v4;
     // SAFETY: this CPU's scratch slot.
     let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, true)? else {
         return Ok(xdp_action::XDP_PASS);

@@ -30,22 +30,32 @@ pub fn agent_bin() -> PathBuf {
     bin("EDGE_AGENT_BIN")
 }
 
-/// Packets counted for (ip, proto, verdict) in the pinned maps under `pins`.
-pub fn counted(pins: &Path, ip: &str, proto: &str, verdict: &str) -> Result<u64, String> {
+/// `edge-agent --bpffs-root <pins> <args> --output json`, parsed.
+pub fn agent_json(pins: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
     let out = Command::new(agent_bin())
         .arg("--bpffs-root")
         .arg(pins)
-        .args(["status", "--output", "json"])
+        .args(args)
+        .args(["--output", "json"])
         .output()
-        .map_err(|e| format!("running edge-agent status: {e}"))?;
+        .map_err(|e| format!("running edge-agent {args:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "edge-agent status failed: {}",
+            "edge-agent {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("status JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "edge-agent {args:?} JSON: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Packets counted for (ip, proto, verdict) in the pinned maps under `pins`.
+pub fn counted(pins: &Path, ip: &str, proto: &str, verdict: &str) -> Result<u64, String> {
+    let doc = agent_json(pins, &["status"])?;
     let classes = doc["counters"]
         .as_array()
         .ok_or_else(|| format!("no counters in {doc}"))?;

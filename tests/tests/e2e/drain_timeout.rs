@@ -13,7 +13,7 @@ use edge_lab::{
     pop_lab::{backend_addr, spawn_echo_load, start_agent, topology, OVERLAY, VIP4, VIP6},
 };
 
-use super::common::{agent_bin, echo_backends, lab_backend, tear_down, TestResult};
+use super::common::{agent_bin, agent_json, echo_backends, lab_backend, tear_down, TestResult};
 
 #[test]
 fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
@@ -56,12 +56,7 @@ fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
     )?;
     load.wait_for_output("holding 60", Duration::from_secs(30))?;
 
-    let status = std::process::Command::new(agent_bin())
-        .arg("--bpffs-root")
-        .arg(bpffs_pin_dir(lab.ns("pop").name()))
-        .args(["status", "--output", "json"])
-        .output()?;
-    let doc: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let doc = agent_json(&bpffs_pin_dir(lab.ns("pop").name()), &["status"])?;
     let on_be1 = doc["backends"]
         .as_array()
         .and_then(|b| {

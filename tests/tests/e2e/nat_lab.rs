@@ -17,7 +17,7 @@ use edge_lab::{
     },
 };
 
-use super::common::{agent_bin, echo_backends, tear_down, TestResult};
+use super::common::{agent_bin, agent_json, echo_backends, tear_down, TestResult};
 
 const BACKENDS: usize = 3;
 
@@ -54,12 +54,7 @@ fn thousand_connections(name: &str, args: &[&str], hook: &str) -> TestResult {
     let mut argv = vec!["--reset"];
     argv.extend_from_slice(args);
     let agent = start_agent(&lab, &agent_bin(), &agent_config(BACKENDS, ""), &argv)?;
-    let status = std::process::Command::new(agent_bin())
-        .arg("--bpffs-root")
-        .arg(bpffs_pin_dir(lab.ns("pop").name()))
-        .args(["status", "--output", "json"])
-        .output()?;
-    let doc: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let doc = agent_json(&bpffs_pin_dir(lab.ns("pop").name()), &["status"])?;
     assert_eq!(
         doc["attached"][0]["hook"], hook,
         "the translation's hook: {doc}"
@@ -95,13 +90,10 @@ fn thousand_connections(name: &str, args: &[&str], hook: &str) -> TestResult {
         "the backends together hold every connection"
     );
 
-    let flows = std::process::Command::new(agent_bin())
-        .arg("--bpffs-root")
-        .arg(bpffs_pin_dir(lab.ns("pop").name()))
-        .args(["flows", "--output", "json", "--limit", "5000"])
-        .output()?;
-    assert!(flows.status.success(), "edge-agent flows: {flows:?}");
-    let doc: serde_json::Value = serde_json::from_slice(&flows.stdout)?;
+    let doc = agent_json(
+        &bpffs_pin_dir(lab.ns("pop").name()),
+        &["flows", "--limit", "5000"],
+    )?;
     let list = doc["flows"].as_array().ok_or("no flows array")?;
     assert_eq!(list.len(), 1000, "one flow per connection");
 

@@ -9,7 +9,7 @@ use edge_lab::{
     pop_lab::{agent_config, backend_addr, spawn_echo_load, start_agent, topology, VIP4},
 };
 
-use super::common::{agent_bin, echo_backends, tear_down, TestResult};
+use super::common::{agent_bin, agent_json, echo_backends, tear_down, TestResult};
 
 const BACKENDS: usize = 3;
 
@@ -90,12 +90,7 @@ backends = [{{ name = "be1", addr = "{}", port = 5201 }}]
         "all 200 idle connections must echo after the restart: {summary}"
     );
 
-    let status = std::process::Command::new(agent_bin())
-        .arg("--bpffs-root")
-        .arg(bpffs_pin_dir(lab.ns("pop").name()))
-        .args(["status", "--output", "json"])
-        .output()?;
-    let doc: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let doc = agent_json(&bpffs_pin_dir(lab.ns("pop").name()), &["status"])?;
     assert_eq!(
         doc["drops"]["no_flow"].as_u64(),
         Some(0),
