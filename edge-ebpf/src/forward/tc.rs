@@ -56,18 +56,17 @@ fn translate(ctx: &TcContext, packet: &parse::Packet, frame_len: usize) -> Resul
     } else {
         forward_v6(ctx, matched.config, frame_len)?
     };
-    if translated.is_none() {
+    if !translated {
         return Ok(TC_ACT_OK);
     }
     redirect(ctx, matched.config)
 }
 
-/// Rewrites an IPv6 packet in place and returns the flow's backend. `None`: no flow and not a
-/// SYN (left to the kernel).
+/// Rewrites an IPv6 packet in place. False: no flow and not a SYN (left to the kernel).
 #[inline(always)]
-fn forward_v6(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<Option<u32>, Drop> {
+fn forward_v6(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool, Drop> {
     let Some(frame) = ptr_at::<_, [u8; V6_TCP + 20]>(ctx, 0) else {
-        return Ok(None);
+        return Ok(false);
     };
     // SAFETY: both lie inside the checked region.
     let (ip, hdr) = unsafe {
@@ -88,7 +87,7 @@ fn forward_v6(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<Optio
     };
     // SAFETY: this CPU's scratch slot.
     let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, false)? else {
-        return Ok(None);
+        return Ok(false);
     };
     // FlowKey and FlowValue both start with the two addresses, then the two ports.
     let old = key.cast::<u8>();
@@ -109,16 +108,14 @@ fn forward_v6(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<Optio
     if tcp_flags & TCP_SYN != 0 {
         tcp::clamp_mss(ctx, V6_TCP, config.mss_clamp);
     }
-    // SAFETY: the flow entry stays valid for this run.
-    Ok(Some(unsafe { (*flow).backend_id }))
+    Ok(true)
 }
 
-/// Turns an IPv4 packet into the IPv6 one of its flow (NAT46) and returns the flow's backend.
-/// `None`: no flow and not a SYN.
+/// Turns an IPv4 packet into the IPv6 one of its flow (NAT46). False: no flow and not a SYN.
 #[inline(always)]
-fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<Option<u32>, Drop> {
+fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool, Drop> {
     let Some((key, v4)) = read_v4(ctx)? else {
-        return Ok(None);
+        return Ok(false);
     };
     let V4Fields {
         tos,
@@ -130,7 +127,7 @@ fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<Optio
     } = v4;
     // SAFETY: this CPU's scratch slot.
     let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, true)? else {
-        return Ok(None);
+        return Ok(false);
     };
     // The pseudo-header's length and protocol words sum the same for IPv4 and IPv6 (RFC 8200
     // section 8.1): only the addresses change it.
@@ -165,8 +162,7 @@ fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<Optio
     if tcp_flags & TCP_SYN != 0 {
         tcp::clamp_mss(ctx, V6_TCP, config.mss_clamp);
     }
-    // SAFETY: the flow entry stays valid for this run.
-    Ok(Some(unsafe { (*flow).backend_id }))
+    Ok(true)
 }
 
 /// Applies the address change (pseudo-header) and the port change (segment) to the TCP
