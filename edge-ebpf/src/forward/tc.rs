@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::TcContext,
 };
-use edge_common::{flow::TCP_SYN, PopConfig, IPPROTO_TCP};
+use edge_common::{flow::TCP_SYN, FlowKey, FlowValue, PopConfig, IPPROTO_TCP};
 use network_types::ip::Ipv6Hdr;
 
 use super::{candidate, flow_for, read_v4, scratch_key, Ports, V4Fields, ETH_LEN, V4_TCP, V6_TCP};
@@ -89,26 +89,8 @@ fn forward_v6(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool,
     let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, false)? else {
         return Ok(false);
     };
-    // FlowKey and FlowValue both start with the two addresses, then the two ports.
-    let old = key.cast::<u8>();
-    let new = flow.cast::<u8>();
-    let addrs = csum::diff_raw(old, ADDRS_LEN, new, ADDRS_LEN, 0);
-    // SAFETY: both structs are longer than 36 bytes.
-    let ports_diff = unsafe {
-        csum::diff_raw(
-            old.add(ADDRS_LEN as usize),
-            PORTS_LEN,
-            new.add(ADDRS_LEN as usize),
-            PORTS_LEN,
-            0,
-        )
-    };
-    update_checksum(ctx, addrs, ports_diff)?;
-    write_addresses_and_ports(ctx, flow)?;
-    if tcp_flags & TCP_SYN != 0 {
-        tcp::clamp_mss(ctx, V6_TCP, config.mss_clamp);
-    }
-    Ok(true)
+    let addrs = csum::diff_raw(key.cast(), ADDRS_LEN, flow.cast(), ADDRS_LEN, 0);
+    finish(ctx, config, key, flow, addrs, tcp_flags)
 }
 
 /// Turns an IPv4 packet into the IPv6 one of its flow (NAT46). False: no flow and not a SYN.
@@ -132,16 +114,6 @@ fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool,
     // The pseudo-header's length and protocol words sum the same for IPv4 and IPv6 (RFC 8200
     // section 8.1): only the addresses change it.
     let addrs = csum::diff_raw(old.as_ptr().cast(), 8, flow.cast::<u8>(), ADDRS_LEN, 0);
-    // SAFETY: both structs are longer than 36 bytes.
-    let ports_diff = unsafe {
-        csum::diff_raw(
-            key.cast::<u8>().add(ADDRS_LEN as usize),
-            PORTS_LEN,
-            flow.cast::<u8>().add(ADDRS_LEN as usize),
-            PORTS_LEN,
-            0,
-        )
-    };
     ctx.change_proto(ETH_P_IPV6.to_be(), 0)
         .map_err(|_| Drop::ResizeFailed)?;
     let Some(frame) = ptr_at::<_, [u8; V6_TCP]>(ctx, 0) else {
@@ -157,7 +129,37 @@ fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool,
         (*ip).next_hdr = IPPROTO_TCP;
         (*ip).hop_limit = ttl;
     }
-    update_checksum(ctx, addrs, ports_diff)?;
+    finish(ctx, config, key, flow, addrs, tcp_flags)
+}
+
+/// The rest of both rewrites, on the IPv6 packet: the address change `addrs` (pseudo-header)
+/// and the port change (segment) applied to the TCP checksum, the flow's addresses and ports
+/// written, a SYN's MSS clamped.
+#[inline(always)]
+fn finish(
+    ctx: &TcContext,
+    config: &PopConfig,
+    key: *mut FlowKey,
+    flow: *mut FlowValue,
+    addrs: u32,
+    tcp_flags: u8,
+) -> Result<bool, Drop> {
+    // FlowKey and FlowValue both start with the two addresses, then the two ports.
+    // SAFETY: both structs are longer than 36 bytes.
+    let ports = unsafe {
+        csum::diff_raw(
+            key.cast::<u8>().add(ADDRS_LEN as usize),
+            PORTS_LEN,
+            flow.cast::<u8>().add(ADDRS_LEN as usize),
+            PORTS_LEN,
+            0,
+        )
+    };
+    let check = V6_TCP + 16;
+    ctx.l4_csum_replace(check, 0, u64::from(addrs), BPF_F_PSEUDO_HDR)
+        .map_err(|_| Drop::ResizeFailed)?;
+    ctx.l4_csum_replace(check, 0, u64::from(ports), 0)
+        .map_err(|_| Drop::ResizeFailed)?;
     write_addresses_and_ports(ctx, flow)?;
     if tcp_flags & TCP_SYN != 0 {
         tcp::clamp_mss(ctx, V6_TCP, config.mss_clamp);
@@ -165,23 +167,9 @@ fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool,
     Ok(true)
 }
 
-/// Applies the address change (pseudo-header) and the port change (segment) to the TCP
-/// checksum of the IPv6 packet.
-#[inline(always)]
-fn update_checksum(ctx: &TcContext, addrs: u32, ports: u32) -> Result<(), Drop> {
-    let check = V6_TCP + 16;
-    ctx.l4_csum_replace(check, 0, u64::from(addrs), BPF_F_PSEUDO_HDR)
-        .map_err(|_| Drop::ResizeFailed)?;
-    ctx.l4_csum_replace(check, 0, u64::from(ports), 0)
-        .map_err(|_| Drop::ResizeFailed)
-}
-
 /// Writes the flow's new addresses and ports into the IPv6 packet.
 #[inline(always)]
-fn write_addresses_and_ports(
-    ctx: &TcContext,
-    flow: *mut edge_common::FlowValue,
-) -> Result<(), Drop> {
+fn write_addresses_and_ports(ctx: &TcContext, flow: *mut FlowValue) -> Result<(), Drop> {
     // Looked up again: the checksum helpers may have moved the packet.
     let Some(frame) = ptr_at::<_, [u8; V6_TCP + 4]>(ctx, 0) else {
         return Err(Drop::ResizeFailed);
