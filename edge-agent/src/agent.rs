@@ -429,8 +429,12 @@ impl Agent {
                 );
             }
         }
+        // What `edge-agent status` reports as attached, whichever hook it is in.
         let attached = self.config.iface.as_deref().is_some_and(|iface| {
-            (self.pins.xdp_link(iface).exists() || self.pins.tc_forward_link(iface).exists())
+            self.pins
+                .attached_ifaces()
+                .iter()
+                .any(|(on, _)| on == iface)
                 && netdev::ifindex(iface).is_some()
         });
         let inputs = crate::bgp::routes::Inputs {

@@ -175,9 +175,9 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         tcp::clamp_mss(ctx, out_tcp, config.mss_clamp);
     }
     if L2 == 0 {
-        // An L3 overlay (WireGuard, TUN) delivers no link-layer header, and the kernel's
-        // redirect_neigh drops a packet without one: it strips that header before writing the
-        // next hop's. 14 blank bytes in front satisfy it.
+        // An L3 overlay (WireGuard, TUN) delivers no link-layer header. Both ways out need
+        // one: the next hop's is written into these 14 bytes, and the kernel's redirect_neigh
+        // drops a packet without one (it strips that header before writing the next hop's).
         // SAFETY: the context's skb, valid for this run; packet pointers are not used after.
         let rc = unsafe { bpf_skb_change_head(ctx.as_ptr().cast(), 14, 0) };
         if rc != 0 {
