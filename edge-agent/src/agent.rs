@@ -440,7 +440,7 @@ impl Agent {
         let inputs = crate::bgp::routes::Inputs {
             servable,
             attached,
-            draining_since: crate::bgp::drain::since(&self.pins),
+            draining_for: crate::bgp::drain::draining_for(&self.pins),
             shutting_down,
         };
         speaker.update(&vips, &inputs);

@@ -120,9 +120,7 @@ impl Speaker {
 
     /// Recomputes the routes; the sessions send what changed at once.
     pub fn update(&mut self, vips: &BTreeSet<IpAddr>, inputs: &Inputs) {
-        let (rib, states) =
-            self.announcer
-                .routes(vips, inputs, Instant::now(), crate::model::unix_now());
+        let (rib, states) = self.announcer.routes(vips, inputs, Instant::now());
         for s in &states {
             let before = self.vips.iter().find(|v| v.vip == s.vip);
             if before.is_none_or(|b| b.announced != s.announced) {

@@ -21,8 +21,8 @@ pub struct Inputs {
     pub servable: BTreeSet<IpAddr>,
     /// Whether the XDP program is attached: without it nothing here can serve.
     pub attached: bool,
-    /// Since when (unix seconds) an operator has been draining this POP.
-    pub draining_since: Option<i64>,
+    /// How long an operator has been draining this POP.
+    pub draining_for: Option<Duration>,
     pub shutting_down: bool,
 }
 
@@ -80,11 +80,8 @@ impl Announcer {
         vips: &BTreeSet<IpAddr>,
         inputs: &Inputs,
         now: Instant,
-        now_unix: i64,
     ) -> (Rib, Vec<VipState>) {
-        let drain_elapsed = inputs
-            .draining_since
-            .map(|since| Duration::from_secs(u64::try_from(now_unix - since).unwrap_or(0)));
+        let drain_elapsed = inputs.draining_for;
         let mut attrs = self.base.clone();
         if drain_elapsed.is_some() {
             attrs.communities.push(GRACEFUL_SHUTDOWN);
@@ -174,23 +171,23 @@ mod tests {
             ..Inputs::default()
         };
         let t0 = Instant::now();
-        let (rib, _) = a.routes(&vips, &inputs, t0, 0);
+        let (rib, _) = a.routes(&vips, &inputs, t0);
         assert_eq!(rib.len(), 2);
         assert_eq!(
             rib[&"203.0.113.10/32".parse::<IpNet>()?].communities,
             vec![(65001, 10)]
         );
         inputs.servable.remove(&vip("203.0.113.10"));
-        let (rib, states) = a.routes(&vips, &inputs, t0 + Duration::from_millis(10), 0);
+        let (rib, states) = a.routes(&vips, &inputs, t0 + Duration::from_millis(10));
         assert_eq!(rib.len(), 1, "withdrawn at once");
         assert_eq!(states[0].reason, "no eligible backend");
         inputs.servable.insert(vip("203.0.113.10"));
-        let (rib, states) = a.routes(&vips, &inputs, t0 + Duration::from_millis(20), 0);
+        let (rib, states) = a.routes(&vips, &inputs, t0 + Duration::from_millis(20));
         assert_eq!(rib.len(), 1, "held down");
         assert!(states
             .iter()
             .any(|s| s.reason == "hold-down after a withdraw"));
-        let (rib, _) = a.routes(&vips, &inputs, t0 + Duration::from_millis(2_030), 0);
+        let (rib, _) = a.routes(&vips, &inputs, t0 + Duration::from_millis(2_030));
         assert_eq!(rib.len(), 2, "back after the hold-down");
         Ok(())
     }
@@ -208,32 +205,33 @@ mod tests {
         let mut inputs = Inputs {
             servable: vips.clone(),
             attached: true,
-            draining_since: Some(100),
+            draining_for: Some(Duration::from_secs(5)),
             shutting_down: false,
         };
         let now = Instant::now();
-        let (rib, _) = a.routes(&vips, &inputs, now, 105);
+        let (rib, _) = a.routes(&vips, &inputs, now);
         assert_eq!(rib.len(), 1, "one aggregate for both VIPs");
         let attrs = &rib[&"203.0.113.0/24".parse::<IpNet>()?];
         assert_eq!(attrs.communities, vec![GRACEFUL_SHUTDOWN]);
         assert_eq!(attrs.prepend, 2);
+        inputs.draining_for = Some(Duration::from_secs(10));
         assert!(
-            a.routes(&vips, &inputs, now, 110).0.is_empty(),
+            a.routes(&vips, &inputs, now).0.is_empty(),
             "withdrawn after the delay"
         );
-        inputs.draining_since = None;
+        inputs.draining_for = None;
         assert_eq!(
-            a.routes(&vips, &inputs, now, 111).0.len(),
+            a.routes(&vips, &inputs, now).0.len(),
             1,
             "undrain is immediate"
         );
         inputs.attached = false;
-        let (rib, states) = a.routes(&vips, &inputs, now, 111);
+        let (rib, states) = a.routes(&vips, &inputs, now);
         assert!(rib.is_empty());
         assert_eq!(states[0].reason, "the data plane is not attached");
         inputs.attached = true;
         inputs.shutting_down = true;
-        assert!(a.routes(&vips, &inputs, now, 111).0.is_empty());
+        assert!(a.routes(&vips, &inputs, now).0.is_empty());
         Ok(())
     }
 }
