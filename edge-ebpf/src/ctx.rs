@@ -72,3 +72,22 @@ pub fn ptr_at<C: Packet, T>(ctx: &C, offset: usize) -> Option<*mut T> {
     }
     Some((start + offset) as *mut T)
 }
+
+/// The hash the kernel has for the packet's flow (0: none yet), without computing one.
+#[inline(always)]
+pub fn flow_hash(ctx: &TcContext) -> u32 {
+    // SAFETY: the context's skb, valid for this run.
+    unsafe { (*ctx.skb.skb).hash }
+}
+
+/// Gives a translated packet back the flow hash it arrived with. Translating clears it, and
+/// RPS on the next device would hash the new headers and steer the flow to another CPU than the
+/// one its other hops use: an inter-processor interrupt per packet that plain routing, where
+/// the hash the sending socket set travels with the packet, does not pay.
+#[inline(always)]
+pub fn keep_flow_hash(ctx: &TcContext, hash: u32) {
+    if hash != 0 {
+        // SAFETY: the context's skb, valid for this run.
+        unsafe { aya_ebpf::helpers::bpf_set_hash(ctx.skb.skb.cast(), hash) };
+    }
+}

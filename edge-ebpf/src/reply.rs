@@ -63,6 +63,7 @@ pub fn reply(ctx: &TcContext) -> Result<i32, Drop> {
 
 #[inline(always)]
 fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop> {
+    let hash = crate::ctx::flow_hash(ctx);
     let l2 = L2;
     let tcp_off = l2 + Ipv6Hdr::LEN;
     let (Some(ip), Some(hdr)) = (
@@ -184,6 +185,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
             return Err(Drop::ResizeFailed);
         }
     }
+    crate::ctx::keep_flow_hash(ctx, hash);
     let v4 = flags & FLOW_V4_CLIENT != 0;
     let (ip_header, ether_type) = if v4 { (20, ETH_P_IP) } else { (40, ETH_P_IPV6) };
     // SAFETY: the entry is valid for this run; its addresses are the packet's new ones.

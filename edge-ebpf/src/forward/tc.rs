@@ -51,6 +51,7 @@ fn translate(ctx: &TcContext, packet: &parse::Packet, frame_len: usize) -> Resul
     let Some(matched) = candidate(ctx, packet)? else {
         return Ok(TC_ACT_OK);
     };
+    let hash = crate::ctx::flow_hash(ctx);
     let translated = if matched.v4 {
         forward_v4(ctx, matched.config, frame_len)?
     } else {
@@ -59,6 +60,7 @@ fn translate(ctx: &TcContext, packet: &parse::Packet, frame_len: usize) -> Resul
     if !translated {
         return Ok(TC_ACT_OK);
     }
+    crate::ctx::keep_flow_hash(ctx, hash);
     redirect(ctx, matched.config)
 }
 
