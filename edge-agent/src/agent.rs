@@ -516,10 +516,13 @@ impl Agent {
             .ebpf
             .map_mut(names::FLOWS)
             .context("FLOWS map missing")?;
-        let mut table: aya::maps::HashMap<_, FlowKey, FlowValue> =
-            aya::maps::HashMap::try_from(map)?;
-        let (report, _) =
-            flows::sweep(&mut table, &self.config.flows, flows::monotonic_ns(), true)?;
+        let table: aya::maps::HashMap<_, FlowKey, FlowValue> = aya::maps::HashMap::try_from(map)?;
+        let (report, _) = flows::sweep(
+            &table,
+            &self.config.flows,
+            flows::monotonic_ns(),
+            flows::Sweep::Expire,
+        )?;
         let drain_timeout = Duration::from_secs(self.config.flows.drain_timeout_secs);
         if !drain_timeout.is_zero() {
             let over: std::collections::HashSet<u32> = b
@@ -536,7 +539,7 @@ impl Agent {
                 .map(|(id, _)| id)
                 .collect();
             if !over.is_empty() {
-                let ended = flows::remove_backend_flows(&mut table, &over)?;
+                let ended = flows::remove_backend_flows(&table, &over)?;
                 if ended > 0 {
                     info!(
                         entries = ended,
@@ -878,8 +881,8 @@ impl Agent {
             .ebpf
             .map_mut(names::AFFINITY)
             .context("AFFINITY map missing")?;
-        let mut bindings = aya::maps::HashMap::try_from(map)?;
-        let expired = flows::expire_bindings(&mut bindings, ttl, flows::monotonic_ns())?;
+        let bindings = aya::maps::HashMap::try_from(map)?;
+        let expired = flows::expire_bindings(&bindings, ttl, flows::monotonic_ns())?;
         debug!(expired, "client bindings swept");
         Ok(())
     }

@@ -253,11 +253,16 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
     if let Map::LruHashMap(data) = &flows_map {
         report.flow_capacity = data.info().map(|i| i.max_entries()).unwrap_or(0);
     }
-    let mut flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
+    let flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
         HashMap::try_from(flows_map).map_err(shape(names::FLOWS))?;
     let config = crate::config::FlowConfig::default();
-    let (sweep, _) = crate::flows::sweep(&mut flows, &config, crate::flows::monotonic_ns(), false)
-        .map_err(|source| CountersError::Read { index: 0, source })?;
+    let (sweep, _) = crate::flows::sweep(
+        &flows,
+        &config,
+        crate::flows::monotonic_ns(),
+        crate::flows::Sweep::Count,
+    )
+    .map_err(|source| CountersError::Read { index: 0, source })?;
     report.flow_entries = sweep.entries;
     for entry in services.iter() {
         let Ok((key, value)) = entry else { continue };

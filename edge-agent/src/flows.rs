@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError};
 use edge_common::{
     flow::{FLOW_REVERSE, TCP_FIN, TCP_RST, TCP_SYN},
     is_ipv4_mapped, FlowKey, FlowValue,
@@ -146,23 +146,31 @@ pub struct SweepReport {
     pub by_state: BTreeMap<String, u64>,
 }
 
-/// Reads every entry; with `expire`, removes the ones past their state's timeout.
-pub fn sweep<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
-    flows: &mut BpfHashMap<T, FlowKey, FlowValue>,
+/// What a sweep does beside counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sweep {
+    /// Count only (status, metrics).
+    Count,
+    /// Count and remove the entries past their state's timeout (the agent's sweeper).
+    Expire,
+    /// Count and list every connection (`edge-agent flows`).
+    List,
+}
+
+/// Reads every entry; see `Sweep` for what else it does.
+pub fn sweep<T: Borrow<MapData>>(
+    flows: &BpfHashMap<T, FlowKey, FlowValue>,
     config: &FlowConfig,
     now_ns: u64,
-    expire: bool,
+    mode: Sweep,
 ) -> Result<(SweepReport, Vec<Flow>), MapError> {
-    let mut entries: Vec<(FlowKey, FlowValue)> = Vec::new();
-    for entry in flows.iter() {
-        match entry {
-            Ok(kv) => entries.push(kv),
-            // An entry evicted or removed between get_next_key and lookup: skip it.
-            Err(MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    let by_key: std::collections::HashMap<FlowKey, FlowValue> = entries.iter().copied().collect();
+    let map = flows.map();
+    let entries: Vec<(FlowKey, FlowValue)> = crate::map_batch::entries(map)?;
+    // foldhash (randomly seeded) rather than SipHash: a sweep of a few hundred thousand
+    // entries spent most of its own time hashing them.
+    let by_key: foldhash::HashMap<FlowKey, FlowValue> = entries.iter().copied().collect();
+    // Named once per state, not once per connection.
+    let mut by_state: BTreeMap<TcpState, u64> = BTreeMap::new();
     let mut report = SweepReport {
         entries: entries.len() as u64,
         ..SweepReport::default()
@@ -189,7 +197,7 @@ pub fn sweep<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
             p.last_seen_ns.max(value.last_seen_ns)
         });
         let idle = Duration::from_nanos(now_ns.saturating_sub(last));
-        *report.by_state.entry(format!("{state:?}")).or_default() += 1;
+        *by_state.entry(state).or_default() += 1;
         if idle > state.timeout(config) {
             doomed.push(*key);
             if partner.is_some() {
@@ -202,6 +210,9 @@ pub fn sweep<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
                 .active_per_backend
                 .entry(value.backend_id)
                 .or_default() += 1;
+        }
+        if mode != Sweep::List {
+            continue;
         }
         listing.push(Flow {
             client: endpoint(&key.src, key.sport),
@@ -219,59 +230,41 @@ pub fn sweep<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
             bytes_out: partner.map_or(0, |p| p.bytes),
         });
     }
-    if expire {
-        for key in &doomed {
-            match flows.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => report.expired += 1,
-                Err(e) => return Err(e),
-            }
-        }
+    report.by_state = by_state
+        .into_iter()
+        .map(|(state, n)| (format!("{state:?}"), n))
+        .collect();
+    if mode == Sweep::Expire {
+        // Keys another path removed meanwhile are counted as expired too: they are gone.
+        crate::map_batch::delete(map, &doomed)?;
+        report.expired = doomed.len() as u64;
     }
     Ok((report, listing))
 }
 
 /// Removes every connection to one of `backends` (both directions): what a drain timeout does.
 /// Their next packets find no flow and the POP's kernel resets them.
-pub fn remove_backend_flows<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
-    flows: &mut BpfHashMap<T, FlowKey, FlowValue>,
+pub fn remove_backend_flows<T: Borrow<MapData>>(
+    flows: &BpfHashMap<T, FlowKey, FlowValue>,
     backends: &std::collections::HashSet<u32>,
 ) -> Result<u64, MapError> {
-    let doomed: Vec<FlowKey> = flows
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| backends.contains(&v.backend_id))
-        .map(|(k, _)| k)
-        .collect();
-    for key in &doomed {
-        match flows.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(doomed.len() as u64)
+    crate::map_batch::delete_where::<FlowKey, FlowValue>(flows.map(), |v| {
+        backends.contains(&v.backend_id)
+    })
 }
 
 /// Removes client bindings unused for longer than `ttl` (v1 swept its bindings every 60 s). The
 /// kernel already ignores them; this frees their slots before the LRU has to.
-pub fn expire_bindings<T: Borrow<MapData> + std::borrow::BorrowMut<MapData>>(
-    bindings: &mut BpfHashMap<T, edge_common::geo::AffinityKey, edge_common::geo::AffinityValue>,
+pub fn expire_bindings<T: Borrow<MapData>>(
+    bindings: &BpfHashMap<T, edge_common::geo::AffinityKey, edge_common::geo::AffinityValue>,
     ttl: Duration,
     now_ns: u64,
 ) -> Result<u64, MapError> {
     let ttl_ns = ttl.as_nanos().min(u128::from(u64::MAX)) as u64;
-    let stale: Vec<_> = bindings
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| now_ns.saturating_sub(v.last_used_ns) >= ttl_ns)
-        .map(|(k, _)| k)
-        .collect();
-    for key in &stale {
-        match bindings.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(stale.len() as u64)
+    crate::map_batch::delete_where::<edge_common::geo::AffinityKey, edge_common::geo::AffinityValue>(
+        bindings.map(),
+        |v| now_ns.saturating_sub(v.last_used_ns) >= ttl_ns,
+    )
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod geo_maps;
 pub mod health;
 pub mod http_client;
 pub mod maglev;
+pub mod map_batch;
 pub mod metrics;
 pub mod model;
 pub mod netdev;

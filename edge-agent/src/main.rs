@@ -583,10 +583,14 @@ fn list_flows(
     let path = pins.map(names::FLOWS);
     let data = aya::maps::MapData::from_pin(&path)
         .with_context(|| format!("opening {}; is the data plane loaded?", path.display()))?;
-    let mut map: aya::maps::HashMap<_, FlowKey, FlowValue> =
+    let map: aya::maps::HashMap<_, FlowKey, FlowValue> =
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))?;
-    let (report, mut listing) =
-        flows::sweep(&mut map, &config.flows, flows::monotonic_ns(), false)?;
+    let (report, mut listing) = flows::sweep(
+        &map,
+        &config.flows,
+        flows::monotonic_ns(),
+        flows::Sweep::List,
+    )?;
     listing.sort_by(|a, b| a.idle_secs.total_cmp(&b.idle_secs));
     listing.truncate(limit);
     flows::classify(&mut listing, pins);

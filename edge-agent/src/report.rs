@@ -94,13 +94,13 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
             );
         }
     }
-    let mut flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
+    let flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
         HashMap::try_from(Map::LruHashMap(open(pins, names::FLOWS)?))?;
     let (sweep, _) = crate::flows::sweep(
-        &mut flows,
+        &flows,
         &config.flows,
         crate::flows::monotonic_ns(),
-        false,
+        crate::flows::Sweep::Count,
     )?;
 
     // Each service's distinct tables, the classes pointing at them, and their backend counts.

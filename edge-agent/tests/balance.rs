@@ -309,8 +309,8 @@ fn a_drain_timeout_ends_the_drained_backends_flows() -> TestResult {
         .map(|(_, v)| v.backend_id)
         .ok_or("no flow to a")?;
     let map = lb.ebpf.map_mut(names::FLOWS).ok_or("no FLOWS")?;
-    let mut flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
-    let removed = edge_agent::flows::remove_backend_flows(&mut flows, &[a_id].into())?;
+    let flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
+    let removed = edge_agent::flows::remove_backend_flows(&flows, &[a_id].into())?;
     assert_eq!(
         removed,
         2 * to_a,
@@ -329,7 +329,7 @@ fn expired_bindings_are_swept() -> TestResult {
     lb.apply(vec![backend("a", 1, 1)?, backend("b", 2, 1)?], &[])?;
     lb.spread(50, 8)?;
     let map = lb.ebpf.map_mut(names::AFFINITY).ok_or("no AFFINITY")?;
-    let mut bindings: BpfHashMap<
+    let bindings: BpfHashMap<
         &mut MapData,
         edge_common::geo::AffinityKey,
         edge_common::geo::AffinityValue,
@@ -337,13 +337,13 @@ fn expired_bindings_are_swept() -> TestResult {
     let now = edge_agent::flows::monotonic_ns();
     let ttl = Duration::from_secs(600);
     assert_eq!(
-        edge_agent::flows::expire_bindings(&mut bindings, ttl, now)?,
+        edge_agent::flows::expire_bindings(&bindings, ttl, now)?,
         0,
         "all fresh"
     );
     let later = now + 601 * 1_000_000_000;
     assert_eq!(
-        edge_agent::flows::expire_bindings(&mut bindings, ttl, later)?,
+        edge_agent::flows::expire_bindings(&bindings, ttl, later)?,
         50,
         "all past the TTL"
     );

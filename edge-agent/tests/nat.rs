@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray},
     Ebpf,
 };
 use edge_agent::{
@@ -14,6 +14,7 @@ use edge_agent::{
     counters,
     dataplane::{self, MapSizes},
     flows::{self, TcpState},
+    map_batch,
     services::{PopSettings, Reconciler},
     test_run::test_run,
 };
@@ -530,11 +531,12 @@ fn rst_closes_the_flow_and_the_sweeper_removes_it(hook: Hook) -> TestResult {
 
     let config = FlowConfig::default();
     let now = forward.1.last_seen_ns;
-    let (report, listing) = flows::sweep(&mut nat.flows()?, &config, now, true)?;
+    let (_, listing) = flows::sweep(&nat.flows()?, &config, now, flows::Sweep::List)?;
     assert_eq!(listing.first().map(|f| f.state), Some(TcpState::Closed));
+    let (report, _) = flows::sweep(&nat.flows()?, &config, now, flows::Sweep::Expire)?;
     assert_eq!(report.expired, 0, "a closed flow lingers for its timeout");
     let later = now + (config.closed_timeout_secs + 1) * 1_000_000_000;
-    let (report, _) = flows::sweep(&mut nat.flows()?, &config, later, true)?;
+    let (report, _) = flows::sweep(&nat.flows()?, &config, later, flows::Sweep::Expire)?;
     assert_eq!(report.expired, 2, "both directions removed");
     assert!(nat.entries()?.is_empty());
     Ok(())
@@ -654,6 +656,44 @@ fn with_a_snat_prefix_ipv4_clients_keep_their_address_and_port(hook: Hook) -> Te
     // IPv6 clients cannot be embedded in a /96: they still get a port of the overlay address.
     let (_, out) = nat.forward(&syn6(50001)?)?;
     assert_eq!(check(&out)?.src, OVERLAY.parse::<IpAddr>()?);
+    Ok(())
+}
+
+/// The sweeper reads and deletes in batches of a few thousand: a table several batches long is
+/// read whole, expired entries go, and keys already gone when their delete comes are skipped.
+#[test]
+fn the_sweeper_walks_and_expires_a_table_larger_than_one_batch() -> TestResult {
+    let mut nat = Nat::with_flows(Hook::Xdp, 32_768)?;
+    let config = FlowConfig::default();
+    let now = 1_000 * 1_000_000_000;
+    let idle = now - (config.closed_timeout_secs + 1) * 1_000_000_000;
+    // Never the all-zero key: that is the partner a zeroed value names.
+    let key = |i: u32| {
+        let mut key = FlowKey::default();
+        key.src[..4].copy_from_slice(&(i + 1).to_be_bytes());
+        key.proto = 6;
+        key
+    };
+    let mut flows = nat.flows()?;
+    // 10,000 reverse halves without their forward half (orphans): even ones fresh, odd ones
+    // idle past the closed timeout.
+    for i in 0..10_000u32 {
+        let value = FlowValue {
+            flags: FLOW_REVERSE,
+            last_seen_ns: if i % 2 == 0 { now } else { idle },
+            ..FlowValue::default()
+        };
+        flows.insert(key(i), value, 0)?;
+    }
+    let (report, _) = flows::sweep(&flows, &config, now, flows::Sweep::Count)?;
+    assert_eq!(report.entries, 10_000);
+    let deleted = map_batch::delete(flows.map(), &[key(1), key(3), key(1), key(4_097)])?;
+    assert_eq!(deleted, 3, "the repeated key was gone by its turn");
+    let (report, _) = flows::sweep(&flows, &config, now, flows::Sweep::Expire)?;
+    assert_eq!(report.entries, 9_997);
+    assert_eq!(report.expired, 4_997);
+    let (report, _) = flows::sweep(&flows, &config, now, flows::Sweep::Count)?;
+    assert_eq!(report.entries, 5_000, "only the fresh half is left");
     Ok(())
 }
 

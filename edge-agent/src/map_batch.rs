@@ -1,0 +1,146 @@
+//! Reading and deleting hash-map entries a few thousand per `bpf(2)` call
+//! (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`; aya has no wrapper for them). Walking a map
+//! key by key costs two system calls per entry: for a flow table of a few hundred thousand
+//! entries that is a CPU-second taken from the data plane at every sweep.
+
+use std::{
+    io,
+    mem::{size_of, MaybeUninit},
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{
+    maps::{MapData, MapError},
+    sys::SyscallError,
+    Pod,
+};
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Entries asked for per call.
+const CHUNK: usize = 4096;
+
+/// The batch part of `union bpf_attr` (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn failed(call: &'static str, io_error: io::Error) -> MapError {
+    MapError::SyscallError(SyscallError { call, io_error })
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix; the buffers it points at are the caller's and
+    // hold `count` keys (and values).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Every entry of a hash map (plain or LRU; not per-CPU). Entries added or removed during the
+/// walk may or may not be seen, as with a key-by-key walk.
+pub fn entries<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>, MapError> {
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    let mut out = Vec::new();
+    let mut chunk = CHUNK;
+    let mut keys: Vec<MaybeUninit<K>> = Vec::new();
+    let mut values: Vec<MaybeUninit<V>> = Vec::new();
+    // The kernel's position in the table (a bucket index): opaque, at most 8 bytes.
+    let (mut at, mut next) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        keys.resize_with(chunk, MaybeUninit::uninit);
+        values.resize_with(chunk, MaybeUninit::uninit);
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw const at as u64 },
+            out_batch: &raw mut next as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = (attr.count as usize).min(chunk);
+        for i in 0..got {
+            // SAFETY: the kernel wrote `got` keys and values.
+            out.push(unsafe { (keys[i].assume_init(), values[i].assume_init()) });
+        }
+        match result {
+            Ok(()) => {}
+            // The end of the table.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            // One bucket holds more entries than the buffer: retry it with a larger one.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
+                chunk *= 2;
+                continue;
+            }
+            Err(e) => return Err(failed("bpf_map_lookup_batch", e)),
+        }
+        at = next;
+        first = false;
+    }
+}
+
+/// Deletes `keys` from a hash map; keys already gone are skipped. Returns how many were
+/// deleted.
+pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<u64, MapError> {
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    let mut deleted = 0u64;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let n = rest.len().min(CHUNK);
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: n as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
+        let done = (attr.count as usize).min(n);
+        deleted += done as u64;
+        match result {
+            Ok(()) => rest = &rest[n..],
+            // The key after the deleted ones is gone already (evicted, or removed by the
+            // kernel's own path): skip it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => rest = &rest[(done + 1).min(n)..],
+            Err(e) => return Err(failed("bpf_map_delete_batch", e)),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes the entries whose value `doomed` picks; returns how many it picked (an entry gone
+/// before its turn counts: it is gone).
+pub fn delete_where<K: Pod, V: Pod>(
+    map: &MapData,
+    doomed: impl Fn(&V) -> bool,
+) -> Result<u64, MapError> {
+    let keys: Vec<K> = entries::<K, V>(map)?
+        .into_iter()
+        .filter(|(_, v)| doomed(v))
+        .map(|(k, _)| k)
+        .collect();
+    delete(map, &keys)?;
+    Ok(keys.len() as u64)
+}
