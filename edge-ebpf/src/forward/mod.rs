@@ -190,13 +190,13 @@ fn flow_for(
     .inspect_err(|&reason| debug_log::refused(key, service.service_id, reason))?;
     stats::service_packet(service.service_id, bytes, true);
     stats::backend_to(backend_id, bytes, true);
-    // Read back the entry just written, so that the rewrite works from map memory, not a copy
-    // on the 512-byte stack.
-    let Some(entry) = FLOWS.get_ptr_mut(key) else {
-        debug_log::refused(key, service.service_id, Drop::FlowInsert);
-        return Err(Drop::FlowInsert);
-    };
-    // SAFETY: the LRU entry stays valid for this program run.
+    // The rewrite works from the copy of the forward entry `new_flow` left in this CPU's
+    // scratch slot (map memory, not the 512-byte stack): reading the entry back from the flow
+    // table would cost a third hash lookup per SYN.
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Drop::FlowInsert)?;
+    // SAFETY: this CPU's scratch slot, written by `new_flow` in this run.
+    let entry = unsafe { &raw mut (*scratch).value };
+    // SAFETY: as above.
     debug_log::new_flow(key, unsafe { &*entry });
     Ok(Some(entry))
 }
