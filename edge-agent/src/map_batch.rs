@@ -35,6 +35,18 @@ struct BatchAttr {
     flags: u64,
 }
 
+impl BatchAttr {
+    /// A request about `count` entries of `map`, keys at `keys`.
+    fn new<K>(map: &MapData, keys: *const K, count: usize) -> Self {
+        Self {
+            keys: keys as u64,
+            count: count as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..Self::default()
+        }
+    }
+}
+
 fn failed(call: &'static str, io_error: io::Error) -> MapError {
     MapError::SyscallError(SyscallError { call, io_error })
 }
@@ -60,7 +72,6 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 /// Every entry of a hash map (plain or LRU; not per-CPU). Entries added or removed during the
 /// walk may or may not be seen, as with a key-by-key walk.
 pub fn entries<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>, MapError> {
-    let fd = map.fd().as_fd().as_raw_fd() as u32;
     let mut out = Vec::new();
     let mut chunk = CHUNK;
     let mut keys: Vec<MaybeUninit<K>> = Vec::new();
@@ -74,11 +85,8 @@ pub fn entries<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>, MapError> {
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &raw const at as u64 },
             out_batch: &raw mut next as u64,
-            keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd,
-            ..BatchAttr::default()
+            ..BatchAttr::new(map, keys.as_mut_ptr(), chunk)
         };
         let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let got = (attr.count as usize).min(chunk);
@@ -105,17 +113,11 @@ pub fn entries<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>, MapError> {
 /// Deletes `keys` from a hash map; keys already gone are skipped. Returns how many were
 /// deleted.
 pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<u64, MapError> {
-    let fd = map.fd().as_fd().as_raw_fd() as u32;
     let mut deleted = 0u64;
     let mut rest = keys;
     while !rest.is_empty() {
         let n = rest.len().min(CHUNK);
-        let mut attr = BatchAttr {
-            keys: rest.as_ptr() as u64,
-            count: n as u32,
-            map_fd: fd,
-            ..BatchAttr::default()
-        };
+        let mut attr = BatchAttr::new(map, rest.as_ptr(), n);
         let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
         let done = (attr.count as usize).min(n);
         deleted += done as u64;
