@@ -19,7 +19,7 @@ use edge_agent::{
     test_run::test_run,
 };
 use edge_common::{
-    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_RST},
+    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_FIN, TCP_RST, TCP_SYN},
     ipv4_mapped, names, DropStats, FlowKey, FlowValue,
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
@@ -542,6 +542,55 @@ fn rst_closes_the_flow_and_the_sweeper_removes_it(hook: Hook) -> TestResult {
     Ok(())
 }
 
+fn a_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    nat.forward(&syn4(42000, 80)?)?;
+    let mut fin = Vec::new();
+    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
+        .ipv4(CLIENT4, VIP4, 64)
+        .tcp(42000, 80, 1001, 65535)
+        .fin()
+        .ack(1)
+        .write(&mut fin, &[])?;
+    nat.forward(&fin)?;
+    let forward_of = |entries: &[(FlowKey, FlowValue)]| {
+        entries
+            .iter()
+            .find(|(_, v)| v.flags & FLOW_REVERSE == 0)
+            .map(|(_, v)| *v)
+            .ok_or("no forward entry")
+    };
+    let ended = forward_of(&nat.entries()?)?;
+    assert_ne!(ended.tcp_flags & TCP_FIN, 0);
+
+    // The client reuses its port: a new connection, not the old one's leftovers.
+    let (verdict, out) = nat.forward(&syn4(42000, 80)?)?;
+    assert_ne!(verdict, Verdict::Drop);
+    let seen = check(&out)?;
+    assert!(seen.syn && backends().contains(&seen.dst), "{seen:?}");
+    let entries = nat.entries()?;
+    assert_eq!(
+        entries.len(),
+        2,
+        "the old reply half was removed, not left beside the new one"
+    );
+    let fresh = forward_of(&entries)?;
+    assert_eq!(fresh.tcp_flags, TCP_SYN, "the new flow starts clean");
+    assert_eq!(fresh.packets, 1);
+    let reverse = entries
+        .iter()
+        .find(|(_, v)| v.flags & FLOW_REVERSE != 0)
+        .ok_or("no reply entry")?;
+    assert_eq!(reverse.0, fresh.partner_key());
+
+    // A retransmitted SYN of a live flow keeps it.
+    nat.forward(&syn4(42000, 80)?)?;
+    let again = forward_of(&nat.entries()?)?;
+    assert_eq!(again.packets, 2);
+    assert_eq!(again.created_ns, fresh.created_ns);
+    Ok(())
+}
+
 fn new_flows_are_admitted_when_the_flow_table_is_full(hook: Hook) -> TestResult {
     // 32 entries hold 16 connections; open 64: the least recently used are evicted.
     let mut nat = Nat::with_flows(hook, 32)?;
@@ -722,6 +771,7 @@ for_both_hooks!(
     traffic_that_is_not_for_a_service_passes_untouched,
     non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops,
     rst_closes_the_flow_and_the_sweeper_removes_it,
+    a_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow,
     new_flows_are_admitted_when_the_flow_table_is_full,
     source_ports_in_use_are_skipped_and_exhaustion_drops,
     with_a_snat_prefix_ipv4_clients_keep_their_address_and_port,

@@ -26,7 +26,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
 };
 use edge_common::{
-    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_SYN},
+    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     geo::{AffinityValue, GEO_CLASSES},
     hash::flow_hash,
     limits::PORT_TRIES,
@@ -154,6 +154,7 @@ fn flow_for(
     // SAFETY: no preconditions. The coarse clock (CLOCK_MONOTONIC_COARSE, jiffy resolution) is
     // plenty for idle timeouts and avoids a clocksource read per packet.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
         // SAFETY: an LRU entry stays valid for this program run; counter updates may race with
         // another CPU's, which only costs a count.
@@ -162,19 +163,27 @@ fn flow_for(
                 // A backend's 5-tuple arriving from the client side: not ours to translate.
                 return Ok(None);
             }
-            (*entry).tcp_flags |= tcp_flags;
-            (*entry).last_seen_ns = now;
-            (*entry).packets += 1;
-            (*entry).bytes += bytes as u64;
-            stats::service_packet((*entry).service_id, bytes, false);
-            stats::backend_to((*entry).backend_id, bytes, false);
+            if syn && (*entry).tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                // A new connection on the 5-tuple of one the client ended (a client reuses
+                // its port once its side is closed): a new flow, picked afresh. Kept, it
+                // would go to the old backend however that one is doing now, and inherit the
+                // closed state the sweeper expires in seconds.
+                end_flow(entry);
+            } else {
+                (*entry).tcp_flags |= tcp_flags;
+                (*entry).last_seen_ns = now;
+                (*entry).packets += 1;
+                (*entry).bytes += bytes as u64;
+                stats::service_packet((*entry).service_id, bytes, false);
+                stats::backend_to((*entry).backend_id, bytes, false);
+                return Ok(Some(entry));
+            }
         }
-        return Ok(Some(entry));
     }
     let Some(service) = service_of(key) else {
         return Ok(None);
     };
-    if tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+    if !syn {
         stats::no_flow();
         debug_log::no_flow(key, tcp_flags);
         return Ok(None);
@@ -199,6 +208,27 @@ fn flow_for(
     // SAFETY: as above.
     debug_log::new_flow(key, unsafe { &*entry });
     Ok(Some(entry))
+}
+
+/// Removes the reply half of the flow whose forward entry is `entry` (the forward one is
+/// overwritten by the new flow): its source address and port are free again for `new_flow`.
+#[inline(always)]
+unsafe fn end_flow(entry: *const FlowValue) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the caller's entry is valid for this run; the scratch slot is this CPU's, and
+    // `new_flow` rewrites its reverse key before using it.
+    unsafe {
+        let reverse = &raw mut (*scratch).reverse_key;
+        bytes::copy16(&raw mut (*reverse).src, &raw const (*entry).new_dst);
+        bytes::copy16(&raw mut (*reverse).dst, &raw const (*entry).new_src);
+        (*reverse).sport = (*entry).new_dport;
+        (*reverse).dport = (*entry).new_sport;
+        (*reverse).proto = IPPROTO_TCP;
+        bytes::zero3(&raw mut (*reverse)._pad);
+        let _ = FLOWS.remove(&*reverse);
+    }
 }
 
 /// `new_flow`'s result in one register: a backend id, or `FAILED | drop reason`.
