@@ -5,6 +5,7 @@ pub mod agent;
 pub mod balancer;
 pub mod bgp;
 pub mod bpf_log;
+pub mod bpf_syscall;
 pub mod bpffs;
 pub mod config;
 pub mod counters;

@@ -73,19 +73,9 @@ pub fn test_run(
         repeat: repeat.max(1),
         ..Default::default()
     };
-    // SAFETY: attr is a valid bpf_attr prefix; the in/out buffers outlive the call and their
-    // sizes are given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(TestRunError::Syscall(io::Error::last_os_error()));
-    }
+    // SAFETY: the in/out buffers outlive the call and their sizes are given.
+    unsafe { crate::bpf_syscall::bpf(BPF_PROG_TEST_RUN, &mut attr) }
+        .map_err(TestRunError::Syscall)?;
     out.truncate(attr.data_size_out as usize);
     Ok(TestRunOutput {
         retval: attr.retval,

@@ -1,7 +1,8 @@
 //! `edge-agent drain` and `undrain`: a marker file beside the agent's status file, holding the
 //! unix time in milliseconds the drain began (whole seconds would let a drain noticed a tick
-//! late look expired, and skip the graceful-shutdown announcement). A file (not a signal) so that a drain outlives an agent restart,
-//! and the CLI needs no connection to the agent. It lives under /run: a reboot undrains.
+//! late look expired, and skip the graceful-shutdown announcement). A file (not a signal) so
+//! that a drain outlives an agent restart, and the CLI needs no connection to the agent. It
+//! lives under /run: a reboot undrains.
 
 use std::{
     io,

@@ -212,6 +212,8 @@ fn flow_for(
 
 /// Removes the reply half of the flow whose forward entry is `entry` (the forward one is
 /// overwritten by the new flow): its source address and port are free again for `new_flow`.
+/// The key is `FlowValue::partner_key`, written word by word into the scratch slot: the struct
+/// that function returns would be copied with BPF's byte-loop `memcpy` (see `bytes`).
 #[inline(always)]
 unsafe fn end_flow(entry: *const FlowValue) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {

@@ -1,0 +1,20 @@
+//! The `bpf(2)` call itself, for the commands aya 0.14 has no wrapper for (`BPF_PROG_TEST_RUN`,
+//! the batch map operations).
+
+use std::{io, mem::size_of};
+
+/// Runs `bpf(cmd, attr, sizeof attr)`. `A` is the command's part of `union bpf_attr`, `repr(C)`;
+/// the kernel zero-extends it to its own size, so trailing fields may be left out.
+///
+/// # Safety
+/// Every pointer `attr` carries must be valid for what the command reads or writes there.
+pub unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
+    // SAFETY: `attr` is a live, writable value of its own size; the caller vouches for the
+    // buffers it points at.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
