@@ -199,8 +199,11 @@ fn each_check_kind_takes_its_backend_out_and_brings_it_back() -> TestResult {
         back >= Duration::from_millis(200),
         "two checks, not one: {back:?}"
     );
-    let (ok, _) = churn(&lab, 50, 1)?;
-    assert_eq!(ok, 50);
+    // It returns degraded (its failed checks are still in the window): a quarter of a healthy
+    // backend's weight, about 1 flow in 13 here. Fifty connections missed it about once in 55
+    // runs (seen in a full test run); two hundred, about once in ten million.
+    let (ok, _) = churn(&lab, 200, 1)?;
+    assert_eq!(ok, 200);
     assert!(
         kernel_backend(&lab, 1)?.1 > before,
         "be1 takes new flows again"
