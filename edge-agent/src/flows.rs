@@ -55,7 +55,7 @@ impl TcpState {
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the kernel programs stamp flows with
-/// (`bpf_ktime_get_coarse_ns`).
+/// (jiffies, scaled by `kernel_clock`'s calibration).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -16,6 +16,7 @@ pub mod geo;
 pub mod geo_maps;
 pub mod health;
 pub mod http_client;
+pub mod kernel_clock;
 pub mod maglev;
 pub mod map_batch;
 pub mod metrics;

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     balancer::{Member, Plan},
+    kernel_clock::{self, KernelClock},
     maglev,
 };
 
@@ -47,6 +48,8 @@ pub enum ServicesError {
     },
     #[error("Maglev table: {0}")]
     Maglev(#[from] maglev::MaglevError),
+    #[error("data-plane clock: {0}")]
+    Clock(#[from] kernel_clock::ClockError),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ServicesError {
@@ -106,6 +109,8 @@ pub struct Reconciler {
     free: BTreeSet<u32>,
     /// Backend ids each service's tables hold, to drop bindings to backends that left it.
     members: HashMap<u32, BTreeSet<u32>>,
+    /// How the kernel programs read the time (written into `PopConfig`).
+    clock: KernelClock,
 }
 
 pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
@@ -174,6 +179,7 @@ impl Reconciler {
                 pointers.insert(index, ring);
             }
         }
+        let clock = kernel_clock::calibrate(ebpf)?;
         let now = Instant::now();
         let retiring = in_use.iter().map(|&r| (r, now)).collect();
         let free = (0..rings).filter(|r| !in_use.contains(r)).collect();
@@ -196,6 +202,7 @@ impl Reconciler {
             retiring,
             free,
             members: HashMap::new(),
+            clock,
         })
     }
 
@@ -333,7 +340,7 @@ impl Reconciler {
                 } else {
                     0
                 },
-            _pad2: 0,
+            ns_per_jiffy: self.clock.ns_per_jiffy,
             affinity_ttl_ns: pop.affinity_ttl.as_nanos().min(u128::from(u64::MAX)) as u64,
             snat_prefix: pop.snat_prefix.map_or([0; 12], |p| {
                 let o = p.network().octets();
@@ -342,6 +349,7 @@ impl Reconciler {
                 ]
             }),
             _pad3: [0; 4],
+            clock_offset_ns: self.clock.offset_ns,
         };
         array::<PopConfig>(ebpf, names::POP_CONFIG)?
             .set(0, config, 0)

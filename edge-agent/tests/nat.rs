@@ -2,7 +2,10 @@
 //! by the agent's own reconciler, each input frame must produce exactly the expected output frame,
 //! checked with `etherparse` (headers and checksums). Needs root, as `cargo xtask test` runs.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
 
 use aya::{
     maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray},
@@ -140,7 +143,7 @@ impl Nat {
             port_max: 32_767,
             public_ifindex: 1,
             overlay_l2_len: 14,
-            affinity_ttl: std::time::Duration::ZERO,
+            affinity_ttl: Duration::ZERO,
             snat_prefix,
         };
         let config = AgentConfig {
@@ -591,6 +594,55 @@ fn a_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow(hook: Hook) -> TestResu
     Ok(())
 }
 
+/// The programs stamp flows with jiffies scaled by the agent's calibration (`kernel_clock`):
+/// the stamps must read as the agent's own clock, or the sweeper would expire flows early or
+/// never.
+fn flows_are_stamped_in_the_agents_clock(hook: Hook) -> TestResult {
+    // Two ticks at the slowest kernel tick rate (100 Hz) and a little more.
+    let slack = 25_000_000;
+    let mut nat = Nat::new(hook)?;
+    let before = flows::monotonic_ns();
+    let (_, out) = nat.forward(&syn4(40002, 80)?)?;
+    let syn = check(&out)?;
+    std::thread::sleep(Duration::from_millis(60));
+    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
+        return Err("expected IPv6".into());
+    };
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+        .ipv6(backend.octets(), overlay.octets(), 64)
+        .tcp(8080, syn.sport, 9000, 65000)
+        .syn()
+        .ack(1001)
+        .write(&mut reply, &[])?;
+    nat.tc(&reply)?;
+    let after = flows::monotonic_ns();
+    let entries = nat.entries()?;
+    let forward = entries
+        .iter()
+        .find(|(_, v)| v.flags & FLOW_REVERSE == 0)
+        .ok_or("no forward entry")?
+        .1;
+    let reverse = entries
+        .iter()
+        .find(|(_, v)| v.flags & FLOW_REVERSE != 0)
+        .ok_or("no reply entry")?
+        .1;
+    let within = |ns: u64| ns + slack >= before && ns <= after + slack;
+    assert!(
+        within(forward.created_ns) && within(reverse.last_seen_ns),
+        "stamps {} and {} outside [{before}, {after}]",
+        forward.created_ns,
+        reverse.last_seen_ns
+    );
+    let gap = reverse.last_seen_ns.saturating_sub(forward.last_seen_ns);
+    assert!(
+        (60_000_000 - slack..=after - before + slack).contains(&gap),
+        "the reply came 60 ms after the SYN, the stamps say {gap} ns"
+    );
+    Ok(())
+}
+
 fn new_flows_are_admitted_when_the_flow_table_is_full(hook: Hook) -> TestResult {
     // 32 entries hold 16 connections; open 64: the least recently used are evicted.
     let mut nat = Nat::with_flows(hook, 32)?;
@@ -772,6 +824,7 @@ for_both_hooks!(
     non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops,
     rst_closes_the_flow_and_the_sweeper_removes_it,
     a_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow,
+    flows_are_stamped_in_the_agents_clock,
     new_flows_are_admitted_when_the_flow_table_is_full,
     source_ports_in_use_are_skipped_and_exhaustion_drops,
     with_a_snat_prefix_ipv4_clients_keep_their_address_and_port,

@@ -45,7 +45,8 @@ pub struct FlowValue {
     /// OR of the TCP flags seen in this direction.
     pub tcp_flags: u8,
     pub _pad: [u8; 2],
-    /// `bpf_ktime_get_ns` at creation and at the last packet (CLOCK_MONOTONIC).
+    /// CLOCK_MONOTONIC_COARSE nanoseconds at creation and at the last packet, to within a
+    /// kernel tick (the kernel programs scale jiffies; see `PopConfig::ns_per_jiffy`).
     pub created_ns: u64,
     pub last_seen_ns: u64,
     pub packets: u64,

@@ -27,6 +27,8 @@ pub mod names {
     pub const XDP_INGRESS: &str = "edge_xdp";
     /// A program that parses like `edge_xdp` and passes: the benchmarks' baseline.
     pub const XDP_BASELINE: &str = "edge_xdp_baseline";
+    /// The clock calibration program (`kernel_clock`).
+    pub const XDP_CLOCK: &str = "edge_clock";
     /// The TC ingress program on the public interface: `edge_xdp`'s translation where the TC
     /// hook is the cheaper one (veth).
     pub const TC_FORWARD: &str = "edge_tc_forward";

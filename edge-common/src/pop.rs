@@ -19,7 +19,9 @@ pub struct PopConfig {
     pub public_ifindex: u32,
     /// `POP_*` bits.
     pub flags: u32,
-    pub _pad2: u32,
+    /// The kernel's tick length: with `clock_offset_ns`, turns `bpf_jiffies64` into
+    /// CLOCK_MONOTONIC_COARSE nanoseconds (measured by the agent, `kernel_clock`).
+    pub ns_per_jiffy: u32,
     /// How long an unused client binding lasts (v1: 600 s).
     pub affinity_ttl_ns: u64,
     /// With `POP_SNAT96`: the /96 whose low 32 bits take an IPv4 client's address as the source
@@ -28,6 +30,8 @@ pub struct PopConfig {
     /// read the client's address from the connection.
     pub snat_prefix: [u8; 12],
     pub _pad3: [u8; 4],
+    /// CLOCK_MONOTONIC_COARSE nanoseconds at jiffy 0 (wrapping).
+    pub clock_offset_ns: u64,
 }
 
 /// Set once the agent has written a complete configuration; until then nothing is translated.

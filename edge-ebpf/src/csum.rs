@@ -1,7 +1,5 @@
 //! Internet checksum arithmetic (RFC 1071, incremental updates per RFC 1624).
 
-use aya_ebpf::helpers::bpf_csum_diff;
-
 /// Folds a 32-bit one's-complement sum to 16 bits.
 #[inline(always)]
 pub fn fold(mut sum: u64) -> u16 {
@@ -11,12 +9,29 @@ pub fn fold(mut sum: u64) -> u16 {
     sum as u16
 }
 
-/// `bpf_csum_diff` over `from_len` bytes at `from` replaced by `to_len` bytes at `to` (lengths
-/// multiples of 4; the pointers may be stack, map value or packet memory), added to `seed`.
+/// What `bpf_csum_diff` returns for `from_len` bytes at `from` replaced by `to_len` bytes at
+/// `to`, added to `seed`: a 32-bit one's-complement sum (RFC 1624, eqn. 3). Computed here
+/// rather than by the helper, whose call and scratch-buffer copy cost about 20 ns per packet
+/// (`BPF_PROG_TEST_RUN` on the development machine). Lengths are multiples of 4 and constant
+/// at every call site, so the loops unroll; the pointers are 4-byte aligned stack or map
+/// memory.
 #[inline(always)]
 pub fn diff_raw(from: *const u8, from_len: u32, to: *const u8, to_len: u32, seed: u32) -> u32 {
-    // SAFETY: the callers pass pointers to at least the given number of readable bytes.
-    unsafe { bpf_csum_diff(from as *mut u32, from_len, to as *mut u32, to_len, seed) as u32 }
+    let (from, to) = (from.cast::<u32>(), to.cast::<u32>());
+    let mut sum = u64::from(seed);
+    // SAFETY: the callers pass aligned pointers to at least the given number of bytes.
+    unsafe {
+        for i in 0..(from_len / 4) as usize {
+            sum += u64::from(!from.add(i).read());
+        }
+        for i in 0..(to_len / 4) as usize {
+            sum += u64::from(to.add(i).read());
+        }
+    }
+    // At most 19 words: two folds bring any such sum into 32 bits.
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum as u32
 }
 
 /// The checksum `check` becomes when `len` bytes at `from` are replaced by those at `to`.

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod bytes;
+mod clock;
 mod csum;
 mod ctx;
 mod debug_log;
@@ -61,6 +62,22 @@ pub fn edge_xdp_baseline(ctx: XdpContext) -> u32 {
     let frame_len = ctx.data_end() - ctx.data();
     let packet = parse::classify(&ctx);
     stats::count(packet.l3, packet.l4, xdp_action::XDP_PASS, frame_len);
+    xdp_action::XDP_PASS
+}
+
+/// The agent's clock calibration (`kernel_clock`): the jiffies and CLOCK_MONOTONIC_COARSE
+/// nanoseconds of one instant, written over the first 16 bytes of a test-run frame.
+#[xdp]
+pub fn edge_clock(ctx: XdpContext) -> u32 {
+    if let Some(frame) = ctx::ptr_at::<_, [u64; 2]>(&ctx, 0) {
+        // SAFETY: bounds-checked; no preconditions for the clocks.
+        unsafe {
+            *frame = [
+                aya_ebpf::helpers::bpf_jiffies64(),
+                aya_ebpf::helpers::bpf_ktime_get_coarse_ns(),
+            ];
+        }
+    }
     xdp_action::XDP_PASS
 }
 

@@ -5,12 +5,8 @@
 //! the same next hop in that time; a changed route or neighbour is seen at most that late.
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup as FibParams,
-    btf_maps::PerCpuArray,
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
-    macros::btf_map,
-    programs::TcContext,
-    EbpfContext as _,
+    bindings::bpf_fib_lookup as FibParams, btf_maps::PerCpuArray, helpers::bpf_fib_lookup,
+    macros::btf_map, programs::TcContext, EbpfContext as _,
 };
 use edge_common::IPPROTO_TCP;
 
@@ -38,7 +34,8 @@ pub struct NextHop {
 static NEXT_HOPS: PerCpuArray<NextHop, { SLOTS as usize }> = PerCpuArray::new();
 
 /// The next hop of a packet from `src` to `dst` (both 16 bytes, IPv4-mapped when `v4`) of
-/// `tot_len` bytes at the IP layer, arriving on the program's interface. `None`: the kernel has
+/// `tot_len` bytes at the IP layer, arriving on the program's interface at `now`
+/// (`clock::now_ns`). `None`: the kernel has
 /// no complete answer (no route, no neighbour entry yet, over the route's MTU); the caller lets
 /// the stack handle the packet, which resolves the neighbour or sends the ICMP error itself.
 #[inline(always)]
@@ -48,9 +45,10 @@ pub fn resolve(
     src: *const [u8; 16],
     dst: *const [u8; 16],
     tot_len: u16,
+    now: u64,
 ) -> Option<*const NextHop> {
-    // SAFETY: the caller passes 16 readable bytes at each; no preconditions for the clock.
-    let (d, now) = unsafe { (read_words(dst), bpf_ktime_get_coarse_ns()) };
+    // SAFETY: the caller passes 16 readable bytes at each.
+    let d = unsafe { read_words(dst) };
     let slot = (d[0] ^ d[1] ^ d[2] ^ d[3]).wrapping_mul(0x9e37_79b1) >> 22;
     let hop = NEXT_HOPS.get_ptr_mut(slot % SLOTS)?;
     // SAFETY: this CPU's slot, used only within this run.

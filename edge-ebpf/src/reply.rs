@@ -14,7 +14,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
     programs::TcContext,
     EbpfContext as _,
 };
@@ -26,7 +26,7 @@ use edge_common::{
 use network_types::ip::Ipv6Hdr;
 
 use crate::{
-    bytes, csum,
+    bytes, clock, csum,
     ctx::ptr_at,
     debug_log,
     maps::{FLOWS, POP_CONFIG},
@@ -100,11 +100,12 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         return Ok(TC_ACT_OK);
     };
     let len = ctx.len() as usize;
-    // SAFETY: no preconditions (coarse clock, as in `forward`); the entry is valid for this run.
+    let now = clock::now_ns(config);
+    // SAFETY: the entry is valid for this run.
     let (flags, backend_id, new_sport, new_dport, answered_before) = unsafe {
         let answered_before = (*entry).tcp_flags & (TCP_SYN | TCP_RST) != 0;
         (*entry).tcp_flags |= tcp_flags;
-        (*entry).last_seen_ns = bpf_ktime_get_coarse_ns();
+        (*entry).last_seen_ns = now;
         (*entry).packets += 1;
         (*entry).bytes += len as u64;
         (
@@ -196,6 +197,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
             &raw const (*entry).new_src,
             &raw const (*entry).new_dst,
             payload_len.wrapping_add(ip_header),
+            now,
         )
     };
     let action = match (hop, ptr_at::<_, [u8; 14]>(ctx, 0)) {

@@ -20,11 +20,8 @@ pub mod xdp;
 
 use core::mem::MaybeUninit;
 
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
-};
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     geo::{AffinityValue, GEO_CLASSES},
@@ -38,7 +35,7 @@ use edge_common::{
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    bytes,
+    bytes, clock,
     ctx::{ptr_at, Packet},
     debug_log,
     maps::{
@@ -146,14 +143,12 @@ fn service_of(flow: &FlowKey) -> Option<ServiceValue> {
 /// untouched (not for a service, or not a SYN and no flow).
 #[inline(always)]
 fn flow_for(
+    config: &PopConfig,
     key: &FlowKey,
     tcp_flags: u8,
     bytes: usize,
     v4: bool,
 ) -> Result<Option<*mut FlowValue>, Drop> {
-    // SAFETY: no preconditions. The coarse clock (CLOCK_MONOTONIC_COARSE, jiffy resolution) is
-    // plenty for idle timeouts and avoids a clocksource read per packet.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
         // SAFETY: an LRU entry stays valid for this program run; counter updates may race with
@@ -171,7 +166,8 @@ fn flow_for(
                 end_flow(entry);
             } else {
                 (*entry).tcp_flags |= tcp_flags;
-                (*entry).last_seen_ns = now;
+                // Jiffy resolution is plenty for idle timeouts.
+                (*entry).last_seen_ns = clock::now_ns(config);
                 (*entry).packets += 1;
                 (*entry).bytes += bytes as u64;
                 stats::service_packet((*entry).service_id, bytes, false);
@@ -269,8 +265,6 @@ fn new_flow(key: &FlowKey, service_id: u32, service_flags: u32, meta: u32, bytes
     let Some(config) = POP_CONFIG.get(0) else {
         return FAILED;
     };
-    // SAFETY: no preconditions; the same coarse clock as the caller's.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let service = ServiceValue {
         service_id,
         flags: service_flags,
@@ -279,7 +273,6 @@ fn new_flow(key: &FlowKey, service_id: u32, service_flags: u32, meta: u32, bytes
         key,
         meta as u8,
         bytes as usize,
-        now,
         config,
         &service,
         meta & 0x100 != 0,
@@ -291,13 +284,12 @@ fn setup_flow(
     key: &FlowKey,
     tcp_flags: u8,
     bytes: usize,
-    now: u64,
     config: &PopConfig,
     service: &ServiceValue,
     v4: bool,
 ) -> Result<u32, Drop> {
     let hash = flow_hash(&key.src, &key.dst, key.sport, key.dport);
-    let Some(backend_id) = pick_backend(key, hash, now, config, service, v4) else {
+    let Some(backend_id) = pick_backend(key, hash, config, service, v4) else {
         stats::service_no_backend(service.service_id);
         return Err(Drop::NoBackend);
     };
@@ -327,6 +319,7 @@ fn setup_flow(
     // The flags and padding as one word: a byte array would be zeroed by a memset call.
     // SAFETY: `tcp_flags` and `_pad` are the two bytes after `flags`, 2-byte aligned.
     unsafe { (&raw mut value.tcp_flags).cast::<u16>().write_volatile(0) };
+    let now = clock::now_ns(config);
     value.created_ns = now;
     value.last_seen_ns = now;
     // SAFETY: fields of this CPU's scratch slot (two zero stores would become a memset call).
@@ -496,7 +489,6 @@ fn geo_class(scratch: *mut NewFlowScratch, client: &[u8; 16], v4: bool) -> u32 {
 fn pick_backend(
     key: &FlowKey,
     hash: u32,
-    now: u64,
     config: &PopConfig,
     service: &ServiceValue,
     v4: bool,
@@ -509,6 +501,7 @@ fn pick_backend(
     // SAFETY: the slot's field and the caller's key.
     unsafe { bytes::copy16(&raw mut binding.client, &raw const key.src) };
     if sticky {
+        let now = clock::now_ns(config);
         if let Some(bound) = AFFINITY.get_ptr_mut(&*binding) {
             // SAFETY: the LRU entry is valid for this run.
             unsafe {
@@ -543,7 +536,7 @@ fn pick_backend(
         let value = AffinityValue {
             backend_id,
             _pad: 0,
-            last_used_ns: now,
+            last_used_ns: clock::now_ns(config),
         };
         // Best effort: without a binding the client is simply picked again next time.
         let _ = AFFINITY.insert(&*binding, &value, BPF_ANY as u64);

@@ -18,7 +18,7 @@ use edge_common::{flow::TCP_SYN, FlowKey, FlowValue, PopConfig, IPPROTO_TCP};
 use network_types::ip::Ipv6Hdr;
 
 use super::{candidate, flow_for, read_v4, scratch_key, Ports, V4Fields, ETH_LEN, V4_TCP, V6_TCP};
-use crate::{bytes, csum, ctx::ptr_at, next_hop, parse, stats::Drop, tcp};
+use crate::{bytes, clock, csum, ctx::ptr_at, next_hop, parse, stats::Drop, tcp};
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -88,7 +88,7 @@ fn forward_v6(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool,
         (*hdr)[13]
     };
     // SAFETY: this CPU's scratch slot.
-    let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, false)? else {
+    let Some(flow) = flow_for(config, unsafe { &*key }, tcp_flags, bytes, false)? else {
         return Ok(false);
     };
     let addrs = csum::diff_raw(key.cast(), ADDRS_LEN, flow.cast(), ADDRS_LEN, 0);
@@ -110,7 +110,7 @@ fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool,
         ..
     } = v4;
     // SAFETY: this CPU's scratch slot.
-    let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, true)? else {
+    let Some(flow) = flow_for(config, unsafe { &*key }, tcp_flags, bytes, true)? else {
         return Ok(false);
     };
     // The pseudo-header's length and protocol words sum the same for IPv4 and IPv6 (RFC 8200
@@ -219,6 +219,7 @@ fn redirect(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop> {
             &raw const (*ip).src_addr,
             &raw const (*ip).dst_addr,
             tot_len,
+            clock::now_ns(config),
         )
     };
     let Some(hop) = hop else {

@@ -43,7 +43,7 @@ fn forward_v6(ctx: &XdpContext, config: &PopConfig, bytes: usize) -> Result<u32,
         (*key).sport = (*ports).source;
         (*key).dport = (*ports).dest;
         let tcp_flags = (*hdr)[13];
-        let Some(flow) = flow_for(&*key, tcp_flags, bytes, false)? else {
+        let Some(flow) = flow_for(config, &*key, tcp_flags, bytes, false)? else {
             return Ok(xdp_action::XDP_PASS);
         };
         let check = hdr.cast::<u8>().add(16) as *mut u16;
@@ -75,7 +75,7 @@ fn forward_v4(ctx: &XdpContext, config: &PopConfig, bytes: usize) -> Result<u32,
         old,
     } = v4;
     // SAFETY: this CPU's scratch slot.
-    let Some(flow) = flow_for(unsafe { &*key }, tcp_flags, bytes, true)? else {
+    let Some(flow) = flow_for(config, unsafe { &*key }, tcp_flags, bytes, true)? else {
         return Ok(xdp_action::XDP_PASS);
     };
     // The pseudo-header's length and protocol words sum the same for IPv4 and IPv6 (RFC 8200
