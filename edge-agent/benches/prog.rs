@@ -22,7 +22,10 @@ use std::{
     time::Instant,
 };
 
-use aya::{maps::HashMap as BpfHashMap, Ebpf};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap},
+    Ebpf,
+};
 use edge_agent::{
     agent::static_plan,
     config::{AgentConfig, BackendConfig, ServiceConfig},
@@ -186,6 +189,16 @@ fn established6(ebpf: &mut Ebpf) -> Result<f64, Error> {
         ..real
     };
     flows.insert(there, back, 0)?;
+    // The crafted packet goes to the backend's port: marked too, so that it takes the path of
+    // a client's packet to a service port.
+    let mut ports: Array<_, u64> = Array::try_from(
+        ebpf.map_mut(names::SERVICE_PORTS)
+            .ok_or("no SERVICE_PORTS")?,
+    )?;
+    let port = u16::from_be(there.dport);
+    let index = u32::from(port / 64);
+    let word = ports.get(&index, 0)?;
+    ports.set(index, word | 1 << (port % 64), 0)?;
     let ns = repeated(ebpf, names::XDP_INGRESS, &data)?;
     let flows: BpfHashMap<_, FlowKey, FlowValue> =
         BpfHashMap::try_from(ebpf.map(names::FLOWS).ok_or("no FLOWS")?)?;
@@ -238,6 +251,14 @@ fn main() -> Result<(), Error> {
     let not_ours = data([198, 51, 100, 1], 40000, [198, 18, 0, 99])?;
     let base_repeated = repeated(&mut ebpf, names::XDP_BASELINE, &not_ours)?;
     let pass = repeated(&mut ebpf, names::XDP_INGRESS, &not_ours)?;
+    // The host's own traffic: SSH to the POP's address.
+    let mut ssh = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4([198, 51, 100, 1], [198, 18, 0, 99], 64)
+        .tcp(40000, 22, 2, 64240)
+        .ack(1)
+        .write(&mut ssh, &[0u8; 64])?;
+    let pass_other_port = repeated(&mut ebpf, names::XDP_INGRESS, &ssh)?;
 
     // Established: WARM_FLOWS connections opened, then their next packets cycled.
     let warm_syns: Vec<Vec<u8>> = (0..WARM_FLOWS)
@@ -272,7 +293,8 @@ fn main() -> Result<(), Error> {
     let est_cold_own = base_repeated + (est_cold - base_once);
     let rows = [
         ("parse-and-pass baseline", base_repeated),
-        ("not a service: pass", pass),
+        ("no service, TCP to another port: pass", pass_other_port),
+        ("no service, TCP to a service port: pass", pass),
         ("established flow, IPv6 (warm, in-call repeat)", est6),
         ("established flow, IPv4 -> NAT46 (warm)", est),
         ("established flow, IPv4 -> NAT46 (cold entry)", est_cold_own),
@@ -298,6 +320,7 @@ fn main() -> Result<(), Error> {
         let doc = serde_json::json!({
             "baseline_ns": base_repeated,
             "pass_ns": pass,
+            "pass_other_port_ns": pass_other_port,
             "established_ns": est,
             "established_ratio": est / base_repeated,
             "established_cold_ns": est_cold_own,

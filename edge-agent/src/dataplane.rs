@@ -30,6 +30,7 @@ use crate::{
 pub const PINNED_MAPS: &[&str] = &[
     names::STATS_MAP,
     names::SERVICES,
+    names::SERVICE_PORTS,
     names::BACKENDS,
     names::MAGLEV,
     names::FLOWS,

@@ -35,6 +35,14 @@ pub const MAPS: &[MapDoc] = &[
         fields: &["addr", "port", "proto", "service_id", "flags"],
     },
     MapDoc {
+        name: names::SERVICE_PORTS,
+        kind: "array",
+        key: "u32 port / 64",
+        value: "u64 (bit port % 64)",
+        holds: "every TCP port a service has used: other ports pass at the cost of one load",
+        fields: &[],
+    },
+    MapDoc {
         name: names::BACKENDS,
         kind: "array",
         key: "u32 backend id",

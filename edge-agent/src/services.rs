@@ -111,6 +111,8 @@ pub struct Reconciler {
     members: HashMap<u32, BTreeSet<u32>>,
     /// How the kernel programs read the time (written into `PopConfig`).
     clock: KernelClock,
+    /// Ports set in `SERVICE_PORTS` by this reconciler (bits are never cleared).
+    marked_ports: HashSet<u16>,
 }
 
 pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
@@ -203,6 +205,7 @@ impl Reconciler {
             free,
             members: HashMap::new(),
             clock,
+            marked_ports: HashSet::new(),
         })
     }
 
@@ -314,6 +317,7 @@ impl Reconciler {
                     }
                 }
             }
+            self.mark_port(ebpf, u16::from_be(key.port))?;
             let value = ServiceValue { service_id, flags };
             if self.service_ids.get(&key) != Some(&value) {
                 services_map(ebpf)?
@@ -358,6 +362,25 @@ impl Reconciler {
             warn!(what = %r.what, reason = %r.reason, "rejected");
         }
         Ok(applied)
+    }
+
+    /// Sets `port`'s bit in `SERVICE_PORTS`, before the service that uses it is inserted: the
+    /// programs pass a packet to an unmarked port without looking further. Never cleared (see
+    /// the map's comment in the kernel crate).
+    fn mark_port(&mut self, ebpf: &mut Ebpf, port: u16) -> Result<(), ServicesError> {
+        if self.marked_ports.contains(&port) {
+            return Ok(());
+        }
+        let mut words = array::<u64>(ebpf, names::SERVICE_PORTS)?;
+        let index = u32::from(port / 64);
+        let word = words
+            .get(&index, 0)
+            .map_err(map_err(names::SERVICE_PORTS))?;
+        words
+            .set(index, word | 1 << (port % 64), 0)
+            .map_err(map_err(names::SERVICE_PORTS))?;
+        self.marked_ports.insert(port);
+        Ok(())
     }
 
     fn apply_backends(

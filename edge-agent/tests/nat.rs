@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray},
     Ebpf,
 };
 use edge_agent::{
@@ -108,6 +108,8 @@ enum Verdict {
 struct Nat {
     ebpf: Ebpf,
     hook: Hook,
+    reconciler: Reconciler,
+    pop: PopSettings,
 }
 
 impl Nat {
@@ -154,7 +156,12 @@ impl Nat {
         let applied = reconciler.apply(&mut ebpf, &pop, &static_plan(&config))?;
         assert_eq!(applied.services, 3, "services applied: {applied:?}");
         assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
-        Ok(Nat { ebpf, hook })
+        Ok(Nat {
+            ebpf,
+            hook,
+            reconciler,
+            pop,
+        })
     }
 
     /// A client frame through this test's forward program.
@@ -510,6 +517,53 @@ fn non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops(hook: Hook) ->
     Ok(())
 }
 
+/// Ports are marked for the programs' first check (`SERVICE_PORTS`) and never unmarked: a
+/// removed service's established flows are still translated until they end.
+fn a_removed_services_flows_keep_their_translation(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let ports: Array<&MapData, u64> = Array::try_from(
+        nat.ebpf
+            .map(names::SERVICE_PORTS)
+            .ok_or("no SERVICE_PORTS")?,
+    )?;
+    let marked = |port: u16| -> Result<bool, Error> {
+        Ok(ports.get(&u32::from(port / 64), 0)? & 1 << (port % 64) != 0)
+    };
+    assert!(marked(80)? && marked(81)?, "the services' ports");
+    assert!(!marked(443)? && !marked(79)? && !marked(82)?, "no others");
+
+    let (_, out) = nat.forward(&syn4(40003, 80)?)?;
+    let syn = check(&out)?;
+    let empty = AgentConfig::default();
+    let applied = nat
+        .reconciler
+        .apply(&mut nat.ebpf, &nat.pop, &static_plan(&empty))?;
+    assert_eq!(applied.services, 0);
+    let ports: Array<&MapData, u64> = Array::try_from(
+        nat.ebpf
+            .map(names::SERVICE_PORTS)
+            .ok_or("no SERVICE_PORTS")?,
+    )?;
+    assert_ne!(
+        ports.get(&1, 0)? & 1 << (80 % 64),
+        0,
+        "port 80 stays marked"
+    );
+    let (verdict, out) = nat.forward(&data4(40003, b"still here")?)?;
+    assert_ne!(verdict, Verdict::Drop);
+    let data = check(&out)?;
+    assert_eq!(
+        (data.src, data.dst),
+        (syn.src, syn.dst),
+        "translated as before"
+    );
+    assert_eq!(data.payload, b"still here");
+    let (verdict, out) = nat.forward(&syn4(40004, 80)?)?;
+    assert_eq!(verdict, Verdict::Pass, "a new connection is no longer ours");
+    assert!(check(&out)?.dst.is_ipv4(), "and passes untouched");
+    Ok(())
+}
+
 fn rst_closes_the_flow_and_the_sweeper_removes_it(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
     nat.forward(&syn4(42000, 80)?)?;
@@ -823,6 +877,7 @@ for_both_hooks!(
     traffic_that_is_not_for_a_service_passes_untouched,
     non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops,
     rst_closes_the_flow_and_the_sweeper_removes_it,
+    a_removed_services_flows_keep_their_translation,
     a_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow,
     flows_are_stamped_in_the_agents_clock,
     new_flows_are_admitted_when_the_flow_table_is_full,

@@ -37,6 +37,7 @@ pub mod names {
     /// Per-CPU packet counters per (IP version, protocol, verdict).
     pub const STATS_MAP: &str = "EDGE_STATS";
     pub const SERVICES: &str = "SERVICES";
+    pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const MAGLEV: &str = "MAGLEV";
     pub const FLOWS: &str = "FLOWS";

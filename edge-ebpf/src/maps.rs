@@ -18,6 +18,13 @@ use edge_common::{
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue, { MAX_SERVICES as usize }> = HashMap::new();
 
+/// A bit per TCP port (`port / 64` -> word, `port % 64` -> bit), set for every port a service
+/// has used: what is not marked is not ours, and costs one array load instead of two hash
+/// misses. The agent only sets bits: a removed service's flows keep being translated until they
+/// end, and a stale bit costs only what every packet cost before this map.
+#[btf_map]
+pub static SERVICE_PORTS: Array<u64, 1024> = Array::new();
+
 #[btf_map]
 pub static BACKENDS: Array<BackendValue, { MAX_BACKENDS as usize }> = Array::new();
 
