@@ -11,6 +11,11 @@ use serde::Serialize;
 use super::spec::{DegradeConfig, Timing};
 use crate::model::HealthStatus;
 
+/// Checks before the RTT is weighed at all. Until then the estimate is the fastest of them, not
+/// the first: a first probe slowed by a busy start-up (a cold connection, a loaded machine) would
+/// otherwise halve a backend's share and move its flows in the POP's first seconds.
+pub const RTT_WARMUP: u32 = 4;
+
 /// A status change, to be logged once and counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -28,9 +33,12 @@ pub struct Tracker {
     fail_streak: u32,
     /// Smoothed RTT (TCP's SRTT: 7/8 old + 1/8 new), microseconds.
     pub srtt_us: Option<u32>,
-    /// The RTT the balancer weighs: follows `srtt_us` only when it moves by half and by more
-    /// than 1 ms, so that jitter does not rebuild Maglev tables every second.
+    /// The RTT the balancer weighs: none until `RTT_WARMUP` checks passed; then follows
+    /// `srtt_us` only when it moves by half and by more than 1 ms, so that jitter does not
+    /// rebuild Maglev tables every second.
     pub weighed_rtt_us: Option<u32>,
+    /// RTT samples taken (passed checks), up to `RTT_WARMUP`.
+    rtt_samples: u32,
     /// The last `window` results, true for a failure.
     #[serde(skip)]
     recent: VecDeque<bool>,
@@ -59,6 +67,8 @@ impl Tracker {
             fail_streak: 0,
             srtt_us,
             weighed_rtt_us: srtt_us,
+            // An RTT carried over (this POP's health row) is a warmed-up one.
+            rtt_samples: if srtt_us.is_some() { RTT_WARMUP } else { 0 },
             recent: VecDeque::new(),
             suspect: false,
             last_check: None,
@@ -90,9 +100,13 @@ impl Tracker {
                 self.suspect = false;
                 let sample = rtt.as_micros().min(u128::from(u32::MAX)) as u32;
                 self.srtt_us = Some(match self.srtt_us {
-                    Some(old) => ((u64::from(old) * 7 + u64::from(sample)) / 8) as u32,
+                    Some(old) if self.rtt_samples >= RTT_WARMUP => {
+                        ((u64::from(old) * 7 + u64::from(sample)) / 8) as u32
+                    }
+                    Some(old) => old.min(sample),
                     None => sample,
                 });
+                self.rtt_samples = (self.rtt_samples + 1).min(RTT_WARMUP);
                 if self.status == HealthStatus::Down && self.ok_streak < timing.rise {
                     (HealthStatus::Down, self.reason.clone())
                 } else {
@@ -139,7 +153,7 @@ impl Tracker {
     /// Moves `weighed_rtt_us` to the smoothed RTT if it moved enough; true if it did.
     pub fn reweigh(&mut self) -> bool {
         let moved = match (self.srtt_us, self.weighed_rtt_us) {
-            (Some(_), None) => true,
+            (Some(_), None) => self.rtt_samples >= RTT_WARMUP,
             (Some(srtt), Some(weighed)) => {
                 let diff = srtt.abs_diff(weighed);
                 diff > 1000 && diff.saturating_mul(2) > weighed
@@ -293,6 +307,35 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_first_probe_is_not_weighed() {
+        let mut t = Tracker::new(HealthStatus::Up, None);
+        let quiet = DegradeConfig::default();
+        for (i, ms) in [40, 1, 2, 1].into_iter().enumerate() {
+            t.record(&pass(ms), &TIMING, &quiet, Instant::now());
+            let weighed = t.reweigh();
+            assert_eq!(weighed, i + 1 == RTT_WARMUP as usize, "after check {i}");
+        }
+        assert_eq!(t.weighed_rtt_us, Some(1000), "the fastest of the warm-up");
+        // Then the usual smoothing: a slow sample moves the estimate by an eighth.
+        t.record(&pass(9), &TIMING, &quiet, Instant::now());
+        assert_eq!(t.srtt_us, Some(2000));
+    }
+
+    #[test]
+    fn an_rtt_carried_over_is_weighed_at_once() {
+        let t = Tracker::new(HealthStatus::Up, Some(3000));
+        assert_eq!(t.weighed_rtt_us, Some(3000));
+        let mut t = t;
+        t.record(
+            &pass(11),
+            &TIMING,
+            &DegradeConfig::default(),
+            Instant::now(),
+        );
+        assert_eq!(t.srtt_us, Some(4000), "smoothed, not the warm-up's minimum");
+    }
+
+    #[test]
     fn the_weighed_rtt_ignores_jitter() {
         let mut t = Tracker::new(HealthStatus::Up, None);
         let quiet = DegradeConfig::default();
@@ -301,7 +344,7 @@ mod tests {
             t.record(&pass(ms), &TIMING, &quiet, Instant::now());
             moves += u32::from(t.reweigh());
         }
-        assert_eq!(moves, 1, "only the first sample: {:?}", t.weighed_rtt_us);
+        assert_eq!(moves, 1, "only the warm-up's end: {:?}", t.weighed_rtt_us);
         for _ in 0..20 {
             t.record(&pass(30), &TIMING, &quiet, Instant::now());
             t.reweigh();
