@@ -34,7 +34,7 @@ use edge_agent::{
     services::{PopSettings, Reconciler},
     test_run::test_run,
 };
-use edge_common::{names, FlowKey, FlowValue, IPPROTO_TCP};
+use edge_common::{names, FlowKey, FlowValue};
 use etherparse::{PacketBuilder, TcpOptionElement};
 
 type Error = Box<dyn std::error::Error>;
@@ -153,8 +153,6 @@ fn key6(frame: &[u8]) -> Result<FlowKey, Error> {
         dst: field(38, 16)?.try_into()?,
         sport: u16::from_ne_bytes(field(54, 2)?.try_into()?),
         dport: u16::from_ne_bytes(field(56, 2)?.try_into()?),
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
     })
 }
 

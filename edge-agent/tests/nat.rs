@@ -826,7 +826,6 @@ fn the_sweeper_walks_and_expires_a_table_larger_than_one_batch() -> TestResult {
     let key = |i: u32| {
         let mut key = FlowKey::default();
         key.src[..4].copy_from_slice(&(i + 1).to_be_bytes());
-        key.proto = 6;
         key
     };
     let mut flows = nat.flows()?;

@@ -46,15 +46,3 @@ pub unsafe fn write_mapped(dst: *mut [u8; 16], v4: [u8; 4]) {
         d.add(3).write_volatile(u32::from_ne_bytes(v4));
     }
 }
-
-/// Zeroes three padding bytes.
-#[inline(always)]
-pub unsafe fn zero3(dst: *mut [u8; 3]) {
-    let d = dst.cast::<u8>();
-    // SAFETY: the caller passes 3 writable bytes.
-    unsafe {
-        d.write_volatile(0);
-        d.add(1).write_volatile(0);
-        d.add(2).write_volatile(0);
-    }
-}

@@ -85,8 +85,6 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         bytes::copy16(&raw mut (*k).dst, &raw const (*ip).dst_addr);
         (*k).sport = (*ports).source;
         (*k).dport = (*ports).dest;
-        (*k).proto = IPPROTO_TCP;
-        bytes::zero3(&raw mut (*k)._pad);
         (
             key.assume_init(),
             (*hdr)[13],

@@ -232,8 +232,6 @@ unsafe fn end_flow(entry: *const FlowValue) {
         bytes::copy16(&raw mut (*reverse).dst, &raw const (*entry).new_src);
         (*reverse).sport = (*entry).new_dport;
         (*reverse).dport = (*entry).new_sport;
-        (*reverse).proto = IPPROTO_TCP;
-        bytes::zero3(&raw mut (*reverse)._pad);
         let _ = FLOWS.remove(&*reverse);
     }
 }
@@ -340,10 +338,8 @@ fn setup_flow(
     unsafe {
         bytes::copy16(&raw mut reverse_key.src, &raw const backend.addr);
         bytes::copy16(&raw mut reverse_key.dst, &raw const config.overlay_addr);
-        bytes::zero3(&raw mut reverse_key._pad);
     }
     reverse_key.sport = backend.port;
-    reverse_key.proto = IPPROTO_TCP;
     if v4 && config.flags & POP_SNAT96 != 0 {
         // The client's own address and port, under this POP's /96: unique as long as the
         // client's own 4-tuple is.
@@ -462,17 +458,12 @@ fn read_v4<C: Packet>(ctx: &C) -> Result<Option<(*mut FlowKey, V4Fields)>, Drop>
     Ok(Some((key, fields)))
 }
 
-/// This CPU's scratch flow key, with its constant fields set.
+/// This CPU's scratch flow key.
 #[inline(always)]
 fn scratch_key() -> Result<*mut FlowKey, Drop> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Drop::FlowInsert)?;
     // SAFETY: this CPU's scratch slot, used only within this program run.
-    unsafe {
-        let key = &raw mut (*scratch).key;
-        (*key).proto = IPPROTO_TCP;
-        bytes::zero3(&raw mut (*key)._pad);
-        Ok(key)
-    }
+    Ok(unsafe { &raw mut (*scratch).key })
 }
 
 /// The client's country class: 0 when the geo tries do not know its address.
