@@ -60,6 +60,13 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 /// walk may or may not be seen, as with a key-by-key walk.
 pub fn entries<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>, MapError> {
     let mut out = Vec::new();
+    for_each(map, |k, v| out.push((*k, *v)))?;
+    Ok(out)
+}
+
+/// Calls `f` with every entry of a hash map (as `entries`), a batch at a time: the caller keeps
+/// only what it needs of each, not a copy of the whole table.
+pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut f: impl FnMut(&K, &V)) -> Result<(), MapError> {
     let mut chunk = CHUNK;
     let mut keys: Vec<MaybeUninit<K>> = Vec::new();
     let mut values: Vec<MaybeUninit<V>> = Vec::new();
@@ -79,12 +86,12 @@ pub fn entries<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>, MapError> {
         let got = (attr.count as usize).min(chunk);
         for i in 0..got {
             // SAFETY: the kernel wrote `got` keys and values.
-            out.push(unsafe { (keys[i].assume_init(), values[i].assume_init()) });
+            unsafe { f(keys[i].assume_init_ref(), values[i].assume_init_ref()) };
         }
         match result {
             Ok(()) => {}
             // The end of the table.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             // One bucket holds more entries than the buffer: retry it with a larger one.
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
                 chunk *= 2;
@@ -125,11 +132,12 @@ pub fn delete_where<K: Pod, V: Pod>(
     map: &MapData,
     doomed: impl Fn(&V) -> bool,
 ) -> Result<u64, MapError> {
-    let keys: Vec<K> = entries::<K, V>(map)?
-        .into_iter()
-        .filter(|(_, v)| doomed(v))
-        .map(|(k, _)| k)
-        .collect();
+    let mut keys: Vec<K> = Vec::new();
+    for_each::<K, V>(map, |k, v| {
+        if doomed(v) {
+            keys.push(*k);
+        }
+    })?;
     delete(map, &keys)?;
     Ok(keys.len() as u64)
 }

@@ -18,6 +18,10 @@ pub fn run() -> anyhow::Result<()> {
             "The agent's services: internal. DNS queries, registration API requests",
         ),
         ("bgp", "The BGP decoder under 1,000,000 mutated messages"),
+        (
+            "sweep",
+            "The agent's flow sweeper over a full flow table: time and peak heap",
+        ),
     ];
     for (bench, title) in sections {
         let json = shell::workspace_root().join(format!("target/bench/{bench}.json"));
