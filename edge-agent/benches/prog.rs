@@ -125,27 +125,21 @@ fn data(client: [u8; 4], sport: u16, dst: [u8; 4]) -> Result<Vec<u8>, Error> {
     Ok(v)
 }
 
-fn syn6(sport: u16) -> Result<Vec<u8>, Error> {
+/// An IPv6 client's SYN, or a data segment of its connection.
+fn frame6(sport: u16, syn: bool) -> Result<Vec<u8>, Error> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(MAC_A, MAC_B)
+    let tcp = PacketBuilder::ethernet2(MAC_A, MAC_B)
         .ipv6(CLIENT6, VIP6, 64)
-        .tcp(sport, 80, 1, 64240)
-        .syn()
-        .write(&mut v, &[])?;
+        .tcp(sport, 80, 1, 64240);
+    if syn {
+        tcp.syn().write(&mut v, &[])?;
+    } else {
+        tcp.ack(1).write(&mut v, &[0u8; 64])?;
+    }
     Ok(v)
 }
 
-fn data6(sport: u16) -> Result<Vec<u8>, Error> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv6(CLIENT6, VIP6, 64)
-        .tcp(sport, 80, 2, 64240)
-        .ack(1)
-        .write(&mut v, &[0u8; 64])?;
-    Ok(v)
-}
-
-/// The flow key of an IPv6/TCP frame at fixed offsets (as `data6` builds them).
+/// The flow key of an IPv6/TCP frame at fixed offsets (as `frame6` builds them).
 fn key6(frame: &[u8]) -> Result<FlowKey, Error> {
     let field = |at: usize, len: usize| frame.get(at..at + len).ok_or("frame too short");
     Ok(FlowKey {
@@ -160,10 +154,10 @@ fn key6(frame: &[u8]) -> Result<FlowKey, Error> {
 /// comment), and the packets the two entries counted meanwhile.
 fn established6(ebpf: &mut Ebpf) -> Result<f64, Error> {
     let sport = 41000;
-    let data = data6(sport)?;
+    let data = frame6(sport, false)?;
     let translated = {
         let prog = dataplane::xdp_program(ebpf, names::XDP_INGRESS)?;
-        test_run(prog.fd()?, &syn6(sport)?, 1)?;
+        test_run(prog.fd()?, &frame6(sport, true)?, 1)?;
         test_run(prog.fd()?, &data, 1)?.data_out
     };
     let client = key6(&data)?;

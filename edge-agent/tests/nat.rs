@@ -262,6 +262,27 @@ struct Seen {
     ack: bool,
 }
 
+/// The backend's SYN-ACK to the translated SYN `syn`, as it arrives on the overlay: hop limit
+/// `hop_limit`, MSS option `mss`.
+fn syn_ack_to(syn: &Seen, hop_limit: u8, mss: Option<u16>) -> Result<Vec<u8>, Error> {
+    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
+        return Err(format!("the translated SYN is not IPv6: {syn:?}").into());
+    };
+    let options: Vec<TcpOptionElement> = mss
+        .map(TcpOptionElement::MaximumSegmentSize)
+        .into_iter()
+        .collect();
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+        .ipv6(backend.octets(), overlay.octets(), hop_limit)
+        .tcp(8080, syn.sport, 9000, 65000)
+        .syn()
+        .ack(1001)
+        .options(&options)?
+        .write(&mut v, &[])?;
+    Ok(v)
+}
+
 /// Parses `frame` with etherparse and checks every checksum it carries.
 fn check(frame: &[u8]) -> Result<Seen, Error> {
     let p = SlicedPacket::from_ethernet(frame)?;
@@ -389,17 +410,7 @@ fn ipv6_syn_is_translated_and_its_reply_comes_back(hook: Hook) -> TestResult {
     assert!(backends().contains(&syn.dst));
     assert_eq!(syn.mss, Some(MSS_CLAMP), "MSS 1440 clamped");
 
-    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
-        return Err("expected IPv6".into());
-    };
-    let mut reply = Vec::new();
-    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
-        .ipv6(backend.octets(), overlay.octets(), 63)
-        .tcp(8080, syn.sport, 9000, 65000)
-        .syn()
-        .ack(1001)
-        .options(&[TcpOptionElement::MaximumSegmentSize(1440)])?
-        .write(&mut reply, &[])?;
+    let reply = syn_ack_to(&syn, 63, Some(1440))?;
     let (verdict, out) = nat.tc(&reply)?;
     assert_eq!(
         verdict, TC_ACT_REDIRECT,
@@ -444,15 +455,7 @@ fn reply_to_an_ipv4_client_is_translated_to_ipv4(hook: Hook) -> TestResult {
     assert_eq!(back.ttl, 61, "TTL carries the hop limit");
     assert_eq!(back.payload, payload);
 
-    let mut syn_ack = Vec::new();
-    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
-        .ipv6(backend.octets(), overlay.octets(), 64)
-        .tcp(8080, syn.sport, 9000, 65000)
-        .syn()
-        .ack(1001)
-        .options(&[TcpOptionElement::MaximumSegmentSize(1440)])?
-        .write(&mut syn_ack, &[])?;
-    let (_, out) = nat.tc(&syn_ack)?;
+    let (_, out) = nat.tc(&syn_ack_to(&syn, 64, Some(1440))?)?;
     assert_eq!(
         check(&out)?.mss,
         Some(MSS_CLAMP),
@@ -659,17 +662,7 @@ fn flows_are_stamped_in_the_agents_clock(hook: Hook) -> TestResult {
     let (_, out) = nat.forward(&syn4(40002, 80)?)?;
     let syn = check(&out)?;
     std::thread::sleep(Duration::from_millis(60));
-    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
-        return Err("expected IPv6".into());
-    };
-    let mut reply = Vec::new();
-    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
-        .ipv6(backend.octets(), overlay.octets(), 64)
-        .tcp(8080, syn.sport, 9000, 65000)
-        .syn()
-        .ack(1001)
-        .write(&mut reply, &[])?;
-    nat.tc(&reply)?;
+    nat.tc(&syn_ack_to(&syn, 64, None)?)?;
     let after = flows::monotonic_ns();
     let entries = nat.entries()?;
     let forward = entries
