@@ -163,6 +163,27 @@ pub fn spawn_echo_load(
     hold_secs: u32,
     recheck: bool,
 ) -> Result<LabProcess> {
+    spawn_echo_load_until(
+        lab,
+        echo_load,
+        connections,
+        max_bytes,
+        hold_secs,
+        None,
+        recheck,
+    )
+}
+
+/// `spawn_echo_load`, whose hold ends early once `go_file` exists.
+pub fn spawn_echo_load_until(
+    lab: &Lab,
+    echo_load: &Path,
+    connections: u32,
+    max_bytes: u32,
+    hold_secs: u32,
+    go_file: Option<&Path>,
+    recheck: bool,
+) -> Result<LabProcess> {
     let (bin, v4, v6) = (
         echo_load.to_string_lossy(),
         format!("{VIP4}:7"),
@@ -186,6 +207,10 @@ pub fn spawn_echo_load(
         "--hold-secs",
         &hold,
     ];
+    let go = go_file.map(|f| f.to_string_lossy().into_owned());
+    if let Some(go) = &go {
+        argv.extend(["--go-file", go.as_str()]);
+    }
     if recheck {
         argv.push("--recheck");
     }

@@ -4,15 +4,21 @@
 //!
 //! ```text
 //! echo-load --target ADDR:PORT [--target ...] --connections N --max-bytes B [--seed S]
-//!           [--hold-secs H] [--recheck]
+//!           [--hold-secs H] [--go-file PATH] [--recheck]
 //! ```
 //! Connections are spread round-robin over the targets. Payloads are generated and checked as
 //! streams (xorshift per connection), so memory stays flat however large they are. After every
 //! connection is verified, it prints `holding`, keeps them all open for `--hold-secs` (so that a
-//! test can look at them from the servers' side, or disturb the path), with `--recheck` echoes a
-//! second payload on every one of them, then prints one JSON summary line.
+//! test can look at them from the servers' side, or disturb the path; with `--go-file`, the hold
+//! ends as soon as that file exists, so that a test decides when its disturbance is complete),
+//! with `--recheck` echoes a second payload on every one of them, then prints one JSON summary
+//! line.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -28,6 +34,7 @@ struct Args {
     max_bytes: usize,
     seed: u64,
     hold: Duration,
+    go_file: Option<PathBuf>,
     recheck: bool,
 }
 
@@ -38,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
         max_bytes: 64 * 1024,
         seed: 1,
         hold: Duration::ZERO,
+        go_file: None,
         recheck: false,
     };
     let mut it = std::env::args().skip(1);
@@ -54,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-bytes" => args.max_bytes = value.parse().map_err(|e| bad(&e))?,
             "--seed" => args.seed = value.parse().map_err(|e| bad(&e))?,
             "--hold-secs" => args.hold = Duration::from_secs(value.parse().map_err(|e| bad(&e))?),
+            "--go-file" => args.go_file = Some(value.into()),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -191,7 +200,10 @@ async fn main() {
     let ok = open.len();
     if !args.hold.is_zero() {
         println!("holding {ok}");
-        tokio::time::sleep(args.hold).await;
+        let until = Instant::now() + args.hold;
+        while Instant::now() < until && !args.go_file.as_ref().is_some_and(|f| f.exists()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let mut rechecked = 0usize;
     if args.recheck {
