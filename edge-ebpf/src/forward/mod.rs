@@ -20,8 +20,10 @@ pub mod xdp;
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    maps::lpm_trie::Key,
+};
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     geo::{AffinityValue, GEO_CLASSES},
@@ -326,6 +328,9 @@ fn setup_flow(
     // The flags and padding as one word: a byte array would be zeroed by a memset call.
     // SAFETY: `tcp_flags` and `_pad` are the two bytes after `flags`, 2-byte aligned.
     unsafe { (&raw mut value.tcp_flags).cast::<u16>().write_volatile(0) };
+    // The clock is read where it is used (here, and in `pick_backend`) rather than once and
+    // passed down: held across the calls in between, it pushed this frame and the caller's
+    // past the verifier's 512-byte stack limit.
     let now = clock::now_ns(config);
     value.created_ns = now;
     value.last_seen_ns = now;
