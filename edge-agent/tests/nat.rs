@@ -283,6 +283,17 @@ fn syn_ack_to(syn: &Seen, hop_limit: u8, mss: Option<u16>) -> Result<Vec<u8>, Er
     Ok(v)
 }
 
+/// The first entry of `entries` of one direction: the reply half (`FLOW_REVERSE`) or the
+/// client's.
+fn half(entries: &[(FlowKey, FlowValue)], reverse: bool) -> Result<(FlowKey, FlowValue), Error> {
+    let direction = if reverse { "reverse" } else { "forward" };
+    entries
+        .iter()
+        .find(|(_, v)| (v.flags & FLOW_REVERSE != 0) == reverse)
+        .copied()
+        .ok_or_else(|| format!("no {direction} entry in {entries:?}").into())
+}
+
 /// Parses `frame` with etherparse and checks every checksum it carries.
 fn check(frame: &[u8]) -> Result<Seen, Error> {
     let p = SlicedPacket::from_ethernet(frame)?;
@@ -379,10 +390,7 @@ fn ipv4_syn_and_data_are_translated_to_ipv6(hook: Hook) -> TestResult {
 
     let entries = nat.entries()?;
     assert_eq!(entries.len(), 2, "both directions recorded: {entries:?}");
-    let reverse = entries
-        .iter()
-        .find(|(_, v)| v.flags & FLOW_REVERSE != 0)
-        .ok_or("no reverse entry")?;
+    let reverse = half(&entries, true)?;
     assert_eq!(reverse.1.flags & FLOW_V4_CLIENT, FLOW_V4_CLIENT);
     assert_eq!(reverse.1.new_dst, ipv4_mapped(CLIENT4));
     assert_eq!(u16::from_be(reverse.0.dport), syn.sport);
@@ -524,16 +532,18 @@ fn non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops(hook: Hook) ->
 /// removed service's established flows are still translated until they end.
 fn a_removed_services_flows_keep_their_translation(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
-    let ports: Array<&MapData, u64> = Array::try_from(
-        nat.ebpf
-            .map(names::SERVICE_PORTS)
-            .ok_or("no SERVICE_PORTS")?,
-    )?;
-    let marked = |port: u16| -> Result<bool, Error> {
+    let marked = |ebpf: &Ebpf, port: u16| -> Result<bool, Error> {
+        let ports: Array<&MapData, u64> =
+            Array::try_from(ebpf.map(names::SERVICE_PORTS).ok_or("no SERVICE_PORTS")?)?;
         Ok(ports.get(&u32::from(port / 64), 0)? & 1 << (port % 64) != 0)
     };
-    assert!(marked(80)? && marked(81)?, "the services' ports");
-    assert!(!marked(443)? && !marked(79)? && !marked(82)?, "no others");
+    assert!(
+        marked(&nat.ebpf, 80)? && marked(&nat.ebpf, 81)?,
+        "the services' ports"
+    );
+    for other in [443, 79, 82] {
+        assert!(!marked(&nat.ebpf, other)?, "port {other} is no service's");
+    }
 
     let (_, out) = nat.forward(&syn4(40003, 80)?)?;
     let syn = check(&out)?;
@@ -542,16 +552,7 @@ fn a_removed_services_flows_keep_their_translation(hook: Hook) -> TestResult {
         .reconciler
         .apply(&mut nat.ebpf, &nat.pop, &static_plan(&empty))?;
     assert_eq!(applied.services, 0);
-    let ports: Array<&MapData, u64> = Array::try_from(
-        nat.ebpf
-            .map(names::SERVICE_PORTS)
-            .ok_or("no SERVICE_PORTS")?,
-    )?;
-    assert_ne!(
-        ports.get(&1, 0)? & 1 << (80 % 64),
-        0,
-        "port 80 stays marked"
-    );
+    assert!(marked(&nat.ebpf, 80)?, "port 80 stays marked");
     let (verdict, out) = nat.forward(&data4(40003, b"still here")?)?;
     assert_ne!(verdict, Verdict::Drop);
     let data = check(&out)?;
@@ -582,11 +583,7 @@ fn rst_closes_the_flow_and_the_sweeper_removes_it(hook: Hook) -> TestResult {
         check(&out)?.dst.is_ipv6(),
         "the RST is translated to the backend too"
     );
-    let entries = nat.entries()?;
-    let forward = entries
-        .iter()
-        .find(|(_, v)| v.flags & FLOW_REVERSE == 0)
-        .ok_or("no forward entry")?;
+    let forward = half(&nat.entries()?, false)?;
     assert_eq!(forward.1.tcp_flags & TCP_RST, TCP_RST);
 
     let config = FlowConfig::default();
@@ -613,14 +610,7 @@ fn a_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow(hook: Hook) -> TestResu
         .ack(1)
         .write(&mut fin, &[])?;
     nat.forward(&fin)?;
-    let forward_of = |entries: &[(FlowKey, FlowValue)]| {
-        entries
-            .iter()
-            .find(|(_, v)| v.flags & FLOW_REVERSE == 0)
-            .map(|(_, v)| *v)
-            .ok_or("no forward entry")
-    };
-    let ended = forward_of(&nat.entries()?)?;
+    let ended = half(&nat.entries()?, false)?.1;
     assert_ne!(ended.tcp_flags & TCP_FIN, 0);
 
     // The client reuses its port: a new connection, not the old one's leftovers.
@@ -634,18 +624,14 @@ fn a_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow(hook: Hook) -> TestResu
         2,
         "the old reply half was removed, not left beside the new one"
     );
-    let fresh = forward_of(&entries)?;
+    let fresh = half(&entries, false)?.1;
     assert_eq!(fresh.tcp_flags, TCP_SYN, "the new flow starts clean");
     assert_eq!(fresh.packets, 1);
-    let reverse = entries
-        .iter()
-        .find(|(_, v)| v.flags & FLOW_REVERSE != 0)
-        .ok_or("no reply entry")?;
-    assert_eq!(reverse.0, fresh.partner_key());
+    assert_eq!(half(&entries, true)?.0, fresh.partner_key());
 
     // A retransmitted SYN of a live flow keeps it.
     nat.forward(&syn4(42000, 80)?)?;
-    let again = forward_of(&nat.entries()?)?;
+    let again = half(&nat.entries()?, false)?.1;
     assert_eq!(again.packets, 2);
     assert_eq!(again.created_ns, fresh.created_ns);
     Ok(())
@@ -665,16 +651,8 @@ fn flows_are_stamped_in_the_agents_clock(hook: Hook) -> TestResult {
     nat.tc(&syn_ack_to(&syn, 64, None)?)?;
     let after = flows::monotonic_ns();
     let entries = nat.entries()?;
-    let forward = entries
-        .iter()
-        .find(|(_, v)| v.flags & FLOW_REVERSE == 0)
-        .ok_or("no forward entry")?
-        .1;
-    let reverse = entries
-        .iter()
-        .find(|(_, v)| v.flags & FLOW_REVERSE != 0)
-        .ok_or("no reply entry")?
-        .1;
+    let forward = half(&entries, false)?.1;
+    let reverse = half(&entries, true)?.1;
     let within = |ns: u64| ns + slack >= before && ns <= after + slack;
     assert!(
         within(forward.created_ns) && within(reverse.last_seen_ns),
@@ -719,17 +697,9 @@ fn source_ports_in_use_are_skipped_and_exhaustion_drops(hook: Hook) -> TestResul
     let (_, out) = nat.forward(&syn4(44000, 80)?)?;
     let first = check(&out)?;
     let taken: Vec<(FlowKey, FlowValue)> = nat.entries()?;
-    let reverse = taken
-        .iter()
-        .find(|(_, v)| v.flags & FLOW_REVERSE != 0)
-        .ok_or("no reverse entry")?
-        .0;
+    let reverse = half(&taken, true)?.0;
     // Forget the connection but keep its reverse key: the port stays in use.
-    let forward = taken
-        .iter()
-        .find(|(_, v)| v.flags & FLOW_REVERSE == 0)
-        .ok_or("no forward entry")?
-        .0;
+    let forward = half(&taken, false)?.0;
     nat.flows()?.remove(&forward)?;
     let (verdict, out) = nat.forward(&syn4(44000, 80)?)?;
     assert_eq!(verdict, Verdict::Pass);
