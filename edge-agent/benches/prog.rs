@@ -22,16 +22,13 @@ use std::{
     time::Instant,
 };
 
-use aya::{
-    maps::{Array, HashMap as BpfHashMap},
-    Ebpf,
-};
+use aya::{maps::HashMap as BpfHashMap, Ebpf};
 use edge_agent::{
     agent::static_plan,
     config::{AgentConfig, BackendConfig, ServiceConfig},
     dataplane::{self, MapSizes},
     flows::monotonic_ns,
-    services::{PopSettings, Reconciler},
+    services::{self, PopSettings, Reconciler},
     test_run::test_run,
 };
 use edge_common::{names, FlowKey, FlowValue};
@@ -183,14 +180,7 @@ fn established6(ebpf: &mut Ebpf) -> Result<f64, Error> {
     flows.insert(there, back, 0)?;
     // The crafted packet goes to the backend's port: marked too, so that it takes the path of
     // a client's packet to a service port.
-    let mut ports: Array<_, u64> = Array::try_from(
-        ebpf.map_mut(names::SERVICE_PORTS)
-            .ok_or("no SERVICE_PORTS")?,
-    )?;
-    let port = u16::from_be(there.dport);
-    let index = u32::from(port / 64);
-    let word = ports.get(&index, 0)?;
-    ports.set(index, word | 1 << (port % 64), 0)?;
+    services::mark_port(ebpf, u16::from_be(there.dport))?;
     let ns = repeated(ebpf, names::XDP_INGRESS, &data)?;
     let flows: BpfHashMap<_, FlowKey, FlowValue> =
         BpfHashMap::try_from(ebpf.map(names::FLOWS).ok_or("no FLOWS")?)?;

@@ -128,6 +128,20 @@ pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
     }
 }
 
+/// Sets `port`'s bit in `SERVICE_PORTS`. The reconciler does it before inserting a service that
+/// uses the port: the programs pass a packet to an unmarked port without looking further. Never
+/// cleared (see the map's comment in the kernel crate).
+pub fn mark_port(ebpf: &mut Ebpf, port: u16) -> Result<(), ServicesError> {
+    let mut words = array::<u64>(ebpf, names::SERVICE_PORTS)?;
+    let index = u32::from(port / 64);
+    let word = words
+        .get(&index, 0)
+        .map_err(map_err(names::SERVICE_PORTS))?;
+    words
+        .set(index, word | 1 << (port % 64), 0)
+        .map_err(map_err(names::SERVICE_PORTS))
+}
+
 fn services_map(
     ebpf: &mut Ebpf,
 ) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, ServicesError> {
@@ -364,22 +378,12 @@ impl Reconciler {
         Ok(applied)
     }
 
-    /// Sets `port`'s bit in `SERVICE_PORTS`, before the service that uses it is inserted: the
-    /// programs pass a packet to an unmarked port without looking further. Never cleared (see
-    /// the map's comment in the kernel crate).
+    /// `mark_port`, once per port: the bits are never cleared, so one write is enough.
     fn mark_port(&mut self, ebpf: &mut Ebpf, port: u16) -> Result<(), ServicesError> {
-        if self.marked_ports.contains(&port) {
-            return Ok(());
+        if !self.marked_ports.contains(&port) {
+            mark_port(ebpf, port)?;
+            self.marked_ports.insert(port);
         }
-        let mut words = array::<u64>(ebpf, names::SERVICE_PORTS)?;
-        let index = u32::from(port / 64);
-        let word = words
-            .get(&index, 0)
-            .map_err(map_err(names::SERVICE_PORTS))?;
-        words
-            .set(index, word | 1 << (port % 64), 0)
-            .map_err(map_err(names::SERVICE_PORTS))?;
-        self.marked_ports.insert(port);
         Ok(())
     }
 

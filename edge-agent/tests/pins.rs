@@ -2,10 +2,19 @@
 //! `flows.max_entries`) is replaced, a matching one is reused with its contents. Needs root and
 //! bpffs.
 
-use std::{ffi::CString, mem::size_of, os::unix::ffi::OsStrExt as _, path::Path};
+use std::{
+    ffi::CString,
+    mem::size_of,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
 
 use aya::maps::{HashMap as BpfHashMap, MapInfo};
 use edge_agent::{
+    bpf_syscall::bpf,
     bpffs::PinDir,
     dataplane::{self, MapSizes},
 };
@@ -61,32 +70,16 @@ fn pin_lru_hash(path: &Path, key_size: u32, value_size: u32, max_entries: u32) -
         max_entries,
         map_flags: 0,
     };
-    // SAFETY: a valid attribute of its own size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &raw mut create,
-            size_of::<Create>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
+    // SAFETY: the attribute carries no pointers; the result is a new descriptor, ours.
+    let map = unsafe { OwnedFd::from_raw_fd(bpf(BPF_MAP_CREATE, &mut create)? as i32) };
     let path = CString::new(path.as_os_str().as_bytes())?;
     let mut pin = Pin {
         pathname: path.as_ptr() as u64,
-        bpf_fd: fd as u32,
+        bpf_fd: map.as_raw_fd() as u32,
         file_flags: 0,
     };
-    // SAFETY: the path outlives the call; the attribute is of its own size.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &raw mut pin, size_of::<Pin>()) };
-    let pinned = std::io::Error::last_os_error();
-    // SAFETY: our own descriptor; the pin keeps the map.
-    unsafe { libc::close(fd as i32) };
-    if rc < 0 {
-        return Err(pinned.into());
-    }
+    // SAFETY: the path outlives the call; the pin keeps the map once `map` is closed.
+    unsafe { bpf(BPF_OBJ_PIN, &mut pin)? };
     Ok(())
 }
 

@@ -35,9 +35,9 @@ static NEXT_HOPS: PerCpuArray<NextHop, { SLOTS as usize }> = PerCpuArray::new();
 
 /// The next hop of a packet from `src` to `dst` (both 16 bytes, IPv4-mapped when `v4`) of
 /// `tot_len` bytes at the IP layer, arriving on the program's interface at `now`
-/// (`clock::now_ns`). `None`: the kernel has
-/// no complete answer (no route, no neighbour entry yet, over the route's MTU); the caller lets
-/// the stack handle the packet, which resolves the neighbour or sends the ICMP error itself.
+/// (`clock::now_ns`). `None`: the kernel has no complete answer (no route, no neighbour entry
+/// yet, over the route's MTU); the caller lets the stack handle the packet, which resolves the
+/// neighbour or sends the ICMP error itself.
 #[inline(always)]
 pub fn resolve(
     ctx: &TcContext,
