@@ -16,6 +16,11 @@
 //! like the baseline's: a second, crafted forward entry keyed by the translated packet
 //! translates it back, so the in-call repeat alternates between the two and every run is a flow
 //! hit with the whole rewrite, on state as warm as in a NAPI batch of one flow's packets.
+//!
+//! Two floor programs show what the kernel's flow-table operations cost on this machine: the
+//! baseline plus the one lookup an established packet needs (in-call repeat, on an entry the
+//! bench writes), and plus the two inserts a SYN needs (one call each, over distinct keys, like
+//! the SYNs). The data plane's own work is the distance from its row to its floor.
 
 use std::{
     net::{IpAddr, Ipv6Addr},
@@ -59,7 +64,13 @@ fn load() -> Result<Ebpf, Error> {
     };
     let mut ebpf = dataplane::load_object(None, sizes)?;
     dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-    dataplane::xdp_program(&mut ebpf, names::XDP_BASELINE)?;
+    for name in [
+        names::XDP_BASELINE,
+        names::XDP_FLOOR_HIT,
+        names::XDP_FLOOR_INSERT,
+    ] {
+        dataplane::xdp_program(&mut ebpf, name)?;
+    }
     let backends: Vec<_> = (2..=4)
         .map(|i| BackendConfig {
             name: format!("be{i}"),
@@ -196,6 +207,64 @@ fn established6(ebpf: &mut Ebpf) -> Result<f64, Error> {
     Ok(ns)
 }
 
+/// The flow key of an IPv4/TCP frame as the programs build it: addresses IPv4-mapped, ports as
+/// on the wire.
+fn key4(client: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> FlowKey {
+    FlowKey {
+        src: std::net::Ipv4Addr::from(client).to_ipv6_mapped().octets(),
+        dst: std::net::Ipv4Addr::from(dst).to_ipv6_mapped().octets(),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+    }
+}
+
+/// Mean ns per run of the lookup floor, in-call repeat on an entry written here; checked to
+/// have hit on every run.
+fn floor_hit(ebpf: &mut Ebpf) -> Result<f64, Error> {
+    let (client, sport) = ([198, 51, 100, 7], 40007);
+    let key = key4(client, sport, VIP4, 80);
+    let mut flows: BpfHashMap<_, FlowKey, FlowValue> =
+        BpfHashMap::try_from(ebpf.map_mut(names::FLOWS).ok_or("no FLOWS")?)?;
+    flows.insert(key, FlowValue::default(), 0)?;
+    let ns = repeated(ebpf, names::XDP_FLOOR_HIT, &data(client, sport, VIP4)?)?;
+    let flows: BpfHashMap<_, FlowKey, FlowValue> =
+        BpfHashMap::try_from(ebpf.map(names::FLOWS).ok_or("no FLOWS")?)?;
+    let hits = flows.get(&key, 0)?.packets;
+    let runs = u64::from(REPEAT) + 1000;
+    if hits != runs {
+        return Err(format!("the lookup floor hit {hits} times in {runs} runs").into());
+    }
+    flows_remove(ebpf, &key)?;
+    Ok(ns)
+}
+
+fn flows_remove(ebpf: &mut Ebpf, key: &FlowKey) -> Result<(), Error> {
+    let mut flows: BpfHashMap<_, FlowKey, FlowValue> =
+        BpfHashMap::try_from(ebpf.map_mut(names::FLOWS).ok_or("no FLOWS")?)?;
+    Ok(flows.remove(key)?)
+}
+
+/// Mean ns per call of the insert floor over distinct connections (other clients than the
+/// SYNs'); checked to have inserted every key, then the keys are removed again.
+fn floor_insert(ebpf: &mut Ebpf) -> Result<f64, Error> {
+    let clients: Vec<([u8; 4], u16)> = (0..ONE_SHOTS)
+        .map(|i| ([10, 1 + (i / 250) as u8, (i % 250) as u8 + 1, 1], 20000 + i))
+        .collect();
+    let frames: Vec<Vec<u8>> = clients
+        .iter()
+        .map(|&(client, sport)| syn(client, sport))
+        .collect::<Result<_, _>>()?;
+    let ns = one_shots(ebpf, names::XDP_FLOOR_INSERT, &frames, 1)?;
+    for &(client, sport) in &clients {
+        let key = key4(client, sport, VIP4, 80);
+        let reverse = key4(VIP4, 80, client, sport);
+        for key in [key, reverse] {
+            flows_remove(ebpf, &key).map_err(|e| format!("the insert floor left no entry: {e}"))?;
+        }
+    }
+    Ok(ns)
+}
+
 /// Mean ns per run of `program` on `frame`, repeated in-kernel (only for frames it leaves as
 /// they are).
 fn repeated(ebpf: &mut Ebpf, program: &'static str, frame: &[u8]) -> Result<f64, Error> {
@@ -256,11 +325,13 @@ fn main() -> Result<(), Error> {
     let base_warm = one_shots(&mut ebpf, names::XDP_BASELINE, &warm, rounds)?;
     let est_warm = one_shots(&mut ebpf, names::XDP_INGRESS, &warm, rounds)?;
 
+    let hit_floor = floor_hit(&mut ebpf)?;
     // SYNs: distinct connections, each run once.
     let syns: Vec<Vec<u8>> = (0..ONE_SHOTS)
         .map(|i| syn(client(i), 20000 + i))
         .collect::<Result<_, _>>()?;
     let base_once = one_shots(&mut ebpf, names::XDP_BASELINE, &syns, 1)?;
+    let insert_floor = base_repeated + (floor_insert(&mut ebpf)? - base_once);
     let syn_once = one_shots(&mut ebpf, names::XDP_INGRESS, &syns, 1)?;
     // The same connections' next packets: established but cold, each flow entry touched once.
     let followups: Vec<Vec<u8>> = (0..ONE_SHOTS)
@@ -275,6 +346,8 @@ fn main() -> Result<(), Error> {
     let est_cold_own = base_repeated + (est_cold - base_once);
     let rows = [
         ("parse-and-pass baseline", base_repeated),
+        ("floor: baseline + one flow-table lookup", hit_floor),
+        ("floor: baseline + two flow-table inserts", insert_floor),
         ("no service, TCP to another port: pass", pass_other_port),
         ("no service, TCP to a service port: pass", pass),
         ("established flow, IPv6 (warm, in-call repeat)", est6),
@@ -294,6 +367,12 @@ fn main() -> Result<(), Error> {
          distinct frames), established {est_warm:.0} (warm) / {est_cold:.0} (cold), SYN {syn_once:.0}"
     );
     println!(
+        "above its floor: established IPv6 +{:.0} ns, SYN +{:.0} ns (the floors are what the \
+         kernel's flow-table operations alone cost on this machine)",
+        est6 - hit_floor,
+        syn - insert_floor
+    );
+    println!(
         "targets (DESIGN.md): established <= 2x, SYN <= 4x; {REPEAT} repeats, {WARM_FLOWS} warm flows \
          x {rounds}, {ONE_SHOTS} distinct SYNs, {:.1} s",
         started.elapsed().as_secs_f64()
@@ -310,6 +389,8 @@ fn main() -> Result<(), Error> {
             "established_v6_ratio": est6 / base_repeated,
             "syn_ns": syn,
             "syn_ratio": syn / base_repeated,
+            "floor_hit_ns": hit_floor,
+            "floor_insert_ns": insert_floor,
             "per_call": {
                 "baseline_warm_ns": base_warm,
                 "baseline_distinct_ns": base_once,

@@ -27,6 +27,10 @@ pub mod names {
     pub const XDP_INGRESS: &str = "edge_xdp";
     /// A program that parses like `edge_xdp` and passes: the benchmarks' baseline.
     pub const XDP_BASELINE: &str = "edge_xdp_baseline";
+    /// Benchmark-only programs: `XDP_BASELINE` plus one flow-table lookup, and plus the two
+    /// flow-table inserts of a new flow: what the kernel's map operations cost on the machine.
+    pub const XDP_FLOOR_HIT: &str = "edge_xdp_floor_hit";
+    pub const XDP_FLOOR_INSERT: &str = "edge_xdp_floor_insert";
     /// The clock calibration program (`kernel_clock`).
     pub const XDP_CLOCK: &str = "edge_clock";
     /// The TC ingress program on the public interface: `edge_xdp`'s translation where the TC

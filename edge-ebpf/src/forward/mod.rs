@@ -15,6 +15,7 @@
     reason = "map keys and values go by reference: a copy would cost BPF stack (512 bytes)"
 )]
 
+mod floor;
 pub mod tc;
 pub mod xdp;
 
