@@ -29,12 +29,13 @@ pub struct GeoClasses {
 }
 
 impl GeoClasses {
-    /// Classes for `countries` (sorted, deduplicated); at most 255 fit the kernel's table.
+    /// Classes for `countries` (sorted, deduplicated); at most `MAX_COUNTRY_CLASS` fit the
+    /// kernel's tables, and countries past it stay unknown (class 0).
     pub fn new(countries: impl IntoIterator<Item = Country>) -> Self {
         let mut countries: Vec<Country> = countries.into_iter().collect();
         countries.sort();
         countries.dedup();
-        countries.truncate(edge_common::geo::GEO_CLASSES as usize - 1);
+        countries.truncate(usize::from(edge_common::geo::MAX_COUNTRY_CLASS));
         GeoClasses { countries }
     }
 

@@ -39,6 +39,7 @@ pub const PINNED_MAPS: &[&str] = &[
     names::BACKEND_STATS,
     names::DROP_STATS,
     names::GEO_V4,
+    names::GEO_V4_SLASH24,
     names::GEO_V6,
     names::SERVICE_RINGS,
     names::AFFINITY,

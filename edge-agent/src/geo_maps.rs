@@ -1,9 +1,11 @@
-//! Compiles a country database into the kernel's geo tries: prefix -> country class.
+//! Compiles a country database into the kernel's geo maps: prefix -> country class, in an LPM
+//! trie per family, and for IPv4 also a table of every /24 (one array load per SYN instead of a
+//! trie walk; the trie answers only inside a /24 that longer prefixes split).
 //!
 //! A reload writes every prefix of the new database and then removes the ones it no longer has,
 //! so lookups keep answering (with the old or the new country) while it runs.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, net::Ipv4Addr};
 
 use aya::{
     maps::{
@@ -12,16 +14,24 @@ use aya::{
     },
     Ebpf,
 };
-use edge_common::{geo::GeoValue, names};
+use edge_common::{
+    geo::{GeoValue, GEO_V4_DEEPER, GEO_V4_SLASH24_WORDS},
+    names,
+};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::{balancer::GeoClasses, geo::GeoDb};
 
-/// The prefixes currently in the tries.
+/// What the geo maps hold, as this agent wrote them.
 #[derive(Default)]
 pub struct Written {
     v4: HashSet<Ipv4Net>,
     v6: HashSet<Ipv6Net>,
+    /// The /24 table's words; empty until this agent first wrote it (the pinned table may hold
+    /// a previous agent's, so the first write covers every word).
+    v4_slash24: Vec<u64>,
+    /// Whether the trie sets above include what the pinned tries held when this agent started.
+    seeded: bool,
 }
 
 impl Written {
@@ -63,13 +73,26 @@ fn value(classes: &GeoClasses, country: crate::model::Country) -> GeoValue {
     }
 }
 
-/// Makes the tries hold exactly `db`, classified by `classes`.
+/// Makes the geo maps hold exactly `db`, classified by `classes`.
 pub fn write(
     ebpf: &mut Ebpf,
     db: &GeoDb,
     classes: &GeoClasses,
     written: &mut Written,
 ) -> Result<(), GeoMapsError> {
+    if !written.seeded {
+        // Prefixes a previous agent wrote (pinned maps outlive it) that this database lacks
+        // must go too.
+        written.v4.extend(pinned_prefixes(
+            &trie(ebpf, names::GEO_V4)?,
+            |k: &Key<[u8; 4]>| Ipv4Net::new(k.data().into(), k.prefix_len() as u8).ok(),
+        ));
+        written.v6.extend(pinned_prefixes(
+            &trie(ebpf, names::GEO_V6)?,
+            |k: &Key<[u8; 16]>| Ipv6Net::new(k.data().into(), k.prefix_len() as u8).ok(),
+        ));
+        written.seeded = true;
+    }
     let v4 = db
         .v4_prefixes()
         .map(|(net, c)| (net, net.key(), value(classes, c)));
@@ -79,6 +102,12 @@ pub fn write(
         v4,
         &mut written.v4,
     )?;
+    // After the trie: a /24 marked deeper finds its longer prefixes there.
+    let table = slash24_table(
+        db.v4_prefixes()
+            .map(|(net, c)| (net, value(classes, c).class)),
+    );
+    write_slash24(ebpf, table, &mut written.v4_slash24)?;
     let v6 = db
         .v6_prefixes()
         .map(|(net, c)| (net, net.key(), value(classes, c)));
@@ -88,6 +117,78 @@ pub fn write(
         v6,
         &mut written.v6,
     )
+}
+
+/// The prefixes in a trie (keys that do not make a prefix are skipped: they cannot be ours).
+fn pinned_prefixes<K: aya::Pod, N>(
+    trie: &LpmTrie<&mut MapData, K, GeoValue>,
+    prefix: impl Fn(&Key<K>) -> Option<N>,
+) -> Vec<N> {
+    trie.keys()
+        .filter_map(|key| key.ok())
+        .filter_map(|key| prefix(&key))
+        .collect()
+}
+
+/// The IPv4 /24 table of `prefixes` (with their classes): each /24 holds the class of the
+/// longest prefix of at most 24 bits that covers it (0 if none does), or `GEO_V4_DEEPER` if a
+/// longer prefix lies inside it; so that a lookup answers as the trie would. Classes above
+/// `MAX_COUNTRY_CLASS` cannot occur (`GeoClasses` stops there) and are stored as unknown.
+pub fn slash24_table(prefixes: impl IntoIterator<Item = (Ipv4Net, u16)>) -> Vec<u64> {
+    let mut prefixes: Vec<(Ipv4Net, u16)> = prefixes.into_iter().collect();
+    // Shorter first, so that a longer prefix paints over the ones that cover it.
+    prefixes.sort_by_key(|(net, _)| net.prefix_len());
+    let mut classes = vec![0u8; GEO_V4_SLASH24_WORDS as usize * 8];
+    for (net, class) in prefixes {
+        let first = (u32::from(net.network()) >> 8) as usize;
+        let len = net.prefix_len();
+        let (span, class) = if len <= 24 {
+            let class = u8::try_from(class).ok().filter(|&c| c != GEO_V4_DEEPER);
+            (1usize << (24 - len), class.unwrap_or(0))
+        } else {
+            (1, GEO_V4_DEEPER)
+        };
+        if let Some(run) = classes.get_mut(first..first + span) {
+            run.fill(class);
+        }
+    }
+    classes
+        .chunks_exact(8)
+        .map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default()))
+        .collect()
+}
+
+/// The /24 class `table` (as `slash24_table` builds it) gives an address.
+pub fn slash24_class(table: &[u64], addr: Ipv4Addr) -> Option<u8> {
+    let slash24 = u32::from(addr) >> 8;
+    let word = table.get((slash24 >> 3) as usize)?;
+    Some((word >> ((slash24 & 7) * 8)) as u8)
+}
+
+/// Writes the words of `table` that differ from `written` (all of them the first time).
+fn write_slash24(
+    ebpf: &mut Ebpf,
+    table: Vec<u64>,
+    written: &mut Vec<u64>,
+) -> Result<(), GeoMapsError> {
+    let name = names::GEO_V4_SLASH24;
+    let map = match ebpf
+        .map_mut(name)
+        .ok_or(GeoMapsError::MissingMap { name })?
+    {
+        aya::maps::Map::Array(data) => data,
+        _ => return Err(GeoMapsError::MissingMap { name }),
+    };
+    let (indexes, words): (Vec<u32>, Vec<u64>) = table
+        .iter()
+        .enumerate()
+        .filter(|&(i, word)| written.get(i) != Some(word))
+        .map(|(i, &word)| (i as u32, word))
+        .unzip();
+    crate::map_batch::update_array(map, &indexes, &words)
+        .map_err(|source| GeoMapsError::Map { name, source })?;
+    *written = table;
+    Ok(())
 }
 
 /// Writes `entries` into `trie`, then removes what `written` held and `entries` does not.
@@ -131,5 +232,107 @@ impl PrefixKey<[u8; 4]> for Ipv4Net {
 impl PrefixKey<[u8; 16]> for Ipv6Net {
     fn key(&self) -> Key<[u8; 16]> {
         Key::new(u32::from(self.prefix_len()), self.network().octets())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use ipnet::{IpNet, Ipv4Net};
+
+    use super::{slash24_class, slash24_table, GEO_V4_DEEPER};
+    use crate::{balancer::GeoClasses, geo::GeoDb, model::Country};
+
+    type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+    fn net(s: &str) -> Result<Ipv4Net> {
+        Ok(s.parse()?)
+    }
+
+    #[test]
+    fn longer_prefixes_paint_over_the_ones_that_cover_them_in_any_order() -> Result {
+        let table = slash24_table([
+            (net("10.1.2.0/24")?, 3),
+            (net("10.1.0.0/16")?, 2),
+            (net("10.0.0.0/8")?, 1),
+            (net("10.1.2.128/25")?, 4),
+            (net("10.9.9.9/32")?, 5),
+        ]);
+        let class = |a: [u8; 4]| slash24_class(&table, Ipv4Addr::from(a));
+        assert_eq!(class([10, 200, 0, 1]), Some(1));
+        assert_eq!(class([10, 1, 7, 1]), Some(2));
+        // A /24 split by a /25: the trie answers for the whole /24, both halves.
+        assert_eq!(class([10, 1, 2, 1]), Some(GEO_V4_DEEPER));
+        assert_eq!(class([10, 1, 2, 200]), Some(GEO_V4_DEEPER));
+        assert_eq!(class([10, 9, 9, 1]), Some(GEO_V4_DEEPER));
+        assert_eq!(class([10, 9, 8, 1]), Some(1));
+        assert_eq!(class([11, 0, 0, 1]), Some(0));
+        assert_eq!(class([255, 255, 255, 255]), Some(0));
+        Ok(())
+    }
+
+    #[test]
+    fn the_whole_space_and_its_last_slash24_are_covered() -> Result {
+        let table = slash24_table([(net("0.0.0.0/0")?, 7), (net("255.255.255.0/24")?, 8)]);
+        assert_eq!(slash24_class(&table, Ipv4Addr::new(0, 0, 0, 0)), Some(7));
+        assert_eq!(slash24_class(&table, Ipv4Addr::new(128, 3, 4, 5)), Some(7));
+        assert_eq!(
+            slash24_class(&table, Ipv4Addr::new(255, 255, 255, 9)),
+            Some(8)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_class_that_would_read_as_deeper_is_stored_as_unknown() -> Result {
+        let table = slash24_table([(net("10.0.0.0/8")?, 255), (net("11.0.0.0/8")?, 300)]);
+        assert_eq!(slash24_class(&table, Ipv4Addr::new(10, 1, 1, 1)), Some(0));
+        assert_eq!(slash24_class(&table, Ipv4Addr::new(11, 1, 1, 1)), Some(0));
+        Ok(())
+    }
+
+    /// Random nested prefixes: wherever the table gives a class, it is the database's own
+    /// longest-prefix answer.
+    #[test]
+    fn the_table_answers_as_the_database_does() -> Result {
+        let countries: Vec<Country> = ["AR", "BR", "DE", "JP", "US"]
+            .iter()
+            .map(|c| c.parse())
+            .collect::<std::result::Result<_, _>>()?;
+        let mut rng = fastrand::Rng::with_seed(24);
+        let mut entries = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3000 {
+            // Clustered in 10.0.0.0/12 so that prefixes nest and split /24s.
+            let addr = Ipv4Addr::from(0x0a00_0000 | rng.u32(..1 << 20));
+            let len = rng.u8(12..=30);
+            let net = Ipv4Net::new(addr, len)?.trunc();
+            if seen.insert(net) {
+                entries.push((IpNet::V4(net), countries[rng.usize(..countries.len())]));
+            }
+        }
+        let db = GeoDb::from_entries(entries)?;
+        let classes = GeoClasses::new(db.countries());
+        let class_of = |c: Country| classes.class_of(c).unwrap_or(0);
+        let table = slash24_table(db.v4_prefixes().map(|(n, c)| (n, class_of(c))));
+        let (mut direct, mut deeper) = (0, 0);
+        for _ in 0..50_000 {
+            let addr = Ipv4Addr::from(0x0a00_0000 | rng.u32(..1 << 21));
+            let expected = db.lookup(IpAddr::V4(addr)).map_or(0, class_of);
+            match slash24_class(&table, addr) {
+                Some(GEO_V4_DEEPER) => deeper += 1,
+                Some(class) => {
+                    assert_eq!(u16::from(class), expected, "{addr}");
+                    direct += 1;
+                }
+                None => return Err(format!("{addr}: outside the table").into()),
+            }
+        }
+        assert!(
+            direct > 10_000 && deeper > 1_000,
+            "{direct} direct, {deeper} deeper"
+        );
+        Ok(())
     }
 }

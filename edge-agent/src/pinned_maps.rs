@@ -101,6 +101,14 @@ pub const MAPS: &[MapDoc] = &[
         fields: &["class", "country"],
     },
     MapDoc {
+        name: names::GEO_V4_SLASH24,
+        kind: "array",
+        key: "u32 (IPv4 /24 number / 8)",
+        value: "u64",
+        holds: "country class of every IPv4 /24, a byte each (255: ask GEO_V4)",
+        fields: &[],
+    },
+    MapDoc {
         name: names::GEO_V6,
         kind: "lpm_trie",
         key: "IPv6 prefix",

@@ -7,8 +7,20 @@
 //! the eligible backend set it computed for that country (v1's tiers), countries with the same
 //! set sharing one ring.
 
-/// Country indexes: 0 is "unknown", 1..GEO_CLASSES are countries the agent assigned.
+/// Country indexes: 0 is "unknown", 1..=MAX_COUNTRY_CLASS are countries the agent assigned.
 pub const GEO_CLASSES: u32 = 256;
+
+/// The highest class a country gets: the IPv4 /24 table stores classes in a byte, and its
+/// 255 is `GEO_V4_DEEPER`.
+pub const MAX_COUNTRY_CLASS: u16 = 254;
+
+/// Words of the IPv4 /24 table (`GEO_V4_SLASH24`): the class of every IPv4 /24, eight to a
+/// `u64`, the /24 numbered `8 * w + i` in byte `i` of word `w` (least significant first). One
+/// array load classifies an IPv4 client, where the LPM trie walks a node per prefix bit.
+pub const GEO_V4_SLASH24_WORDS: u32 = (1 << 24) / 8;
+
+/// In the /24 table: this /24 holds prefixes longer than /24, so the IPv4 trie answers for it.
+pub const GEO_V4_DEEPER: u8 = 255;
 
 /// What a prefix maps to: the country's index, and its ISO code for people reading the map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -50,6 +50,7 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const DROP_STATS: &str = "DROP_STATS";
     pub const GEO_V4: &str = "GEO_V4";
+    pub const GEO_V4_SLASH24: &str = "GEO_V4_SLASH24";
     pub const GEO_V6: &str = "GEO_V6";
     pub const SERVICE_RINGS: &str = "SERVICE_RINGS";
     pub const AFFINITY: &str = "AFFINITY";

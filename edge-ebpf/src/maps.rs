@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use edge_common::{
-    geo::{AffinityKey, AffinityValue, GeoValue, GEO_CLASSES},
+    geo::{AffinityKey, AffinityValue, GeoValue, GEO_CLASSES, GEO_V4_SLASH24_WORDS},
     limits::{
         DEFAULT_AFFINITY, DEFAULT_FLOWS, MAX_BACKENDS, MAX_GEO_PREFIXES, MAX_RINGS, MAX_SERVICES,
     },
@@ -50,6 +50,11 @@ pub static DROP_STATS: PerCpuArray<DropStats, 1> = PerCpuArray::new();
 /// Client IPv4 prefix -> country class.
 #[btf_map]
 pub static GEO_V4: LpmTrie<[u8; 4], GeoValue, { MAX_GEO_PREFIXES as usize }> = LpmTrie::new();
+
+/// IPv4 /24 -> country class, eight to a word (`edge_common::geo::GEO_V4_SLASH24_WORDS`);
+/// `GEO_V4_DEEPER` sends the lookup on to `GEO_V4`.
+#[btf_map]
+pub static GEO_V4_SLASH24: Array<u64, { GEO_V4_SLASH24_WORDS as usize }> = Array::new();
 
 /// Client IPv6 prefix -> country class.
 #[btf_map]

@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    geo::{AffinityValue, GEO_CLASSES},
+    geo::{AffinityValue, GEO_CLASSES, GEO_V4_DEEPER},
     hash::flow_hash,
     limits::PORT_TRIES,
     pop::{POP_READY, POP_SNAT96},
@@ -42,8 +42,8 @@ use crate::{
     ctx::{ptr_at, Packet},
     debug_log,
     maps::{
-        NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V6, MAGLEV, POP_CONFIG, SCRATCH,
-        SERVICES, SERVICE_PORTS, SERVICE_RINGS,
+        NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V4_SLASH24, GEO_V6, MAGLEV,
+        POP_CONFIG, SCRATCH, SERVICES, SERVICE_PORTS, SERVICE_RINGS,
     },
     parse,
     stats::{self, Drop},
@@ -472,12 +472,20 @@ fn scratch_key() -> Result<*mut FlowKey, Drop> {
     Ok(unsafe { &raw mut (*scratch).key })
 }
 
-/// The client's country class: 0 when the geo tries do not know its address.
+/// The client's country class: 0 when the geo maps do not know its address. An IPv4 client
+/// is one load from the /24 table, and a trie walk only in a /24 split by longer prefixes.
 #[inline(always)]
 fn geo_class(scratch: *mut NewFlowScratch, client: &[u8; 16], v4: bool) -> u32 {
     let found = if v4 {
-        let key = Key::new(32, [client[12], client[13], client[14], client[15]]);
-        GEO_V4.get(&key).map(|g| g.class)
+        let v4 = [client[12], client[13], client[14], client[15]];
+        let slash24 = u32::from_be_bytes(v4) >> 8;
+        let class = GEO_V4_SLASH24
+            .get(slash24 >> 3)
+            .map_or(0, |word| (word >> ((slash24 & 7) * 8)) as u8);
+        if class != GEO_V4_DEEPER {
+            return u32::from(class);
+        }
+        GEO_V4.get(&Key::new(32, v4)).map(|g| g.class)
     } else {
         // SAFETY: this CPU's scratch slot.
         let key = unsafe { &mut (*scratch).geo_v6 };
