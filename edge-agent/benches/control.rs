@@ -17,9 +17,9 @@ use edge_agent::{
     geo::{write_country_mmdb, GeoDb},
     geo_maps,
     model::{Backend, BackendAddr, Country, Region, Service},
-    services::{PopSettings, Reconciler},
+    services::Reconciler,
     state::{SqliteState, StateSource as _},
-    test_run::test_run,
+    test_run::{lab_pop, test_run},
 };
 use edge_common::names;
 use etherparse::PacketBuilder;
@@ -41,19 +41,6 @@ fn load() -> Result<Ebpf, Error> {
     let mut ebpf = dataplane::load_object(None, sizes)?;
     dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
     Ok(ebpf)
-}
-
-fn pop() -> Result<PopSettings, Error> {
-    Ok(PopSettings {
-        overlay_addr: "fd00:ee::1".parse()?,
-        mss_clamp: 1360,
-        port_min: 10_000,
-        port_max: 60_000,
-        public_ifindex: 1,
-        overlay_l2_len: 14,
-        affinity_ttl: Duration::ZERO,
-        snat_prefix: None,
-    })
 }
 
 /// A deterministic database of `v4` IPv4 /24s and `v6` IPv6 /48s, neighbours sharing countries.
@@ -130,7 +117,7 @@ fn state_latency(dir: &std::path::Path) -> Result<(Duration, Duration, Duration)
     let mut ebpf = load()?;
     let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
     let region: Region = "eu".parse()?;
-    let pop = pop()?;
+    let pop = lab_pop();
     let apply = |ebpf: &mut Ebpf, reconciler: &mut Reconciler| -> Result<(), Error> {
         let (snapshot, _) = state.snapshot()?;
         let inputs = Inputs {
@@ -264,7 +251,7 @@ fn main() -> Result<(), Error> {
     };
     reconciler.apply(
         &mut ebpf,
-        &pop()?,
+        &lab_pop(),
         &balancer::plan(&state, &inputs, &|_| None),
     )?;
     let n = 20_000u32;

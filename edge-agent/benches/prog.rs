@@ -33,8 +33,8 @@ use edge_agent::{
     config::{AgentConfig, BackendConfig, ServiceConfig},
     dataplane::{self, MapSizes},
     flows::monotonic_ns,
-    services::{self, PopSettings, Reconciler},
-    test_run::test_run,
+    services::{self, Reconciler},
+    test_run::{lab_pop, test_run},
 };
 use edge_common::{names, FlowKey, FlowValue};
 use etherparse::{PacketBuilder, TcpOptionElement};
@@ -94,16 +94,7 @@ fn load() -> Result<Ebpf, Error> {
             health_check: None,
         })
         .collect();
-    let pop = PopSettings {
-        overlay_addr: "fd00:ee::1".parse()?,
-        mss_clamp: 1360,
-        port_min: 10_000,
-        port_max: 60_000,
-        public_ifindex: 1,
-        overlay_l2_len: 14,
-        affinity_ttl: std::time::Duration::ZERO,
-        snat_prefix: None,
-    };
+    let pop = lab_pop();
     let config = AgentConfig {
         services,
         ..AgentConfig::default()

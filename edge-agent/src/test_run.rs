@@ -9,9 +9,27 @@ use std::{
 use aya::programs::ProgramFd;
 use thiserror::Error;
 
+use crate::services::PopSettings;
+
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// Room for programs that grow the frame (`bpf_xdp_adjust_head` with a negative delta).
 const HEADROOM: usize = 256;
+
+/// The POP the packet tests and benchmarks run: overlay address `fd00:ee::1`, MSS clamp 1360,
+/// source ports 10000-60000, Ethernet on the overlay, no client affinity, no SNAT prefix. A case
+/// that needs other settings changes them with `..lab_pop()`.
+pub fn lab_pop() -> PopSettings {
+    PopSettings {
+        overlay_addr: std::net::Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, 1),
+        mss_clamp: 1360,
+        port_min: 10_000,
+        port_max: 60_000,
+        public_ifindex: 1,
+        overlay_l2_len: 14,
+        affinity_ttl: std::time::Duration::ZERO,
+        snat_prefix: None,
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum TestRunError {

@@ -13,7 +13,7 @@ use edge_agent::{
     dataplane::{self, MapSizes},
     model::{Backend, BackendAddr, Region, Service, Snapshot},
     services::{PopSettings, Reconciler},
-    test_run::test_run,
+    test_run::{lab_pop, test_run},
 };
 use edge_common::{names, FlowKey, FlowValue};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
@@ -103,14 +103,8 @@ impl Lb {
         };
         let plan = balancer::plan(&state, &inputs, &|_| None);
         let pop = PopSettings {
-            overlay_addr: "fd00:ee::1".parse()?,
-            mss_clamp: 1360,
-            port_min: 10_000,
-            port_max: 60_000,
-            public_ifindex: 1,
-            overlay_l2_len: 14,
             affinity_ttl: self.affinity_ttl,
-            snat_prefix: None,
+            ..lab_pop()
         };
         self.reconciler.apply(&mut self.ebpf, &pop, &plan)?;
         Ok(())

@@ -15,7 +15,7 @@ use edge_agent::{
     config::{AgentConfig, BackendConfig, ServiceConfig},
     dataplane::{self, MapSizes},
     services::{PopSettings, Reconciler},
-    test_run::test_run,
+    test_run::{lab_pop, test_run},
 };
 use edge_common::names;
 use etherparse::PacketBuilder;
@@ -60,13 +60,8 @@ fn load(debug_log: bool) -> Result<Ebpf, Error> {
     dataplane::tc_program(&mut ebpf, names::TC_REPLY)?;
     let pop = PopSettings {
         overlay_addr: OVERLAY,
-        mss_clamp: 1360,
-        port_min: 10_000,
         port_max: 32_767,
-        public_ifindex: 1,
-        overlay_l2_len: 14,
-        affinity_ttl: std::time::Duration::ZERO,
-        snat_prefix: None,
+        ..lab_pop()
     };
     let backend = BackendConfig {
         name: "be2".into(),

@@ -13,8 +13,8 @@ use edge_agent::{
     geo::GeoDb,
     geo_maps,
     model::{Backend, BackendAddr, Country, Region, Service, Snapshot},
-    services::{PopSettings, Reconciler},
-    test_run::test_run,
+    services::Reconciler,
+    test_run::{lab_pop, test_run},
 };
 use edge_common::names;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
@@ -117,18 +117,8 @@ impl Pop {
             health: &HashMap::new(),
             now_unix: 0,
         };
-        let pop = PopSettings {
-            overlay_addr: "fd00:ee::1".parse()?,
-            mss_clamp: 1360,
-            port_min: 10_000,
-            port_max: 60_000,
-            public_ifindex: 1,
-            overlay_l2_len: 14,
-            affinity_ttl: std::time::Duration::ZERO,
-            snat_prefix: None,
-        };
         let plan = balancer::plan(&state, &inputs, &|_| None);
-        self.reconciler.apply(&mut self.ebpf, &pop, &plan)?;
+        self.reconciler.apply(&mut self.ebpf, &lab_pop(), &plan)?;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use edge_agent::{
     flows::{self, TcpState},
     map_batch,
     services::{PopSettings, Reconciler},
-    test_run::test_run,
+    test_run::{lab_pop, test_run},
 };
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_FIN, TCP_RST, TCP_SYN},
@@ -141,12 +141,9 @@ impl Nat {
         let pop = PopSettings {
             overlay_addr: OVERLAY.parse()?,
             mss_clamp: MSS_CLAMP,
-            port_min: 10_000,
             port_max: 32_767,
-            public_ifindex: 1,
-            overlay_l2_len: 14,
-            affinity_ttl: Duration::ZERO,
             snat_prefix,
+            ..lab_pop()
         };
         let config = AgentConfig {
             services: services()?,
