@@ -27,9 +27,6 @@ use crate::{balancer::GeoClasses, geo::GeoDb};
 pub struct Written {
     v4: HashSet<Ipv4Net>,
     v6: HashSet<Ipv6Net>,
-    /// The /24 table's words; empty until this agent first wrote it (the pinned table may hold
-    /// a previous agent's, so the first write covers every word).
-    v4_slash24: Vec<u64>,
     /// Whether the trie sets above include what the pinned tries held when this agent started.
     seeded: bool,
 }
@@ -107,7 +104,7 @@ pub fn write(
         db.v4_prefixes()
             .map(|(net, c)| (net, value(classes, c).class)),
     );
-    write_slash24(ebpf, table, &mut written.v4_slash24)?;
+    write_slash24(ebpf, &table)?;
     let v6 = db
         .v6_prefixes()
         .map(|(net, c)| (net, net.key(), value(classes, c)));
@@ -165,12 +162,10 @@ pub fn slash24_class(table: &[u64], addr: Ipv4Addr) -> Option<u8> {
     Some((word >> ((slash24 & 7) * 8)) as u8)
 }
 
-/// Writes the words of `table` that differ from `written` (all of them the first time).
-fn write_slash24(
-    ebpf: &mut Ebpf,
-    table: Vec<u64>,
-    written: &mut Vec<u64>,
-) -> Result<(), GeoMapsError> {
+/// Writes the words of `table` that differ from what the kernel's table holds (read back
+/// rather than remembered: the pinned table may be a previous agent's, and a copy would cost
+/// the agent 16 MiB).
+fn write_slash24(ebpf: &mut Ebpf, table: &[u64]) -> Result<(), GeoMapsError> {
     let name = names::GEO_V4_SLASH24;
     let map = match ebpf
         .map_mut(name)
@@ -179,16 +174,18 @@ fn write_slash24(
         aya::maps::Map::Array(data) => data,
         _ => return Err(GeoMapsError::MissingMap { name }),
     };
-    let (indexes, words): (Vec<u32>, Vec<u64>) = table
-        .iter()
-        .enumerate()
-        .filter(|&(i, word)| written.get(i) != Some(word))
-        .map(|(i, &word)| (i as u32, word))
-        .unzip();
-    crate::map_batch::update_array(map, &indexes, &words)
-        .map_err(|source| GeoMapsError::Map { name, source })?;
-    *written = table;
-    Ok(())
+    let err = |source| GeoMapsError::Map { name, source };
+    let mut changed: Vec<(u32, u64)> = Vec::new();
+    crate::map_batch::for_each::<u32, u64>(map, |&index, &word| {
+        if let Some(&new) = table.get(index as usize) {
+            if new != word {
+                changed.push((index, new));
+            }
+        }
+    })
+    .map_err(err)?;
+    let (indexes, words): (Vec<u32>, Vec<u64>) = changed.into_iter().unzip();
+    crate::map_batch::update_array(map, &indexes, &words).map_err(err)
 }
 
 /// Writes `entries` into `trie`, then removes what `written` held and `entries` does not.

@@ -66,8 +66,9 @@ pub fn entries<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>, MapError> {
     Ok(out)
 }
 
-/// Calls `f` with every entry of a hash map (as `entries`), a batch at a time: the caller keeps
-/// only what it needs of each, not a copy of the whole table.
+/// Calls `f` with every entry of a hash map (as `entries`) or an array map (keys are the
+/// indexes), a batch at a time: the caller keeps only what it needs of each, not a copy of the
+/// whole table.
 pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut f: impl FnMut(&K, &V)) -> Result<(), MapError> {
     let mut chunk = CHUNK;
     let mut keys: Vec<MaybeUninit<K>> = Vec::new();
