@@ -15,7 +15,7 @@ use aya::{
     Ebpf,
 };
 use edge_common::{
-    geo::{GeoValue, GEO_V4_DEEPER, GEO_V4_SLASH24_WORDS},
+    geo::{slash24_slot, GeoValue, GEO_V4_DEEPER, GEO_V4_SLASH24_WORDS},
     names,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -157,9 +157,8 @@ pub fn slash24_table(prefixes: impl IntoIterator<Item = (Ipv4Net, u16)>) -> Vec<
 
 /// The /24 class `table` (as `slash24_table` builds it) gives an address.
 pub fn slash24_class(table: &[u64], addr: Ipv4Addr) -> Option<u8> {
-    let slash24 = u32::from(addr) >> 8;
-    let word = table.get((slash24 >> 3) as usize)?;
-    Some((word >> ((slash24 & 7) * 8)) as u8)
+    let (word, shift) = slash24_slot(u32::from(addr));
+    Some((table.get(word as usize)? >> shift) as u8)
 }
 
 /// Writes the words of `table` that differ from what the kernel's table holds (read back

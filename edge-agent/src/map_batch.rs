@@ -1,8 +1,8 @@
 //! Reading and deleting hash-map entries, and writing array entries, a few thousand per `bpf(2)`
 //! call (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`, `BPF_MAP_UPDATE_BATCH`; aya has no
-//! wrapper for them). Walking a map
-//! key by key costs two system calls per entry: sweeping the few hundred thousand entries a stream
-//! of new connections leaves took about a tenth of a CPU from the data plane.
+//! wrapper for them). Walking a map key by key costs two system calls per entry: sweeping the
+//! few hundred thousand entries a stream of new connections leaves took about a tenth of a CPU
+//! from the data plane.
 
 use std::{
     io,

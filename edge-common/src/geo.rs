@@ -22,6 +22,13 @@ pub const GEO_V4_SLASH24_WORDS: u32 = (1 << 24) / 8;
 /// In the /24 table: this /24 holds prefixes longer than /24, so the IPv4 trie answers for it.
 pub const GEO_V4_DEEPER: u8 = 255;
 
+/// Where the /24 table keeps the class of IPv4 address `addr` (host order): the word's index,
+/// and the shift that brings the class to the word's low byte.
+pub const fn slash24_slot(addr: u32) -> (u32, u32) {
+    let slash24 = addr >> 8;
+    (slash24 >> 3, (slash24 & 7) * 8)
+}
+
 /// What a prefix maps to: the country's index, and its ISO code for people reading the map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]

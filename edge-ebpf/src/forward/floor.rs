@@ -8,6 +8,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use super::{read_v4, BPF_NOEXIST};
 use crate::{
+    bytes,
     maps::{FLOWS, SCRATCH},
     parse, stats,
 };
@@ -37,8 +38,10 @@ pub fn edge_xdp_floor_insert(ctx: XdpContext) -> u32 {
         // SAFETY: this CPU's scratch slot, used only within this program run.
         unsafe {
             let reverse = &raw mut (*scratch).reverse_key;
-            (*reverse).src = (*key).dst;
-            (*reverse).dst = (*key).src;
+            // Word copies, as the data plane makes them: a byte array assignment would be a
+            // byte loop and inflate the floor.
+            bytes::copy16(&raw mut (*reverse).src, &raw const (*key).dst);
+            bytes::copy16(&raw mut (*reverse).dst, &raw const (*key).src);
             (*reverse).sport = (*key).dport;
             (*reverse).dport = (*key).sport;
             let value = &raw const (*scratch).value;

@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    geo::{AffinityValue, GEO_CLASSES, GEO_V4_DEEPER},
+    geo::{slash24_slot, AffinityValue, GEO_CLASSES, GEO_V4_DEEPER},
     hash::flow_hash,
     limits::PORT_TRIES,
     pop::{POP_READY, POP_SNAT96},
@@ -478,10 +478,10 @@ fn scratch_key() -> Result<*mut FlowKey, Drop> {
 fn geo_class(scratch: *mut NewFlowScratch, client: &[u8; 16], v4: bool) -> u32 {
     let found = if v4 {
         let v4 = [client[12], client[13], client[14], client[15]];
-        let slash24 = u32::from_be_bytes(v4) >> 8;
+        let (word, shift) = slash24_slot(u32::from_be_bytes(v4));
         let class = GEO_V4_SLASH24
-            .get(slash24 >> 3)
-            .map_or(0, |word| (word >> ((slash24 & 7) * 8)) as u8);
+            .get(word)
+            .map_or(0, |word| (word >> shift) as u8);
         if class != GEO_V4_DEEPER {
             return u32::from(class);
         }
