@@ -104,6 +104,18 @@ pub struct MapSizes {
     pub affinity: u32,
 }
 
+impl MapSizes {
+    /// The maps whose capacity is set at load time rather than by the object, with it.
+    fn overrides(self) -> [(&'static str, u32); 4] {
+        [
+            (names::FLOWS, self.flows),
+            (names::MAGLEV, self.maglev),
+            (names::AFFINITY, self.affinity),
+            (names::BACKENDS, MAX_BACKENDS),
+        ]
+    }
+}
+
 impl Default for MapSizes {
     fn default() -> Self {
         let maglev = crate::config::MaglevConfig::default();
@@ -213,12 +225,10 @@ pub fn load_object_with(
     }
     let debug_log = u8::from(debug_log);
     let mut loader = EbpfLoader::new();
-    loader
-        .override_global(names::DEBUG_LOG, &debug_log, true)
-        .map_max_entries(names::FLOWS, sizes.flows)
-        .map_max_entries(names::MAGLEV, sizes.maglev)
-        .map_max_entries(names::AFFINITY, sizes.affinity)
-        .map_max_entries(names::BACKENDS, MAX_BACKENDS);
+    loader.override_global(names::DEBUG_LOG, &debug_log, true);
+    for (name, max_entries) in sizes.overrides() {
+        loader.map_max_entries(name, max_entries);
+    }
     if let Some(pins) = pins {
         for name in PINNED_MAPS {
             loader.map_pin_path(name, pins.map(name));
@@ -282,13 +292,11 @@ pub fn retire_mismatched_pins(
         let Some(def) = object.maps.get(name) else {
             return Err(failed("not in this agent's eBPF object".into()));
         };
-        let max_entries = match name {
-            names::FLOWS => sizes.flows,
-            names::MAGLEV => sizes.maglev,
-            names::AFFINITY => sizes.affinity,
-            names::BACKENDS => MAX_BACKENDS,
-            _ => def.max_entries(),
-        };
+        let max_entries = sizes
+            .overrides()
+            .into_iter()
+            .find_map(|(sized, n)| (sized == name).then_some(n))
+            .unwrap_or_else(|| def.max_entries());
         let wanted = MapShape {
             map_type: def.map_type(),
             key_size: def.key_size(),
