@@ -35,6 +35,7 @@ const COUNTRIES: [&str; 12] = [
 fn load() -> Result<Ebpf, Error> {
     let sizes = MapSizes {
         flows: 1 << 20,
+        half_open: 1 << 10,
         maglev: 64 * TABLE_SIZE,
         affinity: 1 << 16,
     };

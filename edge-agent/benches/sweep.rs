@@ -116,7 +116,13 @@ fn main() -> Result<(), Error> {
         measured(|| Ok(map_batch::entries::<FlowKey, FlowValue>(table.map())?))?;
     let mut report = None;
     let (sweep_ms, sweep_mb) = measured(|| {
-        let (r, listing) = flows::sweep(&table, &config, flows::monotonic_ns(), Sweep::Expire)?;
+        let (r, listing) = flows::sweep(
+            &table,
+            flows::Table::Established,
+            &config,
+            flows::monotonic_ns(),
+            Sweep::Expire,
+        )?;
         report = Some(r);
         Ok(listing)
     })?;

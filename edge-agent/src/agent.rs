@@ -257,6 +257,7 @@ impl Agent {
             .context("starting the async runtime")?;
         let sizes = MapSizes {
             flows: config.flows.max_entries,
+            half_open: config.flows.half_open_max_entries,
             maglev: 2 * config.maglev.max_services * config.maglev.table_size,
             affinity: config.affinity.max_entries.max(1),
         };
@@ -511,16 +512,32 @@ impl Agent {
         let Some(b) = self.balancing.as_mut() else {
             return Ok(());
         };
+        let now = flows::monotonic_ns();
+        let half_open = self
+            .dataplane
+            .ebpf
+            .map(names::HALF_OPEN)
+            .context("HALF_OPEN map missing")?;
+        let half_open: aya::maps::HashMap<_, FlowKey, FlowValue> =
+            aya::maps::HashMap::try_from(half_open)?;
+        let (half_report, _) = flows::sweep(
+            &half_open,
+            flows::Table::HalfOpen,
+            &self.config.flows,
+            now,
+            flows::Sweep::Expire,
+        )?;
         let map = self
             .dataplane
             .ebpf
-            .map_mut(names::FLOWS)
+            .map(names::FLOWS)
             .context("FLOWS map missing")?;
         let table: aya::maps::HashMap<_, FlowKey, FlowValue> = aya::maps::HashMap::try_from(map)?;
         let (report, _) = flows::sweep(
             &table,
+            flows::Table::Established,
             &self.config.flows,
-            flows::monotonic_ns(),
+            now,
             flows::Sweep::Expire,
         )?;
         let drain_timeout = Duration::from_secs(self.config.flows.drain_timeout_secs);
@@ -539,7 +556,8 @@ impl Agent {
                 .map(|(id, _)| id)
                 .collect();
             if !over.is_empty() {
-                let ended = flows::remove_backend_flows(&table, &over)?;
+                let ended = flows::remove_backend_flows(&table, &over)?
+                    + flows::remove_backend_flows(&half_open, &over)?;
                 if ended > 0 {
                     info!(
                         entries = ended,
@@ -552,7 +570,9 @@ impl Agent {
             entries = report.entries,
             connections = report.connections,
             expired = report.expired,
-            "flow table swept"
+            half_open = half_report.entries,
+            half_open_expired = half_report.expired,
+            "flow tables swept"
         );
         let by_endpoint = b.reconciler.backend_ids();
         let mut active: HashMap<String, u64> = HashMap::new();

@@ -270,9 +270,13 @@ impl Default for OverlayConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FlowConfig {
-    /// Entries in the flow table (each connection takes two). Evicts least recently used.
+    /// Entries in the flow table of established connections (each takes two). Evicts least
+    /// recently used, but only a completed handshake makes an entry, so spoofed SYNs never do.
     pub max_entries: u32,
-    /// SYN seen, no SYN-ACK yet.
+    /// Entries in the table of half-open connections (each takes two): the SYNs whose client has
+    /// not yet acknowledged the backend's SYN-ACK. A SYN flood cycles through it alone.
+    pub half_open_max_entries: u32,
+    /// A half-open connection (SYN seen, handshake not completed).
     pub syn_timeout_secs: u64,
     /// Both directions seen, no FIN or RST.
     pub established_timeout_secs: u64,
@@ -290,6 +294,7 @@ impl Default for FlowConfig {
     fn default() -> Self {
         FlowConfig {
             max_entries: edge_common::limits::DEFAULT_FLOWS,
+            half_open_max_entries: edge_common::limits::DEFAULT_HALF_OPEN,
             syn_timeout_secs: 30,
             established_timeout_secs: 3600,
             fin_timeout_secs: 30,

@@ -155,6 +155,8 @@ pub struct NatReport {
     /// Flow table entries (both directions count) and its size.
     pub flow_entries: u64,
     pub flow_capacity: u32,
+    /// Entries of connections whose handshake is not complete (`HALF_OPEN`).
+    pub half_open_entries: u64,
 }
 
 fn open_map(pins: &PinDir, name: &'static str) -> Result<Map, CountersError> {
@@ -217,6 +219,7 @@ impl Accumulate for DropStats {
         self.resize_failed += o.resize_failed;
         self.no_flow += o.no_flow;
         self.redirect_failed += o.redirect_failed;
+        self.out_of_window += o.out_of_window;
     }
 }
 
@@ -256,14 +259,27 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
     let flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
         HashMap::try_from(flows_map).map_err(shape(names::FLOWS))?;
     let config = crate::config::FlowConfig::default();
+    let now = crate::flows::monotonic_ns();
     let (sweep, _) = crate::flows::sweep(
         &flows,
+        crate::flows::Table::Established,
         &config,
-        crate::flows::monotonic_ns(),
+        now,
         crate::flows::Sweep::Count,
     )
     .map_err(|source| CountersError::Read { index: 0, source })?;
     report.flow_entries = sweep.entries;
+    let half_open: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
+        HashMap::try_from(open_map(pins, names::HALF_OPEN)?).map_err(shape(names::HALF_OPEN))?;
+    let (sweep, _) = crate::flows::sweep(
+        &half_open,
+        crate::flows::Table::HalfOpen,
+        &config,
+        now,
+        crate::flows::Sweep::Count,
+    )
+    .map_err(|source| CountersError::Read { index: 0, source })?;
+    report.half_open_entries = sweep.entries;
     for entry in services.iter() {
         let Ok((key, value)) = entry else { continue };
         let s = sum_per_cpu(&service_stats, value.service_id)?;
@@ -365,14 +381,14 @@ impl fmt::Display for NatReport {
         }
         writeln!(
             f,
-            "\nflow table: {} of {} entries",
-            self.flow_entries, self.flow_capacity
+            "\nflow table: {} of {} entries; half-open: {} entries",
+            self.flow_entries, self.flow_capacity, self.half_open_entries
         )?;
         let d = &self.drops;
         writeln!(
             f,
-            "\ndrops: no_backend {} port_exhausted {} flow_insert {} unsupported {} resize_failed {} redirect_failed {}; no_flow (passed to the kernel) {}",
-            d.no_backend, d.port_exhausted, d.flow_insert, d.unsupported, d.resize_failed, d.redirect_failed, d.no_flow
+            "\ndrops: no_backend {} port_exhausted {} flow_insert {} unsupported {} resize_failed {} redirect_failed {}; no_flow (passed to the kernel) {}; out_of_window FIN/RST (forwarded, not recorded) {}",
+            d.no_backend, d.port_exhausted, d.flow_insert, d.unsupported, d.resize_failed, d.redirect_failed, d.no_flow, d.out_of_window
         )
     }
 }

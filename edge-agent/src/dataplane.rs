@@ -34,6 +34,7 @@ pub const PINNED_MAPS: &[&str] = &[
     names::BACKENDS,
     names::MAGLEV,
     names::FLOWS,
+    names::HALF_OPEN,
     names::POP_CONFIG,
     names::SERVICE_STATS,
     names::BACKEND_STATS,
@@ -98,6 +99,7 @@ pub enum DataPlaneError {
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
     pub flows: u32,
+    pub half_open: u32,
     /// Slots in all Maglev tables together.
     pub maglev: u32,
     /// Client bindings.
@@ -106,9 +108,10 @@ pub struct MapSizes {
 
 impl MapSizes {
     /// The maps whose capacity is set at load time rather than by the object, with it.
-    fn overrides(self) -> [(&'static str, u32); 4] {
+    fn overrides(self) -> [(&'static str, u32); 5] {
         [
             (names::FLOWS, self.flows),
+            (names::HALF_OPEN, self.half_open),
             (names::MAGLEV, self.maglev),
             (names::AFFINITY, self.affinity),
             (names::BACKENDS, MAX_BACKENDS),
@@ -121,6 +124,7 @@ impl Default for MapSizes {
         let maglev = crate::config::MaglevConfig::default();
         MapSizes {
             flows: edge_common::limits::DEFAULT_FLOWS,
+            half_open: edge_common::limits::DEFAULT_HALF_OPEN,
             maglev: 2 * maglev.max_services * maglev.table_size,
             affinity: edge_common::limits::DEFAULT_AFFINITY,
         }

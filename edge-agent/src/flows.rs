@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError};
 use edge_common::{
-    flow::{FLOW_REVERSE, TCP_FIN, TCP_RST, TCP_SYN},
+    flow::{FLOW_REVERSE, TCP_FIN, TCP_RST},
     is_ipv4_mapped, FlowKey, FlowValue,
 };
 use serde::Serialize;
@@ -21,7 +21,7 @@ use crate::config::FlowConfig;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TcpState {
-    /// The client's SYN went out; no SYN-ACK yet.
+    /// In `HALF_OPEN`: the client has not acknowledged the backend's SYN-ACK (yet).
     SynSent,
     Established,
     /// A FIN in one direction.
@@ -30,17 +30,26 @@ pub enum TcpState {
     Closed,
 }
 
+/// Which of the two flow tables a sweep walks (see `edge_common::flow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// `FLOWS`: connections whose handshake the client completed.
+    Established,
+    /// `HALF_OPEN`: connections a SYN started.
+    HalfOpen,
+}
+
 impl TcpState {
-    pub fn of(forward_flags: u8, reverse_flags: u8) -> Self {
+    pub fn of(table: Table, forward_flags: u8, reverse_flags: u8) -> Self {
         let both = forward_flags | reverse_flags;
         if both & TCP_RST != 0 || (forward_flags & TCP_FIN != 0 && reverse_flags & TCP_FIN != 0) {
             TcpState::Closed
+        } else if table == Table::HalfOpen {
+            TcpState::SynSent
         } else if both & TCP_FIN != 0 {
             TcpState::Closing
-        } else if reverse_flags & TCP_SYN != 0 {
-            TcpState::Established
         } else {
-            TcpState::SynSent
+            TcpState::Established
         }
     }
 
@@ -169,9 +178,12 @@ struct ReplyHalf {
     bytes: u64,
 }
 
-/// Reads every entry; see `Sweep` for what else it does.
+/// Reads every entry of one of the flow tables; see `Sweep` for what else it does. Only
+/// established connections count towards `active_per_backend`: a flood of spoofed SYNs must not
+/// take a backend to its connection limit.
 pub fn sweep<T: Borrow<MapData>>(
     flows: &BpfHashMap<T, FlowKey, FlowValue>,
+    table: Table,
     config: &FlowConfig,
     now_ns: u64,
     mode: Sweep,
@@ -213,7 +225,7 @@ pub fn sweep<T: Borrow<MapData>>(
         });
         report.connections += 1;
         let reverse_flags = partner.map_or(0, |p| p.tcp_flags);
-        let state = TcpState::of(value.tcp_flags, reverse_flags);
+        let state = TcpState::of(table, value.tcp_flags, reverse_flags);
         let last = partner.map_or(value.last_seen_ns, |p| {
             p.last_seen_ns.max(value.last_seen_ns)
         });
@@ -226,7 +238,7 @@ pub fn sweep<T: Borrow<MapData>>(
             }
             continue;
         }
-        if state != TcpState::Closed {
+        if matches!(state, TcpState::Established | TcpState::Closing) {
             *report
                 .active_per_backend
                 .entry(value.backend_id)
@@ -271,7 +283,8 @@ pub fn sweep<T: Borrow<MapData>>(
     Ok((report, listing))
 }
 
-/// Removes every connection to one of `backends` (both directions): what a drain timeout does.
+/// Removes every connection to one of `backends` (both directions) from one flow table: what a
+/// drain timeout does.
 /// Their next packets find no flow and the POP's kernel resets them.
 pub fn remove_backend_flows<T: Borrow<MapData>>(
     flows: &BpfHashMap<T, FlowKey, FlowValue>,
@@ -298,27 +311,35 @@ pub fn expire_bindings<T: Borrow<MapData>>(
 
 #[cfg(test)]
 mod tests {
-    use edge_common::flow::TCP_ACK;
+    use edge_common::flow::{TCP_ACK, TCP_SYN};
 
     use super::*;
 
     #[test]
     fn state_follows_both_directions() {
-        assert_eq!(TcpState::of(TCP_SYN, 0), TcpState::SynSent);
+        use Table::{Established as Est, HalfOpen};
+        assert_eq!(TcpState::of(HalfOpen, TCP_SYN, 0), TcpState::SynSent);
         assert_eq!(
-            TcpState::of(TCP_SYN | TCP_ACK, TCP_SYN | TCP_ACK),
+            TcpState::of(HalfOpen, TCP_SYN | TCP_ACK, TCP_SYN | TCP_ACK),
+            TcpState::SynSent,
+            "a half-open flow stays SynSent until the client's ACK moves it"
+        );
+        assert_eq!(
+            TcpState::of(Est, TCP_SYN | TCP_ACK, TCP_SYN | TCP_ACK),
             TcpState::Established
         );
         assert_eq!(
-            TcpState::of(TCP_SYN | TCP_ACK | TCP_FIN, TCP_SYN | TCP_ACK),
+            TcpState::of(Est, TCP_SYN | TCP_ACK | TCP_FIN, TCP_SYN | TCP_ACK),
             TcpState::Closing
         );
         assert_eq!(
-            TcpState::of(TCP_SYN | TCP_FIN, TCP_SYN | TCP_FIN),
+            TcpState::of(Est, TCP_SYN | TCP_FIN, TCP_SYN | TCP_FIN),
             TcpState::Closed
         );
-        assert_eq!(TcpState::of(TCP_SYN, TCP_RST), TcpState::Closed);
+        assert_eq!(TcpState::of(Est, TCP_SYN, TCP_RST), TcpState::Closed);
+        assert_eq!(TcpState::of(HalfOpen, TCP_SYN, TCP_RST), TcpState::Closed);
         let config = FlowConfig::default();
         assert!(TcpState::Closed.timeout(&config) < TcpState::Established.timeout(&config));
+        assert!(TcpState::SynSent.timeout(&config) < TcpState::Established.timeout(&config));
     }
 }

@@ -580,29 +580,46 @@ fn list_flows(
     output: Output,
     limit: usize,
 ) -> anyhow::Result<()> {
-    let path = pins.map(names::FLOWS);
-    let data = aya::maps::MapData::from_pin(&path)
-        .with_context(|| format!("opening {}; is the data plane loaded?", path.display()))?;
-    let map: aya::maps::HashMap<_, FlowKey, FlowValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))?;
+    let open = |name| -> anyhow::Result<aya::maps::HashMap<_, FlowKey, FlowValue>> {
+        let path = pins.map(name);
+        let data = aya::maps::MapData::from_pin(&path)
+            .with_context(|| format!("opening {}; is the data plane loaded?", path.display()))?;
+        Ok(aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(
+            data,
+        ))?)
+    };
+    let now = flows::monotonic_ns();
     let (report, mut listing) = flows::sweep(
-        &map,
+        &open(names::FLOWS)?,
+        flows::Table::Established,
         &config.flows,
-        flows::monotonic_ns(),
+        now,
         flows::Sweep::List,
     )?;
+    let (half_open, half_listing) = flows::sweep(
+        &open(names::HALF_OPEN)?,
+        flows::Table::HalfOpen,
+        &config.flows,
+        now,
+        flows::Sweep::List,
+    )?;
+    listing.extend(half_listing);
     listing.sort_by(|a, b| a.idle_secs.total_cmp(&b.idle_secs));
     listing.truncate(limit);
     flows::classify(&mut listing, pins);
     match output {
         Output::Json => {
-            let doc = serde_json::json!({ "summary": report, "flows": listing });
+            let doc = serde_json::json!({
+                "summary": report,
+                "half_open": half_open,
+                "flows": listing,
+            });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Output::Table => {
             println!(
-                "{} entries, {} connections; by state: {:?}",
-                report.entries, report.connections, report.by_state
+                "{} entries, {} connections; by state: {:?}; half-open: {} connections",
+                report.entries, report.connections, report.by_state, half_open.connections
             );
             println!(
                 "{:<46} {:<3} {:<46} {:<46} {:<11} {:>8} {:>8}",

@@ -249,6 +249,7 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
                 ("resize_failed", d.resize_failed),
                 ("redirect_failed", d.redirect_failed),
                 ("no_flow", d.no_flow),
+                ("out_of_window", d.out_of_window),
             ]
             .into_iter()
             .map(|(reason, v)| (vec![reason.to_owned()], v))
@@ -265,6 +266,13 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
             "Flow table size",
             &[],
             vec![(vec![], f64::from(nat.flow_capacity))],
+        )?;
+        out.gauges(
+            "edgeproxy_half_open_entries",
+            "Entries of connections whose client has not completed the handshake (a SYN flood \
+             fills this table, not the flow table)",
+            &[],
+            vec![(vec![], nat.half_open_entries as f64)],
         )?;
     }
     out.gauges(

@@ -85,6 +85,26 @@ pub const MAPS: &[MapDoc] = &[
         ],
     },
     MapDoc {
+        name: names::HALF_OPEN,
+        kind: "lru_hash",
+        key: "FlowKey",
+        value: "FlowValue",
+        holds: "connections whose client has not yet acknowledged the backend's SYN-ACK; \
+                the ACK moves both halves to FLOWS",
+        fields: &[
+            "src",
+            "dst",
+            "sport",
+            "dport",
+            "new_src",
+            "new_dst",
+            "backend_id",
+            "tcp_flags",
+            "seq",
+            "last_seen_ns",
+        ],
+    },
+    MapDoc {
         name: names::AFFINITY,
         kind: "lru_hash",
         key: "AffinityKey",

@@ -98,6 +98,7 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
         HashMap::try_from(Map::LruHashMap(open(pins, names::FLOWS)?))?;
     let (sweep, _) = crate::flows::sweep(
         &flows,
+        crate::flows::Table::Established,
         &config.flows,
         crate::flows::monotonic_ns(),
         crate::flows::Sweep::Count,

@@ -56,6 +56,7 @@ impl Lb {
     fn with_affinity(ttl: Duration) -> Result<Self, Error> {
         let sizes = MapSizes {
             flows: 1 << 16,
+            half_open: 1 << 16,
             maglev: 64 * TABLE_SIZE,
             affinity: 1024,
         };
@@ -142,8 +143,9 @@ impl Lb {
         Ok(Ipv6Addr::from(ip.header().destination()).segments()[7])
     }
 
+    /// The flows the SYNs made: half-open ones (these tests send no handshake ACKs).
     fn flows(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
-        let map = self.ebpf.map_mut(names::FLOWS).ok_or("no FLOWS")?;
+        let map = self.ebpf.map_mut(names::HALF_OPEN).ok_or("no HALF_OPEN")?;
         let flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
         Ok(flows.iter().collect::<Result<_, _>>()?)
     }
@@ -302,7 +304,7 @@ fn a_drain_timeout_ends_the_drained_backends_flows() -> TestResult {
         .find(|(_, v)| v.new_dst[15] == 1 && v.flags & edge_common::flow::FLOW_REVERSE == 0)
         .map(|(_, v)| v.backend_id)
         .ok_or("no flow to a")?;
-    let map = lb.ebpf.map_mut(names::FLOWS).ok_or("no FLOWS")?;
+    let map = lb.ebpf.map_mut(names::HALF_OPEN).ok_or("no HALF_OPEN")?;
     let flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
     let removed = edge_agent::flows::remove_backend_flows(&flows, &[a_id].into())?;
     assert_eq!(

@@ -52,6 +52,7 @@ impl log::Log for Capture {
 fn load(debug_log: bool) -> Result<Ebpf, Error> {
     let sizes = MapSizes {
         flows: 1024,
+        half_open: 1024,
         maglev: 2 * 8 * TABLE_SIZE,
         affinity: 1024,
     };

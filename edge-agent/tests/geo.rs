@@ -68,6 +68,7 @@ impl Pop {
     fn new() -> Result<Self, Error> {
         let sizes = MapSizes {
             flows: 1 << 14,
+            half_open: 1 << 14,
             maglev: 16 * TABLE_SIZE,
             affinity: 1024,
         };

@@ -2,351 +2,26 @@
 //! by the agent's own reconciler, each input frame must produce exactly the expected output frame,
 //! checked with `etherparse` (headers and checksums). Needs root, as `cargo xtask test` runs.
 
-use std::{
-    net::{IpAddr, Ipv6Addr},
-    time::Duration,
-};
+mod nat_support;
+
+use std::{net::IpAddr, time::Duration};
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray},
+    maps::{Array, IterableMap as _, MapData},
     Ebpf,
 };
 use edge_agent::{
     agent::static_plan,
-    config::{AgentConfig, BackendConfig, FlowConfig, ServiceConfig},
-    counters,
-    dataplane::{self, MapSizes},
+    config::{AgentConfig, FlowConfig},
     flows::{self, TcpState},
     map_batch,
-    services::{PopSettings, Reconciler},
-    test_run::{lab_pop, test_run},
 };
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_FIN, TCP_RST, TCP_SYN},
-    ipv4_mapped, names, DropStats, FlowKey, FlowValue,
+    ipv4_mapped, names, FlowKey, FlowValue,
 };
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-type Error = Box<dyn std::error::Error>;
-
-const TC_ACT_REDIRECT: u32 = 7;
-const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-const MAC_POP: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
-const CLIENT4: [u8; 4] = [198, 51, 100, 7];
-const VIP4: [u8; 4] = [198, 18, 0, 10];
-const CLIENT6: &str = "2001:db8:1::7";
-const VIP6: &str = "2001:db8:ff::10";
-const OVERLAY: &str = "fd00:ee::1";
-const TABLE_SIZE: u32 = 1021;
-const MSS_CLAMP: u16 = 1360;
-
-fn v6(s: &str) -> Result<[u8; 16], Error> {
-    Ok(s.parse::<Ipv6Addr>()?.octets())
-}
-
-fn backend(name: &str, last: u8) -> BackendConfig {
-    BackendConfig {
-        name: name.into(),
-        addr: Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, u16::from(last)),
-        port: 8080,
-        weight: 1,
-        region: None,
-        country: None,
-        soft_limit: 10_000,
-        hard_limit: 100_000,
-        health_check: None,
-    }
-}
-
-fn services() -> Result<Vec<ServiceConfig>, Error> {
-    let backends = vec![backend("be2", 2), backend("be3", 3), backend("be4", 4)];
-    Ok(vec![
-        ServiceConfig {
-            name: "web4".into(),
-            vip: IpAddr::from(VIP4),
-            port: 80,
-            backends: backends.clone(),
-            health_check: None,
-        },
-        ServiceConfig {
-            name: "web6".into(),
-            vip: VIP6.parse()?,
-            port: 80,
-            backends,
-            health_check: None,
-        },
-        ServiceConfig {
-            name: "empty".into(),
-            vip: IpAddr::from(VIP4),
-            port: 81,
-            backends: Vec::new(),
-            health_check: None,
-        },
-    ])
-}
-
-/// The two programs that translate client packets; every forward test runs against both.
-#[derive(Clone, Copy, Debug)]
-enum Hook {
-    Xdp,
-    Tc,
-}
-
-/// What a forward program did with a frame, whichever hook ran it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verdict {
-    /// Up the kernel's stack (Verdict::Pass, TC_ACT_OK).
-    Pass,
-    Drop,
-    /// Forwarded by the program itself (TC_ACT_REDIRECT).
-    Redirect,
-    Other(u32),
-}
-
-/// The data plane loaded with private maps, filled by the agent's reconciler.
-struct Nat {
-    ebpf: Ebpf,
-    hook: Hook,
-    reconciler: Reconciler,
-    pop: PopSettings,
-}
-
-impl Nat {
-    fn new(hook: Hook) -> Result<Self, Error> {
-        Self::with_flows(hook, 4096)
-    }
-
-    fn with_flows(hook: Hook, flows: u32) -> Result<Self, Error> {
-        Self::with(hook, flows, None)
-    }
-
-    /// In a network namespace of its own (this test's thread only): the TC program asks the
-    /// kernel's routing for the next hop, and the answer must not depend on the machine's
-    /// routes. With none (forwarding off), the translated packet goes up the stack, like XDP's.
-    fn with(hook: Hook, flows: u32, snat_prefix: Option<ipnet::Ipv6Net>) -> Result<Self, Error> {
-        // SAFETY: plain syscall; it moves only the calling thread to a new namespace.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let sizes = MapSizes {
-            flows,
-            maglev: 2 * 8 * TABLE_SIZE,
-            affinity: 1024,
-        };
-        let mut ebpf = dataplane::load_object(None, sizes)?;
-        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        dataplane::tc_program(&mut ebpf, names::TC_FORWARD)?;
-        dataplane::tc_program(&mut ebpf, names::TC_REPLY)?;
-        let pop = PopSettings {
-            overlay_addr: OVERLAY.parse()?,
-            mss_clamp: MSS_CLAMP,
-            port_max: 32_767,
-            snat_prefix,
-            ..lab_pop()
-        };
-        let config = AgentConfig {
-            services: services()?,
-            ..AgentConfig::default()
-        };
-        let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
-        let applied = reconciler.apply(&mut ebpf, &pop, &static_plan(&config))?;
-        assert_eq!(applied.services, 3, "services applied: {applied:?}");
-        assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
-        Ok(Nat {
-            ebpf,
-            hook,
-            reconciler,
-            pop,
-        })
-    }
-
-    /// A client frame through this test's forward program.
-    fn forward(&mut self, frame: &[u8]) -> Result<(Verdict, Vec<u8>), Error> {
-        let (program, verdict): (_, fn(u32) -> Verdict) = match self.hook {
-            Hook::Xdp => (
-                dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?.fd()?,
-                |r| match r {
-                    1 => Verdict::Drop,
-                    2 => Verdict::Pass,
-                    other => Verdict::Other(other),
-                },
-            ),
-            Hook::Tc => (
-                dataplane::tc_program(&mut self.ebpf, names::TC_FORWARD)?.fd()?,
-                |r| match r {
-                    0 => Verdict::Pass,
-                    2 => Verdict::Drop,
-                    TC_ACT_REDIRECT => Verdict::Redirect,
-                    other => Verdict::Other(other),
-                },
-            ),
-        };
-        let out = test_run(program, frame, 1)?;
-        Ok((verdict(out.retval), out.data_out))
-    }
-
-    /// A backend's frame through the reply program.
-    fn tc(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
-        let program = dataplane::tc_program(&mut self.ebpf, names::TC_REPLY)?;
-        let out = test_run(program.fd()?, frame, 1)?;
-        Ok((out.retval, out.data_out))
-    }
-
-    fn flows(&mut self) -> Result<BpfHashMap<&mut MapData, FlowKey, FlowValue>, Error> {
-        let map = self.ebpf.map_mut(names::FLOWS).ok_or("no FLOWS map")?;
-        Ok(BpfHashMap::try_from(map)?)
-    }
-
-    fn entries(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
-        Ok(self.flows()?.iter().collect::<Result<Vec<_>, _>>()?)
-    }
-
-    fn drops(&self) -> Result<DropStats, Error> {
-        let map = self
-            .ebpf
-            .map(names::DROP_STATS)
-            .ok_or("no DROP_STATS map")?;
-        let map: PerCpuArray<&MapData, DropStats> = PerCpuArray::try_from(map)?;
-        Ok(counters::sum_per_cpu(&map, 0)?)
-    }
-}
-
-fn syn4(sport: u16, dport: u16) -> Result<Vec<u8>, Error> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
-        .ipv4(CLIENT4, VIP4, 64)
-        .tcp(sport, dport, 1000, 64240)
-        .syn()
-        .options(&[TcpOptionElement::MaximumSegmentSize(1460)])?
-        .write(&mut v, &[])?;
-    Ok(v)
-}
-
-fn data4(sport: u16, payload: &[u8]) -> Result<Vec<u8>, Error> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
-        .ipv4(CLIENT4, VIP4, 64)
-        .tcp(sport, 80, 1001, 64240)
-        .ack(5001)
-        .psh()
-        .write(&mut v, payload)?;
-    Ok(v)
-}
-
-fn syn6(sport: u16) -> Result<Vec<u8>, Error> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
-        .ipv6(v6(CLIENT6)?, v6(VIP6)?, 64)
-        .tcp(sport, 80, 1000, 64240)
-        .syn()
-        .options(&[TcpOptionElement::MaximumSegmentSize(1440)])?
-        .write(&mut v, &[])?;
-    Ok(v)
-}
-
-/// What the checked output frame carried.
-#[derive(Debug)]
-struct Seen {
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    ttl: u8,
-    mss: Option<u16>,
-    payload: Vec<u8>,
-    syn: bool,
-    ack: bool,
-}
-
-/// The backend's SYN-ACK to the translated SYN `syn`, as it arrives on the overlay: hop limit
-/// `hop_limit`, MSS option `mss`.
-fn syn_ack_to(syn: &Seen, hop_limit: u8, mss: Option<u16>) -> Result<Vec<u8>, Error> {
-    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
-        return Err(format!("the translated SYN is not IPv6: {syn:?}").into());
-    };
-    let options: Vec<TcpOptionElement> = mss
-        .map(TcpOptionElement::MaximumSegmentSize)
-        .into_iter()
-        .collect();
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
-        .ipv6(backend.octets(), overlay.octets(), hop_limit)
-        .tcp(8080, syn.sport, 9000, 65000)
-        .syn()
-        .ack(1001)
-        .options(&options)?
-        .write(&mut v, &[])?;
-    Ok(v)
-}
-
-/// The first entry of `entries` of one direction: the reply half (`FLOW_REVERSE`) or the
-/// client's.
-fn half(entries: &[(FlowKey, FlowValue)], reverse: bool) -> Result<(FlowKey, FlowValue), Error> {
-    let direction = if reverse { "reverse" } else { "forward" };
-    entries
-        .iter()
-        .find(|(_, v)| (v.flags & FLOW_REVERSE != 0) == reverse)
-        .copied()
-        .ok_or_else(|| format!("no {direction} entry in {entries:?}").into())
-}
-
-/// Parses `frame` with etherparse and checks every checksum it carries.
-fn check(frame: &[u8]) -> Result<Seen, Error> {
-    let p = SlicedPacket::from_ethernet(frame)?;
-    let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
-        return Err(format!("no TCP in {p:?}").into());
-    };
-    let (src, dst, ttl, expected) = match &p.net {
-        Some(NetSlice::Ipv4(ip)) => {
-            let h = ip.header();
-            let header = h.to_header();
-            assert_eq!(
-                h.header_checksum(),
-                header.calc_header_checksum(),
-                "IPv4 header checksum"
-            );
-            (
-                IpAddr::from(h.source()),
-                IpAddr::from(h.destination()),
-                h.ttl(),
-                tcp.calc_checksum_ipv4(h.source(), h.destination())?,
-            )
-        }
-        Some(NetSlice::Ipv6(ip)) => {
-            let h = ip.header();
-            (
-                IpAddr::from(h.source()),
-                IpAddr::from(h.destination()),
-                h.hop_limit(),
-                tcp.calc_checksum_ipv6(h.source(), h.destination())?,
-            )
-        }
-        other => return Err(format!("no IP in {other:?}").into()),
-    };
-    assert_eq!(tcp.checksum(), expected, "TCP checksum of {src} -> {dst}");
-    let mss = tcp.options_iterator().find_map(|o| match o {
-        Ok(TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
-        _ => None,
-    });
-    Ok(Seen {
-        src,
-        dst,
-        sport: tcp.source_port(),
-        dport: tcp.destination_port(),
-        ttl,
-        mss,
-        payload: tcp.payload().to_vec(),
-        syn: tcp.syn(),
-        ack: tcp.ack(),
-    })
-}
-
-fn backends() -> Vec<IpAddr> {
-    (2..=4)
-        .map(|i| IpAddr::V6(Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i)))
-        .collect()
-}
+use etherparse::PacketBuilder;
+use nat_support::*;
 
 fn ipv4_syn_and_data_are_translated_to_ipv6(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
@@ -565,32 +240,28 @@ fn a_removed_services_flows_keep_their_translation(hook: Hook) -> TestResult {
     Ok(())
 }
 
-fn rst_closes_the_flow_and_the_sweeper_removes_it(hook: Hook) -> TestResult {
+fn an_expected_rst_closes_the_flow_and_the_sweeper_removes_it(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
-    nat.forward(&syn4(42000, 80)?)?;
-    let mut rst = Vec::new();
-    PacketBuilder::ethernet2(MAC_CLIENT, MAC_POP)
-        .ipv4(CLIENT4, VIP4, 64)
-        .tcp(42000, 80, 1001, 0)
-        .rst()
-        .write(&mut rst, &[])?;
-    let (verdict, out) = nat.forward(&rst)?;
-    assert_eq!(verdict, Verdict::Pass);
+    nat.handshake4(42000)?;
+    // The backend acknowledged the client's SYN (ISN 1000): it expects 1001 next.
+    let (verdict, out) = nat.forward(&segment4(42000, 1001, 0, Flags::Rst, b"")?)?;
+    assert_ne!(verdict, Verdict::Drop);
     assert!(
         check(&out)?.dst.is_ipv6(),
         "the RST is translated to the backend too"
     );
-    let forward = half(&nat.entries()?, false)?;
+    let forward = half(&nat.established()?, false)?;
     assert_eq!(forward.1.tcp_flags & TCP_RST, TCP_RST);
 
     let config = FlowConfig::default();
     let now = forward.1.last_seen_ns;
-    let (_, listing) = flows::sweep(&nat.flows()?, &config, now, flows::Sweep::List)?;
+    let table = flows::Table::Established;
+    let (_, listing) = flows::sweep(&nat.flows()?, table, &config, now, flows::Sweep::List)?;
     assert_eq!(listing.first().map(|f| f.state), Some(TcpState::Closed));
-    let (report, _) = flows::sweep(&nat.flows()?, &config, now, flows::Sweep::Expire)?;
+    let (report, _) = flows::sweep(&nat.flows()?, table, &config, now, flows::Sweep::Expire)?;
     assert_eq!(report.expired, 0, "a closed flow lingers for its timeout");
     let later = now + (config.closed_timeout_secs + 1) * 1_000_000_000;
-    let (report, _) = flows::sweep(&nat.flows()?, &config, later, flows::Sweep::Expire)?;
+    let (report, _) = flows::sweep(&nat.flows()?, table, &config, later, flows::Sweep::Expire)?;
     assert_eq!(report.expired, 2, "both directions removed");
     assert!(nat.entries()?.is_empty());
     Ok(())
@@ -697,7 +368,7 @@ fn source_ports_in_use_are_skipped_and_exhaustion_drops(hook: Hook) -> TestResul
     let reverse = half(&taken, true)?.0;
     // Forget the connection but keep its reverse key: the port stays in use.
     let forward = half(&taken, false)?.0;
-    nat.flows()?.remove(&forward)?;
+    nat.half_open()?.remove(&forward)?;
     let (verdict, out) = nat.forward(&syn4(44000, 80)?)?;
     assert_eq!(verdict, Verdict::Pass);
     let second = check(&out)?;
@@ -709,13 +380,15 @@ fn source_ports_in_use_are_skipped_and_exhaustion_drops(hook: Hook) -> TestResul
     );
     assert_eq!(second.sport, first.sport + 1, "next candidate port");
 
-    // Take every candidate port of this connection: its SYN is dropped, and counted.
+    // Established connections take every candidate port of this one: its SYN is dropped,
+    // and counted.
     let all: Vec<FlowKey> = nat.entries()?.into_iter().map(|(k, _)| k).collect();
     {
-        let mut flows = nat.flows()?;
+        let mut half_open = nat.half_open()?;
         for key in all {
-            flows.remove(&key)?;
+            half_open.remove(&key)?;
         }
+        let mut flows = nat.flows()?;
         let value = FlowValue {
             flags: FLOW_REVERSE,
             ..FlowValue::default()
@@ -799,14 +472,32 @@ fn the_sweeper_walks_and_expires_a_table_larger_than_one_batch() -> TestResult {
         };
         flows.insert(key(i), value, 0)?;
     }
-    let (report, _) = flows::sweep(&flows, &config, now, flows::Sweep::Count)?;
+    let (report, _) = flows::sweep(
+        &flows,
+        flows::Table::Established,
+        &config,
+        now,
+        flows::Sweep::Count,
+    )?;
     assert_eq!(report.entries, 10_000);
     let deleted = map_batch::delete(flows.map(), &[key(1), key(3), key(1), key(4_097)])?;
     assert_eq!(deleted, 3, "the repeated key was gone by its turn");
-    let (report, _) = flows::sweep(&flows, &config, now, flows::Sweep::Expire)?;
+    let (report, _) = flows::sweep(
+        &flows,
+        flows::Table::Established,
+        &config,
+        now,
+        flows::Sweep::Expire,
+    )?;
     assert_eq!(report.entries, 9_997);
     assert_eq!(report.expired, 4_997);
-    let (report, _) = flows::sweep(&flows, &config, now, flows::Sweep::Count)?;
+    let (report, _) = flows::sweep(
+        &flows,
+        flows::Table::Established,
+        &config,
+        now,
+        flows::Sweep::Count,
+    )?;
     assert_eq!(report.entries, 5_000, "only the fresh half is left");
     Ok(())
 }
@@ -835,7 +526,7 @@ for_both_hooks!(
     reply_to_an_ipv4_client_is_translated_to_ipv4,
     traffic_that_is_not_for_a_service_passes_untouched,
     non_syn_without_a_flow_goes_to_the_kernel_and_no_backend_drops,
-    rst_closes_the_flow_and_the_sweeper_removes_it,
+    an_expected_rst_closes_the_flow_and_the_sweeper_removes_it,
     a_removed_services_flows_keep_their_translation,
     a_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow,
     flows_are_stamped_in_the_agents_clock,

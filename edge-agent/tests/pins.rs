@@ -86,6 +86,7 @@ fn pin_lru_hash(path: &Path, key_size: u32, value_size: u32, max_entries: u32) -
 fn sizes(flows: u32) -> MapSizes {
     MapSizes {
         flows,
+        half_open: 4096,
         maglev: 2 * 8 * 1021,
         affinity: 1024,
     }

@@ -5,6 +5,12 @@
 //! reply as it arrives on the overlay (backend -> POP overlay address) and says how to restore it
 //! (VIP -> client). The kernel only looks entries up, ORs TCP flags into them and stamps
 //! `last_seen_ns`; the agent derives TCP state and expiry from the two entries together.
+//!
+//! A connection lives in one of two tables. Its SYN creates it in `HALF_OPEN`; the client's ACK
+//! of the backend's SYN-ACK (RFC 9293 section 3.5: its acknowledgment number is the backend's
+//! ISN + 1, which a client that spoofs its source never sees) moves it to `FLOWS`. Spoofed SYNs
+//! therefore only ever evict each other, never an established connection, and only `FLOWS`
+//! counts towards a backend's connection limits.
 
 /// A TCP connection's addresses and ports as seen on the wire in one direction (IPv4
 /// addresses IPv4-mapped), ports in network byte order. No protocol field: every flow is TCP,
@@ -44,9 +50,17 @@ pub struct FlowValue {
     pub backend_id: u32,
     /// `FLOW_*` bits.
     pub flags: u8,
-    /// OR of the TCP flags seen in this direction.
+    /// OR of the TCP flags seen in this direction. A client's FIN or RST is recorded only
+    /// at the sequence number the backend expects (`ack` of the reverse entry): a blind one
+    /// with a guessed number passes to the backend, which drops it (RFC 5961), and ends nothing.
     pub tcp_flags: u8,
     pub _pad: [u8; 2],
+    /// Reverse entries: the backend's ISN + 1, from its SYN-ACK (what the client's handshake
+    /// ACK must acknowledge).
+    pub seq: u32,
+    /// Reverse entries: the acknowledgment number of the backend's latest segment, the next
+    /// sequence number it expects from the client.
+    pub ack: u32,
     /// CLOCK_MONOTONIC_COARSE nanoseconds at creation and at the last packet, to within a
     /// kernel tick (the kernel programs scale jiffies; see `PopConfig::ns_per_jiffy`).
     pub created_ns: u64,

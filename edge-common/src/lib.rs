@@ -45,6 +45,7 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const MAGLEV: &str = "MAGLEV";
     pub const FLOWS: &str = "FLOWS";
+    pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const POP_CONFIG: &str = "POP_CONFIG";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -72,6 +73,10 @@ pub mod limits {
     pub const DEFAULT_AFFINITY: u32 = 1 << 18;
     /// Default flow table size (entries, both directions count).
     pub const DEFAULT_FLOWS: u32 = 1_000_000;
+    /// Default size of the half-open table (connections whose handshake is not complete, both
+    /// directions count). A flood of spoofed SYNs cycles through it; a real client's handshake
+    /// takes one round trip, during which the flood would have to make this many entries.
+    pub const DEFAULT_HALF_OPEN: u32 = 1 << 17;
     /// Source ports tried per new flow before giving up.
     pub const PORT_TRIES: u32 = 8;
 }

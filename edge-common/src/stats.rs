@@ -168,7 +168,9 @@ pub struct DropStats {
     pub no_flow: u64,
     /// Reply could not be redirected to the public interface.
     pub redirect_failed: u64,
-    pub _reserved: u64,
+    /// Not a drop: a client's FIN or RST at another sequence number than the backend expects
+    /// (blind, or overtaking data still in flight): forwarded to the backend, not recorded.
+    pub out_of_window: u64,
 }
 
 #[cfg(feature = "user")]

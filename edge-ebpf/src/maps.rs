@@ -32,8 +32,17 @@ pub static BACKENDS: Array<BackendValue, { MAX_BACKENDS as usize }> = Array::new
 #[btf_map]
 pub static MAGLEV: Array<u32, { (MAX_RINGS * 1021) as usize }> = Array::new();
 
+/// Established connections (see `edge_common::flow`).
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }> = LruHashMap::new();
+pub static FLOWS: FlowTable = LruHashMap::new();
+
+/// Connections whose handshake the client has not completed: what a SYN creates. Its own LRU,
+/// so that a flood of spoofed SYNs evicts only its own kind. The same type as `FLOWS` (the agent
+/// sizes both at load time), so that code can work on either.
+#[btf_map]
+pub static HALF_OPEN: FlowTable = LruHashMap::new();
+
+pub type FlowTable = LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }>;
 
 #[btf_map]
 pub static POP_CONFIG: Array<PopConfig, 1> = Array::new();

@@ -19,7 +19,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use edge_common::{
-    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_RST, TCP_SYN},
+    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_RST, TCP_SYN},
     pop::POP_READY,
     FlowKey, PopConfig, IPPROTO_TCP,
 };
@@ -29,10 +29,10 @@ use crate::{
     bytes, clock, csum,
     ctx::ptr_at,
     debug_log,
-    maps::{FLOWS, POP_CONFIG},
+    maps::{FLOWS, HALF_OPEN, POP_CONFIG},
     next_hop,
     stats::{self, Drop},
-    tcp,
+    tcp::{self, Segment},
 };
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
@@ -77,7 +77,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     let mut key = MaybeUninit::<FlowKey>::uninit();
     let k = key.as_mut_ptr();
     // SAFETY: bounds-checked above; `k` points at this frame's key, every field written.
-    let (key, tcp_flags, hop_limit, tclass, payload_len) = unsafe {
+    let (key, seg, hop_limit, tclass, payload_len) = unsafe {
         if (*ip).vcf[0] >> 4 != 6 || (*ip).next_hdr != IPPROTO_TCP {
             return Ok(TC_ACT_OK);
         }
@@ -87,13 +87,18 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         (*k).dport = (*ports).dest;
         (
             key.assume_init(),
-            (*hdr)[13],
+            Segment::of(hdr),
             (*ip).hop_limit,
             ((*ip).vcf[0] << 4) | ((*ip).vcf[1] >> 4),
             u16::from_be_bytes((*ip).payload_len),
         )
     };
-    let Some(entry) = FLOWS.get_ptr_mut(key) else {
+    let tcp_flags = seg.flags;
+    // A handshake's SYN-ACK finds its flow in HALF_OPEN; everything after, in FLOWS.
+    let Some(entry) = FLOWS
+        .get_ptr_mut(key)
+        .or_else(|| HALF_OPEN.get_ptr_mut(key))
+    else {
         debug_log::reply_miss(config, &key);
         return Ok(TC_ACT_OK);
     };
@@ -103,6 +108,13 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     let (flags, backend_id, new_sport, new_dport, answered_before) = unsafe {
         let answered_before = (*entry).tcp_flags & (TCP_SYN | TCP_RST) != 0;
         (*entry).tcp_flags |= tcp_flags;
+        if tcp_flags & TCP_ACK != 0 {
+            (*entry).ack = seg.ack;
+        }
+        if tcp_flags & TCP_SYN != 0 {
+            // What the client's handshake ACK must acknowledge.
+            (*entry).seq = seg.seq.wrapping_add(1);
+        }
         (*entry).last_seen_ns = now;
         (*entry).packets += 1;
         (*entry).bytes += len as u64;

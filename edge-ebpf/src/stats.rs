@@ -74,6 +74,15 @@ pub fn no_flow() {
     }
 }
 
+/// A client's FIN or RST not at the sequence number the backend expects (see `FlowValue`).
+#[inline(always)]
+pub fn out_of_window() {
+    if let Some(d) = DROP_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*d).out_of_window += 1 }
+    }
+}
+
 #[inline(always)]
 pub fn service_packet(service_id: u32, bytes: usize, new_flow: bool) {
     if let Some(s) = SERVICE_STATS.get_ptr_mut(service_id) {

@@ -1,6 +1,32 @@
-//! TCP header helpers: flags, and MSS clamping on SYN and SYN-ACK.
+//! TCP header helpers: the fields the flow tables follow, and MSS clamping on SYN and SYN-ACK.
 
 use crate::ctx::{ptr_at, Packet};
+
+/// The TCP header fields the flow tables follow, host byte order.
+#[derive(Clone, Copy)]
+pub struct Segment {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+}
+
+impl Segment {
+    /// Reads them from a TCP header.
+    ///
+    /// # Safety
+    /// `hdr` points at a whole, bounds-checked TCP header.
+    #[inline(always)]
+    pub unsafe fn of(hdr: *const [u8; 20]) -> Self {
+        // SAFETY: the caller's header.
+        unsafe {
+            Segment {
+                flags: (*hdr)[13],
+                seq: u32::from_be_bytes([(*hdr)[4], (*hdr)[5], (*hdr)[6], (*hdr)[7]]),
+                ack: u32::from_be_bytes([(*hdr)[8], (*hdr)[9], (*hdr)[10], (*hdr)[11]]),
+            }
+        }
+    }
+}
 
 /// Options walked before giving up; a SYN carries at most MSS, SACK-permitted, timestamps,
 /// window scale and padding (RFC 9293 section 3.2).

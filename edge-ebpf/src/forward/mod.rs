@@ -5,6 +5,9 @@
 //! the driver runs it natively on the NIC's buffers, TC on veth, where XDP would first copy
 //! every packet the stack hands over out of its skb (see docs/architecture.md).
 //!
+//! A SYN makes a half-open flow (`HALF_OPEN`); the client's ACK of the backend's SYN-ACK moves
+//! it to `FLOWS` (see `edge_common::flow`).
+//!
 //! A non-SYN packet for a VIP with no flow (state lost to LRU eviction, or a stray segment) is
 //! passed to the kernel untouched: the VIP is a local address of the POP, so the kernel answers
 //! with a RST and the client reconnects at once. Re-picking a backend cannot resume the
@@ -42,11 +45,12 @@ use crate::{
     ctx::{ptr_at, Packet},
     debug_log,
     maps::{
-        NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V4_SLASH24, GEO_V6, MAGLEV,
-        POP_CONFIG, SCRATCH, SERVICES, SERVICE_PORTS, SERVICE_RINGS,
+        FlowTable, NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V4_SLASH24, GEO_V6,
+        HALF_OPEN, MAGLEV, POP_CONFIG, SCRATCH, SERVICES, SERVICE_PORTS, SERVICE_RINGS,
     },
     parse,
     stats::{self, Drop},
+    tcp::Segment,
 };
 
 const ETH_LEN: usize = 14;
@@ -157,11 +161,11 @@ fn service_of(flow: &FlowKey) -> Option<ServiceValue> {
 fn flow_for(
     config: &PopConfig,
     key: &FlowKey,
-    tcp_flags: u8,
+    seg: Segment,
     bytes: usize,
     v4: bool,
 ) -> Result<Option<*mut FlowValue>, Drop> {
-    let syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let syn = seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
         // SAFETY: an LRU entry stays valid for this program run; counter updates may race with
         // another CPU's, which only costs a count.
@@ -175,16 +179,36 @@ fn flow_for(
                 // its port once its side is closed): a new flow, picked afresh. Kept, it
                 // would go to the old backend however that one is doing now, and inherit the
                 // closed state the sweeper expires in seconds.
-                end_flow(entry);
+                end_flow(&FLOWS, key, entry);
             } else {
-                (*entry).tcp_flags |= tcp_flags;
-                // Jiffy resolution is plenty for idle timeouts.
-                (*entry).last_seen_ns = clock::now_ns(config);
-                (*entry).packets += 1;
-                (*entry).bytes += bytes as u64;
-                stats::service_packet((*entry).service_id, bytes, false);
-                stats::backend_to((*entry).backend_id, bytes, false);
+                let mut flags = seg.flags;
+                if flags & (TCP_FIN | TCP_RST) != 0 && !expected_by_backend(entry, seg.seq) {
+                    // Forwarded all the same: the backend judges it by its own window.
+                    flags &= !(TCP_FIN | TCP_RST);
+                    stats::out_of_window();
+                }
+                record(config, entry, flags, bytes);
                 return Ok(Some(entry));
+            }
+        }
+    } else if let Some(entry) = HALF_OPEN.get_ptr_mut(key) {
+        // SAFETY: as above.
+        unsafe {
+            if (*entry).flags & FLOW_REVERSE != 0 {
+                return Ok(None);
+            }
+            if syn && (*entry).tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                end_flow(&HALF_OPEN, key, entry);
+            } else {
+                record(config, entry, seg.flags, bytes);
+                if seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_ACK {
+                    return Ok(Some(entry));
+                }
+                // Copied into FLOWS and removed here: the entry pointer is stale after.
+                if confirm(key, entry, seg.ack) == 0 {
+                    return Ok(Some(entry));
+                }
+                return FLOWS.get_ptr_mut(key).map(Some).ok_or(Drop::FlowInsert);
             }
         }
     }
@@ -193,10 +217,10 @@ fn flow_for(
     };
     if !syn {
         stats::no_flow();
-        debug_log::no_flow(key, tcp_flags);
+        debug_log::no_flow(key, seg.flags);
         return Ok(None);
     }
-    let meta = u32::from(tcp_flags) | u32::from(v4) << 8;
+    let meta = u32::from(seg.flags) | u32::from(v4) << 8;
     let backend_id = decode(new_flow(
         key,
         service.service_id,
@@ -218,25 +242,122 @@ fn flow_for(
     Ok(Some(entry))
 }
 
-/// Removes the reply half of the flow whose forward entry is `entry` (the forward one is
-/// overwritten by the new flow): its source address and port are free again for `new_flow`.
-/// The key is `FlowValue::partner_key`, written word by word into the scratch slot: the struct
-/// that function returns would be copied with BPF's byte-loop `memcpy` (see `bytes`).
+/// Counts a client packet into its flow's forward entry.
+///
+/// # Safety
+/// `entry` is a flow-table entry, valid for this run.
 #[inline(always)]
-unsafe fn end_flow(entry: *const FlowValue) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: the caller's entry is valid for this run; the scratch slot is this CPU's, and
-    // `new_flow` rewrites its reverse key before using it.
+unsafe fn record(config: &PopConfig, entry: *mut FlowValue, tcp_flags: u8, bytes: usize) {
+    // SAFETY: the caller's entry.
+    unsafe {
+        (*entry).tcp_flags |= tcp_flags;
+        // Jiffy resolution is plenty for idle timeouts.
+        (*entry).last_seen_ns = clock::now_ns(config);
+        (*entry).packets += 1;
+        (*entry).bytes += bytes as u64;
+        stats::service_packet((*entry).service_id, bytes, false);
+        stats::backend_to((*entry).backend_id, bytes, false);
+    }
+}
+
+/// Writes the key of `entry`'s other direction into this CPU's scratch slot, word by word: the
+/// struct `FlowValue::partner_key` returns would be copied with BPF's byte-loop `memcpy` (see
+/// `bytes`).
+///
+/// # Safety
+/// `entry` is valid for this run.
+#[inline(always)]
+unsafe fn partner_key(entry: *const FlowValue) -> Option<*mut FlowKey> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the caller's entry; this CPU's scratch slot.
     unsafe {
         let reverse = &raw mut (*scratch).reverse_key;
         bytes::copy16(&raw mut (*reverse).src, &raw const (*entry).new_dst);
         bytes::copy16(&raw mut (*reverse).dst, &raw const (*entry).new_src);
         (*reverse).sport = (*entry).new_dport;
         (*reverse).dport = (*entry).new_sport;
-        let _ = FLOWS.remove(&*reverse);
+        Some(reverse)
     }
+}
+
+/// Whether `seq`, a client's FIN or RST, is the sequence number the backend acknowledged
+/// last: RFC 5961 section 3.2's test for a RST that resets. A blind attacker must guess it
+/// among 2^32. A FIN or RST sent while data of the client's is still unacknowledged fails it
+/// too; it still reaches the backend, whose own FIN or silence then ends the flow.
+///
+/// # Safety
+/// `entry` is a forward entry of `FLOWS`, valid for this run.
+#[inline(always)]
+unsafe fn expected_by_backend(entry: *const FlowValue, seq: u32) -> bool {
+    // SAFETY: the caller's entry.
+    let Some(reverse) = (unsafe { partner_key(entry) }) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot, just written.
+    match FLOWS.get_ptr(unsafe { &*reverse }) {
+        // SAFETY: valid for this run.
+        Some(reply) => unsafe { (*reply).ack == seq },
+        None => false,
+    }
+}
+
+/// Moves a half-open flow to `FLOWS` when `ack` completes its handshake (acknowledges the
+/// backend's SYN-ACK). 1: moved; `entry` is gone from `HALF_OPEN`. 0: not (yet) complete, or
+/// it could not be moved. Not inlined: its own stack frame, like `new_flow`'s.
+#[inline(never)]
+fn confirm(key: &FlowKey, entry: *mut FlowValue, ack: u32) -> u32 {
+    // SAFETY: the caller's half-open entry, valid for this run.
+    let Some(reverse) = (unsafe { partner_key(entry) }) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, just written.
+    let reverse = unsafe { &*reverse };
+    let Some(reply) = HALF_OPEN.get_ptr_mut(reverse) else {
+        return 0;
+    };
+    // SAFETY: valid for this run.
+    let answered = unsafe { (*reply).tcp_flags & TCP_SYN != 0 && (*reply).seq == ack };
+    if !answered {
+        return 0;
+    }
+    // The reverse key is this flow's source address and port: not yet in FLOWS, unless
+    // another flow took it there since the SYN (`claim` checked). NOEXIST keeps that one.
+    // SAFETY: both entries are valid for this run.
+    if FLOWS
+        .insert(reverse, unsafe { &*reply }, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        stats::drop(Drop::FlowInsert);
+        return 0;
+    }
+    // SAFETY: as above.
+    if FLOWS
+        .insert(key, unsafe { &*entry }, BPF_ANY as u64)
+        .is_err()
+    {
+        let _ = FLOWS.remove(reverse);
+        stats::drop(Drop::FlowInsert);
+        return 0;
+    }
+    let _ = HALF_OPEN.remove(reverse);
+    let _ = HALF_OPEN.remove(key);
+    1
+}
+
+/// Removes both halves of the flow of `key`, whose forward entry in `table` is `entry`: its
+/// source address and port are free again for `new_flow`, and a later packet of the new flow
+/// must not find the old entry.
+///
+/// # Safety
+/// `entry` is `key`'s entry in `table`, valid for this run.
+#[inline(always)]
+unsafe fn end_flow(table: &FlowTable, key: &FlowKey, entry: *const FlowValue) {
+    // SAFETY: the caller's entry.
+    if let Some(reverse) = unsafe { partner_key(entry) } {
+        // SAFETY: this CPU's scratch slot, just written; `new_flow` rewrites it before use.
+        let _ = table.remove(unsafe { &*reverse });
+    }
+    let _ = table.remove(key);
 }
 
 /// `new_flow`'s result in one register: a backend id, or `FAILED | drop reason`.
@@ -327,8 +448,12 @@ fn setup_flow(
     value.backend_id = backend_id;
     value.flags = FLOW_REVERSE | family;
     // The flags and padding as one word: a byte array would be zeroed by a memset call.
-    // SAFETY: `tcp_flags` and `_pad` are the two bytes after `flags`, 2-byte aligned.
-    unsafe { (&raw mut value.tcp_flags).cast::<u16>().write_volatile(0) };
+    // SAFETY: `tcp_flags` and `_pad` are the two bytes after `flags`, 2-byte aligned; `seq`
+    // and `ack` are the 8 bytes after them, 8-byte aligned.
+    unsafe {
+        (&raw mut value.tcp_flags).cast::<u16>().write_volatile(0);
+        (&raw mut value.seq).cast::<u64>().write_volatile(0);
+    }
     // The clock is read where it is used (here, and in `pick_backend`) rather than once and
     // passed down: held across the calls in between, it pushed this frame and the caller's
     // past the verifier's 512-byte stack limit.
@@ -374,8 +499,9 @@ fn setup_flow(
 }
 
 /// Claims the source address and port `reverse_key` names and records both directions of the
-/// flow. `value` holds the reverse entry on entry and the forward one on return. `None`: the
-/// source is in use (the NOEXIST insert is the allocation), try another.
+/// flow in `HALF_OPEN`. `value` holds the reverse entry on entry and the forward one on return.
+/// `None`: the source is in use by an established flow, or by a half-open one (the NOEXIST
+/// insert is the allocation), try another.
 #[inline(always)]
 fn claim(
     key: &FlowKey,
@@ -386,7 +512,10 @@ fn claim(
     tcp_flags: u8,
     bytes: usize,
 ) -> Option<Result<(), Drop>> {
-    FLOWS
+    if FLOWS.get_ptr(reverse_key).is_some() {
+        return None;
+    }
+    HALF_OPEN
         .insert(reverse_key, &*value, BPF_NOEXIST as u64)
         .ok()?;
     // SAFETY: fields of the caller's scratch slot and of a map value valid for this run.
@@ -400,8 +529,8 @@ fn claim(
     value.tcp_flags = tcp_flags;
     value.packets = 1;
     value.bytes = bytes as u64;
-    if FLOWS.insert(key, &*value, BPF_ANY as u64).is_err() {
-        let _ = FLOWS.remove(reverse_key);
+    if HALF_OPEN.insert(key, &*value, BPF_ANY as u64).is_err() {
+        let _ = HALF_OPEN.remove(reverse_key);
         return Some(Err(Drop::FlowInsert));
     }
     Some(Ok(()))
@@ -412,7 +541,7 @@ struct V4Fields {
     tos: u8,
     tot_len: u16,
     ttl: u8,
-    tcp_flags: u8,
+    seg: Segment,
     /// The TCP checksum, as stored.
     check: u16,
     /// The words the checksum covered that the rewrite changes: addresses, then both ports.
@@ -449,7 +578,7 @@ fn read_v4<C: Packet>(ctx: &C) -> Result<Option<(*mut FlowKey, V4Fields)>, Drop>
             tos: (*ip).tos,
             tot_len: u16::from_be_bytes((*ip).tot_len),
             ttl: (*ip).ttl,
-            tcp_flags: (*hdr)[13],
+            seg: Segment::of(hdr),
             check: u16::from_ne_bytes([(*hdr)[16], (*hdr)[17]]),
             old: [
                 u32::from_ne_bytes(src4),

@@ -18,7 +18,7 @@ use edge_common::{flow::TCP_SYN, FlowKey, FlowValue, PopConfig, IPPROTO_TCP};
 use network_types::ip::Ipv6Hdr;
 
 use super::{candidate, flow_for, read_v4, scratch_key, Ports, V4Fields, ETH_LEN, V4_TCP, V6_TCP};
-use crate::{bytes, clock, csum, ctx::ptr_at, next_hop, parse, stats::Drop, tcp};
+use crate::{bytes, clock, csum, ctx::ptr_at, next_hop, parse, stats::Drop, tcp, tcp::Segment};
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -80,15 +80,16 @@ fn forward_v6(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool,
     let ports = hdr as *mut Ports;
     let key = scratch_key()?;
     // SAFETY: bounds-checked above; the key is this CPU's scratch slot.
-    let tcp_flags = unsafe {
+    let seg = unsafe {
         bytes::copy16(&raw mut (*key).src, &raw const (*ip).src_addr);
         bytes::copy16(&raw mut (*key).dst, &raw const (*ip).dst_addr);
         (*key).sport = (*ports).source;
         (*key).dport = (*ports).dest;
-        (*hdr)[13]
+        Segment::of(hdr)
     };
+    let tcp_flags = seg.flags;
     // SAFETY: this CPU's scratch slot.
-    let Some(flow) = flow_for(config, unsafe { &*key }, tcp_flags, bytes, false)? else {
+    let Some(flow) = flow_for(config, unsafe { &*key }, seg, bytes, false)? else {
         return Ok(false);
     };
     let addrs = csum::diff_raw(key.cast(), ADDRS_LEN, flow.cast(), ADDRS_LEN, 0);
@@ -105,12 +106,13 @@ fn forward_v4(ctx: &TcContext, config: &PopConfig, bytes: usize) -> Result<bool,
         tos,
         tot_len,
         ttl,
-        tcp_flags,
+        seg,
         old,
         ..
     } = v4;
+    let tcp_flags = seg.flags;
     // SAFETY: this CPU's scratch slot.
-    let Some(flow) = flow_for(config, unsafe { &*key }, tcp_flags, bytes, true)? else {
+    let Some(flow) = flow_for(config, unsafe { &*key }, seg, bytes, true)? else {
         return Ok(false);
     };
     // The pseudo-header's length and protocol words sum the same for IPv4 and IPv6 (RFC 8200

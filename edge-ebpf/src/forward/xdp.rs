@@ -8,7 +8,7 @@ use network_types::ip::Ipv6Hdr;
 use super::{
     candidate, flow_for, read_v4, scratch_key, Ports, V4Fields, ETH_LEN, NAT46_GROWTH, V6_TCP,
 };
-use crate::{bytes, csum, ctx::ptr_at, parse, stats::Drop, tcp};
+use crate::{bytes, csum, ctx::ptr_at, parse, stats::Drop, tcp, tcp::Segment};
 
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, packet: &parse::Packet, frame_len: usize) -> Result<u32, Drop> {
@@ -42,8 +42,9 @@ fn forward_v6(ctx: &XdpContext, config: &PopConfig, bytes: usize) -> Result<u32,
         bytes::copy16(&raw mut (*key).dst, &raw const (*ip).dst_addr);
         (*key).sport = (*ports).source;
         (*key).dport = (*ports).dest;
-        let tcp_flags = (*hdr)[13];
-        let Some(flow) = flow_for(config, &*key, tcp_flags, bytes, false)? else {
+        let seg = Segment::of(hdr);
+        let tcp_flags = seg.flags;
+        let Some(flow) = flow_for(config, &*key, seg, bytes, false)? else {
             return Ok(xdp_action::XDP_PASS);
         };
         let check = hdr.cast::<u8>().add(16) as *mut u16;
@@ -70,12 +71,13 @@ fn forward_v4(ctx: &XdpContext, config: &PopConfig, bytes: usize) -> Result<u32,
         tos,
         tot_len,
         ttl,
-        tcp_flags,
+        seg,
         check,
         old,
     } = v4;
+    let tcp_flags = seg.flags;
     // SAFETY: this CPU's scratch slot.
-    let Some(flow) = flow_for(config, unsafe { &*key }, tcp_flags, bytes, true)? else {
+    let Some(flow) = flow_for(config, unsafe { &*key }, seg, bytes, true)? else {
         return Ok(xdp_action::XDP_PASS);
     };
     // The pseudo-header's length and protocol words sum the same for IPv4 and IPv6 (RFC 8200

@@ -1,0 +1,239 @@
+//! What an attacker without the connection's sequence numbers can do to the flow tables, through
+//! `BPF_PROG_TEST_RUN`: a SYN only makes a half-open flow, only the ACK of the backend's SYN-ACK
+//! makes it established, spoofed SYNs evict nothing established, and a FIN or RST ends a flow
+//! only at the sequence number the backend expects (RFC 5961 section 3.2). Needs root.
+
+mod nat_support;
+
+use std::net::IpAddr;
+
+use edge_agent::{
+    config::FlowConfig,
+    flows::{self, TcpState},
+};
+use etherparse::PacketBuilder;
+use nat_support::*;
+
+/// The backend's segment to the client of the translated SYN `syn` (backend ISN 9000).
+fn from_backend(syn: &Seen, seq: u32, ack: u32, payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
+        return Err(format!("the translated SYN is not IPv6: {syn:?}").into());
+    };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+        .ipv6(backend.octets(), overlay.octets(), 64)
+        .tcp(8080, syn.sport, seq, 65000)
+        .ack(ack)
+        .write(&mut v, payload)?;
+    Ok(v)
+}
+
+fn states(nat: &mut Nat) -> Result<Vec<TcpState>, Error> {
+    let config = FlowConfig::default();
+    let now = flows::monotonic_ns();
+    let (_, listing) = flows::sweep(
+        &nat.flows()?,
+        flows::Table::Established,
+        &config,
+        now,
+        flows::Sweep::List,
+    )?;
+    Ok(listing.iter().map(|f| f.state).collect())
+}
+
+fn only_the_ack_of_the_backends_syn_ack_establishes_a_flow(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let (_, out) = nat.forward(&syn4(46000, 80)?)?;
+    let syn = check(&out)?;
+    assert_eq!(
+        nat.established()?.len(),
+        0,
+        "a SYN makes no established flow"
+    );
+    assert_eq!(nat.entries()?.len(), 2, "it makes a half-open one");
+
+    // The client's ACK before any SYN-ACK, and after one with a guessed number: still half-open,
+    // but translated (the backend's own stack judges it).
+    let (_, out) = nat.forward(&segment4(46000, 1001, 9001, Flags::Ack, b"")?)?;
+    assert!(check(&out)?.dst.is_ipv6(), "an early ACK is translated");
+    nat.tc(&syn_ack_to(&syn, 64, None)?)?;
+    let (_, out) = nat.forward(&segment4(46000, 1001, 123_456, Flags::Ack, b"")?)?;
+    assert!(check(&out)?.dst.is_ipv6(), "a wrong ACK is translated");
+    assert_eq!(
+        nat.established()?.len(),
+        0,
+        "an ACK of another number than the backend's ISN + 1 establishes nothing"
+    );
+
+    let (_, out) = nat.forward(&segment4(46000, 1001, 9001, Flags::Ack, b"")?)?;
+    assert_eq!(
+        check(&out)?.dst,
+        syn.dst,
+        "the handshake ACK goes to the same backend"
+    );
+    let established = nat.established()?;
+    assert_eq!(established.len(), 2, "both halves moved: {established:?}");
+    assert_eq!(
+        nat.half_open()?.iter().count(),
+        0,
+        "and left the half-open table"
+    );
+    let forward = half(&established, false)?.1;
+    assert_eq!(
+        forward.packets, 4,
+        "counters carried over: SYN and three ACKs"
+    );
+    assert_eq!(
+        half(&established, true)?.1.seq,
+        9001,
+        "the backend's ISN + 1"
+    );
+
+    // The connection carries on from FLOWS, both ways.
+    let (_, out) = nat.forward(&segment4(46000, 1001, 9001, Flags::Ack, b"GET /")?)?;
+    let data = check(&out)?;
+    assert_eq!((data.dst, data.sport), (syn.dst, syn.sport));
+    let (verdict, out) = nat.tc(&from_backend(&syn, 9001, 1006, b"200 OK")?)?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(check(&out)?.payload, b"200 OK");
+    assert_eq!(states(&mut nat)?, vec![TcpState::Established]);
+
+    let config = FlowConfig::default();
+    let now = flows::monotonic_ns();
+    let (report, _) = flows::sweep(
+        &nat.flows()?,
+        flows::Table::Established,
+        &config,
+        now,
+        flows::Sweep::Count,
+    )?;
+    assert_eq!(
+        report.active_per_backend.values().sum::<u64>(),
+        1,
+        "{report:?}"
+    );
+    Ok(())
+}
+
+/// A flood of SYNs from sources that never answer cycles through the half-open table; the
+/// established connections, in a flow table with room for only a few more, stay.
+fn spoofed_syns_evict_no_established_flow(hook: Hook) -> TestResult {
+    // 64 entries: room for 32 connections in each table.
+    let mut nat = Nat::with_flows(hook, 64)?;
+    let mut live = Vec::new();
+    for sport in 47000..47020 {
+        live.push((sport, nat.handshake4(sport)?));
+    }
+    assert_eq!(nat.established()?.len(), 40);
+    for sport in 10_000..15_000u16 {
+        let (verdict, out) = nat.forward(&syn4(sport, 80)?)?;
+        assert_ne!(verdict, Verdict::Drop, "SYN from port {sport}");
+        assert!(
+            check(&out)?.dst.is_ipv6(),
+            "SYN from port {sport} translated"
+        );
+    }
+    let established = nat.established()?;
+    assert_eq!(
+        established.len(),
+        40,
+        "5,000 SYNs evicted established entries"
+    );
+    for (sport, syn) in &live {
+        let (_, out) = nat.forward(&segment4(*sport, 1001, 9001, Flags::Ack, b"ping")?)?;
+        let data = check(&out)?;
+        assert_eq!(
+            (data.dst, data.sport),
+            (syn.dst, syn.sport),
+            "port {sport} still on its backend and source port"
+        );
+    }
+    let config = FlowConfig::default();
+    let (report, _) = flows::sweep(
+        &nat.half_open()?,
+        flows::Table::HalfOpen,
+        &config,
+        flows::monotonic_ns(),
+        flows::Sweep::Count,
+    )?;
+    assert!(report.entries <= 64, "the half-open table keeps its size");
+    assert!(
+        report.active_per_backend.is_empty(),
+        "half-open flows count towards no backend's limits: {report:?}"
+    );
+    Ok(())
+}
+
+/// RFC 5961 section 3.2: a RST resets only at exactly the next sequence number the receiver
+/// expects. The data plane records a client's FIN or RST only at the backend's last ACK;
+/// others are forwarded (the backend judges them) and counted.
+fn a_blind_rst_or_fin_ends_nothing(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let syn = nat.handshake4(48000)?;
+    for (seq, flags) in [
+        (77_777, Flags::Rst),
+        (1_002, Flags::Rst),
+        (4_000_000_000, Flags::Fin),
+    ] {
+        let (verdict, out) = nat.forward(&segment4(48000, seq, 9001, flags, b"")?)?;
+        assert_ne!(verdict, Verdict::Drop);
+        assert_eq!(check(&out)?.dst, syn.dst, "{flags:?} {seq} still forwarded");
+        assert_eq!(
+            states(&mut nat)?,
+            vec![TcpState::Established],
+            "after a {flags:?} at {seq}"
+        );
+    }
+    assert_eq!(nat.drops()?.out_of_window, 3);
+
+    // Ten bytes from the client, acknowledged: the backend then expects 1011.
+    nat.forward(&segment4(48000, 1001, 9001, Flags::Ack, b"0123456789")?)?;
+    nat.tc(&from_backend(&syn, 9001, 1011, b"")?)?;
+    nat.forward(&segment4(48000, 1001, 0, Flags::Rst, b"")?)?;
+    assert_eq!(
+        states(&mut nat)?,
+        vec![TcpState::Established],
+        "a RST at an acknowledged number"
+    );
+    nat.forward(&segment4(48000, 1011, 9001, Flags::Fin, b"")?)?;
+    assert_eq!(
+        states(&mut nat)?,
+        vec![TcpState::Closing],
+        "the client's FIN at the expected number"
+    );
+    nat.forward(&segment4(48000, 1012, 0, Flags::Rst, b"")?)?;
+    assert_eq!(
+        states(&mut nat)?,
+        vec![TcpState::Closing],
+        "the FIN is not acknowledged yet: 1012 is ahead"
+    );
+    nat.tc(&from_backend(&syn, 9001, 1012, b"")?)?;
+    nat.forward(&segment4(48000, 1012, 0, Flags::Rst, b"")?)?;
+    assert_eq!(states(&mut nat)?, vec![TcpState::Closed]);
+    assert_eq!(nat.drops()?.out_of_window, 5);
+    Ok(())
+}
+
+/// Each test above, once per hook.
+macro_rules! for_both_hooks {
+    ($($name:ident),* $(,)?) => {
+        mod xdp {
+            $(#[test]
+            fn $name() -> super::TestResult {
+                super::$name(super::Hook::Xdp)
+            })*
+        }
+        mod tc {
+            $(#[test]
+            fn $name() -> super::TestResult {
+                super::$name(super::Hook::Tc)
+            })*
+        }
+    };
+}
+
+for_both_hooks!(
+    only_the_ack_of_the_backends_syn_ack_establishes_a_flow,
+    spoofed_syns_evict_no_established_flow,
+    a_blind_rst_or_fin_ends_nothing,
+);
