@@ -271,7 +271,7 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
     report.flow_entries = sweep.entries;
     let half_open: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
         HashMap::try_from(open_map(pins, names::HALF_OPEN)?).map_err(shape(names::HALF_OPEN))?;
-    let (sweep, _) = crate::flows::sweep(
+    let (half_open, _) = crate::flows::sweep(
         &half_open,
         crate::flows::Table::HalfOpen,
         &config,
@@ -279,7 +279,7 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
         crate::flows::Sweep::Count,
     )
     .map_err(|source| CountersError::Read { index: 0, source })?;
-    report.half_open_entries = sweep.entries;
+    report.half_open_entries = half_open.entries;
     for entry in services.iter() {
         let Ok((key, value)) = entry else { continue };
         let s = sum_per_cpu(&service_stats, value.service_id)?;

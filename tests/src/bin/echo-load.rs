@@ -4,13 +4,14 @@
 //!
 //! ```text
 //! echo-load --target ADDR:PORT [--target ...] --connections N --max-bytes B [--seed S]
-//!           [--hold-secs H] [--go-file PATH] [--recheck]
+//!           [--hold-secs H] [--go-file PATH] [--active-ms MS] [--recheck]
 //! ```
 //! Connections are spread round-robin over the targets. Payloads are generated and checked as
 //! streams (xorshift per connection), so memory stays flat however large they are. After every
 //! connection is verified, it prints `holding`, keeps them all open for `--hold-secs` (so that a
 //! test can look at them from the servers' side, or disturb the path; with `--go-file`, the hold
-//! ends as soon as that file exists, so that a test decides when its disturbance is complete),
+//! ends as soon as that file exists, so that a test decides when its disturbance is complete;
+//! with `--active-ms`, every connection echoes 1 KiB every MS milliseconds during the hold),
 //! with `--recheck` echoes a second payload on every one of them, then prints one JSON summary
 //! line.
 
@@ -35,6 +36,7 @@ struct Args {
     seed: u64,
     hold: Duration,
     go_file: Option<PathBuf>,
+    active: Option<Duration>,
     recheck: bool,
 }
 
@@ -46,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         seed: 1,
         hold: Duration::ZERO,
         go_file: None,
+        active: None,
         recheck: false,
     };
     let mut it = std::env::args().skip(1);
@@ -63,6 +66,9 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => args.seed = value.parse().map_err(|e| bad(&e))?,
             "--hold-secs" => args.hold = Duration::from_secs(value.parse().map_err(|e| bad(&e))?),
             "--go-file" => args.go_file = Some(value.into()),
+            "--active-ms" => {
+                args.active = Some(Duration::from_millis(value.parse().map_err(|e| bad(&e))?))
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -166,6 +172,30 @@ async fn echo(
     Ok((reader, writer, len))
 }
 
+/// Echoes `len` bytes once more on every connection (seeds from `seed`); the ones that fail
+/// are recorded in `errors` and dropped.
+async fn echo_all(
+    open: Vec<Open>,
+    seed: u64,
+    len: usize,
+    when: &str,
+    errors: &mut Vec<String>,
+) -> Vec<Open> {
+    let mut again = tokio::task::JoinSet::new();
+    for (i, (reader, writer, _)) in open.into_iter().enumerate() {
+        again.spawn(echo(reader, writer, seed.wrapping_add(i as u64), len));
+    }
+    let mut kept = Vec::new();
+    while let Some(result) = again.join_next().await {
+        match result {
+            Ok(Ok(conn)) => kept.push(conn),
+            Ok(Err(e)) => errors.push(format!("{when}: {e}")),
+            Err(e) => errors.push(format!("task: {e}")),
+        }
+    }
+    kept
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = match parse_args() {
@@ -198,35 +228,35 @@ async fn main() {
         }
     }
     let ok = open.len();
+    let mut active_rounds = 0u64;
     if !args.hold.is_zero() {
         println!("holding {ok}");
         let until = Instant::now() + args.hold;
         while Instant::now() < until && !args.go_file.as_ref().is_some_and(|f| f.exists()) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            match args.active {
+                Some(every) => {
+                    active_rounds += 1;
+                    let seed = args
+                        .seed
+                        .wrapping_mul(5_000_011)
+                        .wrapping_add(active_rounds);
+                    open = echo_all(open, seed, 1024, "during the hold", &mut errors).await;
+                    tokio::time::sleep(every).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
     }
     let mut rechecked = 0usize;
     if args.recheck {
-        let mut again = tokio::task::JoinSet::new();
-        for (i, (reader, writer, _)) in open.drain(..).enumerate() {
-            let seed = args.seed.wrapping_mul(7_000_003).wrapping_add(i as u64);
-            again.spawn(echo(reader, writer, seed, 4096));
-        }
-        while let Some(result) = again.join_next().await {
-            match result {
-                Ok(Ok(conn)) => {
-                    rechecked += 1;
-                    open.push(conn);
-                }
-                Ok(Err(e)) => errors.push(format!("after the hold: {e}")),
-                Err(e) => errors.push(format!("task: {e}")),
-            }
-        }
+        let seed = args.seed.wrapping_mul(7_000_003);
+        open = echo_all(open, seed, 4096, "after the hold", &mut errors).await;
+        rechecked = open.len();
     }
     drop(open);
     let errors_json: Vec<String> = errors.iter().take(20).map(|e| format!("{e:?}")).collect();
     println!(
-        "{{\"connections\":{},\"ok\":{ok},\"rechecked\":{rechecked},\"failed\":{},\"bytes\":{bytes},\"errors\":[{}]}}",
+        "{{\"connections\":{},\"ok\":{ok},\"rechecked\":{rechecked},\"active_rounds\":{active_rounds},\"failed\":{},\"bytes\":{bytes},\"errors\":[{}]}}",
         args.connections,
         errors.len(),
         errors_json.join(",")

@@ -2,6 +2,7 @@
 //! `cargo xtask test` builds (`EDGE_AGENT_BIN`, `EDGE_XTASK_BIN`).
 
 mod agent_lifecycle;
+mod attack_lab;
 mod bgp_lab;
 mod bpf_log_lab;
 mod cli_lab;

@@ -1,0 +1,294 @@
+//! A POP under the attacks of someone without credentials (issue 18): a spoofed SYN flood
+//! against a flow table of 4,096 entries while connections are held, and blind RSTs at idle
+//! connections. Nothing established may be reset, new clients must get through, and the
+//! backends' connection counts must be the real connections'.
+
+use std::{path::Path, time::Duration};
+
+use edge_lab::{
+    bpffs_pin_dir,
+    pop_lab::{
+        agent_config, spawn_echo_load, spawn_echo_load_until, start_agent, topology, BACKEND_PORT,
+        CLIENT4, VIP4,
+    },
+    Lab, LabProcess,
+};
+
+use super::common::{agent_bin, agent_json, echo_backends, tear_down, TestResult};
+
+const BACKENDS: usize = 2;
+/// Where the flood's sources come from: routed back to the client namespace, which drops the
+/// backends' SYN-ACKs (no such local address), as the Internet drops answers to spoofed hosts.
+const SPOOFED: &str = "100.64.0.0/10";
+const CLOSED_TIMEOUT_SECS: u64 = 2;
+
+/// A small flow table, fast expiry, and connection limits a flood of counted SYNs would hit.
+fn config() -> String {
+    agent_config(BACKENDS, "")
+        .replace(
+            "max_entries = 65536",
+            &format!(
+                "max_entries = 4096\nclosed_timeout_secs = {CLOSED_TIMEOUT_SECS}\nsweep_interval_secs = 1"
+            ),
+        )
+        .replace(
+            &format!("port = {BACKEND_PORT} }}"),
+            &format!("port = {BACKEND_PORT}, soft_limit = 500, hard_limit = 1000 }}"),
+        )
+}
+
+fn lab(label: &str) -> Result<Lab, Box<dyn std::error::Error>> {
+    Ok(topology(label, BACKENDS)
+        .route("pop", SPOOFED, CLIENT4)
+        .up()?)
+}
+
+fn forge(lab: &Lab, args: &[&str]) -> Result<LabProcess, Box<dyn std::error::Error>> {
+    let bin = env!("CARGO_BIN_EXE_tcp-forge");
+    let mut argv = vec![bin];
+    argv.extend_from_slice(args);
+    Ok(lab.ns("client").spawn("tcp-forge", &argv, &[])?)
+}
+
+/// Waits for `load` to exit and returns its JSON summary line, failing with its output if it
+/// failed.
+fn summary(load: &LabProcess, what: &str) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let status = load.wait_exit(Duration::from_secs(120))?;
+    let out = load.output_so_far();
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| format!("{what}: no summary in {out}"))?;
+    let doc: serde_json::Value = serde_json::from_str(line)?;
+    assert!(status.success(), "{what} failed: {line}");
+    Ok(doc)
+}
+
+/// (eligible, live flows) of every backend, as `edge-agent status` reports them.
+fn backends(pins: &Path) -> Result<Vec<(bool, u64)>, Box<dyn std::error::Error>> {
+    let doc = agent_json(pins, &["status"])?;
+    let rows = doc["backends"]
+        .as_array()
+        .ok_or_else(|| format!("no backends in {doc}"))?;
+    Ok(rows
+        .iter()
+        .map(|b| {
+            (
+                b["eligible"].as_bool().unwrap_or(false),
+                b["active_flows"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn a_spoofed_syn_flood_resets_nothing_and_locks_no_one_out() -> TestResult {
+    let lab = lab("flood")?;
+    let _servers = echo_backends(&lab, BACKENDS)?;
+    let agent = start_agent(&lab, &agent_bin(), &config(), &["--reset"])?;
+    let pins = bpffs_pin_dir(lab.ns("pop").name());
+    let echo_load = env!("CARGO_BIN_EXE_echo-load").as_ref();
+    let go = lab.log_dir().join("go");
+
+    let idle = spawn_echo_load_until(&lab, echo_load, 200, 4096, 300, Some(&go), true)?;
+    idle.wait_for_output("holding 200", Duration::from_secs(60))?;
+    let active = {
+        let (bin, v4) = (echo_load.to_string_lossy(), format!("{VIP4}:7"));
+        let go = go.to_string_lossy();
+        lab.ns("client").spawn(
+            "echo-load-active",
+            &[
+                &bin,
+                "--target",
+                &v4,
+                "--connections",
+                "50",
+                "--max-bytes",
+                "4096",
+                "--seed",
+                "7",
+                "--hold-secs",
+                "300",
+                "--go-file",
+                &go,
+                "--active-ms",
+                "50",
+                "--recheck",
+            ],
+            &[],
+        )?
+    };
+    active.wait_for_output("holding 50", Duration::from_secs(60))?;
+    let held = backends(&pins)?;
+    assert_eq!(
+        held.iter().map(|b| b.1).sum::<u64>(),
+        250,
+        "live flows before the flood: {held:?}"
+    );
+
+    let target = format!("{VIP4}:7");
+    let flood = forge(
+        &lab,
+        &[
+            "syn",
+            "--target",
+            &target,
+            "--count",
+            "300000",
+            "--sources",
+            SPOOFED,
+        ],
+    )?;
+    flood.wait_for_output("flooding", Duration::from_secs(10))?;
+    let during = spawn_echo_load(&lab, echo_load, 100, 2048, 0, false)?;
+    let during = summary(&during, "100 new connections during the flood")?;
+    let flood_status = flood.wait_exit(Duration::from_secs(120))?;
+    let flood_report = flood.output_so_far();
+    assert!(flood_status.success(), "the flood: {flood_report}");
+    eprintln!("flood: {}", flood_report.trim());
+    assert_eq!(during["ok"], 100, "during the flood: {during}");
+    let after = spawn_echo_load(&lab, echo_load, 100, 2048, 0, false)?;
+    let after = summary(&after, "100 new connections after the flood")?;
+    assert_eq!(after["ok"], 100, "after the flood: {after}");
+
+    // Past the closed timeout and a sweep: what a wrongly closed flow would not survive.
+    std::thread::sleep(Duration::from_secs(CLOSED_TIMEOUT_SECS + 2));
+    let status = agent_json(&pins, &["status"])?;
+    let rows = backends(&pins)?;
+    assert!(
+        rows.iter().all(|b| b.0),
+        "every backend stays eligible: {rows:?}"
+    );
+    assert_eq!(
+        rows.iter().map(|b| b.1).sum::<u64>(),
+        250,
+        "live flows are the 250 held connections, not the flood's: {rows:?}"
+    );
+    std::fs::write(&go, b"")?;
+    let idle = summary(&idle, "200 idle connections")?;
+    assert_eq!(
+        idle["rechecked"], 200,
+        "idle connections after the flood: {idle}"
+    );
+    let active = summary(&active, "50 active connections")?;
+    assert_eq!(
+        active["rechecked"], 50,
+        "active connections after the flood: {active}"
+    );
+    assert!(
+        active["active_rounds"].as_u64().unwrap_or(0) > 0,
+        "the active connections echoed during the hold: {active}"
+    );
+    eprintln!(
+        "after the flood: half-open entries {}, flow table {}; drops {}",
+        status["half_open_entries"], status["flow_entries"], status["drops"]
+    );
+    drop(agent);
+    tear_down(lab);
+    Ok(())
+}
+
+#[test]
+fn a_blind_rst_ends_no_connection_and_a_real_one_does() -> TestResult {
+    let lab = lab("blindrst")?;
+    let _servers = echo_backends(&lab, BACKENDS)?;
+    let agent = start_agent(&lab, &agent_bin(), &config(), &["--reset"])?;
+    let pins = bpffs_pin_dir(lab.ns("pop").name());
+    let echo_load = env!("CARGO_BIN_EXE_echo-load");
+    let go = lab.log_dir().join("go");
+    let held = {
+        let v4 = format!("{VIP4}:7");
+        let go = go.to_string_lossy();
+        lab.ns("client").spawn(
+            "echo-load",
+            &[
+                echo_load,
+                "--target",
+                &v4,
+                "--connections",
+                "20",
+                "--max-bytes",
+                "4096",
+                "--hold-secs",
+                "120",
+                "--go-file",
+                &go,
+                "--recheck",
+            ],
+            &[],
+        )?
+    };
+    held.wait_for_output("holding 20", Duration::from_secs(60))?;
+    let flows = agent_json(&pins, &["flows"])?;
+    let ports: Vec<String> = flows["flows"]
+        .as_array()
+        .ok_or_else(|| format!("no flows in {flows}"))?
+        .iter()
+        .filter_map(|f| f["client"].as_str())
+        .filter_map(|c| c.strip_prefix(&format!("{CLIENT4}:")))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ports.len(), 20, "the held connections' ports: {flows}");
+    let target = format!("{VIP4}:7");
+    let rst = forge(
+        &lab,
+        &[
+            "rst",
+            "--target",
+            &target,
+            "--client",
+            CLIENT4,
+            "--ports",
+            &ports.join(","),
+        ],
+    )?;
+    let status = rst.wait_exit(Duration::from_secs(10))?;
+    assert!(status.success(), "{}", rst.output_so_far());
+    std::thread::sleep(Duration::from_secs(CLOSED_TIMEOUT_SECS + 2));
+    let doc = agent_json(&pins, &["status"])?;
+    assert_eq!(
+        doc["drops"]["out_of_window"].as_u64(),
+        Some(20),
+        "each blind RST counted and not recorded: {}",
+        doc["drops"]
+    );
+    std::fs::write(&go, b"")?;
+    let held = summary(&held, "20 idle connections")?;
+    assert_eq!(held["rechecked"], 20, "after 20 blind RSTs: {held}");
+
+    // A real RST (the client aborts: SO_LINGER 0) closes its flow.
+    let before = agent_json(&pins, &["status"])?["drops"]["out_of_window"].as_u64();
+    let abort = lab.ns("client").exec_ok(&[
+        "python3",
+        "-c",
+        &format!(
+            "import socket,struct\n\
+             s=socket.create_connection(('{VIP4}',7))\n\
+             s.sendall(b'x'); assert s.recv(1)==b'x'\n\
+             print(s.getsockname()[1])\n\
+             s.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\n\
+             s.close()"
+        ),
+    ])?;
+    let port = abort.stdout.trim().to_owned();
+    std::thread::sleep(Duration::from_millis(300));
+    let flows = agent_json(&pins, &["flows"])?;
+    let state = flows["flows"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|f| f["client"].as_str() == Some(&format!("{CLIENT4}:{port}")))
+        })
+        .map(|f| f["state"].clone());
+    assert_eq!(
+        state,
+        Some(serde_json::json!("closed")),
+        "the aborted connection from port {port}: {flows}"
+    );
+    let after = agent_json(&pins, &["status"])?["drops"]["out_of_window"].as_u64();
+    assert_eq!(before, after, "the real RST was in the window");
+    drop(agent);
+    tear_down(lab);
+    Ok(())
+}
