@@ -890,6 +890,9 @@ impl Agent {
     /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the configuration.
     pub fn run(mut self) -> anyhow::Result<()> {
         let runtime = self.runtime.take().context("the agent's runtime is gone")?;
+        // An agent that is gone has no status, however it ends; a killed one's file ages, and
+        // `status` says so.
+        let _status = self.pins.status_file_guard();
         runtime.block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -998,8 +1001,6 @@ impl Agent {
             }
             anyhow::Ok(())
         })?;
-        // An agent that is gone has no status; a killed one's file ages, and `status` says so.
-        let _ = std::fs::remove_file(self.pins.agent_status_file());
         info!("agent stopping; the data plane stays attached (`edge-agent detach` removes it)");
         Ok(())
     }

@@ -52,6 +52,13 @@ impl PinDir {
         Path::new("/run/edgeproxy").join(format!("{name}.json"))
     }
 
+    /// Removes the status file when dropped; an agent holds one while it runs.
+    pub fn status_file_guard(&self) -> StatusFileGuard {
+        StatusFileGuard {
+            path: self.agent_status_file(),
+        }
+    }
+
     pub fn new(root: impl Into<PathBuf>) -> Self {
         PinDir { root: root.into() }
     }
@@ -139,6 +146,21 @@ impl PinDir {
                 source,
             }),
         }
+    }
+}
+
+/// Removes the agent's status file (and a half-written `.tmp`) when dropped, so that however
+/// the agent ends (a return, an error, a panic that unwinds) a gone agent leaves no status. Only
+/// SIGKILL skips it: whoever sends that removes the file (the lab harness does).
+#[must_use = "the status file is removed when this is dropped"]
+pub struct StatusFileGuard {
+    path: PathBuf,
+}
+
+impl Drop for StatusFileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
