@@ -276,6 +276,9 @@ impl Agent {
             crate::bpf_log::start(&mut dataplane.ebpf);
         }
         info!(iface, hook = dataplane.hook.name(), forward = ?dataplane.forward, reply = ?dataplane.reply, root = %pins.root().display(), "data plane running");
+        if crate::bpffs::hidden_from_host(pins.root()) {
+            warn!(root = %pins.root().display(), "the pins are on a bpffs the host does not see (as under `ip netns exec`, which gives the agent a private /sys where it mounts a bpffs of its own): `edge-agent status`, `flows` and `backends` on the host cannot find them, and the data plane goes with this mount namespace instead of staying for the next agent; start the agent with `nsenter --net=/run/netns/<namespace> edge-agent run ...` instead");
+        }
         let balancing = match pop {
             Some(pop) => Some(Balancing {
                 reconciler: Reconciler::recover(&mut dataplane.ebpf, config.maglev.table_size)?,
