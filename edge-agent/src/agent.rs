@@ -277,6 +277,9 @@ impl Agent {
             crate::bpf_log::start(&mut dataplane.ebpf);
         }
         info!(iface, hook = dataplane.hook.name(), forward = ?dataplane.forward, reply = ?dataplane.reply, root = %pins.root().display(), "data plane running");
+        if crate::bpffs::hidden_from_host(pins.root()) {
+            warn!(root = %pins.root().display(), "the pins are on a bpffs the host does not see (as under `ip netns exec`, which gives the agent a private /sys where it mounts a bpffs of its own): `edge-agent status`, `flows` and `backends` on the host cannot find them, and the data plane goes with this mount namespace instead of staying for the next agent; start the agent with `nsenter --net=/run/netns/<namespace> edge-agent run ...` instead");
+        }
         let balancing = match pop {
             Some(pop) => Some(Balancing {
                 reconciler: Reconciler::recover(&mut dataplane.ebpf, config.maglev.table_size)?,
@@ -910,6 +913,9 @@ impl Agent {
     /// Runs until SIGINT or SIGTERM; SIGHUP re-reads the configuration.
     pub fn run(mut self) -> anyhow::Result<()> {
         let runtime = self.runtime.take().context("the agent's runtime is gone")?;
+        // An agent that is gone has no status, however it ends; a killed one's file ages, and
+        // `status` says so.
+        let _status = self.pins.status_file_guard();
         runtime.block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -1018,8 +1024,6 @@ impl Agent {
             }
             anyhow::Ok(())
         })?;
-        // An agent that is gone has no status; a killed one's file ages, and `status` says so.
-        let _ = std::fs::remove_file(self.pins.agent_status_file());
         info!("agent stopping; the data plane stays attached (`edge-agent detach` removes it)");
         Ok(())
     }

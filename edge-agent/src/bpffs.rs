@@ -6,11 +6,16 @@
 //! <root>/links/xdp-<iface>    the XDP attachment; while it is pinned the program stays attached
 //! <root>/links/tc-<iface>     the TC reply program on the overlay interface
 //! ```
+//!
+//! Pins outlive the agent only on a bpffs others see too. `ip netns exec` gives the agent a
+//! private mount namespace with a fresh /sys, where [`ensure_mounted`] then mounts a bpffs of
+//! the agent's own: its pins are invisible to the CLI on the host and vanish with the agent
+//! (issue 24). [`hidden_from_host`] notices that, so the agent can say so.
 
 use std::{
     ffi::CString,
     io,
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -50,6 +55,13 @@ impl PinDir {
             .trim_matches('/')
             .replace('/', "_");
         Path::new("/run/edgeproxy").join(format!("{name}.json"))
+    }
+
+    /// Removes the status file when dropped; an agent holds one while it runs.
+    pub fn status_file_guard(&self) -> StatusFileGuard {
+        StatusFileGuard {
+            path: self.agent_status_file(),
+        }
     }
 
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -140,6 +152,51 @@ impl PinDir {
             }),
         }
     }
+}
+
+/// Removes the agent's status file (and a half-written `.tmp`) when dropped, so that however
+/// the agent ends (a return, an error, a panic that unwinds) a gone agent leaves no status. Only
+/// SIGKILL skips it: whoever sends that removes the file (the lab harness does).
+#[must_use = "the status file is removed when this is dropped"]
+pub struct StatusFileGuard {
+    path: PathBuf,
+}
+
+impl Drop for StatusFileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether `root` is on a bpffs the host does not see: seen from PID 1's mount namespace (or
+/// this process's parent's, where PID 1 cannot be inspected), the same path is absent or on
+/// another filesystem. False when the two cannot be compared, or share the namespace.
+pub fn hidden_from_host(root: &Path) -> bool {
+    let (Ok(root), Ok(own_ns)) = (
+        std::fs::canonicalize(root),
+        std::fs::read_link("/proc/self/ns/mnt"),
+    ) else {
+        return false;
+    };
+    let Ok(ours) = std::fs::metadata(&root) else {
+        return false;
+    };
+    for pid in [1, std::os::unix::process::parent_id()] {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let Ok(their_ns) = std::fs::read_link(proc.join("ns/mnt")) else {
+            continue;
+        };
+        if their_ns == own_ns {
+            return false;
+        }
+        // The same path resolved through their root, and so through their mounts.
+        let theirs = proc
+            .join("root")
+            .join(root.strip_prefix("/").unwrap_or(&root));
+        return std::fs::metadata(theirs).map_or(true, |m| m.dev() != ours.dev());
+    }
+    false
 }
 
 fn is_bpffs(path: &Path) -> bool {

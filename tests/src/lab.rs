@@ -17,7 +17,8 @@ use crate::validate::{check_route, parse_cidr};
 ///
 /// Dropping it kills every process in its namespaces, deletes the namespaces
 /// (and with them their veths), removes anything else named after its run
-/// (WireGuard sockets, bpffs pins, stray processes) and its log directory.
+/// (WireGuard sockets, bpffs pins, the status files of agents it killed, stray
+/// processes) and its log directory.
 #[derive(Debug)]
 pub struct Lab {
     run: RunId,

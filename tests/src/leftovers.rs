@@ -1,4 +1,10 @@
 //! Finding and removing lab objects left behind, e.g. by a killed test run.
+//!
+//! It looks everywhere a lab or its agents write outside the lab's namespaces and log
+//! directory: namespaces, root-namespace interfaces, WireGuard sockets, processes, bpffs pins,
+//! and the agents' files under /run/edgeproxy (a status file is removed by the agent when it
+//! exits, but an agent killed with SIGKILL cannot: the lab that killed it must). Only names of
+//! lab runs are matched, so that nothing of a real agent is ever touched.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,12 +15,16 @@ use std::time::Duration;
 
 use crate::cmd::run_ok;
 use crate::error::{LabError, Result};
-use crate::names::{mentions_run, BPFFS_PIN_PREFIX, BPFFS_ROOT, PREFIX};
+use crate::names::{
+    mentions_run, starts_with_ns_of, AGENT_FILE_PREFIX, AGENT_RUN_DIR, BPFFS_PIN_PREFIX,
+    BPFFS_ROOT, PREFIX,
+};
 use crate::procfs::{cmdline, kill_and_wait, netns_of, other_pids, NsId};
 
 const NETNS_DIR: &str = "/run/netns";
 const WIREGUARD_DIR: &str = "/var/run/wireguard";
 const ROOT_INTERFACES: &str = "/sys/class/net";
+const RUN_DIR: &str = "/run";
 
 /// Lab objects found on the host.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -28,6 +38,11 @@ pub struct Leftovers {
     pub processes: Vec<LeftoverProcess>,
     /// Pin directories of lab agents under /sys/fs/bpf.
     pub bpffs_dirs: Vec<PathBuf>,
+    /// Status files (and their `.tmp`) and drain markers of lab agents under /run/edgeproxy.
+    pub agent_files: Vec<PathBuf>,
+    /// Files and sockets named after a lab namespace directly under /run (e.g. a lab router's
+    /// BIRD control socket, which has no room under the log directory).
+    pub run_files: Vec<PathBuf>,
 }
 
 /// A process inside a lab namespace, or whose command line names a lab object.
@@ -46,6 +61,8 @@ impl Leftovers {
             && self.wg_sockets.is_empty()
             && self.processes.is_empty()
             && self.bpffs_dirs.is_empty()
+            && self.agent_files.is_empty()
+            && self.run_files.is_empty()
     }
 }
 
@@ -69,6 +86,12 @@ impl fmt::Display for Leftovers {
         }
         for path in &self.bpffs_dirs {
             writeln!(f, "bpffs dir {}", path.display())?;
+        }
+        for path in &self.agent_files {
+            writeln!(f, "agent file {}", path.display())?;
+        }
+        for path in &self.run_files {
+            writeln!(f, "file {}", path.display())?;
         }
         Ok(())
     }
@@ -94,6 +117,17 @@ pub fn find_leftovers(run_id: Option<&str>) -> Leftovers {
         })
         .map(|name| Path::new(BPFFS_ROOT).join(name))
         .collect();
+    let agent_files = entries(Path::new(AGENT_RUN_DIR))
+        .filter(|name| {
+            name.strip_prefix(AGENT_FILE_PREFIX)
+                .is_some_and(|rest| starts_with_ns_of(rest, run_id))
+        })
+        .map(|name| Path::new(AGENT_RUN_DIR).join(name))
+        .collect();
+    let run_files = entries(Path::new(RUN_DIR))
+        .filter(|name| starts_with_ns_of(name, run_id))
+        .map(|name| Path::new(RUN_DIR).join(name))
+        .collect();
     let processes = lab_processes(&namespaces, run_id);
     Leftovers {
         namespaces,
@@ -101,6 +135,8 @@ pub fn find_leftovers(run_id: Option<&str>) -> Leftovers {
         wg_sockets,
         processes,
         bpffs_dirs,
+        agent_files,
+        run_files,
     }
 }
 
@@ -141,6 +177,10 @@ pub fn clean(run_id: Option<&str>) -> Result<Leftovers> {
         // Pinned links and maps are unlinked like files; the kernel detaches
         // a link once its last pin and fd are gone.
         remove(path, fs::remove_dir_all(path), &mut failures);
+    }
+    // After the processes: a live agent would write its status again.
+    for path in found.agent_files.iter().chain(&found.run_files) {
+        remove(path, fs::remove_file(path), &mut failures);
     }
 
     if failures.is_empty() {
@@ -215,6 +255,29 @@ mod tests {
         assert!(!owned_by("eth0", Some("abc123")));
     }
 
+    /// The lab finds agents' files by name: the agent must name them as the lab expects.
+    #[test]
+    fn agent_files_are_named_as_the_lab_expects() {
+        let run = crate::RunId::generate();
+        let ns = crate::ns_name(&run, "bgp-popb");
+        let pins = edge_agent::bpffs::PinDir::new(crate::bpffs_pin_dir(&ns));
+        for file in [
+            pins.agent_status_file(),
+            edge_agent::bgp::drain::marker(&pins),
+        ] {
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            assert_eq!(file.parent(), Some(Path::new(AGENT_RUN_DIR)), "{file:?}");
+            assert!(
+                name.strip_prefix(AGENT_FILE_PREFIX)
+                    .is_some_and(|rest| starts_with_ns_of(rest, Some(run.as_str()))),
+                "expected {AGENT_FILE_PREFIX}{ns}.*, the agent names it {name}"
+            );
+        }
+    }
+
     #[test]
     fn display_lists_every_object() {
         let leftovers = Leftovers {
@@ -224,9 +287,14 @@ mod tests {
                 cmdline: "sleep 100".into(),
                 netns: Some("epl-abc123-x".into()),
             }],
+            agent_files: vec!["/run/edgeproxy/sys_fs_bpf_edgeproxy-epl-abc123-x.json".into()],
             ..Leftovers::default()
         };
         let text = leftovers.to_string();
+        assert!(
+            text.contains("agent file /run/edgeproxy/sys_fs_bpf_edgeproxy-epl-abc123-x.json\n"),
+            "{text}"
+        );
         assert!(text.contains("namespace epl-abc123-x\n"), "{text}");
         assert!(
             text.contains("process 7 in epl-abc123-x: sleep 100"),

@@ -36,7 +36,9 @@ pub use lab::Lab;
 pub use leftovers::{clean, clean_all, find_leftovers, LeftoverProcess, Leftovers};
 pub use link::Mac;
 pub use logdir::KEEP_LOGS_ENV;
-pub use names::{bpffs_pin_dir, ns_name, ns_prefix, wg_ifname, RunId, PREFIX, RUN_ID_LEN};
+pub use names::{
+    bpffs_pin_dir, ns_name, ns_prefix, wg_ifname, RunId, AGENT_RUN_DIR, PREFIX, RUN_ID_LEN,
+};
 pub use netns::NetNs;
 pub use process::LabProcess;
 pub use topology::{End, Topology};

@@ -135,6 +135,30 @@ pub(crate) const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// Pin directories of lab agents start with this (`edgeproxy-` + `epl`).
 pub(crate) const BPFFS_PIN_PREFIX: &str = "edgeproxy-";
 
+/// Where agents write their status file and drain marker (`edge_agent::bpffs::PinDir::
+/// agent_status_file`): `<pin root with '/' as '_'>.json`, `.tmp` while it is written, `.drain`.
+pub const AGENT_RUN_DIR: &str = "/run/edgeproxy";
+/// Files of lab agents there start with this: [`bpffs_pin_dir`] spelt as the agent spells it,
+/// then the namespace name.
+pub(crate) const AGENT_FILE_PREFIX: &str = "sys_fs_bpf_edgeproxy-";
+
+/// Whether `name` starts with the name of a namespace of lab run `run` (of any run if `None`):
+/// `epl-<run>-`. Stricter than a bare prefix, so that a real agent's file whose name merely
+/// starts with `epl` is never taken for a lab's.
+pub(crate) fn starts_with_ns_of(name: &str, run: Option<&str>) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let (Some(id), Some(after)) = (rest.get(..RUN_ID_LEN), rest.get(RUN_ID_LEN..)) else {
+        return false;
+    };
+    after.starts_with('-')
+        && match run {
+            Some(run) => id == run,
+            None => RunId::parse(id).is_ok(),
+        }
+}
+
 /// Whether `text` names an object of a lab run (`run`, or any run if `None`):
 /// it contains `epl-<run>-` (namespaces) or `epl<run>w` (host-wide interfaces).
 pub(crate) fn mentions_run(text: &str, run: Option<&str>) -> bool {
@@ -207,6 +231,22 @@ mod tests {
         assert!(!mentions_run("replace-everything", None));
         assert!(!mentions_run("epl-ABCDEF-x", None));
         assert!(!mentions_run("epl-abc", None));
+    }
+
+    #[test]
+    fn namespace_prefixes_are_recognised_at_the_start_only() {
+        let run = RunId::from_number(42);
+        let ns = ns_name(&run, "bgp-popb");
+        assert!(starts_with_ns_of(&format!("{ns}.json"), Some(run.as_str())));
+        assert!(starts_with_ns_of(&ns, None));
+        assert!(!starts_with_ns_of(
+            &ns,
+            Some(RunId::from_number(43).as_str())
+        ));
+        assert!(!starts_with_ns_of(&format!("x{ns}"), None));
+        assert!(!starts_with_ns_of("eplanet.json", None));
+        assert!(!starts_with_ns_of("epl-abcdef", None));
+        assert!(!starts_with_ns_of("epl-ABCDEF-x", None));
     }
 
     #[test]

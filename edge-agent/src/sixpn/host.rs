@@ -33,7 +33,10 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.pop_id.clone());
     let mut node = Node::start(&config.sixpn, &id, &config.region, HostRole::Host)
         .context("starting the 6PN device")?;
-    let status_file = PinDir::new(&config.bpffs_root).agent_status_file();
+    let pins = PinDir::new(&config.bpffs_root);
+    let status_file = pins.agent_status_file();
+    // Removes the status file however this ends.
+    let _status = pins.status_file_guard();
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -71,7 +74,6 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    let _ = std::fs::remove_file(&status_file);
     info!("host agent stopping; the 6PN device stays up (`edge-agent wg down` removes it)");
     Ok(())
 }

@@ -71,6 +71,18 @@ fn clean_removes_what_a_crashed_run_left() -> Result<()> {
     // Only where bpffs is mounted: plain sysfs refuses mkdir.
     let pin_dir = crate::bpffs_pin_dir(&ns);
     let pinned = std::fs::create_dir(&pin_dir).is_ok();
+    // What an agent of this namespace killed with SIGKILL leaves under /run/edgeproxy (named
+    // by the agent's own code), and a socket a test put under /run.
+    let pins = edge_agent::bpffs::PinDir::new(&pin_dir);
+    let status = pins.agent_status_file();
+    let drain = edge_agent::bgp::drain::marker(&pins);
+    let run_file = Path::new("/run").join(format!("{ns}.bird.ctl"));
+    if let Some(dir) = status.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create status dir"))?;
+    }
+    for file in [&status, &drain, &run_file] {
+        std::fs::write(file, b"{}").map_err(io("create agent file"))?;
+    }
     let mut orphan = Command::new("nsenter")
         .args([&format!("--net=/run/netns/{ns}"), "--", "sleep", "100"])
         .spawn()
@@ -96,6 +108,12 @@ fn clean_removes_what_a_crashed_run_left() -> Result<()> {
     assert_eq!(found.wg_sockets, std::slice::from_ref(&socket), "{found}");
     assert_eq!(found.bpffs_dirs.len(), usize::from(pinned), "{found}");
     assert_eq!(
+        found.agent_files,
+        [drain.clone(), status.clone()],
+        "{found}"
+    );
+    assert_eq!(found.run_files, std::slice::from_ref(&run_file), "{found}");
+    assert_eq!(
         found.processes[0].netns.as_deref(),
         Some(ns.as_str()),
         "{found}"
@@ -107,5 +125,8 @@ fn clean_removes_what_a_crashed_run_left() -> Result<()> {
     assert!(left.is_empty(), "left behind:\n{left}");
     assert!(orphan.wait().map_err(io("reap orphan"))?.code().is_none());
     assert!(!socket.exists() && !pin_dir.exists());
+    for file in [&status, &drain, &run_file] {
+        assert!(!file.exists(), "clean left {}", file.display());
+    }
     Ok(())
 }

@@ -67,7 +67,7 @@ pub fn counted(pins: &Path, ip: &str, proto: &str, verdict: &str) -> Result<u64,
 }
 
 /// Removes `lab` and asserts its run left nothing behind (namespace, interface, WireGuard
-/// socket, process, bpffs pin).
+/// socket, process, bpffs pin, agent status file).
 pub fn tear_down(lab: edge_lab::Lab) {
     let run = lab.run_id().to_string();
     drop(lab);
