@@ -220,6 +220,8 @@ impl Accumulate for DropStats {
         self.no_flow += o.no_flow;
         self.redirect_failed += o.redirect_failed;
         self.out_of_window += o.out_of_window;
+        self.recovered += o.recovered;
+        self.displaced += o.displaced;
     }
 }
 
@@ -387,8 +389,8 @@ impl fmt::Display for NatReport {
         let d = &self.drops;
         writeln!(
             f,
-            "\ndrops: no_backend {} port_exhausted {} flow_insert {} unsupported {} resize_failed {} redirect_failed {}; no_flow (passed to the kernel) {}; out_of_window FIN/RST (forwarded, not recorded) {}",
-            d.no_backend, d.port_exhausted, d.flow_insert, d.unsupported, d.resize_failed, d.redirect_failed, d.no_flow, d.out_of_window
+            "\ndrops: no_backend {} port_exhausted {} flow_insert {} unsupported {} resize_failed {} redirect_failed {}; no_flow (passed to the kernel) {}; out_of_window FIN/RST (forwarded, not recorded) {}; recovered flows {}; half-open flows displaced {}",
+            d.no_backend, d.port_exhausted, d.flow_insert, d.unsupported, d.resize_failed, d.redirect_failed, d.no_flow, d.out_of_window, d.recovered, d.displaced
         )
     }
 }

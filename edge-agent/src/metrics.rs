@@ -250,6 +250,8 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
                 ("redirect_failed", d.redirect_failed),
                 ("no_flow", d.no_flow),
                 ("out_of_window", d.out_of_window),
+                ("recovered", d.recovered),
+                ("displaced", d.displaced),
             ]
             .into_iter()
             .map(|(reason, v)| (vec![reason.to_owned()], v))

@@ -1,7 +1,8 @@
 //! What an attacker without the connection's sequence numbers can do to the flow tables, through
 //! `BPF_PROG_TEST_RUN`: a SYN only makes a half-open flow, only the ACK of the backend's SYN-ACK
-//! makes it established, spoofed SYNs evict nothing established, and a FIN or RST ends a flow
-//! only at the sequence number the backend expects (RFC 5961 section 3.2). Needs root.
+//! makes it established, spoofed SYNs evict nothing established, a FIN or RST ends a flow only
+//! at the sequence number the backend expects (RFC 5961 section 3.2), and a flow whose entries
+//! are gone is remade as its SYN made it. Needs root.
 
 mod nat_support;
 
@@ -11,6 +12,7 @@ use edge_agent::{
     config::FlowConfig,
     flows::{self, TcpState},
 };
+use edge_common::{flow::FLOW_REVERSE, FlowKey, FlowValue};
 use etherparse::PacketBuilder;
 use nat_support::*;
 
@@ -214,6 +216,163 @@ fn a_blind_rst_or_fin_ends_nothing(hook: Hook) -> TestResult {
     Ok(())
 }
 
+/// The flow table is a cache: a connection whose entries are gone (evicted, swept, deleted by
+/// an operator) gets back the backend and source port its SYN got, as long as the backend
+/// tables are the same; the backend's answer makes it established again.
+fn a_lost_flow_is_remade_on_the_same_backend_and_port(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let syn = nat.handshake4(49000)?;
+    let established = nat.established()?;
+    let (forward, reverse) = (half(&established, false)?, half(&established, true)?);
+
+    // Only the forward half lost: it goes back beside the reverse one.
+    nat.flows()?.remove(&forward.0)?;
+    let (_, out) = nat.forward(&segment4(49000, 1001, 9001, Flags::Ack, b"one")?)?;
+    let data = check(&out)?;
+    assert_eq!(
+        (data.dst, data.sport),
+        (syn.dst, syn.sport),
+        "same backend and port"
+    );
+    assert_eq!(nat.established()?.len(), 2, "restored in FLOWS");
+
+    // Both halves lost: remade half-open until the backend answers.
+    nat.flows()?.remove(&forward.0)?;
+    nat.flows()?.remove(&reverse.0)?;
+    let (_, out) = nat.forward(&segment4(49000, 1004, 9001, Flags::Ack, b"two")?)?;
+    let data = check(&out)?;
+    assert_eq!(
+        (data.dst, data.sport),
+        (syn.dst, syn.sport),
+        "same backend and port"
+    );
+    assert_eq!(
+        nat.established()?.len(),
+        0,
+        "not established on the client's word"
+    );
+    let (verdict, out) = nat.tc(&from_backend(&syn, 9001, 1007, b"ok")?)?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let back = check(&out)?;
+    assert_eq!((back.dst, back.dport), (IpAddr::from(CLIENT4), 49000));
+    assert_eq!(
+        nat.established()?.len(),
+        2,
+        "the backend's answer established it"
+    );
+    assert_eq!(nat.half_open()?.iter().count(), 0);
+    assert_eq!(nat.drops()?.recovered, 2);
+    assert_eq!(states(&mut nat)?, vec![TcpState::Established]);
+
+    // A backend that does not know the connection answers with a RST: nothing established.
+    let (_, out) = nat.forward(&segment4(49001, 5000, 7000, Flags::Ack, b"??")?)?;
+    let stray = check(&out)?;
+    let mut rst = Vec::new();
+    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (stray.dst, stray.src) else {
+        return Err("expected IPv6".into());
+    };
+    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+        .ipv6(backend.octets(), overlay.octets(), 64)
+        .tcp(8080, stray.sport, 7000, 0)
+        .rst()
+        .write(&mut rst, &[])?;
+    let (verdict, _) = nat.tc(&rst)?;
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the RST goes back to the client");
+    assert_eq!(nat.established()?.len(), 2, "only the first connection");
+    Ok(())
+}
+
+/// Spoofed mid-connection packets remake flows only in the half-open table.
+fn spoofed_acks_evict_no_established_flow(hook: Hook) -> TestResult {
+    let mut nat = Nat::with_flows(hook, 64)?;
+    let mut live = Vec::new();
+    for sport in 47000..47020 {
+        live.push((sport, nat.handshake4(sport)?));
+    }
+    for sport in 10_000..13_000u16 {
+        nat.forward(&segment4(
+            sport,
+            u32::from(sport) * 7,
+            99,
+            Flags::Ack,
+            b"x",
+        )?)?;
+    }
+    assert_eq!(
+        nat.established()?.len(),
+        40,
+        "3,000 ACKs evicted established entries"
+    );
+    for (sport, syn) in &live {
+        let (_, out) = nat.forward(&segment4(*sport, 1001, 9001, Flags::Ack, b"ping")?)?;
+        let data = check(&out)?;
+        assert_eq!((data.dst, data.sport), (syn.dst, syn.sport), "port {sport}");
+    }
+    assert_eq!(nat.drops()?.recovered, 3_000);
+    Ok(())
+}
+
+/// When every candidate source port of a new flow is held, half-open flows give theirs up;
+/// established ones never do.
+fn half_open_flows_give_way_to_new_ones(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let (_, out) = nat.forward(&syn4(44000, 80)?)?;
+    let first = check(&out)?;
+    let entries = nat.entries()?;
+    let reverse = half(&entries, true)?.0;
+    {
+        let mut half_open = nat.half_open()?;
+        for (key, _) in &entries {
+            half_open.remove(key)?;
+        }
+        // Another client's half-open flows on every candidate port.
+        for n in 0..edge_common::limits::PORT_TRIES as u16 {
+            let key = FlowKey {
+                dport: (first.sport + n).to_be(),
+                ..reverse
+            };
+            let value = FlowValue {
+                flags: FLOW_REVERSE,
+                new_dst: [9; 16],
+                ..FlowValue::default()
+            };
+            half_open.insert(key, value, 0)?;
+        }
+    }
+    let (verdict, out) = nat.forward(&syn4(44000, 80)?)?;
+    assert_ne!(verdict, Verdict::Drop, "a half-open flow gave way");
+    assert_eq!(
+        check(&out)?.sport,
+        first.sport,
+        "the first candidate's port"
+    );
+    let drops = nat.drops()?;
+    assert_eq!((drops.displaced, drops.port_exhausted), (1, 0), "{drops:?}");
+
+    // Established flows on every candidate port: the SYN is dropped.
+    let taken: Vec<FlowKey> = nat.entries()?.into_iter().map(|(k, _)| k).collect();
+    let mut half_open = nat.half_open()?;
+    for key in taken {
+        let _ = half_open.remove(&key);
+    }
+    let mut flows = nat.flows()?;
+    for n in 0..edge_common::limits::PORT_TRIES as u16 {
+        let key = FlowKey {
+            dport: (first.sport + n).to_be(),
+            ..reverse
+        };
+        let value = FlowValue {
+            flags: FLOW_REVERSE,
+            ..FlowValue::default()
+        };
+        flows.insert(key, value, 0)?;
+    }
+    let (verdict, _) = nat.forward(&syn4(44000, 80)?)?;
+    assert_eq!(verdict, Verdict::Drop);
+    assert_eq!(nat.drops()?.port_exhausted, 1);
+    Ok(())
+}
+
 /// Each test above, once per hook.
 macro_rules! for_both_hooks {
     ($($name:ident),* $(,)?) => {
@@ -236,4 +395,7 @@ for_both_hooks!(
     only_the_ack_of_the_backends_syn_ack_establishes_a_flow,
     spoofed_syns_evict_no_established_flow,
     a_blind_rst_or_fin_ends_nothing,
+    a_lost_flow_is_remade_on_the_same_backend_and_port,
+    spoofed_acks_evict_no_established_flow,
+    half_open_flows_give_way_to_new_ones,
 );

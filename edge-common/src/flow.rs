@@ -30,6 +30,10 @@ pub struct FlowKey {
 pub const FLOW_REVERSE: u8 = 1;
 /// The client is IPv4: forward packets get NAT46, replies NAT64.
 pub const FLOW_V4_CLIENT: u8 = 2;
+/// Remade from a mid-connection packet whose flow was gone (evicted, swept, or the table
+/// replaced): the same Maglev pick and source port as the SYN got, as long as the tables are
+/// the same. It waits in `HALF_OPEN` until the backend answers with anything but a RST.
+pub const FLOW_RECOVERED: u8 = 4;
 
 /// TCP flag bits as in the TCP header's flags byte (RFC 9293 section 3.1).
 pub const TCP_FIN: u8 = 0x01;

@@ -164,13 +164,20 @@ pub struct DropStats {
     pub unsupported: u64,
     /// Header room could not be changed (NAT46/NAT64).
     pub resize_failed: u64,
-    /// Not a drop: non-SYN to a VIP with no flow, passed to the kernel, which resets it.
+    /// Not a drop: a RST to a VIP with no flow, or a packet whose flow could not be remade
+    /// (see `recovered`), passed to the kernel (which resets it).
     pub no_flow: u64,
     /// Reply could not be redirected to the public interface.
     pub redirect_failed: u64,
     /// Not a drop: a client's FIN or RST at another sequence number than the backend expects
     /// (blind, or overtaking data still in flight): forwarded to the backend, not recorded.
     pub out_of_window: u64,
+    /// Not a drop: a mid-connection packet with no flow, whose flow was remade by the same
+    /// consistent hash (`FLOW_RECOVERED`).
+    pub recovered: u64,
+    /// Not a drop: a half-open flow removed because a new one needed its source port and
+    /// every other candidate was taken (a SYN flood holds most of them).
+    pub displaced: u64,
 }
 
 #[cfg(feature = "user")]

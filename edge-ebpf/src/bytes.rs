@@ -20,6 +20,20 @@ pub unsafe fn copy16(dst: *mut [u8; 16], src: *const [u8; 16]) {
     }
 }
 
+/// Whether two 16-byte values (IPv6 addresses) are equal, compared as four 32-bit words.
+#[inline(always)]
+pub unsafe fn eq16(a: *const [u8; 16], b: *const [u8; 16]) -> bool {
+    let (a, b) = (a.cast::<u32>(), b.cast::<u32>());
+    // SAFETY: the caller passes 16 readable bytes at each.
+    unsafe {
+        (a.read_volatile() ^ b.read_volatile())
+            | (a.add(1).read_volatile() ^ b.add(1).read_volatile())
+            | (a.add(2).read_volatile() ^ b.add(2).read_volatile())
+            | (a.add(3).read_volatile() ^ b.add(3).read_volatile())
+            == 0
+    }
+}
+
 /// Copies 6 bytes (a MAC address) as a 32-bit and a 16-bit word.
 #[inline(always)]
 pub unsafe fn copy6(dst: *mut [u8; 6], src: *const [u8; 6]) {

@@ -11,6 +11,7 @@ mod clock;
 mod csum;
 mod ctx;
 mod debug_log;
+mod flow_table;
 mod forward;
 mod maps;
 mod next_hop;

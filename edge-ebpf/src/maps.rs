@@ -87,6 +87,8 @@ pub struct NewFlowScratch {
     pub key: FlowKey,
     pub value: FlowValue,
     pub reverse_key: FlowKey,
+    /// The forward key of a half-open flow a new one takes the source port of.
+    pub displaced: FlowKey,
     pub binding: AffinityKey,
     pub geo_v6: Key<[u8; 16]>,
     /// The TC hook's next-hop question and the kernel's answer.

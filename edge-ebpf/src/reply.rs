@@ -19,7 +19,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use edge_common::{
-    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_RST, TCP_SYN},
+    flow::{FLOW_RECOVERED, FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_RST, TCP_SYN},
     pop::POP_READY,
     FlowKey, PopConfig, IPPROTO_TCP,
 };
@@ -28,7 +28,7 @@ use network_types::ip::Ipv6Hdr;
 use crate::{
     bytes, clock, csum,
     ctx::ptr_at,
-    debug_log,
+    debug_log, flow_table,
     maps::{FLOWS, HALF_OPEN, POP_CONFIG},
     next_hop,
     stats::{self, Drop},
@@ -95,12 +95,27 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     };
     let tcp_flags = seg.flags;
     // A handshake's SYN-ACK finds its flow in HALF_OPEN; everything after, in FLOWS.
-    let Some(entry) = FLOWS
-        .get_ptr_mut(key)
-        .or_else(|| HALF_OPEN.get_ptr_mut(key))
-    else {
-        debug_log::reply_miss(config, &key);
-        return Ok(TC_ACT_OK);
+    let entry = match FLOWS.get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => match HALF_OPEN.get_ptr_mut(key) {
+            // SAFETY: valid for this run.
+            Some(entry)
+                if unsafe { (*entry).flags } & FLOW_RECOVERED != 0
+                    && tcp_flags & (TCP_SYN | TCP_RST) == 0 =>
+            {
+                // The backend knew the connection that was remade: established again.
+                if flow_table::confirm_recovered(&key, entry) == 1 {
+                    FLOWS.get_ptr_mut(key).ok_or(Drop::FlowInsert)?
+                } else {
+                    entry
+                }
+            }
+            Some(entry) => entry,
+            None => {
+                debug_log::reply_miss(config, &key);
+                return Ok(TC_ACT_OK);
+            }
+        },
     };
     let len = ctx.len() as usize;
     let now = clock::now_ns(config);

@@ -74,6 +74,24 @@ pub fn no_flow() {
     }
 }
 
+/// A half-open flow that gave its source port to a new one.
+#[inline(always)]
+pub fn displaced() {
+    if let Some(d) = DROP_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*d).displaced += 1 }
+    }
+}
+
+/// A mid-connection packet whose flow was remade (`FLOW_RECOVERED`).
+#[inline(always)]
+pub fn recovered() {
+    if let Some(d) = DROP_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*d).recovered += 1 }
+    }
+}
+
 /// A client's FIN or RST not at the sequence number the backend expects (see `FlowValue`).
 #[inline(always)]
 pub fn out_of_window() {

@@ -29,7 +29,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use edge_common::{
-    flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    flow::{FLOW_RECOVERED, FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     geo::{slash24_slot, AffinityValue, GEO_CLASSES, GEO_V4_DEEPER},
     hash::flow_hash,
     limits::PORT_TRIES,
@@ -43,10 +43,10 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     bytes, clock,
     ctx::{ptr_at, Packet},
-    debug_log,
+    debug_log, flow_table,
     maps::{
-        FlowTable, NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V4_SLASH24, GEO_V6,
-        HALF_OPEN, MAGLEV, POP_CONFIG, SCRATCH, SERVICES, SERVICE_PORTS, SERVICE_RINGS,
+        NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V4_SLASH24, GEO_V6, HALF_OPEN,
+        MAGLEV, POP_CONFIG, SCRATCH, SERVICES, SERVICE_PORTS, SERVICE_RINGS,
     },
     parse,
     stats::{self, Drop},
@@ -179,10 +179,12 @@ fn flow_for(
                 // its port once its side is closed): a new flow, picked afresh. Kept, it
                 // would go to the old backend however that one is doing now, and inherit the
                 // closed state the sweeper expires in seconds.
-                end_flow(&FLOWS, key, entry);
+                flow_table::end_flow(&FLOWS, key, entry);
             } else {
                 let mut flags = seg.flags;
-                if flags & (TCP_FIN | TCP_RST) != 0 && !expected_by_backend(entry, seg.seq) {
+                if flags & (TCP_FIN | TCP_RST) != 0
+                    && !flow_table::expected_by_backend(entry, seg.seq)
+                {
                     // Forwarded all the same: the backend judges it by its own window.
                     flags &= !(TCP_FIN | TCP_RST);
                     stats::out_of_window();
@@ -198,14 +200,14 @@ fn flow_for(
                 return Ok(None);
             }
             if syn && (*entry).tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                end_flow(&HALF_OPEN, key, entry);
+                flow_table::end_flow(&HALF_OPEN, key, entry);
             } else {
                 record(config, entry, seg.flags, bytes);
                 if seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_ACK {
                     return Ok(Some(entry));
                 }
                 // Copied into FLOWS and removed here: the entry pointer is stale after.
-                if confirm(key, entry, seg.ack) == 0 {
+                if flow_table::confirm(key, entry, seg.ack) == 0 {
                     return Ok(Some(entry));
                 }
                 return FLOWS.get_ptr_mut(key).map(Some).ok_or(Drop::FlowInsert);
@@ -215,22 +217,38 @@ fn flow_for(
     let Some(service) = service_of(key) else {
         return Ok(None);
     };
-    if !syn {
+    if !syn && seg.flags & TCP_RST != 0 {
         stats::no_flow();
         debug_log::no_flow(key, seg.flags);
         return Ok(None);
     }
-    let meta = u32::from(seg.flags) | u32::from(v4) << 8;
-    let backend_id = decode(new_flow(
+    // A mid-connection packet whose flow is gone is given the flow its SYN got (see
+    // `FLOW_RECOVERED`); one that cannot be goes to the kernel, which resets it.
+    let recover = if syn { 0 } else { RECOVER };
+    let meta = u32::from(seg.flags) | u32::from(v4) << 8 | recover;
+    let backend_id = match decode(new_flow(
         key,
         service.service_id,
         service.flags,
         meta,
         bytes as u64,
-    ))
-    .inspect_err(|&reason| debug_log::refused(key, service.service_id, reason))?;
-    stats::service_packet(service.service_id, bytes, true);
-    stats::backend_to(backend_id, bytes, true);
+    )) {
+        Ok(id) => id,
+        Err(_) if !syn => {
+            stats::no_flow();
+            debug_log::no_flow(key, seg.flags);
+            return Ok(None);
+        }
+        Err(reason) => {
+            debug_log::refused(key, service.service_id, reason);
+            return Err(reason);
+        }
+    };
+    if !syn {
+        stats::recovered();
+    }
+    stats::service_packet(service.service_id, bytes, syn);
+    stats::backend_to(backend_id, bytes, syn);
     // The rewrite works from the copy of the forward entry `new_flow` left in this CPU's
     // scratch slot (map memory, not the 512-byte stack): reading the entry back from the flow
     // table would cost a third hash lookup per SYN.
@@ -258,106 +276,6 @@ unsafe fn record(config: &PopConfig, entry: *mut FlowValue, tcp_flags: u8, bytes
         stats::service_packet((*entry).service_id, bytes, false);
         stats::backend_to((*entry).backend_id, bytes, false);
     }
-}
-
-/// Writes the key of `entry`'s other direction into this CPU's scratch slot, word by word: the
-/// struct `FlowValue::partner_key` returns would be copied with BPF's byte-loop `memcpy` (see
-/// `bytes`).
-///
-/// # Safety
-/// `entry` is valid for this run.
-#[inline(always)]
-unsafe fn partner_key(entry: *const FlowValue) -> Option<*mut FlowKey> {
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: the caller's entry; this CPU's scratch slot.
-    unsafe {
-        let reverse = &raw mut (*scratch).reverse_key;
-        bytes::copy16(&raw mut (*reverse).src, &raw const (*entry).new_dst);
-        bytes::copy16(&raw mut (*reverse).dst, &raw const (*entry).new_src);
-        (*reverse).sport = (*entry).new_dport;
-        (*reverse).dport = (*entry).new_sport;
-        Some(reverse)
-    }
-}
-
-/// Whether `seq`, a client's FIN or RST, is the sequence number the backend acknowledged
-/// last: RFC 5961 section 3.2's test for a RST that resets. A blind attacker must guess it
-/// among 2^32. A FIN or RST sent while data of the client's is still unacknowledged fails it
-/// too; it still reaches the backend, whose own FIN or silence then ends the flow.
-///
-/// # Safety
-/// `entry` is a forward entry of `FLOWS`, valid for this run.
-#[inline(always)]
-unsafe fn expected_by_backend(entry: *const FlowValue, seq: u32) -> bool {
-    // SAFETY: the caller's entry.
-    let Some(reverse) = (unsafe { partner_key(entry) }) else {
-        return false;
-    };
-    // SAFETY: this CPU's scratch slot, just written.
-    match FLOWS.get_ptr(unsafe { &*reverse }) {
-        // SAFETY: valid for this run.
-        Some(reply) => unsafe { (*reply).ack == seq },
-        None => false,
-    }
-}
-
-/// Moves a half-open flow to `FLOWS` when `ack` completes its handshake (acknowledges the
-/// backend's SYN-ACK). 1: moved; `entry` is gone from `HALF_OPEN`. 0: not (yet) complete, or
-/// it could not be moved. Not inlined: its own stack frame, like `new_flow`'s.
-#[inline(never)]
-fn confirm(key: &FlowKey, entry: *mut FlowValue, ack: u32) -> u32 {
-    // SAFETY: the caller's half-open entry, valid for this run.
-    let Some(reverse) = (unsafe { partner_key(entry) }) else {
-        return 0;
-    };
-    // SAFETY: this CPU's scratch slot, just written.
-    let reverse = unsafe { &*reverse };
-    let Some(reply) = HALF_OPEN.get_ptr_mut(reverse) else {
-        return 0;
-    };
-    // SAFETY: valid for this run.
-    let answered = unsafe { (*reply).tcp_flags & TCP_SYN != 0 && (*reply).seq == ack };
-    if !answered {
-        return 0;
-    }
-    // The reverse key is this flow's source address and port: not yet in FLOWS, unless
-    // another flow took it there since the SYN (`claim` checked). NOEXIST keeps that one.
-    // SAFETY: both entries are valid for this run.
-    if FLOWS
-        .insert(reverse, unsafe { &*reply }, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        stats::drop(Drop::FlowInsert);
-        return 0;
-    }
-    // SAFETY: as above.
-    if FLOWS
-        .insert(key, unsafe { &*entry }, BPF_ANY as u64)
-        .is_err()
-    {
-        let _ = FLOWS.remove(reverse);
-        stats::drop(Drop::FlowInsert);
-        return 0;
-    }
-    let _ = HALF_OPEN.remove(reverse);
-    let _ = HALF_OPEN.remove(key);
-    1
-}
-
-/// Removes both halves of the flow of `key`, whose forward entry in `table` is `entry`: its
-/// source address and port are free again for `new_flow`, and a later packet of the new flow
-/// must not find the old entry.
-///
-/// # Safety
-/// `entry` is `key`'s entry in `table`, valid for this run.
-#[inline(always)]
-unsafe fn end_flow(table: &FlowTable, key: &FlowKey, entry: *const FlowValue) {
-    // SAFETY: the caller's entry.
-    if let Some(reverse) = unsafe { partner_key(entry) } {
-        // SAFETY: this CPU's scratch slot, just written; `new_flow` rewrites it before use.
-        let _ = table.remove(unsafe { &*reverse });
-    }
-    let _ = table.remove(key);
 }
 
 /// `new_flow`'s result in one register: a backend id, or `FAILED | drop reason`.
@@ -388,8 +306,8 @@ fn encode(result: Result<u32, Drop>) -> u64 {
 /// Sets up a new flow. Not inlined: a BPF-to-BPF call gets its own stack frame, and the packet
 /// path's frame plus this one fit the 512-byte limit where one merged frame does not. It takes
 /// no packet pointer (the verifier's rule for calls; see TOOLCHAIN.md), only the flow key.
-/// `meta` packs the TCP flags (bits 0-7) and the client family (bit 8: IPv4): a BPF call has at
-/// most five arguments. (Packing the frame length too made LLVM shift packet pointers, which
+/// `meta` packs the TCP flags (bits 0-7), the client family (bit 8: IPv4) and whether the flow
+/// is remade mid-connection (`RECOVER`): a BPF call has at most five arguments. (Packing the frame length too made LLVM shift packet pointers, which
 /// the verifier refuses.)
 #[inline(never)]
 fn new_flow(key: &FlowKey, service_id: u32, service_flags: u32, meta: u32, bytes: u64) -> u64 {
@@ -407,8 +325,12 @@ fn new_flow(key: &FlowKey, service_id: u32, service_flags: u32, meta: u32, bytes
         config,
         &service,
         meta & 0x100 != 0,
+        meta & RECOVER != 0,
     ))
 }
+
+/// `new_flow`'s `meta` bit for a flow remade from a mid-connection packet.
+const RECOVER: u32 = 0x200;
 
 #[inline(always)]
 fn setup_flow(
@@ -418,6 +340,7 @@ fn setup_flow(
     config: &PopConfig,
     service: &ServiceValue,
     v4: bool,
+    recover: bool,
 ) -> Result<u32, Drop> {
     let hash = flow_hash(&key.src, &key.dst, key.sport, key.dport);
     let Some(backend_id) = pick_backend(key, hash, config, service, v4) else {
@@ -431,7 +354,7 @@ fn setup_flow(
             return Err(Drop::NoBackend);
         }
     };
-    let family = if v4 { FLOW_V4_CLIENT } else { 0 };
+    let family = if v4 { FLOW_V4_CLIENT } else { 0 } | if recover { FLOW_RECOVERED } else { 0 };
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Drop::FlowInsert)?;
     // SAFETY: this CPU's scratch slot, used only within this program run.
     let (value, reverse_key) = unsafe { (&mut (*scratch).value, &mut (*scratch).reverse_key) };
@@ -495,11 +418,26 @@ fn setup_flow(
             return claimed.map(|()| backend_id);
         }
     }
+    // Every candidate is taken. Half-open flows give way: under a SYN flood they hold most
+    // ports, and a handshake that eight later ones overtook has most likely failed. An
+    // established flow never gives way.
+    for attempt in 0..PORT_TRIES {
+        let port = (u32::from(config.port_min) + start.wrapping_add(attempt) % range) as u16;
+        reverse_key.dport = port.to_be();
+        if !flow_table::displace_half_open(reverse_key) {
+            continue;
+        }
+        stats::displaced();
+        if let Some(claimed) = claim(key, value, reverse_key, backend, family, tcp_flags, bytes) {
+            return claimed.map(|()| backend_id);
+        }
+    }
     Err(Drop::PortExhausted)
 }
 
 /// Claims the source address and port `reverse_key` names and records both directions of the
-/// flow in `HALF_OPEN`. `value` holds the reverse entry on entry and the forward one on return.
+/// flow in `HALF_OPEN` (a recovered flow whose reverse half is still in `FLOWS` gets its forward
+/// half back there). `value` holds the reverse entry on entry and the forward one on return.
 /// `None`: the source is in use by an established flow, or by a half-open one (the NOEXIST
 /// insert is the allocation), try another.
 #[inline(always)]
@@ -512,12 +450,23 @@ fn claim(
     tcp_flags: u8,
     bytes: usize,
 ) -> Option<Result<(), Drop>> {
-    if FLOWS.get_ptr(reverse_key).is_some() {
-        return None;
-    }
-    HALF_OPEN
-        .insert(reverse_key, &*value, BPF_NOEXIST as u64)
-        .ok()?;
+    let table = match FLOWS.get_ptr(reverse_key) {
+        None => {
+            HALF_OPEN
+                .insert(reverse_key, &*value, BPF_NOEXIST as u64)
+                .ok()?;
+            &HALF_OPEN
+        }
+        // Only the forward half of an established connection was lost: it goes back beside
+        // its reverse half.
+        // SAFETY: valid for this run.
+        Some(reply)
+            if family & FLOW_RECOVERED != 0 && unsafe { flow_table::is_partner(reply, key) } =>
+        {
+            &FLOWS
+        }
+        Some(_) => return None,
+    };
     // SAFETY: fields of the caller's scratch slot and of a map value valid for this run.
     unsafe {
         bytes::copy16(&raw mut value.new_src, &raw const reverse_key.dst);
@@ -529,7 +478,7 @@ fn claim(
     value.tcp_flags = tcp_flags;
     value.packets = 1;
     value.bytes = bytes as u64;
-    if HALF_OPEN.insert(key, &*value, BPF_ANY as u64).is_err() {
+    if table.insert(key, &*value, BPF_ANY as u64).is_err() {
         let _ = HALF_OPEN.remove(reverse_key);
         return Some(Err(Drop::FlowInsert));
     }

@@ -1,0 +1,196 @@
+//! The two flow tables' life cycle, shared by both directions: a flow starts in `HALF_OPEN` and
+//! moves to `FLOWS` once the other side has shown it is real (see `edge_common::flow`), and a
+//! client's FIN or RST counts only at the sequence number the backend expects.
+
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values go by reference: a copy would cost BPF stack (512 bytes)"
+)]
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use edge_common::{flow::TCP_SYN, FlowKey, FlowValue};
+
+use crate::{
+    bytes,
+    maps::{FlowTable, FLOWS, HALF_OPEN, SCRATCH},
+    stats::{self, Drop},
+};
+
+/// Writes the key of `entry`'s other direction into this CPU's scratch slot, word by word: the
+/// struct `FlowValue::partner_key` returns would be copied with BPF's byte-loop `memcpy` (see
+/// `bytes`).
+///
+/// # Safety
+/// `entry` is valid for this run.
+#[inline(always)]
+pub unsafe fn partner_key(entry: *const FlowValue) -> Option<*mut FlowKey> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the caller's entry; this CPU's scratch slot.
+    unsafe {
+        let reverse = &raw mut (*scratch).reverse_key;
+        write_partner_key(entry, reverse);
+        Some(reverse)
+    }
+}
+
+/// Writes the key of `entry`'s other direction into `dst`.
+///
+/// # Safety
+/// `entry` is valid for this run; `dst` is writable and not referenced elsewhere.
+#[inline(always)]
+pub unsafe fn write_partner_key(entry: *const FlowValue, dst: *mut FlowKey) {
+    // SAFETY: the caller's pointers.
+    unsafe {
+        bytes::copy16(&raw mut (*dst).src, &raw const (*entry).new_dst);
+        bytes::copy16(&raw mut (*dst).dst, &raw const (*entry).new_src);
+        (*dst).sport = (*entry).new_dport;
+        (*dst).dport = (*entry).new_sport;
+    }
+}
+
+/// Removes the half-open flow whose reverse half is `reverse_key`, if there is one: a new flow
+/// takes its source port. True: there was one.
+#[inline(always)]
+pub fn displace_half_open(reverse_key: &FlowKey) -> bool {
+    let Some(held) = HALF_OPEN.get_ptr(reverse_key) else {
+        return false;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the entry is valid for this run; the slot is this CPU's and only used here.
+    unsafe {
+        let forward = &raw mut (*scratch).displaced;
+        write_partner_key(held, forward);
+        let _ = HALF_OPEN.remove(&*forward);
+    }
+    let _ = HALF_OPEN.remove(reverse_key);
+    true
+}
+
+/// Whether `seq`, a client's FIN or RST, is the sequence number the backend acknowledged
+/// last: RFC 5961 section 3.2's test for a RST that resets. A blind attacker must guess it
+/// among 2^32. A FIN or RST sent while data of the client's is still unacknowledged fails it
+/// too; it still reaches the backend, whose own FIN or silence then ends the flow.
+///
+/// # Safety
+/// `entry` is a forward entry of `FLOWS`, valid for this run.
+#[inline(always)]
+pub unsafe fn expected_by_backend(entry: *const FlowValue, seq: u32) -> bool {
+    // SAFETY: the caller's entry.
+    let Some(reverse) = (unsafe { partner_key(entry) }) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot, just written.
+    match FLOWS.get_ptr(unsafe { &*reverse }) {
+        // SAFETY: valid for this run.
+        Some(reply) => unsafe { (*reply).ack == seq },
+        None => false,
+    }
+}
+
+/// Moves a half-open flow to `FLOWS` when `ack`, the client's, completes its handshake
+/// (acknowledges the backend's SYN-ACK). 1: moved, and `entry` is gone from `HALF_OPEN`; 0: not
+/// (yet) complete, or it could not be moved. Not inlined: a stack frame of its own.
+#[inline(never)]
+pub fn confirm(key: &FlowKey, entry: *mut FlowValue, ack: u32) -> u32 {
+    // SAFETY: the caller's half-open entry, valid for this run.
+    let Some(reverse) = (unsafe { partner_key(entry) }) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, just written.
+    let reverse = unsafe { &*reverse };
+    let Some(reply) = HALF_OPEN.get_ptr_mut(reverse) else {
+        return 0;
+    };
+    // SAFETY: valid for this run.
+    if unsafe { (*reply).tcp_flags & TCP_SYN == 0 || (*reply).seq != ack } {
+        return 0;
+    }
+    // SAFETY: both entries are valid for this run.
+    unsafe { promote(key, entry, reverse, reply) }
+}
+
+/// Moves a recovered half-open flow (`FLOW_RECOVERED`) to `FLOWS` when its backend answers
+/// with anything but a RST: the backend knew the connection. 1: moved, `entry` is gone from
+/// `HALF_OPEN`.
+#[inline(never)]
+pub fn confirm_recovered(key: &FlowKey, entry: *mut FlowValue) -> u32 {
+    // SAFETY: the caller's half-open reverse entry, valid for this run.
+    let Some(forward_key) = (unsafe { partner_key(entry) }) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, just written.
+    let forward_key = unsafe { &*forward_key };
+    let Some(forward) = HALF_OPEN.get_ptr_mut(forward_key) else {
+        return 0;
+    };
+    // SAFETY: both entries are valid for this run.
+    unsafe { promote(forward_key, forward, key, entry) }
+}
+
+/// Copies both halves of a half-open flow into `FLOWS` and removes them from `HALF_OPEN`.
+///
+/// # Safety
+/// Both entries are `HALF_OPEN`'s, valid for this run.
+#[inline(always)]
+unsafe fn promote(
+    forward_key: &FlowKey,
+    forward: *const FlowValue,
+    reverse_key: &FlowKey,
+    reverse: *const FlowValue,
+) -> u32 {
+    // The reverse key is this flow's source address and port: not yet in FLOWS, unless
+    // another flow took it there since the SYN (`claim` checked). NOEXIST keeps that one.
+    // SAFETY: the caller's entries.
+    if FLOWS
+        .insert(reverse_key, unsafe { &*reverse }, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        stats::drop(Drop::FlowInsert);
+        return 0;
+    }
+    // SAFETY: as above.
+    if FLOWS
+        .insert(forward_key, unsafe { &*forward }, BPF_ANY as u64)
+        .is_err()
+    {
+        let _ = FLOWS.remove(reverse_key);
+        stats::drop(Drop::FlowInsert);
+        return 0;
+    }
+    let _ = HALF_OPEN.remove(reverse_key);
+    let _ = HALF_OPEN.remove(forward_key);
+    1
+}
+
+/// Whether `entry`, a reverse half, belongs to the connection whose client packet has `key`.
+///
+/// # Safety
+/// `entry` is valid for this run.
+#[inline(always)]
+pub unsafe fn is_partner(entry: *const FlowValue, key: &FlowKey) -> bool {
+    // SAFETY: the caller's entry and key.
+    unsafe {
+        (*entry).new_sport == key.dport
+            && (*entry).new_dport == key.sport
+            && bytes::eq16(&raw const (*entry).new_dst, &raw const key.src)
+            && bytes::eq16(&raw const (*entry).new_src, &raw const key.dst)
+    }
+}
+
+/// Removes both halves of the flow of `key`, whose forward entry in `table` is `entry`: its
+/// source address and port are free again for `new_flow`, and a later packet of the new flow
+/// must not find the old entry.
+///
+/// # Safety
+/// `entry` is `key`'s entry in `table`, valid for this run.
+#[inline(always)]
+pub unsafe fn end_flow(table: &FlowTable, key: &FlowKey, entry: *const FlowValue) {
+    // SAFETY: the caller's entry.
+    if let Some(reverse) = unsafe { partner_key(entry) } {
+        // SAFETY: this CPU's scratch slot, just written; `new_flow` rewrites it before use.
+        let _ = table.remove(unsafe { &*reverse });
+    }
+    let _ = table.remove(key);
+}
