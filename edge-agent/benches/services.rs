@@ -215,6 +215,7 @@ async fn api(dir: &std::path::Path) -> Result<(f64, f64, f64), Error> {
         store,
         snapshot: rx,
         default_heartbeat_secs: 10,
+        pop: edge_agent::register::api::ThisPop::new("pop-bench", None, None),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

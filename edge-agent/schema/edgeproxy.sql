@@ -27,7 +27,11 @@ CREATE TABLE services (
     -- The health check of its backends, as JSON ({"type": "http", "path": "/health"}; see
     -- docs/operations.md); '' is the agent's default, a TCP connect.
     health_check TEXT NOT NULL DEFAULT '',
-    updated_at INTEGER NOT NULL DEFAULT 0
+    updated_at INTEGER NOT NULL DEFAULT 0,
+    -- When the row was first written (Unix seconds; later writes keep it). Of two services on
+    -- one vip:port the older keeps it; 0 (a row from before this column, or typed in without
+    -- it) is "not known", and then the one that already held it does.
+    created_at INTEGER NOT NULL DEFAULT 0
 );
 
 -- A backend of a service (v1's backend row: service_id was v1's app, address was wg_ip).
@@ -57,7 +61,15 @@ CREATE TABLE backends (
     -- missed heartbeats take the backend out of the pool.
     heartbeat_at INTEGER NOT NULL DEFAULT 0,
     heartbeat_secs INTEGER NOT NULL DEFAULT 0,
-    updated_at INTEGER NOT NULL DEFAULT 0
+    updated_at INTEGER NOT NULL DEFAULT 0,
+    -- When the row was first written, as for services: of two backends on one address and
+    -- port of a service (or one DNS name), the older keeps it, after rows typed in (no lease),
+    -- which always win over registrations.
+    created_at INTEGER NOT NULL DEFAULT 0,
+    -- The POP (its id) whose registration API accepted the registration or its latest
+    -- heartbeat: the one that deletes the row once its lease has run out. '' for rows typed in
+    -- and registrations from before this column (any POP deletes those, long after expiry).
+    lease_pop TEXT NOT NULL DEFAULT ''
 );
 
 CREATE INDEX backends_service_id ON backends (service_id);

@@ -876,6 +876,7 @@ impl Agent {
             store,
             snapshot: b.snapshot_tx.subscribe(),
             default_heartbeat_secs: config.heartbeat_secs,
+            pop: self.this_pop(),
         });
         for &addr in &config.listen {
             match tokio::net::TcpListener::bind(addr).await {
@@ -890,6 +891,30 @@ impl Agent {
                 }
                 Err(error) => warn!(%addr, %error, "registration API: cannot listen"),
             }
+        }
+    }
+
+    /// This POP as the registration API and the lease reaper know it.
+    fn this_pop(&self) -> crate::register::api::ThisPop {
+        crate::register::api::ThisPop::new(
+            &self.config.pop_id,
+            self.config.overlay.addr,
+            self.config.overlay.snat_prefix,
+        )
+    }
+
+    /// Deletes registrations whose lease ran out (every agent with a state store: the lease's
+    /// POP at once, the others late, see `register::reaper`).
+    fn start_reaper(&self) {
+        let Some(b) = self.balancing.as_ref() else {
+            return;
+        };
+        if let Some(store) = b.source.clone() {
+            let pop = crate::register::api::ThisPop::lease_id(&self.config.pop_id);
+            if pop.is_empty() {
+                warn!(pop_id = %self.config.pop_id, "pop_id is not a valid id: registrations accepted here are deleted late, by any POP");
+            }
+            crate::register::reaper::spawn(store, b.snapshot_tx.subscribe(), &pop);
         }
     }
 
@@ -931,6 +956,7 @@ impl Agent {
             self.start_dns().await;
             self.start_metrics().await;
             self.start_register_api().await;
+            self.start_reaper();
             self.start_bgp().await;
             let mut checks = self.balancing.as_mut().and_then(|b| b.health.start());
             let health = self.config.health.clone();

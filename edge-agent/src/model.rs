@@ -149,12 +149,18 @@ pub struct Backend {
 }
 
 /// A self-registered backend's lease on its place in the pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// Unix seconds of the last heartbeat (or the registration).
     pub renewed_at: i64,
     /// The heartbeat interval the backend promised.
     pub interval_secs: u32,
+    /// The POP whose API accepted the registration or its latest heartbeat (the `lease_pop`
+    /// column): the one agent that deletes the row once the lease has run out, so that POPs
+    /// reading the same rows do not all race to. Empty when not recorded (a registration from
+    /// before the column): any POP deletes those, long after they ran out.
+    #[serde(default)]
+    pub pop: String,
 }
 
 impl Lease {
@@ -180,8 +186,31 @@ impl Backend {
         self.enabled
             && !self.draining
             && self.weight > 0
-            && !self.lease.is_some_and(|l| l.expired(now_unix))
+            && !self.lease.as_ref().is_some_and(|l| l.expired(now_unix))
     }
+}
+
+/// An id as a DNS label (lower case; other characters than letters and digits become `-`,
+/// dashes at either end go, at most 63 characters), or `None` if nothing usable is left. Ids
+/// that differ only in case or punctuation (`e4b1`, `E4B1`, `e4_b1`...) have one label, so one
+/// name in the `internal.` zone: the validator lets only one of them in.
+pub fn dns_label(id: &str) -> Option<String> {
+    let mut out: String = id
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    out = out.trim_matches('-').to_owned();
+    out.truncate(63);
+    // A cut may leave a dash at the end, which no label has.
+    out.truncate(out.trim_end_matches('-').len());
+    (!out.is_empty()).then_some(out)
 }
 
 /// Unix seconds now: the clock every timestamp in state uses.
@@ -259,6 +288,11 @@ pub struct Snapshot {
     pub health: Vec<Health>,
     /// The `settings` table (`sixpn.prefix`, ...).
     pub settings: std::collections::BTreeMap<String, String>,
+    /// The lease of every registration row by backend id, the rows rejected included (a
+    /// registration that lost a conflict, or that no longer parses, still has to be deleted
+    /// when its lease runs out; else it stays, and conflicts, forever).
+    #[serde(default)]
+    pub leases: std::collections::BTreeMap<String, Lease>,
 }
 
 /// A row a source could not turn into state, and why; the source counts and logs these.
@@ -279,6 +313,7 @@ mod tests {
         let lease = Lease {
             renewed_at: 1000,
             interval_secs: 10,
+            pop: "pop1".into(),
         };
         assert!(!lease.expired(1030), "three intervals: still in");
         assert!(lease.expired(1031));

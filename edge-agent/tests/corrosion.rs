@@ -295,6 +295,7 @@ fn service(id: &str, port: u16) -> Vec<Value> {
         json!(port),
         json!("tcp"),
         json!(""),
+        json!(0),
     ]
 }
 
@@ -462,7 +463,7 @@ async fn writes_go_through_transactions() -> Result<(), Error> {
     let (_server, addr) = serve(fake.clone(), "127.0.0.1:0".parse()?).await?;
     let source = CorrosionState::start(&config(addr))?;
     source
-        .transaction(&write::renew_lease("be1", 1_700_000_000))
+        .transaction(&write::renew_lease("be1", 1_700_000_000, "pop-a"))
         .await?;
     let sent = fake
         .transactions
@@ -471,13 +472,13 @@ async fn writes_go_through_transactions() -> Result<(), Error> {
         .clone();
     assert_eq!(
         sent[0][0]["query"],
-        "UPDATE backends SET heartbeat_at = ?1, updated_at = ?2 WHERE id = ?3 AND heartbeat_secs > 0"
+        "UPDATE backends SET heartbeat_at = ?1, updated_at = ?1, lease_pop = ?2 \
+         WHERE id = ?3 AND heartbeat_secs > 0"
     );
-    assert_eq!(
-        sent[0][0]["params"],
-        json!([1_700_000_000, 1_700_000_000, "be1"])
-    );
-    let missing = source.transaction(&write::renew_lease("ghost", 1)).await;
+    assert_eq!(sent[0][0]["params"], json!([1_700_000_000, "pop-a", "be1"]));
+    let missing = source
+        .transaction(&write::renew_lease("ghost", 1, "pop-a"))
+        .await;
     assert!(
         matches!(missing, Err(StateError::NotFound { .. })),
         "no row affected where one must be: {missing:?}"

@@ -1,5 +1,6 @@
 //! The DNS server and the registration API in-process: answers, refusals, errors with their
-//! status codes, and 10,000 random or malformed inputs to each that leave them answering.
+//! status codes, and 10,000 random or malformed inputs to each that leave them answering;
+//! registrations that try to take what other rows hold, and the deletion of expired ones.
 
 use std::{net::Ipv6Addr, str::FromStr, sync::Arc, time::Duration};
 
@@ -7,7 +8,10 @@ use axum::{body::Body, http::Request};
 use edge_agent::{
     dns::{zone, DnsServer},
     model::{Backend, BackendAddr, Service, Snapshot},
-    register::api::{router, ApiState},
+    register::{
+        api::{router, ApiState, ThisPop},
+        reaper,
+    },
     state::SqliteState,
 };
 use hickory_proto::{
@@ -181,8 +185,24 @@ const TOKEN: &str = "0123456789abcdef-token";
 struct Api {
     router: axum::Router,
     store: Arc<SqliteState>,
+    /// What the API sees as the agent's last read state.
+    snapshot: tokio::sync::watch::Sender<Arc<Snapshot>>,
     _dir: std::path::PathBuf,
 }
+
+impl Api {
+    /// Hands the API the store's state, as the agent does after each change.
+    fn refresh(&self) -> Result<(), Error> {
+        let (snap, _) = self.store.snapshot()?;
+        self.snapshot.send_replace(Arc::new(snap));
+        Ok(())
+    }
+}
+
+/// This POP: its overlay address and SNAT prefix are no backend's.
+const THIS_POP: &str = "pop-a";
+const POP_OVERLAY: &str = "fd00:0:0:ff::1";
+const POP_SNAT: &str = "fd00:0:0:ee::/96";
 
 impl Drop for Api {
     fn drop(&mut self) {
@@ -199,17 +219,17 @@ fn api(name: &str) -> Result<Api, Error> {
         store.upsert_service(s)?;
     }
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    // The agent keeps the sender; here nothing changes it.
-    std::mem::forget(tx);
     let state = Arc::new(ApiState {
         token: TOKEN.into(),
         store: Arc::clone(&store) as Arc<dyn edge_agent::state::StateStore>,
         snapshot: rx,
         default_heartbeat_secs: 10,
+        pop: ThisPop::new(THIS_POP, POP_OVERLAY.parse().ok(), POP_SNAT.parse().ok()),
     });
     Ok(Api {
         router: router(state),
         store,
+        snapshot: tx,
         _dir: dir,
     })
 }
@@ -286,7 +306,7 @@ async fn registration_api_statuses() -> Result<(), Error> {
         .iter()
         .find(|b| b.id == "web-host7-8080")
         .ok_or("the registration is a backend row")?;
-    assert_eq!(row.lease.map(|l| l.interval_secs), Some(2));
+    assert_eq!(row.lease.as_ref().map(|l| l.interval_secs), Some(2));
 
     let path = "/v1/registrations/web-host7-8080/heartbeat";
     assert_eq!(call(&api, "PUT", path, Some(TOKEN), "").await?.0, 200);
@@ -356,12 +376,242 @@ async fn random_bodies_leave_the_api_answering() -> Result<(), Error> {
             .header("authorization", format!("Bearer {TOKEN}"))
             .body(Body::from(body))?;
         let status = api.router.clone().oneshot(request).await?.status().as_u16();
+        // 409: a mutation can land on be1's or be2's address, or make an id their DNS name.
         assert!(
-            [201, 400].contains(&status),
+            [201, 400, 409].contains(&status),
             "input {i}: every body gets a verdict, got {status}"
         );
     }
     let (s, answer) = call(&api, "POST", "/v1/registrations", Some(TOKEN), GOOD).await?;
     assert_eq!(s, 201, "{answer}");
+    Ok(())
+}
+
+/// Log lines, captured for the test's thread.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let me = self.clone();
+        tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || me.clone())
+                .with_ansi(false)
+                .finish(),
+        )
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn registration(id: &str, address: &str) -> String {
+    serde_json::json!({
+        "id": id, "app": "web", "region": "sa", "address": address, "port": 8080,
+        "heartbeat_secs": 2,
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn registrations_cannot_take_what_others_hold() -> Result<(), Error> {
+    let logs = Logs::default();
+    let _capture = logs.capture();
+    let api = api("owners")?;
+    // The operator's backends be1 and be2 (fd00:0:0:1::1 and ::2, port 8080) and another POP.
+    for b in &snapshot()?.backends {
+        api.store.upsert_backend(b)?;
+    }
+    api.store.upsert_pop(&edge_agent::model::Pop {
+        id: "pop-b".into(),
+        region: "sa".parse()?,
+        overlay_addr: Some("fd00:0:0:fe::1".parse()?),
+        public_key: None,
+        endpoint: None,
+        role: edge_agent::model::HostRole::Pop,
+        host_number: 0,
+        overlay_ipv4: None,
+    })?;
+    api.refresh()?;
+
+    let cases: [(String, u16, &str); 17] = [
+        (registration("..", "fd00:0:0:7::2"), 400, "not a DNS label"),
+        (registration("-", "fd00:0:0:7::2"), 400, "not a DNS label"),
+        (registration(".", "fd00:0:0:7::2"), 400, "not a DNS label"),
+        (registration("a.b", "fd00:0:0:7::2"), 400, "not a DNS label"),
+        (
+            registration("x", POP_OVERLAY),
+            400,
+            "this POP's own overlay address",
+        ),
+        (registration("x", "fd00:0:0:ee::a00:1"), 400, "SNAT prefix"),
+        (registration("x", "::1"), 400, "loopback"),
+        (registration("x", "fe80::1"), 400, "link-local"),
+        (registration("x", "ff02::1"), 400, "multicast"),
+        (registration("x", "fd00:0:0:fe::1"), 400, "POP pop-b's own"),
+        (
+            registration("x", "pop-b.hosts.internal"),
+            400,
+            "POP pop-b's own",
+        ),
+        // An operator's row: not by its id, its address and port, nor its DNS name.
+        (registration("be1", "fd00:0:0:7::2"), 409, "operator wrote"),
+        (registration("00", "fd00:0:0:1::2"), 409, "backend be2's"),
+        (registration("E4B1", "fd00:0:0:1::2"), 409, "backend be2's"),
+        (
+            registration("BE1", "fd00:0:0:7::2"),
+            409,
+            "one DNS name, be1.instances.internal",
+        ),
+        (registration("e4b1", "fd00:0:0:7::2"), 201, ""),
+        (
+            registration("E4b1", "fd00:0:0:7::3"),
+            409,
+            "one DNS name, e4b1.instances.internal",
+        ),
+    ];
+    for (body, status, needle) in &cases {
+        let (s, answer) = call(&api, "POST", "/v1/registrations", Some(TOKEN), body).await?;
+        assert_eq!(s, *status, "{body}: expected {status}, got {s}: {answer}");
+        if *status == 201 {
+            // The API now sees e4b1, as the agent would show it after the write.
+            api.refresh()?;
+            continue;
+        }
+        let doc: serde_json::Value = serde_json::from_str(&answer)?;
+        let message = doc["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "{body}: expected an error mentioning {needle:?}, got {message:?}"
+        );
+    }
+    // One log line per refusal, naming the registration and the row it ran into.
+    let refused: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("registration refused"))
+        .collect();
+    assert_eq!(
+        refused.len(),
+        cases.len() - 1,
+        "one line per refusal: {refused:#?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("\"00\"") && l.contains("be2") && l.contains("409")),
+        "the line names both ids: {refused:#?}"
+    );
+
+    // An operator's row the API has not seen yet: the write itself refuses to replace it.
+    let mut hidden = backend("hidden", "sa", 9)?;
+    hidden.addr = BackendAddr::Ip("fd00:0:0:9::9".parse()?);
+    api.store.upsert_backend(&hidden)?;
+    let (s, answer) = call(
+        &api,
+        "POST",
+        "/v1/registrations",
+        Some(TOKEN),
+        &registration("hidden", "fd00:0:0:7::9"),
+    )
+    .await?;
+    assert_eq!(s, 409, "{answer}");
+    assert!(answer.contains("cannot replace it"), "{answer}");
+    let (state, rejected) = api.store.snapshot()?;
+    let row = state
+        .backends
+        .iter()
+        .find(|b| b.id == "hidden")
+        .ok_or("the operator's row is still there")?;
+    assert_eq!(row.addr, hidden.addr, "and unchanged");
+    assert!(row.lease.is_none(), "still an operator's row: {row:?}");
+    assert!(rejected.is_empty(), "{rejected:#?}");
+
+    // The rows the registrations would have displaced are all in, be1 and be2 with them.
+    let mut ids: Vec<&str> = state.backends.iter().map(|b| b.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["be1", "be2", "e4b1", "hidden"]);
+    assert_eq!(
+        state.leases.get("e4b1").map(|l| l.pop.as_str()),
+        Some(THIS_POP),
+        "the registration records the POP that holds its lease"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_registrations_are_deleted_by_their_pop() -> Result<(), Error> {
+    let api = api("reaper")?;
+    for (id, last) in [("short", "1"), ("kept", "2")] {
+        let body = registration(id, &format!("fd00:0:0:7::{last}"));
+        let body = if id == "short" {
+            body.replace("\"heartbeat_secs\":2", "\"heartbeat_secs\":1")
+        } else {
+            body
+        };
+        let (s, answer) = call(&api, "POST", "/v1/registrations", Some(TOKEN), &body).await?;
+        assert_eq!(s, 201, "{answer}");
+    }
+    // "kept" is another POP's lease: this one leaves it for the grace period.
+    rusqlite::Connection::open(api._dir.join("routing.db"))?.execute(
+        "UPDATE backends SET lease_pop = 'pop-b' WHERE id = 'kept'",
+        [],
+    )?;
+    api.refresh()?;
+    let task = reaper::spawn(
+        Arc::clone(&api.store) as Arc<dyn edge_agent::state::StateStore>,
+        api.snapshot.subscribe(),
+        THIS_POP,
+    );
+    // short's lease (1 s) runs out 3 s after the registration; the reaper looks every second.
+    let started = std::time::Instant::now();
+    loop {
+        api.refresh()?;
+        let (state, _) = api.store.snapshot()?;
+        if !state.leases.contains_key("short") {
+            assert!(
+                state.backends.iter().any(|b| b.id == "kept"),
+                "another POP's registration stays until its grace runs out: {:?}",
+                state.backends
+            );
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            task.abort();
+            return Err("the expired registration was not deleted within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    task.abort();
+    // A heartbeat for the deleted row finds nothing: the sidecar registers again.
+    let (s, _) = call(
+        &api,
+        "PUT",
+        "/v1/registrations/short/heartbeat",
+        Some(TOKEN),
+        "",
+    )
+    .await?;
+    assert_eq!(s, 404);
     Ok(())
 }

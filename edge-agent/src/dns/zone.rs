@@ -47,22 +47,9 @@ pub struct ZoneInputs<'a> {
     pub serial: u32,
 }
 
-/// An id as a DNS label, or `None` if nothing usable is left.
+/// An id as a DNS label, or `None` if nothing usable is left ([`crate::model::dns_label`]).
 pub fn label(id: &str) -> Option<String> {
-    let mut out: String = id
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    out = out.trim_matches('-').to_owned();
-    out.truncate(63);
-    (!out.is_empty()).then_some(out)
+    crate::model::dns_label(id)
 }
 
 fn name(s: &str) -> Option<Name> {
@@ -158,6 +145,17 @@ pub fn build(state: &Snapshot, inputs: &ZoneInputs<'_>) -> Zone {
     }
     let hosts = host_names(state);
 
+    // One owner per label: the validator already rejects the second of two ids that make one
+    // label, and this holds for state that did not pass through it (the config's services).
+    // The first in state order keeps the name; never two backends (or apps) behind one.
+    let mut apps: HashMap<String, &str> = HashMap::new();
+    for s in &state.services {
+        if let Some(app) = label(&s.id) {
+            apps.entry(app).or_insert(&s.id);
+        }
+    }
+    let mut instances: HashMap<String, &str> = HashMap::new();
+
     // Backends in the pool and not down here, with their address.
     let mut members = Vec::new();
     for be in &state.backends {
@@ -175,6 +173,11 @@ pub fn build(state: &Snapshot, inputs: &ZoneInputs<'_>) -> Zone {
         let (Some(ip), Some(id), Some(app)) = (ip, label(&be.id), label(&be.service)) else {
             continue;
         };
+        if apps.get(&app).is_some_and(|owner| *owner != be.service)
+            || *instances.entry(id.clone()).or_insert(&be.id) != be.id
+        {
+            continue;
+        }
         members.push((be, ip, id, app));
     }
 
@@ -311,6 +314,7 @@ mod tests {
             }],
             health: Vec::new(),
             settings: Default::default(),
+            leases: Default::default(),
         }
     }
 
@@ -399,12 +403,44 @@ mod tests {
         s.backends[1].lease = Some(Lease {
             renewed_at: 0,
             interval_secs: 1,
+            pop: String::new(),
         });
         s.backends[3].draining = true;
         let z = zone(&s, &health, 10);
         assert!(texts(&z, "sa.backends.internal.").is_empty());
         assert!(texts(&z, "eu.backends.internal.").is_empty());
         assert_eq!(texts(&z, "regions.web.services.internal."), ["us"]);
+    }
+
+    #[test]
+    fn one_label_is_one_backend_and_one_app() {
+        let mut s = state();
+        // Ids that differ only in case, and an app whose id differs from web's only in case.
+        s.backends.push(backend("BE1", "sa", 99));
+        s.services.push(Service {
+            id: "WEB".into(),
+            vip: "198.18.0.11".parse().unwrap_or_else(|e| panic!("{e}")),
+            port: 80,
+            check: None,
+        });
+        let mut other_app = backend("be9", "sa", 98);
+        other_app.service = "WEB".into();
+        s.backends.push(other_app);
+        let z = zone(&s, &HashMap::new(), 0);
+        let be1 = texts(&z, "be1.instances.internal.");
+        assert_eq!(
+            be1.len(),
+            1,
+            "be1 and BE1 share one name, which must answer one backend's address: {be1:?}"
+        );
+        assert!(
+            !texts(&z, "sa.backends.internal.").contains(&"fd00::63".to_owned()),
+            "the second id with label be1 is left out of every name"
+        );
+        assert!(
+            texts(&z, "be9.instances.internal.").is_empty(),
+            "a backend of WEB, whose label web belongs to service web, is not named"
+        );
     }
 
     #[test]

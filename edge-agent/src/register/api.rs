@@ -10,7 +10,12 @@
 //!
 //! Every request needs `Authorization: Bearer <token>` (the deployment's token): 401 without
 //! it, 403 with a wrong one. A body that is not valid gets 400 with what is wrong, as
-//! `{"error": "..."}`; so do all other errors.
+//! `{"error": "..."}`; so do all other errors. A registration that would take what another
+//! row holds gets 409 and a log line naming both: the id of an operator's row, the address
+//! and port of a live backend of the service, a DNS name another id already makes (ids that
+//! differ only in case). The token is the deployment's, so every backend holds it: the rules
+//! ([`crate::state::owners`]) are what keeps one registration from displacing another's row or
+//! an operator's.
 
 use std::sync::Arc;
 
@@ -25,11 +30,12 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tracing::warn;
 
 use crate::{
     health::CheckSpec,
-    model::{unix_now, Backend, Country, Lease, Snapshot},
-    state::{validate, write, StateError, StateStore},
+    model::{unix_now, Backend, BackendAddr, Country, Lease, Snapshot},
+    state::{owners, validate, write, StateError, StateStore},
 };
 
 /// What a backend says about itself.
@@ -91,6 +97,63 @@ pub struct ApiState {
     /// The state as the agent last read it (for the apps that exist, and the list).
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub default_heartbeat_secs: u32,
+    /// The POP this API runs on.
+    pub pop: ThisPop,
+}
+
+/// The POP an API runs on: who holds the leases it grants, and the addresses of its own that
+/// no backend may have.
+#[derive(Clone, Debug, Default)]
+pub struct ThisPop {
+    /// Its id (`pop_id`), recorded in the rows it accepts (`lease_pop`): this POP deletes them
+    /// when their leases run out. Empty if the id is not a valid id (then any POP does, late).
+    pub id: String,
+    /// Its overlay address: the source of its translated flows.
+    pub overlay_addr: Option<std::net::Ipv6Addr>,
+    /// Its SNAT prefix (`overlay.snat_prefix`): addresses that stand for IPv4 clients.
+    pub snat_prefix: Option<ipnet::Ipv6Net>,
+}
+
+impl ThisPop {
+    pub fn new(
+        id: &str,
+        overlay_addr: Option<std::net::Ipv6Addr>,
+        snat_prefix: Option<ipnet::Ipv6Net>,
+    ) -> Self {
+        ThisPop {
+            id: Self::lease_id(id),
+            overlay_addr,
+            snat_prefix,
+        }
+    }
+
+    /// The id registrations record for the POP `pop_id`: itself if it is a valid id, else
+    /// empty (the readers would reject the rows otherwise).
+    pub fn lease_id(pop_id: &str) -> String {
+        match validate::check_id("pop_id", pop_id) {
+            Ok(()) => pop_id.to_owned(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Refuses an address of this POP's own: its overlay address, or one in its SNAT prefix.
+    fn check(&self, addr: &BackendAddr) -> Result<(), String> {
+        let BackendAddr::Ip(ip) = addr else {
+            return Ok(());
+        };
+        if self.overlay_addr == Some(*ip) {
+            return Err(format!(
+                "address {ip} is this POP's own overlay address: it would forward flows to itself"
+            ));
+        }
+        if let Some(prefix) = self.snat_prefix.filter(|p| p.contains(ip)) {
+            return Err(format!(
+                "address {ip} is in this POP's SNAT prefix {prefix}, whose addresses stand for \
+                 IPv4 clients"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// An error answer: status and message, as `{"error": message}`.
@@ -111,6 +174,32 @@ impl IntoResponse for ApiError {
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// Why a registration is refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The registration itself is wrong: 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// It would take what another row holds: 409.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Refusal::Invalid(reason)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            Refusal::Conflict(m) => ApiError(StatusCode::CONFLICT, m),
+        }
+    }
 }
 
 /// Compares without stopping at the first difference, so that timing does not tell how much
@@ -152,19 +241,23 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .with_state(api)
 }
 
-/// Turns a registration into a backend row, or says what is wrong with it.
+/// Turns a registration into a backend row, or says what is wrong with it ([`Refusal`]): the
+/// id must be a DNS label, the address an overlay address that is no POP's own (this POP's
+/// overlay address and SNAT prefix, any POP's in state), and it must not take an address and
+/// port, an id or a DNS name another row holds ([`owners::registration_conflict`]).
 pub fn validate(
     r: Registration,
     snapshot: &Snapshot,
+    pop: &ThisPop,
     default_heartbeat: u32,
     now: i64,
-) -> Result<(Backend, String), String> {
-    validate::check_id("id", &r.id)?;
+) -> Result<(Backend, String), Refusal> {
+    validate::check_registration_id(&r.id)?;
     if !snapshot.services.iter().any(|s| s.id == r.app) {
-        return Err(format!(
-            "app {:?} is not a service of this deployment",
-            r.app
-        ));
+        return Err(Refusal::Invalid(format!(
+            "app {} is not a service of this deployment",
+            validate::show(&r.app)
+        )));
     }
     let region = r
         .region
@@ -177,12 +270,14 @@ pub fn validate(
         .parse()
         .map_err(|e: String| format!("country: {e}"))?;
     let addr = validate::parse_backend_addr(&r.address)?;
+    pop.check(&addr)?;
+    validate::check_backend_target(&addr, &snapshot.pops)?;
     let interval = r.heartbeat_secs.unwrap_or(default_heartbeat);
     if interval == 0 || interval > validate::MAX_HEARTBEAT_SECS {
-        return Err(format!(
+        return Err(Refusal::Invalid(format!(
             "heartbeat_secs {interval} is out of range 1..={}",
             validate::MAX_HEARTBEAT_SECS
-        ));
+        )));
     }
     let backend = Backend {
         id: r.id,
@@ -200,9 +295,11 @@ pub fn validate(
         lease: Some(Lease {
             renewed_at: now,
             interval_secs: interval,
+            pop: pop.id.clone(),
         }),
     };
     validate::check_backend(&backend)?;
+    owners::registration_conflict(&backend, snapshot, now).map_err(Refusal::Conflict)?;
     let metadata = serde_json::Value::Object(r.metadata).to_string();
     Ok((backend, metadata))
 }
@@ -216,6 +313,9 @@ async fn execute(api: &ApiState, stmts: Vec<write::Stmt>) -> Result<(), ApiError
             StatusCode::NOT_FOUND,
             format!("{key:?} is not registered"),
         )),
+        Ok(Err(StateError::Conflict { key, reason, .. })) => {
+            Err(ApiError(StatusCode::CONFLICT, format!("{key:?}: {reason}")))
+        }
         Ok(Err(e)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
@@ -226,14 +326,37 @@ async fn register(State(api): State<Arc<ApiState>>, body: Bytes) -> Result<Respo
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid registration: {e}")))?;
     let now = unix_now();
     let snapshot = Arc::clone(&api.snapshot.borrow());
-    let (backend, metadata) =
-        validate(registration, &snapshot, api.default_heartbeat_secs, now).map_err(bad)?;
+    let id = validate::show(&registration.id);
+    let refused = |status: StatusCode, reason: &str| {
+        // One line per refusal, naming the id and (in the reason) the row it ran into.
+        warn!(id = %id, status = status.as_u16(), %reason, "registration refused");
+    };
+    let (backend, metadata) = match validate(
+        registration,
+        &snapshot,
+        &api.pop,
+        api.default_heartbeat_secs,
+        now,
+    ) {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            let error = ApiError::from(refusal);
+            refused(error.0, &error.1);
+            return Err(error);
+        }
+    };
     let stmts =
         write::register_backend(&backend, &metadata, now).map_err(|e| bad(e.to_string()))?;
-    execute(&api, stmts).await?;
-    let lease = backend.lease.unwrap_or(Lease {
+    if let Err(error) = execute(&api, stmts).await {
+        if error.0 == StatusCode::CONFLICT {
+            refused(error.0, &error.1);
+        }
+        return Err(error);
+    }
+    let lease = backend.lease.clone().unwrap_or(Lease {
         renewed_at: now,
         interval_secs: api.default_heartbeat_secs,
+        pop: api.pop.id.clone(),
     });
     Ok((
         StatusCode::CREATED,
@@ -252,18 +375,17 @@ async fn heartbeat(
 ) -> Result<Json<LeaseReply>, ApiError> {
     validate::check_id("id", &id).map_err(bad)?;
     let now = unix_now();
-    execute(&api, write::renew_lease(&id, now)).await?;
+    execute(&api, write::renew_lease(&id, now, &api.pop.id)).await?;
     let interval = api
         .snapshot
         .borrow()
-        .backends
-        .iter()
-        .find(|b| b.id == id)
-        .and_then(|b| b.lease)
+        .leases
+        .get(&id)
         .map_or(api.default_heartbeat_secs, |l| l.interval_secs);
     let lease = Lease {
         renewed_at: now,
         interval_secs: interval,
+        pop: api.pop.id.clone(),
     };
     Ok(Json(LeaseReply {
         id,
@@ -295,7 +417,7 @@ async fn list(State(api): State<Arc<ApiState>>, Query(q): Query<ListQuery>) -> J
             .iter()
             .filter(|b| q.app.as_ref().is_none_or(|app| &b.service == app))
             .filter_map(|b| {
-                let lease = b.lease?;
+                let lease = b.lease.as_ref()?;
                 Some(Listed {
                     id: b.id.clone(),
                     app: b.service.clone(),

@@ -1,8 +1,10 @@
-//! Backend auto-registration: the agent's HTTP API (`api`) and the sidecar that calls it
-//! (`client`, `edge-agent register`).
+//! Backend auto-registration: the agent's HTTP API (`api`), the sidecar that calls it
+//! (`client`, `edge-agent register`), and the deletion of registrations whose lease ran out
+//! (`reaper`).
 
 pub mod api;
 pub mod client;
+pub mod reaper;
 
 use std::{net::SocketAddr, path::PathBuf};
 

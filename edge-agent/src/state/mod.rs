@@ -5,10 +5,13 @@
 //! may have changed ([`StateSource`]). The local file ([`SqliteState`]) is the embedded default;
 //! a Corrosion source plugs in beside it: it feeds the rows of its subscriptions, in the column
 //! order of [`validate::columns`], through the same [`validate::SnapshotBuilder`], and sends the
-//! statements of [`write`] through Corrosion's transactions API.
+//! statements of [`write`] through Corrosion's transactions API. Who keeps a VIP, an endpoint
+//! or a DNS name that rows contend for is [`owners`]' rule; sources remember what their last
+//! snapshot held ([`owners::Incumbents`]) for it.
 
 pub mod corrosion;
 pub mod import_v1;
+pub mod owners;
 pub mod schema;
 pub mod sqlite;
 pub mod validate;
@@ -67,6 +70,13 @@ pub enum StateError {
     },
     #[error("{table} {key:?} does not exist")]
     NotFound { table: &'static str, key: String },
+    /// The row exists but is not the writer's to change (a registration on an operator's row).
+    #[error("{table} {key:?}: {reason}")]
+    Conflict {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error("{what}: {reason}")]
     Remote { what: String, reason: String },
 }

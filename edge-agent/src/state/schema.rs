@@ -452,6 +452,16 @@ mod tests {
                 r.get(0)
             })?;
         assert_eq!(metadata, "{}", "added column takes its default");
+        let (created_at, lease_pop): (i64, String) = conn.query_row(
+            "SELECT created_at, lease_pop FROM backends WHERE id = 'b1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        assert_eq!(
+            (created_at, lease_pop.as_str()),
+            (0, ""),
+            "an existing row's age and lease POP are not known"
+        );
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         assert_eq!(version, SCHEMA_VERSION);
         Ok(())

@@ -12,6 +12,7 @@ use rusqlite::{params_from_iter, Connection, TransactionBehavior};
 use tracing::{info, warn};
 
 use super::{
+    owners::Incumbents,
     schema,
     validate::{columns, Cell, SnapshotBuilder},
     write::{self, Stmt},
@@ -46,6 +47,8 @@ pub(crate) fn unix_now() -> i64 {
 struct Inner {
     conn: Connection,
     file: Option<FileId>,
+    /// What the last snapshot held, for the next one's conflicts ([`super::owners`]).
+    incumbents: Incumbents,
 }
 
 /// The state in a local SQLite file.
@@ -121,7 +124,11 @@ impl SqliteState {
         info!(path = %path.display(), "state database open");
         Ok(SqliteState {
             path,
-            inner: Mutex::new(Inner { conn, file }),
+            inner: Mutex::new(Inner {
+                conn,
+                file,
+                incumbents: Incumbents::default(),
+            }),
         })
     }
 
@@ -155,9 +162,10 @@ impl SqliteState {
     /// Reads every table in one read transaction (so the view is consistent) and validates
     /// every row.
     pub fn snapshot(&self) -> SnapshotResult {
-        let mut inner = self.lock()?;
+        let mut guard = self.lock()?;
+        let inner = &mut *guard;
+        let mut b = SnapshotBuilder::with_incumbents(&inner.incumbents);
         let tx = inner.conn.transaction().map_err(self.sqlite())?;
-        let mut b = SnapshotBuilder::new();
         let mut read = || -> rusqlite::Result<()> {
             read_table(&tx, "services", &columns::SERVICES, |c| b.service(c))?;
             read_table(&tx, "backends", &columns::BACKENDS, |c| b.backend(c))?;
@@ -167,7 +175,9 @@ impl SqliteState {
         };
         read().map_err(self.sqlite())?;
         tx.finish().map_err(self.sqlite())?;
-        Ok(b.finish())
+        let (snapshot, rejected) = b.finish();
+        inner.incumbents = Incumbents::of(&snapshot);
+        Ok((snapshot, rejected))
     }
 
     /// Runs the statements in one write transaction.
@@ -181,11 +191,8 @@ impl SqliteState {
             let rows = tx
                 .execute(stmt.sql, params_from_iter(stmt.params.iter()))
                 .map_err(self.sqlite())?;
-            if let (0, Some((table, key))) = (rows, &stmt.must_exist) {
-                return Err(StateError::NotFound {
-                    table,
-                    key: key.clone(),
-                });
+            if let Some(error) = stmt.none_error(rows as u64) {
+                return Err(error);
             }
         }
         tx.commit().map_err(self.sqlite())
@@ -361,6 +368,70 @@ mod tests {
             state.upsert_backend(&bad),
             Err(StateError::Invalid { .. })
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn expired_registrations_give_the_operators_row_back_and_are_deleted() -> anyhow::Result<()> {
+        let dir = TempDir::new("owners")?;
+        let path = dir.path().join("routing.db");
+        let state = SqliteState::open(&path)?;
+        state.upsert_service(&service("web", "203.0.113.10", 80)?)?;
+        state.upsert_backend(&backend("web-op", "web", "fd10::2")?)?;
+        // Registrations as an older agent left them on the operator's address and port: no
+        // created_at, no lease_pop, long run out; and one whose heartbeat lands just before
+        // its delete.
+        let conn = Connection::open(&path)?;
+        for (id, addr) in [
+            ("..", "fd10::2"),
+            ("E4B1", "fd10::2"),
+            ("renewed", "fd10::3"),
+        ] {
+            conn.execute(
+                "INSERT INTO backends (id, service_id, region, country, address, port, \
+                 heartbeat_at, heartbeat_secs) VALUES (?1, 'web', 'sa', 'BR', ?2, 8080, 1000, 10)",
+                [id, addr],
+            )?;
+        }
+        let (snap, rejected) = state.snapshot()?;
+        let ids: Vec<&str> = snap.backends.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["renewed", "web-op"], "{rejected:#?}");
+        let reason = |id: &str| {
+            rejected
+                .iter()
+                .find(|r| r.key == id)
+                .map_or_else(String::new, |r| r.reason.clone())
+        };
+        assert!(reason("..").contains("not an id"), "{rejected:#?}");
+        assert!(
+            reason("E4B1").contains("backend web-op")
+                && reason("E4B1").contains("an operator's row wins"),
+            "{rejected:#?}"
+        );
+
+        let due = crate::register::reaper::due(&snap, "pop-a", unix_now());
+        let due_ids: Vec<&str> = due.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            due_ids,
+            ["..", "E4B1", "renewed"],
+            "rejected rows are reaped too"
+        );
+        conn.execute(
+            "UPDATE backends SET heartbeat_at = ?1 WHERE id = 'renewed'",
+            [unix_now()],
+        )?;
+        for (id, renewed_at) in &due {
+            state.execute(&write::delete_expired(id, *renewed_at))?;
+        }
+        let (snap, rejected) = state.snapshot()?;
+        assert!(rejected.is_empty(), "{rejected:#?}");
+        let ids: Vec<&str> = snap.backends.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["renewed", "web-op"],
+            "a heartbeat in between keeps its row"
+        );
+        assert_eq!(snap.leases.keys().collect::<Vec<_>>(), ["renewed"]);
         Ok(())
     }
 

@@ -3,6 +3,8 @@
 //!
 //! Every rejection is one [`RejectedRow`] with a one-line reason; values from the row are
 //! quoted and shortened in reasons so that a hostile row cannot forge or flood log lines.
+//! Where rows conflict (one VIP and port, one backend address and port, one DNS name), who
+//! keeps it is decided by [`super::owners`], and the loser's reason names the winner.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,16 +13,17 @@ use std::{
 
 use rusqlite::types::ValueRef;
 
+use super::owners::{self, Claim, Incumbents, Standing};
 use crate::health::CheckSpec;
 use crate::model::{
-    Backend, BackendAddr, Country, Health, HealthStatus, HostRole, Lease, Pop, Region, RejectedRow,
-    Service, Snapshot,
+    dns_label, Backend, BackendAddr, Country, Health, HealthStatus, HostRole, Lease, Pop, Region,
+    RejectedRow, Service, Snapshot,
 };
 
 /// The columns a source selects from each table, in the order the row parsers expect.
 pub mod columns {
-    pub const SERVICES: [&str; 5] = ["id", "vip", "port", "proto", "health_check"];
-    pub const BACKENDS: [&str; 15] = [
+    pub const SERVICES: [&str; 6] = ["id", "vip", "port", "proto", "health_check", "created_at"];
+    pub const BACKENDS: [&str; 17] = [
         "id",
         "service_id",
         "region",
@@ -36,6 +39,8 @@ pub mod columns {
         "health_check",
         "heartbeat_at",
         "heartbeat_secs",
+        "created_at",
+        "lease_pop",
     ];
     pub const POPS: [&str; 8] = [
         "id",
@@ -157,18 +162,44 @@ fn port(cell: Cell<'_>) -> Result<u16, String> {
         .ok_or_else(|| format!("port {v} is out of range 1..=65535"))
 }
 
-/// Ids are keys in logs, CLI arguments and DNS-ish names: short, printable, no spaces.
+/// Ids are keys in logs, CLI arguments and DNS names: short, printable, no spaces, and with a
+/// letter or digit, since a DNS label is made of those (`.`, `..` or `-` would name nothing).
+/// Rows typed in keep the wider alphabet they always had; registrations must be DNS labels
+/// already ([`check_registration_id`]).
 pub fn check_id(what: &str, id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+        && id.bytes().any(|b| b.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "{what} {} is not an id (1-{MAX_ID_LEN} of A-Z a-z 0-9 - _ . : @)",
+            "{what} {} is not an id (1-{MAX_ID_LEN} of A-Z a-z 0-9 - _ . : @, with a letter \
+             or digit)",
+            show(id)
+        ))
+    }
+}
+
+/// A registration's id is its DNS name (`<id>.instances.internal`), so it must be a DNS label
+/// as it is (RFC 1035 2.3.1: letters, digits and `-`, no `-` at either end, at most 63), not
+/// something that becomes one: `..`, `-` or `a.b` are refused. Case is kept, but names are
+/// case-insensitive, so two ids that differ only in case are one name: the API refuses the
+/// second ([`super::owners::registration_conflict`]) and the validator rejects it.
+pub fn check_registration_id(id: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "id {} is not a DNS label (1-63 of A-Z a-z 0-9 -, no dash at either end): it is \
+             the registration's name, <id>.instances.internal",
             show(id)
         ))
     }
@@ -262,6 +293,50 @@ pub fn parse_backend_addr(s: &str) -> Result<BackendAddr, String> {
         parse_overlay_ip("address", s).map(BackendAddr::Ip)
     } else {
         check_internal_name(s).map(BackendAddr::Name)
+    }
+}
+
+/// A backend address that is a POP's own (a `pops` row of role `pop`: its overlay address, or
+/// its `<id>.hosts.internal` name): full NAT would send the POP's flows to itself.
+pub fn check_backend_target(addr: &BackendAddr, pops: &[Pop]) -> Result<(), String> {
+    PopAddresses::of(pops).check(addr)
+}
+
+/// The POPs' own addresses, gathered once for all backends of a snapshot.
+struct PopAddresses<'a> {
+    ips: HashMap<Ipv6Addr, &'a str>,
+    names: HashMap<String, &'a str>,
+}
+
+impl<'a> PopAddresses<'a> {
+    fn of(pops: &'a [Pop]) -> Self {
+        let mut me = PopAddresses {
+            ips: HashMap::new(),
+            names: HashMap::new(),
+        };
+        for p in pops.iter().filter(|p| p.role == HostRole::Pop) {
+            if let Some(ip) = p.overlay_addr {
+                me.ips.insert(ip, &p.id);
+            }
+            if let Some(label) = dns_label(&p.id) {
+                me.names.insert(format!("{label}.hosts.internal"), &p.id);
+            }
+        }
+        me
+    }
+
+    fn check(&self, addr: &BackendAddr) -> Result<(), String> {
+        let pop = match addr {
+            BackendAddr::Ip(ip) => self.ips.get(ip),
+            BackendAddr::Name(name) => self.names.get(name),
+        };
+        match pop {
+            Some(pop) => Err(format!(
+                "address {} is POP {pop}'s own: the POP would forward flows to itself",
+                crate::state::write::address_text(addr)
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -445,7 +520,13 @@ fn arity(cells: &[Cell<'_>], n: usize) -> Result<(), String> {
     }
 }
 
-fn service_row(c: &[Cell<'_>]) -> Result<Service, String> {
+/// A row's `created_at`: 0 (not known) or Unix seconds.
+fn created_at(cell: Cell<'_>) -> Result<i64, String> {
+    ranged(cell, "created_at", 0, i64::MAX)
+}
+
+/// A service and its `created_at`.
+fn service_row(c: &[Cell<'_>]) -> Result<(Service, i64), String> {
     arity(c, columns::SERVICES.len())?;
     let id = text(c[0], "id")?;
     check_id("id", id)?;
@@ -456,15 +537,20 @@ fn service_row(c: &[Cell<'_>]) -> Result<Service, String> {
         return Err(format!("proto {} is not supported (tcp only)", show(proto)));
     }
     let check = CheckSpec::parse_column(text(c[4], "health_check")?)?;
-    Ok(Service {
-        id: id.to_owned(),
-        vip,
-        port,
-        check,
-    })
+    let created = created_at(c[5])?;
+    Ok((
+        Service {
+            id: id.to_owned(),
+            vip,
+            port,
+            check,
+        },
+        created,
+    ))
 }
 
-fn backend_row(c: &[Cell<'_>]) -> Result<Backend, String> {
+/// A backend and its `created_at`.
+fn backend_row(c: &[Cell<'_>]) -> Result<(Backend, i64), String> {
     arity(c, columns::BACKENDS.len())?;
     let id = text(c[0], "id")?;
     check_id("id", id)?;
@@ -486,9 +572,15 @@ fn backend_row(c: &[Cell<'_>]) -> Result<Backend, String> {
     let check = CheckSpec::parse_column(text(c[12], "health_check")?)?;
     let heartbeat_at = ranged(c[13], "heartbeat_at", 0, i64::MAX)?;
     let heartbeat_secs = ranged(c[14], "heartbeat_secs", 0, i64::from(MAX_HEARTBEAT_SECS))?;
-    let lease = (heartbeat_secs > 0).then_some(Lease {
+    let created = created_at(c[15])?;
+    let lease_pop = text(c[16], "lease_pop")?;
+    if !lease_pop.is_empty() {
+        check_id("lease_pop", lease_pop)?;
+    }
+    let lease = (heartbeat_secs > 0).then(|| Lease {
         renewed_at: heartbeat_at,
         interval_secs: heartbeat_secs as u32,
+        pop: lease_pop.to_owned(),
     });
     // The ranges above fit u32.
     let backend = Backend {
@@ -507,7 +599,37 @@ fn backend_row(c: &[Cell<'_>]) -> Result<Backend, String> {
         lease,
     };
     check_backend(&backend)?;
-    Ok(backend)
+    Ok((backend, created))
+}
+
+/// The lease of a registration row that did not parse as a whole, read from the columns it
+/// needs only: such a row must still go once its lease runs out. `None` for rows that are not
+/// registrations, or whose lease columns themselves are unreadable (those stay for an operator).
+fn lease_of_rejected(c: &[Cell<'_>]) -> Option<(String, Lease)> {
+    let id = match c.first()? {
+        Cell::Text(t) => t,
+        _ => return None,
+    };
+    let renewed_at = ranged(*c.get(13)?, "heartbeat_at", 0, i64::MAX).ok()?;
+    let interval = ranged(
+        *c.get(14)?,
+        "heartbeat_secs",
+        1,
+        i64::from(MAX_HEARTBEAT_SECS),
+    )
+    .ok()?;
+    let pop = match c.get(16) {
+        Some(Cell::Text(t)) if check_id("lease_pop", t).is_ok() => (*t).to_owned(),
+        _ => String::new(),
+    };
+    Some((
+        (*id).to_owned(),
+        Lease {
+            renewed_at,
+            interval_secs: interval as u32,
+            pop,
+        },
+    ))
 }
 
 fn pop_row(c: &[Cell<'_>]) -> Result<Pop, String> {
@@ -594,33 +716,138 @@ fn health_row(c: &[Cell<'_>]) -> Result<Health, String> {
     })
 }
 
+/// A row that can contend for a key.
+trait Contender {
+    fn id(&self) -> &str;
+    fn standing(&self, now_unix: i64) -> Standing;
+}
+
+impl Contender for Service {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn standing(&self, _: i64) -> Standing {
+        // Only operators write services.
+        Standing::Operator
+    }
+}
+
+impl Contender for Backend {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn standing(&self, now_unix: i64) -> Standing {
+        Standing::of(self, now_unix)
+    }
+}
+
+/// Settles the contests over `key` among `rows` (with their `created_at`): the winners in
+/// their order, and one rejection per loser, whose reason (`reason`, given the winner's id)
+/// names the winner and says why it won.
+fn settle<T: Contender, K: std::hash::Hash + Eq>(
+    table: &'static str,
+    rows: Vec<(T, i64)>,
+    now_unix: i64,
+    key: impl Fn(&T) -> Option<K>,
+    incumbents: &HashMap<K, String>,
+    reason: impl Fn(&T, &str) -> String,
+) -> (Vec<(T, i64)>, Vec<RejectedRow>) {
+    let mut losing: HashMap<usize, String> = HashMap::new();
+    {
+        let claims: Vec<(Claim<'_>, Option<K>)> = rows
+            .iter()
+            .map(|(row, created)| {
+                let claim = Claim {
+                    id: row.id(),
+                    standing: row.standing(now_unix),
+                    created_at: *created,
+                };
+                (claim, key(row))
+            })
+            .collect();
+        for l in owners::contests(&claims, incumbents) {
+            let winner = claims[l.winner].0.id;
+            let text = format!("{} ({})", reason(&rows[l.loser].0, winner), l.why);
+            losing.insert(l.loser, text);
+        }
+    }
+    let mut kept = Vec::with_capacity(rows.len());
+    let mut rejected = Vec::new();
+    for (i, (row, created)) in rows.into_iter().enumerate() {
+        match losing.remove(&i) {
+            Some(reason) => rejected.push(RejectedRow {
+                table,
+                key: row.id().to_owned(),
+                reason,
+            }),
+            None => kept.push((row, created)),
+        }
+    }
+    (kept, rejected)
+}
+
 /// Collects rows of all tables in any order (a replicated source may deliver a backend before
 /// its service), then checks what spans rows.
 #[derive(Debug, Default)]
-pub struct SnapshotBuilder {
-    services: Vec<Service>,
-    backends: Vec<Backend>,
+pub struct SnapshotBuilder<'i> {
+    /// Rows with their `created_at`.
+    services: Vec<(Service, i64)>,
+    backends: Vec<(Backend, i64)>,
     pops: Vec<Pop>,
     health: Vec<Health>,
     settings: std::collections::BTreeMap<String, String>,
+    leases: std::collections::BTreeMap<String, Lease>,
     rejected: Vec<RejectedRow>,
     rejected_services: HashSet<String>,
     rejected_backends: HashSet<String>,
+    /// Who held what in the source's previous snapshot.
+    incumbents: Option<&'i Incumbents>,
+    /// Unix seconds the leases are judged at; `None`: the clock, when finishing.
+    now: Option<i64>,
 }
 
-impl SnapshotBuilder {
+impl<'i> SnapshotBuilder<'i> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A builder that knows what the source's previous snapshot held (see
+    /// [`super::owners`]): sources keep the [`Incumbents`] of the snapshot they last handed
+    /// out and pass them here.
+    pub fn with_incumbents(incumbents: &'i Incumbents) -> Self {
+        SnapshotBuilder {
+            incumbents: Some(incumbents),
+            ..Self::default()
+        }
+    }
+
+    /// Judges leases at `now_unix` instead of the clock (tests).
+    pub fn at(mut self, now_unix: i64) -> Self {
+        self.now = Some(now_unix);
+        self
     }
 
     fn reject(&mut self, table: &'static str, key: String, reason: String) {
         self.rejected.push(RejectedRow { table, key, reason });
     }
 
+    /// Records the losers of [`settle`]: their backends (or health rows) go with them.
+    fn lost(&mut self, lost: Vec<RejectedRow>) {
+        for r in lost {
+            match r.table {
+                "services" => self.rejected_services.insert(r.key.clone()),
+                _ => self.rejected_backends.insert(r.key.clone()),
+            };
+            self.rejected.push(r);
+        }
+    }
+
     /// A `services` row, columns as in [`columns::SERVICES`].
     pub fn service(&mut self, cells: &[Cell<'_>]) {
         match service_row(cells) {
-            Ok(s) => self.services.push(s),
+            Ok(row) => self.services.push(row),
             Err(reason) => {
                 let key = cells.first().map_or_else(String::new, |c| key_text(*c));
                 self.rejected_services.insert(key.clone());
@@ -632,8 +859,16 @@ impl SnapshotBuilder {
     /// A `backends` row, columns as in [`columns::BACKENDS`].
     pub fn backend(&mut self, cells: &[Cell<'_>]) {
         match backend_row(cells) {
-            Ok(b) => self.backends.push(b),
+            Ok(row) => {
+                if let Some(lease) = &row.0.lease {
+                    self.leases.insert(row.0.id.clone(), lease.clone());
+                }
+                self.backends.push(row);
+            }
             Err(reason) => {
+                if let Some((id, lease)) = lease_of_rejected(cells) {
+                    self.leases.insert(id, lease);
+                }
                 let key = cells.first().map_or_else(String::new, |c| key_text(*c));
                 self.rejected_backends.insert(key.clone());
                 self.reject("backends", key, reason);
@@ -679,74 +914,57 @@ impl SnapshotBuilder {
 
     pub fn finish(mut self) -> (Snapshot, Vec<RejectedRow>) {
         let mut snap = Snapshot::default();
+        let now = self.now.unwrap_or_else(crate::model::unix_now);
+        let none = Incumbents::default();
+        let incumbents = self.incumbents.unwrap_or(&none);
 
-        // Sorted so that which of two conflicting rows wins does not depend on arrival order.
-        self.services.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut claimed: HashMap<(IpAddr, u16), String> = HashMap::new();
-        let mut services: HashSet<String> = HashSet::new();
-        for s in std::mem::take(&mut self.services) {
-            if services.contains(&s.id) {
+        // Sorted so that the output, and the order of rejections, do not depend on the order
+        // rows arrived in; who wins a conflict is [`owners`]' verdict, not this order.
+        self.services.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let mut unique = Vec::new();
+        for (s, created) in std::mem::take(&mut self.services) {
+            if unique
+                .last()
+                .is_some_and(|(last, _): &(Service, i64)| last.id == s.id)
+            {
                 self.reject("services", s.id, "duplicate id".to_owned());
-                continue;
-            }
-            if let Some(other) = claimed.get(&(s.vip, s.port)) {
-                let reason = format!(
-                    "{} is also service {}",
-                    SocketAddr::new(s.vip, s.port),
-                    other
-                );
-                self.rejected_services.insert(s.id.clone());
-                self.reject("services", s.id, reason);
-                continue;
-            }
-            claimed.insert((s.vip, s.port), s.id.clone());
-            services.insert(s.id.clone());
-            snap.services.push(s);
-        }
-
-        self.backends.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut backends: HashSet<String> = HashSet::new();
-        let mut endpoints: HashMap<(String, BackendAddr, u16), String> = HashMap::new();
-        let mut kept = Vec::new();
-        for b in std::mem::take(&mut self.backends) {
-            let reason = if backends.contains(&b.id) {
-                Some("duplicate id".to_owned())
-            } else if self.rejected_services.contains(&b.service) {
-                Some(format!("its service {} is rejected", show(&b.service)))
-            } else if !services.contains(&b.service) {
-                Some(format!("unknown service {}", show(&b.service)))
             } else {
-                None
-            };
-            match reason {
-                Some(reason) => {
-                    self.rejected_backends.insert(b.id.clone());
-                    self.reject("backends", b.id, reason);
-                }
-                None => {
-                    backends.insert(b.id.clone());
-                    kept.push(b);
-                }
+                unique.push((s, created));
             }
         }
-        for b in kept {
-            let key = (b.service.clone(), b.addr.clone(), b.port);
-            if let Some(other) = endpoints.get(&key) {
-                let reason = format!("same address and port as backend {other} of its service");
-                backends.remove(&b.id);
-                self.rejected_backends.insert(b.id.clone());
-                self.rejected.push(RejectedRow {
-                    table: "backends",
-                    key: b.id,
-                    reason,
-                });
-                continue;
-            }
-            endpoints.insert(key, b.id.clone());
-            snap.backends.push(b);
-        }
+        let (unique, lost) = settle(
+            "services",
+            unique,
+            now,
+            |s| Some((s.vip, s.port)),
+            &incumbents.vips,
+            |s, winner| {
+                format!(
+                    "{} is also service {winner}, which keeps it",
+                    SocketAddr::new(s.vip, s.port)
+                )
+            },
+        );
+        self.lost(lost);
+        let (unique, lost) = settle(
+            "services",
+            unique,
+            now,
+            |s| dns_label(&s.id),
+            &incumbents.service_labels,
+            |s, winner| {
+                format!(
+                    "its DNS name {}.services.internal is also service {winner}'s (ids that \
+                     differ only in case or punctuation are one name), which keeps it",
+                    dns_label(&s.id).unwrap_or_default()
+                )
+            },
+        );
+        self.lost(lost);
+        let services: HashSet<String> = unique.iter().map(|(s, _)| s.id.clone()).collect();
+        snap.services = unique.into_iter().map(|(s, _)| s).collect();
 
-        snap.settings = std::mem::take(&mut self.settings);
+        // POPs before backends: a backend may not be a POP's own address.
         self.pops.sort_by(|a, b| a.id.cmp(&b.id));
         for p in std::mem::take(&mut self.pops) {
             if snap.pops.last().is_some_and(|last| last.id == p.id) {
@@ -755,6 +973,68 @@ impl SnapshotBuilder {
                 snap.pops.push(p);
             }
         }
+
+        self.backends.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let pop_addresses = PopAddresses::of(&snap.pops);
+        let mut kept: Vec<(Backend, i64)> = Vec::new();
+        let mut last_id: Option<String> = None;
+        for (b, created) in std::mem::take(&mut self.backends) {
+            if last_id.as_ref() == Some(&b.id) {
+                self.rejected_backends.insert(b.id.clone());
+                self.reject("backends", b.id, "duplicate id".to_owned());
+                continue;
+            }
+            last_id = Some(b.id.clone());
+            let reason = if self.rejected_services.contains(&b.service) {
+                Some(format!("its service {} is rejected", show(&b.service)))
+            } else if !services.contains(&b.service) {
+                Some(format!("unknown service {}", show(&b.service)))
+            } else {
+                pop_addresses.check(&b.addr).err()
+            };
+            match reason {
+                Some(reason) => {
+                    self.rejected_backends.insert(b.id.clone());
+                    self.reject("backends", b.id, reason);
+                }
+                None => kept.push((b, created)),
+            }
+        }
+        let (kept, lost) = settle(
+            "backends",
+            kept,
+            now,
+            |b| Some((b.service.clone(), b.addr.clone(), b.port)),
+            &incumbents.endpoints,
+            |b, winner| {
+                format!(
+                    "same address and port as backend {winner} of its service {}, which keeps \
+                     them",
+                    b.service
+                )
+            },
+        );
+        self.lost(lost);
+        let (kept, lost) = settle(
+            "backends",
+            kept,
+            now,
+            |b| dns_label(&b.id),
+            &incumbents.backend_labels,
+            |b, winner| {
+                format!(
+                    "its DNS name {}.instances.internal is also backend {winner}'s (ids that \
+                     differ only in case or punctuation are one name), which keeps it",
+                    dns_label(&b.id).unwrap_or_default()
+                )
+            },
+        );
+        self.lost(lost);
+        let backends: HashSet<String> = kept.iter().map(|(b, _)| b.id.clone()).collect();
+        snap.backends = kept.into_iter().map(|(b, _)| b).collect();
+
+        snap.settings = std::mem::take(&mut self.settings);
+        snap.leases = std::mem::take(&mut self.leases);
 
         self.health
             .sort_by(|a, b| (&a.pop_id, &a.backend_id).cmp(&(&b.pop_id, &b.backend_id)));
@@ -807,6 +1087,8 @@ mod tests {
             Cell::Text(""),
             Cell::Int(0),
             Cell::Int(0),
+            Cell::Int(0),
+            Cell::Text(""),
         ];
         for (i, c) in over {
             cells[*i] = *c;
@@ -864,11 +1146,16 @@ mod tests {
             (vec![(12, Cell::Null)], "health_check must be text"),
             (vec![(13, Cell::Int(-1))], "heartbeat_at"),
             (vec![(14, Cell::Int(86_401))], "heartbeat_secs"),
+            (vec![(15, Cell::Int(-1))], "created_at"),
+            (vec![(16, Cell::Text(".."))], "lease_pop"),
+            (vec![(0, Cell::Text(".."))], "not an id"),
+            (vec![(0, Cell::Text("-"))], "not an id"),
+            (vec![(0, Cell::Text("."))], "not an id"),
         ];
         for (over, expected) in cases {
             let cells = backend_cells(&over);
             match backend_row(&cells) {
-                Ok(b) => {
+                Ok((b, _)) => {
                     panic!("{over:?}: expected a rejection mentioning {expected:?}, got {b:?}")
                 }
                 Err(reason) => {
@@ -884,9 +1171,9 @@ mod tests {
 
     #[test]
     fn backend_names_and_addresses_are_accepted() -> Result<(), String> {
-        let b = backend_row(&backend_cells(&[(4, Cell::Text("Sa.Backends.Internal."))]))?;
+        let (b, _) = backend_row(&backend_cells(&[(4, Cell::Text("Sa.Backends.Internal."))]))?;
         assert_eq!(b.addr, BackendAddr::Name("sa.backends.internal".to_owned()));
-        let b = backend_row(&backend_cells(&[]))?;
+        let (b, _) = backend_row(&backend_cells(&[]))?;
         assert_eq!(
             b.addr,
             BackendAddr::Ip("fd10:0:1::2".parse().map_err(|_| "ip")?)
@@ -1056,14 +1343,17 @@ mod tests {
             Cell::Int(80),
             Cell::Text("tcp"),
             Cell::Text(""),
+            Cell::Int(0),
         ]);
-        // The lower id wins a contested VIP, whichever row came first.
+        // Neither age nor a previous snapshot tells: the lower id wins a contested VIP,
+        // whichever row came first.
         b.service(&[
             Cell::Text("web2"),
             Cell::Text("192.0.2.1"),
             Cell::Int(80),
             Cell::Text("tcp"),
             Cell::Text(""),
+            Cell::Int(0),
         ]);
         b.service(&[
             Cell::Text("udp"),
@@ -1071,6 +1361,7 @@ mod tests {
             Cell::Int(53),
             Cell::Text("udp"),
             Cell::Text(""),
+            Cell::Int(0),
         ]);
         let (snap, rejected) = b.finish();
         let ids: Vec<&str> = snap.backends.iter().map(|b| b.id.as_str()).collect();
@@ -1092,5 +1383,250 @@ mod tests {
         assert!(reason("health", "p/b3").contains("backend \"b3\" is rejected"));
         assert!(reason("health", "p/gone").contains("unknown backend"));
         assert_eq!(rejected.len(), 7, "{rejected:#?}");
+    }
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn service_cells<'a>(id: &'a str, vip: &'a str, created: i64) -> [Cell<'a>; 6] {
+        [
+            Cell::Text(id),
+            Cell::Text(vip),
+            Cell::Int(80),
+            Cell::Text("tcp"),
+            Cell::Text(""),
+            Cell::Int(created),
+        ]
+    }
+
+    /// A registration's cells: a lease of 10 s renewed at `renewed`, accepted by pop-a.
+    fn registration<'a>(id: &'a str, addr: &'a str, renewed: i64, created: i64) -> Vec<Cell<'a>> {
+        backend_cells(&[
+            (0, Cell::Text(id)),
+            (4, Cell::Text(addr)),
+            (13, Cell::Int(renewed)),
+            (14, Cell::Int(10)),
+            (15, Cell::Int(created)),
+            (16, Cell::Text("pop-a")),
+        ])
+    }
+
+    fn reason_of(rejected: &[RejectedRow], table: &str, key: &str) -> String {
+        rejected
+            .iter()
+            .find(|r| r.table == table && r.key == key)
+            .map(|r| r.reason.clone())
+            .unwrap_or_else(|| panic!("expected {table} {key:?} rejected, got {rejected:#?}"))
+    }
+
+    fn ids(snap: &Snapshot) -> Vec<&str> {
+        snap.backends.iter().map(|b| b.id.as_str()).collect()
+    }
+
+    #[test]
+    fn registrations_never_displace_an_operators_backend() {
+        // The issue's case: registrations whose ids sort first (and which are older, and held
+        // the endpoint before) on the address and port of an operator's row.
+        let mut previous = Snapshot::default();
+        let mut b = SnapshotBuilder::new().at(NOW);
+        b.service(&service_cells("web", "192.0.2.1", 0));
+        b.backend(&backend_cells(&[
+            (0, Cell::Text("web-op")),
+            (15, Cell::Int(NOW)),
+        ]));
+        b.backend(&registration("E4B1", "fd10:0:1::2", NOW, 5));
+        b.backend(&registration("00", "fd10:0:1::2", NOW, 1));
+        let (snap, rejected) = b.finish();
+        assert_eq!(ids(&snap), ["web-op"], "{rejected:#?}");
+        for loser in ["E4B1", "00"] {
+            let reason = reason_of(&rejected, "backends", loser);
+            assert!(
+                reason.contains("backend web-op")
+                    && reason.contains("an operator's row wins over a live registration"),
+                "{loser}: expected a reason naming web-op and why, got {reason:?}"
+            );
+        }
+        // Even when the registration held the endpoint in the previous snapshot.
+        previous.backends = snap.backends.clone();
+        previous.backends[0].id = "E4B1".into();
+        previous.backends[0].lease = snap.leases.get("E4B1").cloned();
+        let held = Incumbents::of(&previous);
+        let mut b = SnapshotBuilder::with_incumbents(&held).at(NOW);
+        b.service(&service_cells("web", "192.0.2.1", 0));
+        b.backend(&registration("E4B1", "fd10:0:1::2", NOW, 5));
+        b.backend(&backend_cells(&[(0, Cell::Text("web-op"))]));
+        let (snap, _) = b.finish();
+        assert_eq!(
+            ids(&snap),
+            ["web-op"],
+            "the operator's row wins over an incumbent"
+        );
+    }
+
+    #[test]
+    fn a_new_service_row_does_not_take_a_live_services_vip() {
+        // Ages known: the older keeps it, whatever the ids.
+        let mut b = SnapshotBuilder::new().at(NOW);
+        b.service(&service_cells("web", "192.0.2.1", 1000));
+        b.service(&service_cells("0-takeover", "192.0.2.1", 2000));
+        let (snap, rejected) = b.finish();
+        assert_eq!(snap.services.len(), 1);
+        assert_eq!(snap.services[0].id, "web", "{rejected:#?}");
+        let reason = reason_of(&rejected, "services", "0-takeover");
+        assert!(
+            reason.contains("is also service web") && reason.contains("it is older"),
+            "{reason:?}"
+        );
+
+        // A row typed in without created_at on a live service, and services from before the
+        // column: the one live in the previous snapshot keeps it.
+        let (live, _) = {
+            let mut b = SnapshotBuilder::new().at(NOW);
+            b.service(&service_cells("web", "192.0.2.1", 1000));
+            b.finish()
+        };
+        for web_created in [1000, 0] {
+            let held = Incumbents::of(&live);
+            let mut b = SnapshotBuilder::with_incumbents(&held).at(NOW);
+            b.service(&service_cells("0-takeover", "192.0.2.1", 0));
+            b.service(&service_cells("web", "192.0.2.1", web_created));
+            let (snap, rejected) = b.finish();
+            assert_eq!(
+                snap.services
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>(),
+                ["web"],
+                "web created_at {web_created}: {rejected:#?}"
+            );
+            let reason = reason_of(&rejected, "services", "0-takeover");
+            assert!(reason.contains("held it before"), "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn ids_that_differ_in_case_are_one_name_never_two_backends() {
+        let mut b = SnapshotBuilder::new().at(NOW);
+        b.service(&service_cells("web", "192.0.2.1", 0));
+        b.service(&service_cells("WEB", "192.0.2.2", 5));
+        b.backend(&registration("e4b1", "fd10:0:1::2", NOW, 10));
+        b.backend(&registration("E4b1", "fd10:0:1::3", NOW, 20));
+        b.backend(&registration("e4_b1", "fd10:0:1::4", NOW, 30));
+        b.backend(&registration("E4-B1", "fd10:0:1::5", NOW, 40));
+        let (snap, rejected) = b.finish();
+        assert_eq!(ids(&snap), ["e4_b1", "e4b1"], "{rejected:#?}");
+        for (twin, name, winner) in [("E4b1", "e4b1", "e4b1"), ("E4-B1", "e4-b1", "e4_b1")] {
+            let reason = reason_of(&rejected, "backends", twin);
+            assert!(
+                reason.contains(&format!(
+                    "{name}.instances.internal is also backend {winner}'s"
+                )) && reason.contains("it is older"),
+                "{twin}: {reason:?}"
+            );
+        }
+        let reason = reason_of(&rejected, "services", "WEB");
+        assert!(
+            reason.contains("web.services.internal is also service web's"),
+            "{reason:?}"
+        );
+    }
+
+    #[test]
+    fn a_lease_that_ran_out_holds_nothing_and_is_listed_for_deletion() {
+        let mut b = SnapshotBuilder::new().at(NOW);
+        b.service(&service_cells("web", "192.0.2.1", 0));
+        // Older, but its lease ran out (renewed 31 s ago, 10 s interval).
+        b.backend(&registration("aaa", "fd10:0:1::2", NOW - 31, 1));
+        b.backend(&registration("zzz", "fd10:0:1::2", NOW, 100));
+        // A registration that no longer parses still has a lease to run out.
+        b.backend(&backend_cells(&[
+            (0, Cell::Text("broken")),
+            (4, Cell::Text("not an address")),
+            (13, Cell::Int(NOW - 100)),
+            (14, Cell::Int(10)),
+            (16, Cell::Text("pop-b")),
+        ]));
+        let (snap, rejected) = b.finish();
+        assert_eq!(ids(&snap), ["zzz"], "{rejected:#?}");
+        let reason = reason_of(&rejected, "backends", "aaa");
+        assert!(
+            reason.contains("a live registration wins over a registration whose lease ran out"),
+            "{reason:?}"
+        );
+        let leases: Vec<(&str, i64, &str)> = snap
+            .leases
+            .iter()
+            .map(|(id, l)| (id.as_str(), l.renewed_at, l.pop.as_str()))
+            .collect();
+        assert_eq!(
+            leases,
+            [
+                ("aaa", NOW - 31, "pop-a"),
+                ("broken", NOW - 100, "pop-b"),
+                ("zzz", NOW, "pop-a")
+            ],
+            "every registration's lease, rejected rows' too"
+        );
+    }
+
+    #[test]
+    fn a_backend_at_a_pops_own_address_is_rejected() {
+        let pop = |id, role, addr| {
+            [
+                Cell::Text(id),
+                Cell::Text("sa"),
+                Cell::Text(addr),
+                Cell::Null,
+                Cell::Null,
+                Cell::Text(role),
+                Cell::Int(1),
+                Cell::Null,
+            ]
+        };
+        let mut b = SnapshotBuilder::new().at(NOW);
+        b.service(&service_cells("web", "192.0.2.1", 0));
+        b.pop(&pop("pop-1", "pop", "fd10::1"));
+        b.pop(&pop("host-1", "host", "fd10::9"));
+        b.backend(&backend_cells(&[
+            (0, Cell::Text("at-pop")),
+            (4, Cell::Text("fd10::1")),
+        ]));
+        b.backend(&backend_cells(&[
+            (0, Cell::Text("named-pop")),
+            (4, Cell::Text("pop-1.hosts.internal")),
+        ]));
+        b.backend(&backend_cells(&[
+            (0, Cell::Text("on-host")),
+            (4, Cell::Text("host-1.hosts.internal")),
+        ]));
+        let (snap, rejected) = b.finish();
+        assert_eq!(ids(&snap), ["on-host"], "{rejected:#?}");
+        for id in ["at-pop", "named-pop"] {
+            let reason = reason_of(&rejected, "backends", id);
+            assert!(reason.contains("POP pop-1's own"), "{id}: {reason:?}");
+        }
+    }
+
+    #[test]
+    fn registration_ids_are_dns_labels() {
+        for ok in ["e4b1", "E4B1", "web-host7-8080", "a", &"x".repeat(63)] {
+            assert!(check_registration_id(ok).is_ok(), "{ok:?} should pass");
+        }
+        for bad in [
+            "..",
+            ".",
+            "-",
+            "-a",
+            "a-",
+            "a.b",
+            "a_b",
+            "a b",
+            "",
+            &"x".repeat(64),
+        ] {
+            match check_registration_id(bad) {
+                Ok(()) => panic!("{bad:?}: expected a refusal"),
+                Err(reason) => assert!(reason.contains("not a DNS label"), "{reason:?}"),
+            }
+        }
     }
 }

@@ -82,6 +82,10 @@ pub struct Stmt {
     /// Which row the statement targets, for [`StateError::NotFound`] when it must exist.
     #[serde(skip)]
     pub must_exist: Option<(&'static str, String)>,
+    /// When set, a row that must exist but was not changed is there and not the writer's:
+    /// [`StateError::Conflict`] with this reason instead of `NotFound`.
+    #[serde(skip)]
+    pub conflict: Option<String>,
 }
 
 impl Stmt {
@@ -90,12 +94,32 @@ impl Stmt {
             sql,
             params,
             must_exist: None,
+            conflict: None,
         }
     }
 
     fn must_exist(mut self, table: &'static str, key: &str) -> Self {
         self.must_exist = Some((table, key.to_owned()));
         self
+    }
+
+    fn or_conflict(mut self, reason: &str) -> Self {
+        self.conflict = Some(reason.to_owned());
+        self
+    }
+
+    /// The error `rows` changed rows make, for a statement whose row must exist.
+    pub fn none_error(&self, rows: u64) -> Option<StateError> {
+        let (table, key) = self.must_exist.as_ref().filter(|_| rows == 0)?;
+        let (table, key) = (*table, key.clone());
+        Some(match &self.conflict {
+            Some(reason) => StateError::Conflict {
+                table,
+                key,
+                reason: reason.clone(),
+            },
+            None => StateError::NotFound { table, key },
+        })
     }
 }
 
@@ -112,11 +136,14 @@ pub fn address_text(addr: &BackendAddr) -> String {
     }
 }
 
+/// `created_at` is set when the row is first written, and kept by every later write: who
+/// keeps a contested VIP goes by it ([`super::owners`]). A row from before the column keeps 0
+/// (not known) rather than look new.
 pub fn upsert_service(s: &Service, now: i64) -> Result<Vec<Stmt>, StateError> {
     validate::check_service(s).map_err(invalid("services", &s.id))?;
     Ok(vec![Stmt::new(
-        "INSERT INTO services (id, vip, port, proto, health_check, updated_at) \
-         VALUES (?1, ?2, ?3, 'tcp', ?4, ?5) \
+        "INSERT INTO services (id, vip, port, proto, health_check, updated_at, created_at) \
+         VALUES (?1, ?2, ?3, 'tcp', ?4, ?5, ?5) \
          ON CONFLICT (id) DO UPDATE SET vip = excluded.vip, port = excluded.port, \
          proto = excluded.proto, health_check = excluded.health_check, \
          updated_at = excluded.updated_at",
@@ -131,39 +158,55 @@ pub fn upsert_service(s: &Service, now: i64) -> Result<Vec<Stmt>, StateError> {
 }
 
 /// Inserts or replaces every column but `metadata`, which belongs to the backend's own
-/// registration and is kept.
+/// registration and is kept, and `created_at` (see [`upsert_service`]). An operator's write: it
+/// replaces a registration of the same id too (operators own every row).
 pub fn upsert_backend(b: &Backend, now: i64) -> Result<Vec<Stmt>, StateError> {
     validate::check_backend(b).map_err(invalid("backends", &b.id))?;
-    Ok(vec![Stmt::new(
+    Ok(vec![Stmt::new(UPSERT_BACKEND, backend_params(b, now))])
+}
+
+/// The upsert of a backend row; the registration's adds a condition to its update.
+macro_rules! upsert_backend_sql {
+    () => {
         "INSERT INTO backends (id, service_id, region, country, address, port, weight, \
          soft_limit, hard_limit, draining, enabled, health_check, heartbeat_at, heartbeat_secs, \
-         updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         updated_at, created_at, lease_pop) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16) \
          ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, \
          region = excluded.region, country = excluded.country, address = excluded.address, \
          port = excluded.port, weight = excluded.weight, soft_limit = excluded.soft_limit, \
          hard_limit = excluded.hard_limit, draining = excluded.draining, \
          enabled = excluded.enabled, health_check = excluded.health_check, \
          heartbeat_at = excluded.heartbeat_at, heartbeat_secs = excluded.heartbeat_secs, \
-         updated_at = excluded.updated_at",
-        vec![
-            b.id.as_str().into(),
-            b.service.as_str().into(),
-            b.region.as_str().into(),
-            b.country.code().into(),
-            address_text(&b.addr).into(),
-            b.port.into(),
-            b.weight.into(),
-            b.soft_limit.into(),
-            b.hard_limit.into(),
-            b.draining.into(),
-            b.enabled.into(),
-            CheckSpec::column(b.check.as_ref()).into(),
-            b.lease.map_or(0, |l| l.renewed_at).into(),
-            b.lease.map_or(0, |l| l.interval_secs).into(),
-            now.into(),
-        ],
-    )])
+         updated_at = excluded.updated_at, lease_pop = excluded.lease_pop"
+    };
+}
+
+const UPSERT_BACKEND: &str = upsert_backend_sql!();
+
+/// [`UPSERT_BACKEND`] for a registration: the update only applies to a row that is a
+/// registration itself, so a registration never overwrites an operator's row of its id.
+const REGISTER_BACKEND: &str = concat!(upsert_backend_sql!(), " WHERE backends.heartbeat_secs > 0");
+
+fn backend_params(b: &Backend, now: i64) -> Vec<Param> {
+    vec![
+        b.id.as_str().into(),
+        b.service.as_str().into(),
+        b.region.as_str().into(),
+        b.country.code().into(),
+        address_text(&b.addr).into(),
+        b.port.into(),
+        b.weight.into(),
+        b.soft_limit.into(),
+        b.hard_limit.into(),
+        b.draining.into(),
+        b.enabled.into(),
+        CheckSpec::column(b.check.as_ref()).into(),
+        b.lease.as_ref().map_or(0, |l| l.renewed_at).into(),
+        b.lease.as_ref().map_or(0, |l| l.interval_secs).into(),
+        now.into(),
+        b.lease.as_ref().map_or("", |l| l.pop.as_str()).into(),
+    ]
 }
 
 fn set_backend(sql: &'static str, id: &str, value: Param, now: i64) -> Vec<Stmt> {
@@ -207,9 +250,18 @@ pub fn set_backend_weight(id: &str, weight: u32, now: i64) -> Result<Vec<Stmt>, 
     ))
 }
 
-/// A backend's own registration: every column, its metadata (a JSON object) included.
+/// A backend's own registration: every column, its metadata (a JSON object) included. The
+/// lease's POP is the one whose API accepted it. On an operator's row of the same id it
+/// changes nothing and fails with [`StateError::Conflict`].
 pub fn register_backend(b: &Backend, metadata: &str, now: i64) -> Result<Vec<Stmt>, StateError> {
-    let mut stmts = upsert_backend(b, now)?;
+    validate::check_backend(b).map_err(invalid("backends", &b.id))?;
+    if b.lease.is_none() {
+        return Err(StateError::Invalid {
+            table: "backends",
+            key: b.id.clone(),
+            reason: "a registration has a lease".to_owned(),
+        });
+    }
     if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(metadata).is_err() {
         return Err(StateError::Invalid {
             table: "backends",
@@ -217,23 +269,45 @@ pub fn register_backend(b: &Backend, metadata: &str, now: i64) -> Result<Vec<Stm
             reason: "metadata is not a JSON object".to_owned(),
         });
     }
-    stmts.extend(set_backend(
-        "UPDATE backends SET metadata = ?1, updated_at = ?2 WHERE id = ?3",
-        &b.id,
-        metadata.into(),
-        now,
-    ));
-    Ok(stmts)
+    Ok(vec![
+        Stmt::new(REGISTER_BACKEND, backend_params(b, now)),
+        Stmt::new(
+            "UPDATE backends SET metadata = ?1, updated_at = ?2 WHERE id = ?3 \
+             AND heartbeat_secs > 0",
+            vec![metadata.into(), now.into(), b.id.as_str().into()],
+        )
+        .must_exist("backends", &b.id)
+        .or_conflict("an operator's backend row has this id; a registration cannot replace it"),
+    ])
 }
 
-/// A heartbeat: renews the lease of a registered backend (one that has a lease).
-pub fn renew_lease(id: &str, now: i64) -> Vec<Stmt> {
-    set_backend(
-        "UPDATE backends SET heartbeat_at = ?1, updated_at = ?2 WHERE id = ?3 AND heartbeat_secs > 0",
-        id,
-        now.into(),
-        now,
+/// A heartbeat: renews the lease of a registered backend (one that has a lease), which
+/// becomes `pop`'s (the POP whose API took the heartbeat deletes the row if it stops).
+pub fn renew_lease(id: &str, now: i64, pop: &str) -> Vec<Stmt> {
+    vec![Stmt::new(
+        "UPDATE backends SET heartbeat_at = ?1, updated_at = ?1, lease_pop = ?2 \
+         WHERE id = ?3 AND heartbeat_secs > 0",
+        vec![now.into(), pop.into(), id.into()],
     )
+    .must_exist("backends", id)]
+}
+
+/// Deletes a registration whose lease ran out, with every POP's health rows about it, if
+/// its lease is still the one that ran out (renewed at `renewed_at`): a heartbeat that came
+/// in meanwhile keeps it. Nothing to delete is not an error: another POP may have done it.
+pub fn delete_expired(id: &str, renewed_at: i64) -> Vec<Stmt> {
+    vec![
+        Stmt::new(
+            "DELETE FROM health WHERE backend_id = ?1 AND backend_id IN \
+             (SELECT id FROM backends WHERE id = ?1 AND heartbeat_secs > 0 \
+             AND heartbeat_at = ?2)",
+            vec![id.into(), renewed_at.into()],
+        ),
+        Stmt::new(
+            "DELETE FROM backends WHERE id = ?1 AND heartbeat_secs > 0 AND heartbeat_at = ?2",
+            vec![id.into(), renewed_at.into()],
+        ),
+    ]
 }
 
 /// A registered backend leaves: like [`delete_backend`], for rows with a lease only (a row

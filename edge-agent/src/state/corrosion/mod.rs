@@ -83,6 +83,8 @@ pub struct Health {
 
 struct Shared {
     mirrors: Vec<Mirror>,
+    /// What the last snapshot held, for the next one's conflicts ([`super::owners`]).
+    incumbents: super::owners::Incumbents,
     health: Health,
     /// Tables whose subscription is streaming right now.
     streaming: Vec<bool>,
@@ -135,6 +137,7 @@ impl CorrosionState {
         })?;
         let shared = Arc::new(Mutex::new(Shared {
             mirrors: TABLES.iter().map(|_| Mirror::default()).collect(),
+            incumbents: Default::default(),
             health: Health::default(),
             streaming: vec![false; TABLES.len()],
         }));
@@ -223,11 +226,8 @@ impl CorrosionState {
             return Err(remote(status.to_string()));
         }
         for (stmt, result) in stmts.iter().zip(&exec.results) {
-            if let (Some(0), Some((table, key))) = (result.rows_affected, &stmt.must_exist) {
-                return Err(StateError::NotFound {
-                    table,
-                    key: key.clone(),
-                });
+            if let Some(error) = result.rows_affected.and_then(|n| stmt.none_error(n)) {
+                return Err(error);
             }
         }
         Ok(())
@@ -240,14 +240,15 @@ impl StateSource for CorrosionState {
     }
 
     fn snapshot(&self) -> SnapshotResult {
-        let shared = lock(&self.shared);
+        let mut shared = lock(&self.shared);
         if let Some(i) = shared.mirrors.iter().position(|m| !m.synced) {
             return Err(StateError::Remote {
                 what: format!("the {} table", TABLES[i].0),
                 reason: "not read from Corrosion yet".into(),
             });
         }
-        let mut b = SnapshotBuilder::new();
+        let shared = &mut *shared;
+        let mut b = SnapshotBuilder::with_incumbents(&shared.incumbents);
         for (i, mirror) in shared.mirrors.iter().enumerate() {
             for row in mirror.rows() {
                 let cells: Vec<Cell<'_>> = row.iter().map(cell).collect();
@@ -260,7 +261,9 @@ impl StateSource for CorrosionState {
                 }
             }
         }
-        Ok(b.finish())
+        let (snapshot, rejected) = b.finish();
+        shared.incumbents = super::owners::Incumbents::of(&snapshot);
+        Ok((snapshot, rejected))
     }
 
     fn changes(&self) -> Result<Box<dyn Changes>, StateError> {
