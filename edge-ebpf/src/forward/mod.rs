@@ -8,10 +8,10 @@
 //! A SYN makes a half-open flow (`HALF_OPEN`); the client's ACK of the backend's SYN-ACK moves
 //! it to `FLOWS` (see `edge_common::flow`).
 //!
-//! A non-SYN packet for a VIP with no flow (state lost to LRU eviction, or a stray segment) is
-//! passed to the kernel untouched: the VIP is a local address of the POP, so the kernel answers
-//! with a RST and the client reconnects at once. Re-picking a backend cannot resume the
-//! connection anyway: the backend knows it by the source port this POP allocated, which is gone.
+//! A non-SYN packet for a VIP with no flow (state lost to LRU eviction, a sweep, `--reset`) gets
+//! the flow its SYN got: the same Maglev pick and the same source port, both derived from the
+//! 5-tuple (`FLOW_RECOVERED`, docs/architecture.md "The flow table is a cache"). A RST with no
+//! flow, or a packet whose flow cannot be remade, is passed to the kernel untouched.
 
 #![expect(
     clippy::needless_borrows_for_generic_args,
