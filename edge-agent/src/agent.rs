@@ -516,33 +516,18 @@ impl Agent {
             return Ok(());
         };
         let now = flows::monotonic_ns();
-        let half_open = self
-            .dataplane
-            .ebpf
-            .map(names::HALF_OPEN)
-            .context("HALF_OPEN map missing")?;
-        let half_open: aya::maps::HashMap<_, FlowKey, FlowValue> =
-            aya::maps::HashMap::try_from(half_open)?;
-        let (half_report, _) = flows::sweep(
-            &half_open,
-            flows::Table::HalfOpen,
-            &self.config.flows,
-            now,
-            flows::Sweep::Expire,
-        )?;
-        let map = self
-            .dataplane
-            .ebpf
-            .map(names::FLOWS)
-            .context("FLOWS map missing")?;
-        let table: aya::maps::HashMap<_, FlowKey, FlowValue> = aya::maps::HashMap::try_from(map)?;
-        let (report, _) = flows::sweep(
-            &table,
-            flows::Table::Established,
-            &self.config.flows,
-            now,
-            flows::Sweep::Expire,
-        )?;
+        let ebpf = &self.dataplane.ebpf;
+        let open = |name| -> anyhow::Result<aya::maps::HashMap<_, FlowKey, FlowValue>> {
+            let map = ebpf
+                .map(name)
+                .with_context(|| format!("{name} map missing"))?;
+            Ok(aya::maps::HashMap::try_from(map)?)
+        };
+        let (half_open, table) = (open(names::HALF_OPEN)?, open(names::FLOWS)?);
+        let expire =
+            |map, table| flows::sweep(map, table, &self.config.flows, now, flows::Sweep::Expire);
+        let (half_report, _) = expire(&half_open, flows::Table::HalfOpen)?;
+        let (report, _) = expire(&table, flows::Table::Established)?;
         let drain_timeout = Duration::from_secs(self.config.flows.drain_timeout_secs);
         if !drain_timeout.is_zero() {
             let over: std::collections::HashSet<u32> = b

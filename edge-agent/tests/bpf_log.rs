@@ -137,7 +137,7 @@ fn run(debug_log: bool) -> Result<(Vec<String>, [u32; 2]), Error> {
         client4(40_000, 80, false)?,
         // A SYN to the service without backends.
         client4(40_000, 81, true)?,
-        // A segment of a connection the flow table does not know.
+        // A segment of a connection the flow table does not know: its flow is remade.
         client4(40_001, 80, false)?,
         // Not a service: never reported.
         client4(40_002, 82, false)?,
@@ -159,7 +159,7 @@ fn debug_records_only_when_switched_on_and_no_code_when_off() -> Result<(), Erro
     let expected = [
         "INFO edge_ebpf: new flow: service 0 client [::ffff:198.51.100.7]:40000 vip port 80 -> backend 0 [fd00:ee::2]:8080 from [fd00:ee::1]:",
         "WARN edge_ebpf: SYN dropped, no eligible backend: service 1 client [::ffff:198.51.100.7]:40000",
-        "INFO edge_ebpf: no flow for a non-SYN segment (flags 10): client [::ffff:198.51.100.7]:40001 -> [::ffff:198.18.0.10]:80, passed to the kernel",
+        "INFO edge_ebpf: new flow: service 0 client [::ffff:198.51.100.7]:40001 vip port 80 -> backend 0 [fd00:ee::2]:8080 from [fd00:ee::1]:",
         "INFO edge_ebpf: reply without flow: [fd00:ee::2]:8080 -> [fd00:ee::1]:12345, passed to the kernel",
     ];
     assert_eq!(

@@ -4,6 +4,7 @@
 //! at the sequence number the backend expects (RFC 5961 section 3.2), and a flow whose entries
 //! are gone is remade as its SYN made it. Needs root.
 
+#[macro_use]
 mod nat_support;
 
 use std::net::IpAddr;
@@ -371,24 +372,6 @@ fn half_open_flows_give_way_to_new_ones(hook: Hook) -> TestResult {
     assert_eq!(verdict, Verdict::Drop);
     assert_eq!(nat.drops()?.port_exhausted, 1);
     Ok(())
-}
-
-/// Each test above, once per hook.
-macro_rules! for_both_hooks {
-    ($($name:ident),* $(,)?) => {
-        mod xdp {
-            $(#[test]
-            fn $name() -> super::TestResult {
-                super::$name(super::Hook::Xdp)
-            })*
-        }
-        mod tc {
-            $(#[test]
-            fn $name() -> super::TestResult {
-                super::$name(super::Hook::Tc)
-            })*
-        }
-    };
 }
 
 for_both_hooks!(

@@ -2,6 +2,7 @@
 //! by the agent's own reconciler, each input frame must produce exactly the expected output frame,
 //! checked with `etherparse` (headers and checksums). Needs root, as `cargo xtask test` runs.
 
+#[macro_use]
 mod nat_support;
 
 use std::{net::IpAddr, time::Duration};
@@ -503,24 +504,6 @@ fn the_sweeper_walks_and_expires_a_table_larger_than_one_batch() -> TestResult {
     )?;
     assert_eq!(report.entries, 5_000, "only the fresh half is left");
     Ok(())
-}
-
-/// Each test above, once per hook.
-macro_rules! for_both_hooks {
-    ($($name:ident),* $(,)?) => {
-        mod xdp {
-            $(#[test]
-            fn $name() -> super::TestResult {
-                super::$name(super::Hook::Xdp)
-            })*
-        }
-        mod tc {
-            $(#[test]
-            fn $name() -> super::TestResult {
-                super::$name(super::Hook::Tc)
-            })*
-        }
-    };
 }
 
 for_both_hooks!(

@@ -413,3 +413,21 @@ pub fn backends() -> Vec<IpAddr> {
         .map(|i| IpAddr::V6(Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i)))
         .collect()
 }
+
+/// Each named test of the including file, once per hook.
+macro_rules! for_both_hooks {
+    ($($name:ident),* $(,)?) => {
+        mod xdp {
+            $(#[test]
+            fn $name() -> super::TestResult {
+                super::$name(super::Hook::Xdp)
+            })*
+        }
+        mod tc {
+            $(#[test]
+            fn $name() -> super::TestResult {
+                super::$name(super::Hook::Tc)
+            })*
+        }
+    };
+}
