@@ -27,16 +27,20 @@ use std::{
     time::Instant,
 };
 
-use aya::{maps::HashMap as BpfHashMap, Ebpf};
+use aya::{
+    maps::{HashMap as BpfHashMap, PerCpuArray},
+    Ebpf,
+};
 use edge_agent::{
     agent::static_plan,
     config::{AgentConfig, BackendConfig, ServiceConfig},
+    counters,
     dataplane::{self, MapSizes},
     flows::monotonic_ns,
     services::{self, Reconciler},
     test_run::{lab_pop, test_run},
 };
-use edge_common::{names, FlowKey, FlowValue};
+use edge_common::{names, DropStats, FlowKey, FlowValue};
 use etherparse::{PacketBuilder, TcpOptionElement};
 
 type Error = Box<dyn std::error::Error>;
@@ -57,9 +61,14 @@ const CLIENT6: [u8; 16] = [
 const TABLE_SIZE: u32 = 4099;
 
 fn load() -> Result<Ebpf, Error> {
+    load_with(1 << 17)
+}
+
+/// The data plane with a half-open table of `half_open` entries.
+fn load_with(half_open: u32) -> Result<Ebpf, Error> {
     let sizes = MapSizes {
         flows: 1 << 20,
-        half_open: 1 << 17,
+        half_open,
         maglev: 2 * 8 * TABLE_SIZE,
         affinity: 1 << 16,
     };
@@ -301,6 +310,48 @@ fn one_shots(
     Ok(total as f64 / (frames.len() * rounds) as f64)
 }
 
+/// Entries of the half-open table in the flood rows.
+const FLOOD_TABLE: u32 = 4096;
+
+/// Mean ns per call of a spoofed SYN flood's SYNs (distinct sources) through the XDP or the TC
+/// forward program: into an empty half-open table of `FLOOD_TABLE` entries (no flood yet), then,
+/// once it is full, each SYN evicting another (the flood). Checks that no SYN was refused.
+fn flood(tc: bool) -> Result<(f64, f64), Error> {
+    let mut ebpf = load_with(FLOOD_TABLE)?;
+    let frames: Vec<Vec<u8>> = (0..u32::from(ONE_SHOTS) + FLOOD_TABLE)
+        .map(|i| {
+            let [_, a, b, c] = i.to_be_bytes();
+            syn([100, 64 + (a & 63), b, c], 1024 + (i % 60_000) as u16)
+        })
+        .collect::<Result<_, _>>()?;
+    let (filling, flooding) = frames.split_at(FLOOD_TABLE as usize / 2);
+    let fd = if tc {
+        dataplane::tc_program(&mut ebpf, names::TC_FORWARD)?
+            .fd()?
+            .try_clone()?
+    } else {
+        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?
+            .fd()?
+            .try_clone()?
+    };
+    let mean = |frames: &[Vec<u8>]| -> Result<f64, Error> {
+        let mut total = 0u64;
+        for frame in frames {
+            total += u64::from(test_run(&fd, frame, 1)?.duration_ns);
+        }
+        Ok(total as f64 / frames.len() as f64)
+    };
+    let empty = mean(filling)?;
+    let full = mean(&flooding[FLOOD_TABLE as usize..])?;
+    let map = ebpf.map(names::DROP_STATS).ok_or("no DROP_STATS")?;
+    let drops: PerCpuArray<_, DropStats> = PerCpuArray::try_from(map)?;
+    let drops = counters::sum_per_cpu(&drops, 0)?;
+    if drops.port_exhausted + drops.flow_insert + drops.no_backend > 0 {
+        return Err(format!("SYNs of the flood were refused: {drops:?}").into());
+    }
+    Ok((empty, full))
+}
+
 fn client(i: u16) -> [u8; 4] {
     [198, 51, 101 + (i / 250) as u8, (i % 250) as u8 + 1]
 }
@@ -352,6 +403,9 @@ fn main() -> Result<(), Error> {
     let est_cold = one_shots(&mut ebpf, names::XDP_INGRESS, &followups, 1)?;
     let est6 = established6(&mut ebpf)?;
 
+    let (xdp_empty, xdp_full) = flood(false)?;
+    let (tc_empty, tc_full) = flood(true)?;
+
     // The program's own time: the baseline's in-kernel figure plus what it adds per call.
     let est = base_repeated + (est_warm - base_warm);
     let syn = base_repeated + (syn_once - base_once);
@@ -385,6 +439,13 @@ fn main() -> Result<(), Error> {
         syn - insert_floor
     );
     println!(
+        "spoofed SYN flood, per SYN with the test-run overhead (a {FLOOD_TABLE}-entry half-open \
+         table): XDP {xdp_empty:.0} ns into an empty table, {xdp_full:.0} ns when every SYN \
+         evicts another ({:.2}x); TC {tc_empty:.0} / {tc_full:.0} ns ({:.2}x)",
+        xdp_full / xdp_empty,
+        tc_full / tc_empty
+    );
+    println!(
         "targets (DESIGN.md): established <= 2x, SYN <= 4x; {REPEAT} repeats, {WARM_FLOWS} warm flows \
          x {rounds}, {ONE_SHOTS} distinct SYNs, {:.1} s",
         started.elapsed().as_secs_f64()
@@ -403,6 +464,13 @@ fn main() -> Result<(), Error> {
             "syn_ratio": syn / base_repeated,
             "floor_hit_ns": hit_floor,
             "floor_insert_ns": insert_floor,
+            "flood_syn": {
+                "half_open_entries": FLOOD_TABLE,
+                "xdp_empty_table_ns": xdp_empty,
+                "xdp_full_table_ns": xdp_full,
+                "tc_empty_table_ns": tc_empty,
+                "tc_full_table_ns": tc_full,
+            },
             "per_call": {
                 "baseline_warm_ns": base_warm,
                 "baseline_distinct_ns": base_once,

