@@ -389,15 +389,22 @@ fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEPROXY_LOG")
         // hickory-server logs every DNS query at info: only its warnings by default.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, not in files and pipes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Repeated warnings (a peer can cause one per packet) are counted, not all written.
+    let (limit, reporter) =
+        edge_agent::log_limit::layer(edge_agent::log_limit::BURST, edge_agent::log_limit::WINDOW);
     if json {
-        builder.json().init();
+        builder.json().finish().with(limit).init();
     } else {
-        builder.init();
+        builder.finish().with(limit).init();
+    }
+    if let Err(error) = reporter.spawn() {
+        tracing::warn!(%error, "starting the log limit's reporter");
     }
 }
 
