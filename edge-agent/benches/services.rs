@@ -105,7 +105,11 @@ async fn query_rate(server: SocketAddr, packets: Arc<Vec<Vec<u8>>>) -> Result<f6
 }
 
 async fn dns() -> Result<(f64, f64), Error> {
-    let (server, failed) = DnsServer::start(&["127.0.0.1:0".parse()?]).await?;
+    let (server, failed) = DnsServer::start(
+        &["127.0.0.1:0".parse()?],
+        edge_agent::dns::DnsConfig::default().tcp_limits.limits(),
+    )
+    .await?;
     if let Some(e) = failed.first() {
         return Err(e.to_string().into());
     }

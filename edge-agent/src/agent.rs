@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use axum::response::IntoResponse as _;
 use edge_common::{names, FlowKey, FlowValue};
 use tracing::{debug, info, warn};
 
@@ -24,6 +23,7 @@ use crate::{
     geo::{GeoDb, RegionTable},
     geo_maps,
     health::{checker::CheckResult, monitor::Monitor, passive::Sample},
+    listen::budget::Budget,
     maglev,
     model::{Country, Region, Snapshot},
     netdev,
@@ -773,7 +773,7 @@ impl Agent {
     }
 
     /// Serves `/metrics` where configured.
-    async fn start_metrics(&self) {
+    async fn start_metrics(&self, budget: &Budget) {
         let Some(addr) = self.config.metrics.listen else {
             return;
         };
@@ -781,53 +781,28 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .start_time_seconds = crate::model::unix_now() as f64;
-        let (pins, view) = (self.pins.clone(), Arc::clone(&self.metrics_view));
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let (pins, view) = (pins.clone(), Arc::clone(&view));
-                async move {
-                    // Reading the maps is blocking work (bpf syscalls, a flow table walk).
-                    match tokio::task::spawn_blocking(move || crate::metrics::render(&pins, &view))
-                        .await
-                    {
-                        Ok(Ok(text)) => (
-                            [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                            text,
-                        )
-                            .into_response(),
-                        _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-                    }
-                }
-            }),
-        );
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                tokio::spawn(async move {
-                    if let Err(error) = axum::serve(listener, app).await {
-                        warn!(%error, "metrics endpoint stopped");
-                    }
-                });
-                info!(%addr, "metrics at /metrics");
-            }
+        let app = crate::metrics::router(self.pins.clone(), Arc::clone(&self.metrics_view));
+        let limits = &self.config.metrics.limits;
+        let limits = limits.with_cap(budget.cap(limits.max_connections));
+        match crate::listen::http::start("metrics", addr, limits, app).await {
+            Ok(addr) => info!(%addr, "metrics at /metrics"),
             Err(error) => warn!(%addr, %error, "metrics endpoint: cannot listen"),
         }
     }
 
     /// Serves `internal.` on the configured addresses it can bind (one that fails is logged and
     /// left out: the rest keeps serving).
-    async fn start_dns(&mut self) {
+    async fn start_dns(&mut self, budget: &Budget) {
         let Some(b) = self.balancing.as_mut() else {
             return;
         };
         if !self.config.dns.enabled {
             return;
         }
-        let mut listen = self.config.dns.listen.clone();
-        if let (true, Some(addr)) = (self.config.dns.on_overlay, self.config.overlay.addr) {
-            listen.push(std::net::SocketAddr::from((addr, 53)));
-        }
-        match DnsServer::start(&listen).await {
+        let listen = self.config.dns.addresses(self.config.overlay.addr);
+        let limits = &self.config.dns.tcp_limits;
+        let tcp = limits.with_cap(budget.cap(limits.max_connections));
+        match DnsServer::start(&listen, tcp).await {
             Ok((server, failed)) => {
                 for error in failed {
                     warn!(%error, "DNS: an address is left out");
@@ -842,7 +817,7 @@ impl Agent {
     }
 
     /// Starts the registration API where configured; it needs the state database.
-    async fn start_register_api(&mut self) {
+    async fn start_register_api(&mut self, budget: &Budget) {
         let Some(b) = self.balancing.as_ref() else {
             return;
         };
@@ -863,17 +838,13 @@ impl Agent {
             default_heartbeat_secs: config.heartbeat_secs,
             pop: self.this_pop(),
         });
+        let limits = config
+            .limits
+            .with_cap(budget.cap(config.limits.max_connections));
         for &addr in &config.listen {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => {
-                    let app = crate::register::api::router(Arc::clone(&api));
-                    tokio::spawn(async move {
-                        if let Err(error) = axum::serve(listener, app).await {
-                            warn!(%error, "registration API stopped");
-                        }
-                    });
-                    info!(%addr, "registration API listening");
-                }
+            let app = crate::register::api::router(Arc::clone(&api));
+            match crate::listen::http::start("register", addr, limits, app).await {
+                Ok(addr) => info!(%addr, "registration API listening"),
                 Err(error) => warn!(%addr, %error, "registration API: cannot listen"),
             }
         }
@@ -938,9 +909,11 @@ impl Agent {
                 Some(source) => Some(source.changes().context("watching the state")?),
                 None => None,
             };
-            self.start_dns().await;
-            self.start_metrics().await;
-            self.start_register_api().await;
+            // The listeners' connection caps, within the open-files limit.
+            let budget = Budget::plan(&self.config);
+            self.start_dns(&budget).await;
+            self.start_metrics(&budget).await;
+            self.start_register_api(&budget).await;
             self.start_reaper();
             self.start_bgp().await;
             let mut checks = self.balancing.as_mut().and_then(|b| b.health.start());

@@ -556,6 +556,8 @@ impl AgentConfig {
             .health
             .validate()
             .and_then(|()| config.register.validate())
+            .and_then(|()| config.metrics.limits.validate("metrics.limits"))
+            .and_then(|()| config.dns.tcp_limits.validate("dns.tcp_limits"))
             .and_then(|()| config.bgp.validate())
             .map_err(|reason| ConfigError::Invalid {
                 path: path.map_or_else(|| PathBuf::from("(defaults)"), Path::to_path_buf),

@@ -17,6 +17,7 @@ pub mod geo_maps;
 pub mod health;
 pub mod http_client;
 pub mod kernel_clock;
+pub mod listen;
 pub mod log_limit;
 pub mod maglev;
 pub mod map_batch;

@@ -23,12 +23,15 @@ use crate::{bpffs::PinDir, counters};
 pub struct MetricsConfig {
     /// Where `/metrics` is served; none: off.
     pub listen: Option<SocketAddr>,
+    /// Connections, timeouts (`[metrics.limits]`; see `crate::listen`).
+    pub limits: crate::listen::ConnLimits<crate::listen::MetricsDefaults>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9469))),
+            limits: crate::listen::ConnLimits::default(),
         }
     }
 }
@@ -356,6 +359,7 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
         vec![(vec![], view.rejected_rows)],
     )?;
     bgp(&out, &view)?;
+    listeners(&out)?;
     out.gauges(
         "edgeproxy_agent_start_time_seconds",
         "When the agent started (Unix time)",
@@ -365,6 +369,151 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
     let mut text = Vec::new();
     TextEncoder::new().encode(&out.registry.gather(), &mut text)?;
     String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// The agent's own servers (one gate per listening address, `crate::listen`), repeated log
+/// lines suppressed, and the process's files and memory: what shows an attack on the agent
+/// itself (issue 18).
+fn listeners(out: &Scrape) -> prometheus::Result<()> {
+    let gates = crate::listen::all_stats();
+    let per_gate = |f: &dyn Fn(&crate::listen::GateStats) -> u64| {
+        gates
+            .iter()
+            .map(|g| (vec![g.name.clone()], f(g)))
+            .collect::<Vec<_>>()
+    };
+    let as_f64 = |v: Vec<(Vec<String>, u64)>| {
+        v.into_iter()
+            .map(|(l, v)| (l, v as f64))
+            .collect::<Vec<_>>()
+    };
+    let listener = ["listener"];
+    out.gauges(
+        "edgeproxy_listener_connections",
+        "Connections open on one of the agent's listeners",
+        &listener,
+        as_f64(per_gate(&|g| g.open)),
+    )?;
+    out.gauges(
+        "edgeproxy_listener_connections_max",
+        "The listener's connection cap (after the open-files budget)",
+        &listener,
+        as_f64(per_gate(&|g| g.max)),
+    )?;
+    out.counters(
+        "edgeproxy_listener_accepted_total",
+        "Connections the listener admitted",
+        &listener,
+        per_gate(&|g| g.accepted),
+    )?;
+    out.counters(
+        "edgeproxy_listener_refused_total",
+        "Connections refused at once: every slot busy (full) or the source at its share (source)",
+        &["listener", "reason"],
+        gates
+            .iter()
+            .flat_map(|g| {
+                [
+                    (vec![g.name.clone(), "full".to_owned()], g.refused_full),
+                    (vec![g.name.clone(), "source".to_owned()], g.refused_source),
+                ]
+            })
+            .collect(),
+    )?;
+    out.counters(
+        "edgeproxy_listener_evicted_total",
+        "Idle connections closed to make room for a new one",
+        &listener,
+        per_gate(&|g| g.evicted),
+    )?;
+    out.counters(
+        "edgeproxy_listener_timeouts_total",
+        "Connections closed, or requests answered 408, at a header or request timeout",
+        &listener,
+        per_gate(&|g| g.timeouts),
+    )?;
+    out.counters(
+        "edgeproxy_listener_accept_errors_total",
+        "Failed accepts (EMFILE: the process is out of files)",
+        &listener,
+        per_gate(&|g| g.accept_errors),
+    )?;
+    out.counters(
+        "edgeproxy_log_lines_suppressed_total",
+        "Warning and error lines not logged because the same line came too often",
+        &[],
+        vec![(vec![], crate::log_limit::suppressed_total())],
+    )?;
+    out.gauges(
+        "edgeproxy_process_open_fds",
+        "Files the agent has open",
+        &[],
+        vec![(vec![], crate::listen::budget::open_files() as f64)],
+    )?;
+    if let Ok(limit) = crate::listen::budget::file_limit() {
+        out.gauges(
+            "edgeproxy_process_max_fds",
+            "The agent's open-files limit (soft)",
+            &[],
+            vec![(vec![], limit.soft as f64)],
+        )?;
+    }
+    if let Some(bytes) = resident_bytes() {
+        out.gauges(
+            "edgeproxy_process_resident_memory_bytes",
+            "The agent's resident memory",
+            &[],
+            vec![(vec![], bytes as f64)],
+        )?;
+    }
+    Ok(())
+}
+
+/// VmRSS from /proc/self/status.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Scrapes rendered at once. A render walks the flow table on a blocking thread: without a
+/// bound, concurrent scrapes would each hold a thread and a copy of the figures.
+const RENDERS_IN_FLIGHT: usize = 2;
+
+/// The `/metrics` endpoint.
+pub fn router(pins: PinDir, view: std::sync::Arc<Mutex<AgentView>>) -> axum::Router {
+    use axum::response::IntoResponse as _;
+    let renders = std::sync::Arc::new(tokio::sync::Semaphore::new(RENDERS_IN_FLIGHT));
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (pins, view, renders) = (
+                pins.clone(),
+                std::sync::Arc::clone(&view),
+                std::sync::Arc::clone(&renders),
+            );
+            async move {
+                let Ok(_slot) = renders.acquire().await else {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                };
+                // Reading the maps is blocking work (bpf syscalls, a flow table walk).
+                match tokio::task::spawn_blocking(move || render(&pins, &view)).await {
+                    Ok(Ok(text)) => (
+                        [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                        text,
+                    )
+                        .into_response(),
+                    _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
+            }
+        }),
+    )
 }
 
 /// The BGP speaker's sessions (one state gauge per RFC 4271 state, as node_exporter does for

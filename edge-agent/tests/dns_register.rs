@@ -83,7 +83,11 @@ async fn ask(
 
 #[tokio::test]
 async fn dns_answers_refuses_and_survives_garbage() -> Result<(), Error> {
-    let (server, failed) = DnsServer::start(&["127.0.0.1:0".parse()?]).await?;
+    let (server, failed) = DnsServer::start(
+        &["127.0.0.1:0".parse()?],
+        edge_agent::dns::DnsConfig::default().tcp_limits.limits(),
+    )
+    .await?;
     assert!(failed.is_empty(), "{failed:?}");
     let addr = server.local[0];
     let health = std::collections::HashMap::new();

@@ -20,6 +20,20 @@ pub struct DnsConfig {
     pub on_overlay: bool,
     /// Of every answer, and of negative answers (the SOA minimum).
     pub ttl_secs: u32,
+    /// DNS over TCP: connections and the idle timeout (`[dns.tcp_limits]`, per listening
+    /// address; see `crate::listen`). UDP holds no state per client.
+    pub tcp_limits: crate::listen::ConnLimits<crate::listen::DnsTcpDefaults>,
+}
+
+impl DnsConfig {
+    /// The addresses served: `listen`, and port 53 of the overlay address if `on_overlay`.
+    pub fn addresses(&self, overlay: Option<std::net::Ipv6Addr>) -> Vec<SocketAddr> {
+        let mut listen = self.listen.clone();
+        if let (true, Some(addr)) = (self.on_overlay, overlay) {
+            listen.push(SocketAddr::from((addr, 53)));
+        }
+        listen
+    }
 }
 
 impl Default for DnsConfig {
@@ -32,6 +46,7 @@ impl Default for DnsConfig {
             ],
             on_overlay: true,
             ttl_secs: 5,
+            tcp_limits: crate::listen::ConnLimits::default(),
         }
     }
 }

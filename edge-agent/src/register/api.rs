@@ -304,8 +304,18 @@ pub fn validate(
     Ok((backend, metadata))
 }
 
+/// Store writes in flight, for every API of the process. Each runs on a blocking thread and
+/// SQLite serializes writes anyway: without a bound, a burst of requests starts a thread (and a
+/// malloc arena) per request, memory the process keeps (issue 18). Requests wait here, within
+/// their timeout (`crate::listen`).
+static WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Runs statements on the store off the async threads.
 async fn execute(api: &ApiState, stmts: Vec<write::Stmt>) -> Result<(), ApiError> {
+    let _slot = WRITES
+        .acquire()
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let store = Arc::clone(&api.store);
     match tokio::task::spawn_blocking(move || store.execute(&stmts)).await {
         Ok(Ok(())) => Ok(()),

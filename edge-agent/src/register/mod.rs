@@ -22,6 +22,9 @@ pub struct RegisterConfig {
     pub token_file: Option<PathBuf>,
     /// The heartbeat interval of registrations that do not name one.
     pub heartbeat_secs: u32,
+    /// Connections, timeouts (`[register.limits]`, per listening address; see
+    /// `crate::listen`).
+    pub limits: crate::listen::ConnLimits<crate::listen::ApiDefaults>,
 }
 
 impl Default for RegisterConfig {
@@ -31,6 +34,7 @@ impl Default for RegisterConfig {
             token: None,
             token_file: None,
             heartbeat_secs: 10,
+            limits: crate::listen::ConnLimits::default(),
         }
     }
 }
@@ -53,6 +57,7 @@ impl RegisterConfig {
         if self.listen.is_empty() {
             return Ok(());
         }
+        self.limits.validate("register.limits")?;
         match self.token()? {
             Some(t) if t.len() >= 16 => {}
             Some(_) => return Err("register.token must be at least 16 characters".to_owned()),
