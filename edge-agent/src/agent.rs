@@ -911,6 +911,8 @@ impl Agent {
             };
             // The listeners' connection caps, within the open-files limit.
             let budget = Budget::plan(&self.config);
+            // What bursts on them freed goes back to the kernel.
+            let _trimmer = crate::memory::spawn_trimmer(Duration::from_secs(10));
             self.start_dns(&budget).await;
             self.start_metrics(&budget).await;
             self.start_register_api(&budget).await;

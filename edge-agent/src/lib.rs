@@ -21,6 +21,7 @@ pub mod listen;
 pub mod log_limit;
 pub mod maglev;
 pub mod map_batch;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod netdev;
