@@ -137,6 +137,19 @@ pub fn start_agent(
     config: &str,
     extra_args: &[&str],
 ) -> Result<LabProcess> {
+    start_agent_under(lab, &[], agent, config, extra_args)
+}
+
+/// [`start_agent`] through `wrapper`, a command that runs the agent after it (for example
+/// `prlimit --nofile=N:N --`, to give the agent the limits a deployment gives it). The wrapper
+/// must exec the agent, so that the process is the agent's.
+pub fn start_agent_under(
+    lab: &Lab,
+    wrapper: &[&str],
+    agent: &Path,
+    config: &str,
+    extra_args: &[&str],
+) -> Result<LabProcess> {
     let path = lab.log_dir().join("agent.toml");
     std::fs::write(&path, config).map_err(|e| crate::LabError::io_path("write", &path, e))?;
     let pins = bpffs_pin_dir(lab.ns("pop").name());
@@ -145,7 +158,8 @@ pub fn start_agent(
         pins.to_string_lossy(),
         path.to_string_lossy(),
     );
-    let mut argv = vec![&*agent, "--bpffs-root", &*pins, "--config", &*path, "run"];
+    let mut argv = wrapper.to_vec();
+    argv.extend([&*agent, "--bpffs-root", &*pins, "--config", &*path, "run"]);
     argv.extend_from_slice(extra_args);
     let process = lab.ns("pop").spawn("agent", &argv, &[])?;
     process.wait_for_output("edge-agent ready", Duration::from_secs(30))?;

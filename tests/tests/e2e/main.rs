@@ -13,6 +13,7 @@ mod dns_register_lab;
 mod drain_timeout;
 mod geo_lab;
 mod health_lab;
+mod hostile_lab;
 mod maps_lab;
 mod metrics_lab;
 mod nat_lab;
