@@ -13,7 +13,10 @@ use edge_agent::{
     config::FlowConfig,
     flows::{self, TcpState},
 };
-use edge_common::{flow::FLOW_REVERSE, FlowKey, FlowValue};
+use edge_common::{
+    flow::{FLOW_REVERSE, TCP_ACK, TCP_FIN, TCP_SYN},
+    FlowKey, FlowValue,
+};
 use etherparse::PacketBuilder;
 use nat_support::*;
 
@@ -313,8 +316,8 @@ fn spoofed_acks_evict_no_established_flow(hook: Hook) -> TestResult {
     Ok(())
 }
 
-/// When every candidate source port of a new flow is held, half-open flows give theirs up;
-/// established ones never do.
+/// When every candidate source port of a new flow is held, half-open and closed flows give
+/// theirs up; established ones never do.
 fn half_open_flows_give_way_to_new_ones(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
     let (_, out) = nat.forward(&syn4(44000, 80)?)?;
@@ -350,26 +353,48 @@ fn half_open_flows_give_way_to_new_ones(hook: Hook) -> TestResult {
     let drops = nat.drops()?;
     assert_eq!((drops.displaced, drops.port_exhausted), (1, 0), "{drops:?}");
 
-    // Established flows on every candidate port: the SYN is dropped.
+    // Other clients' established flows on every candidate port: the SYN is dropped.
     let taken: Vec<FlowKey> = nat.entries()?.into_iter().map(|(k, _)| k).collect();
     let mut half_open = nat.half_open()?;
     for key in taken {
         let _ = half_open.remove(&key);
     }
-    let mut flows = nat.flows()?;
-    for n in 0..edge_common::limits::PORT_TRIES as u16 {
-        let key = FlowKey {
-            dport: (first.sport + n).to_be(),
-            ..reverse
-        };
-        let value = FlowValue {
-            flags: FLOW_REVERSE,
-            ..FlowValue::default()
-        };
-        flows.insert(key, value, 0)?;
-    }
+    let occupy = |nat: &mut Nat, flags: u8| -> Result<(), Error> {
+        let mut flows = nat.flows()?;
+        for n in 0..edge_common::limits::PORT_TRIES as u16 {
+            let key = FlowKey {
+                dport: (first.sport + n).to_be(),
+                ..reverse
+            };
+            let value = FlowValue {
+                flags: FLOW_REVERSE,
+                new_src: [1; 16],
+                new_dst: [2; 16],
+                new_sport: 80u16.to_be(),
+                new_dport: (30_000 + n).to_be(),
+                tcp_flags: flags,
+                ..FlowValue::default()
+            };
+            flows.insert(key, value, 0)?;
+            let forward = FlowValue {
+                tcp_flags: flags,
+                ..FlowValue::default()
+            };
+            flows.insert(value.partner_key(), forward, 0)?;
+        }
+        Ok(())
+    };
+    occupy(&mut nat, TCP_SYN | TCP_ACK)?;
     let (verdict, _) = nat.forward(&syn4(44000, 80)?)?;
     assert_eq!(verdict, Verdict::Drop);
+    assert_eq!(nat.drops()?.port_exhausted, 1);
+
+    // The same flows closed (FINs both ways), waiting out their timeout: they give way.
+    occupy(&mut nat, TCP_SYN | TCP_ACK | TCP_FIN)?;
+    let (verdict, out) = nat.forward(&syn4(44000, 80)?)?;
+    assert_ne!(verdict, Verdict::Drop, "a closed flow gave way");
+    assert_eq!(check(&out)?.sport, first.sport);
+    assert_eq!(nat.drops()?.displaced, 2);
     assert_eq!(nat.drops()?.port_exhausted, 1);
     Ok(())
 }

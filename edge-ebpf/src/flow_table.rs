@@ -7,12 +7,19 @@
     reason = "map keys and values go by reference: a copy would cost BPF stack (512 bytes)"
 )]
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
-use edge_common::{flow::TCP_SYN, FlowKey, FlowValue};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    btf_maps::LruHashMap,
+};
+use edge_common::{
+    flow::{TCP_FIN, TCP_RST, TCP_SYN},
+    limits::DEFAULT_FLOWS,
+    FlowKey, FlowValue,
+};
 
 use crate::{
     bytes,
-    maps::{FlowTable, FLOWS, HALF_OPEN, SCRATCH},
+    maps::{FLOWS, HALF_OPEN, SCRATCH},
     stats::{self, Drop},
 };
 
@@ -65,6 +72,38 @@ pub fn displace_half_open(reverse_key: &FlowKey) -> bool {
         let _ = HALF_OPEN.remove(&*forward);
     }
     let _ = HALF_OPEN.remove(reverse_key);
+    true
+}
+
+/// Removes the closed flow (a RST, or FINs both ways) whose reverse half in `FLOWS` is
+/// `reverse_key`, if there is one: a new flow takes its source port. Closed flows wait out
+/// `closed_timeout_secs` for late segments; under a stream of short connections they hold most
+/// source ports, as TIME_WAIT sockets would, and the backend accepts a new SYN on such a
+/// 4-tuple (RFC 6191). True: there was one.
+#[inline(always)]
+pub fn displace_closed(reverse_key: &FlowKey) -> bool {
+    let Some(reply) = FLOWS.get_ptr(reverse_key) else {
+        return false;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the entries are valid for this run; the slot is this CPU's and only used here.
+    unsafe {
+        let forward_key = &raw mut (*scratch).displaced;
+        write_partner_key(reply, forward_key);
+        let back = (*reply).tcp_flags;
+        // A reverse half without its forward one is an orphan, as good as closed.
+        let forth = FLOWS
+            .get_ptr(&*forward_key)
+            .map_or(TCP_FIN | TCP_RST, |f| (*f).tcp_flags);
+        let closed = (back | forth) & TCP_RST != 0 || back & forth & TCP_FIN != 0;
+        if !closed {
+            return false;
+        }
+        let _ = FLOWS.remove(&*forward_key);
+    }
+    let _ = FLOWS.remove(reverse_key);
     true
 }
 
@@ -186,7 +225,11 @@ pub unsafe fn is_partner(entry: *const FlowValue, key: &FlowKey) -> bool {
 /// # Safety
 /// `entry` is `key`'s entry in `table`, valid for this run.
 #[inline(always)]
-pub unsafe fn end_flow(table: &FlowTable, key: &FlowKey, entry: *const FlowValue) {
+pub unsafe fn end_flow<const FLAGS: usize>(
+    table: &LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }, FLAGS>,
+    key: &FlowKey,
+    entry: *const FlowValue,
+) {
     // SAFETY: the caller's entry.
     if let Some(reverse) = unsafe { partner_key(entry) } {
         // SAFETY: this CPU's scratch slot, just written; `new_flow` rewrites it before use.

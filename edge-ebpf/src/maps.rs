@@ -2,6 +2,7 @@
 //! rings) are set by the agent at load time; the sizes here are the defaults.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
     maps::lpm_trie::Key,
@@ -37,12 +38,16 @@ pub static MAGLEV: Array<u32, { (MAX_RINGS * 1021) as usize }> = Array::new();
 pub static FLOWS: FlowTable = LruHashMap::new();
 
 /// Connections whose handshake the client has not completed: what a SYN creates. Its own LRU,
-/// so that a flood of spoofed SYNs evicts only its own kind. The same type as `FLOWS` (the agent
-/// sizes both at load time), so that code can work on either.
+/// so that a flood of spoofed SYNs evicts only its own kind. Per-CPU LRU lists
+/// (`BPF_F_NO_COMMON_LRU`, as Katran's flow table): each CPU evicts the tail of its own list, so
+/// a flood arriving on one CPU churns that CPU's share of the table and its evictions take no
+/// lock the other CPUs' inserts wait on.
 #[btf_map]
-pub static HALF_OPEN: FlowTable = LruHashMap::new();
+pub static HALF_OPEN: HalfOpenTable = LruHashMap::new();
 
 pub type FlowTable = LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }>;
+pub type HalfOpenTable =
+    LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }, { BPF_F_NO_COMMON_LRU as usize }>;
 
 #[btf_map]
 pub static POP_CONFIG: Array<PopConfig, 1> = Array::new();

@@ -419,12 +419,13 @@ fn setup_flow(
         }
     }
     // Every candidate is taken. Half-open flows give way: under a SYN flood they hold most
-    // ports, and a handshake that eight later ones overtook has most likely failed. An
-    // established flow never gives way.
+    // ports, and a handshake that eight later ones overtook has most likely failed. So do
+    // closed ones waiting out their timeout. An established flow never gives way.
     for attempt in 0..PORT_TRIES {
         let port = (u32::from(config.port_min) + start.wrapping_add(attempt) % range) as u16;
         reverse_key.dport = port.to_be();
-        if !flow_table::displace_half_open(reverse_key) {
+        if !flow_table::displace_half_open(reverse_key) && !flow_table::displace_closed(reverse_key)
+        {
             continue;
         }
         stats::displaced();
@@ -450,12 +451,12 @@ fn claim(
     tcp_flags: u8,
     bytes: usize,
 ) -> Option<Result<(), Drop>> {
-    let table = match FLOWS.get_ptr(reverse_key) {
+    let established = match FLOWS.get_ptr(reverse_key) {
         None => {
             HALF_OPEN
                 .insert(reverse_key, &*value, BPF_NOEXIST as u64)
                 .ok()?;
-            &HALF_OPEN
+            false
         }
         // Only the forward half of an established connection was lost: it goes back beside
         // its reverse half.
@@ -463,7 +464,7 @@ fn claim(
         Some(reply)
             if family & FLOW_RECOVERED != 0 && unsafe { flow_table::is_partner(reply, key) } =>
         {
-            &FLOWS
+            true
         }
         Some(_) => return None,
     };
@@ -478,7 +479,12 @@ fn claim(
     value.tcp_flags = tcp_flags;
     value.packets = 1;
     value.bytes = bytes as u64;
-    if table.insert(key, &*value, BPF_ANY as u64).is_err() {
+    let inserted = if established {
+        FLOWS.insert(key, &*value, BPF_ANY as u64)
+    } else {
+        HALF_OPEN.insert(key, &*value, BPF_ANY as u64)
+    };
+    if inserted.is_err() {
         let _ = HALF_OPEN.remove(reverse_key);
         return Some(Err(Drop::FlowInsert));
     }

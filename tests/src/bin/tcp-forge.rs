@@ -3,11 +3,11 @@
 //! attack tests run it in the lab's client namespace against the VIP.
 //!
 //! ```text
-//! tcp-forge syn --target ADDR:PORT (--count N | --seconds S) --sources A.B.C.D/LEN [--seed S]
+//! tcp-forge syn --target ADDR:PORT (--count N | --seconds S) --sources A.B.C.D/LEN [--pps R] [--seed S]
 //! tcp-forge rst --target ADDR:PORT --client A.B.C.D --ports P[,P...] [--seed S]
 //! ```
 //! `syn`: N SYNs (or as many as S seconds take) from random addresses of `--sources` and random
-//! ports, as fast as the socket takes them (a spoofed SYN flood). `rst`: one RST with a random sequence number from
+//! ports, as fast as the socket takes them or R a second (a spoofed SYN flood). `rst`: one RST with a random sequence number from
 //! `--client` at each port (a blind reset). Prints `sent N in T s` on stderr when done.
 
 use std::{
@@ -31,6 +31,7 @@ enum Mode {
     Syn {
         count: u64,
         seconds: Option<f64>,
+        pps: Option<f64>,
         net: u32,
         len: u8,
     },
@@ -51,7 +52,7 @@ fn parse_args() -> Result<Args, String> {
     let mode = it.next().ok_or("need a mode: syn or rst")?;
     let (mut target, mut count, mut sources, mut client, mut ports, mut seed) =
         (None, 100_000u64, None, None, Vec::new(), 1u64);
-    let mut seconds = None;
+    let (mut seconds, mut pps) = (None, None);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
@@ -81,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--seed" => seed = value.parse().map_err(|e| bad(&e))?,
+            "--pps" => pps = Some(value.parse().map_err(|e| bad(&e))?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -91,6 +93,7 @@ fn parse_args() -> Result<Args, String> {
             Mode::Syn {
                 count,
                 seconds,
+                pps,
                 net,
                 len,
             }
@@ -178,6 +181,7 @@ fn main() {
         Mode::Syn {
             count,
             seconds,
+            pps,
             net,
             len,
         } => {
@@ -190,8 +194,18 @@ fn main() {
             let net = net & !host_bits;
             eprintln!("flooding");
             for n in 0..count {
-                if n % 1024 == 0 && until.is_some_and(|t| Instant::now() >= t) {
-                    break;
+                if n % 64 == 0 {
+                    let now = Instant::now();
+                    if until.is_some_and(|t| now >= t) {
+                        break;
+                    }
+                    // Paced: sleep until the time the next 64 are due.
+                    if let Some(pps) = pps {
+                        let due = started + std::time::Duration::from_secs_f64(n as f64 / pps);
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                    }
                 }
                 let src = Ipv4Addr::from(net | (rng.next_u32() & host_bits));
                 let sport = 1024 + (rng.next_u32() % 64_000) as u16;
