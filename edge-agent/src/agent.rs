@@ -691,6 +691,7 @@ impl Agent {
             "pid": std::process::id(),
             "written_at": crate::model::unix_now(),
             "state": state,
+            "rejected_rows": b.rejected_rows,
             "state_read_secs_ago": b.state_read_at.map(|t| t.elapsed().as_secs_f64()),
             "health": {
                 "checking": b.health.checking(),
