@@ -222,6 +222,7 @@ impl Accumulate for DropStats {
         self.out_of_window += o.out_of_window;
         self.recovered += o.recovered;
         self.displaced += o.displaced;
+        self.recovery_missed += o.recovery_missed;
     }
 }
 
@@ -389,8 +390,8 @@ impl fmt::Display for NatReport {
         let d = &self.drops;
         writeln!(
             f,
-            "\ndrops: no_backend {} port_exhausted {} flow_insert {} unsupported {} resize_failed {} redirect_failed {}; no_flow (passed to the kernel) {}; out_of_window FIN/RST (forwarded, not recorded) {}; recovered flows {}; half-open flows displaced {}",
-            d.no_backend, d.port_exhausted, d.flow_insert, d.unsupported, d.resize_failed, d.redirect_failed, d.no_flow, d.out_of_window, d.recovered, d.displaced
+            "\ndrops: no_backend {} port_exhausted {} flow_insert {} unsupported {} resize_failed {} redirect_failed {}; no_flow (passed to the kernel) {}; out_of_window FIN/RST (forwarded, not recorded) {}; recovered flows {}; half-open flows displaced {}; recoveries onto another port {}",
+            d.no_backend, d.port_exhausted, d.flow_insert, d.unsupported, d.resize_failed, d.redirect_failed, d.no_flow, d.out_of_window, d.recovered, d.displaced, d.recovery_missed
         )
     }
 }

@@ -255,6 +255,7 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
                 ("out_of_window", d.out_of_window),
                 ("recovered", d.recovered),
                 ("displaced", d.displaced),
+                ("recovery_missed", d.recovery_missed),
             ]
             .into_iter()
             .map(|(reason, v)| (vec![reason.to_owned()], v))

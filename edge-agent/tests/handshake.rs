@@ -268,7 +268,8 @@ fn a_lost_flow_is_remade_on_the_same_backend_and_port(hook: Hook) -> TestResult 
     assert_eq!(nat.drops()?.recovered, 2);
     assert_eq!(states(&mut nat)?, vec![TcpState::Established]);
 
-    // A backend that does not know the connection answers with a RST: nothing established.
+    // A backend that does not know the connection answers with a RST: dropped, nothing
+    // established, and the port marked as not this client's.
     let (_, out) = nat.forward(&segment4(49001, 5000, 7000, Flags::Ack, b"??")?)?;
     let stray = check(&out)?;
     let mut rst = Vec::new();
@@ -281,8 +282,71 @@ fn a_lost_flow_is_remade_on_the_same_backend_and_port(hook: Hook) -> TestResult 
         .rst()
         .write(&mut rst, &[])?;
     let (verdict, _) = nat.tc(&rst)?;
-    assert_eq!(verdict, TC_ACT_REDIRECT, "the RST goes back to the client");
+    assert_eq!(verdict, TC_ACT_SHOT, "the RST is not the client's to see");
     assert_eq!(nat.established()?.len(), 2, "only the first connection");
+    assert_eq!(nat.drops()?.recovery_missed, 1);
+    Ok(())
+}
+
+/// A connection whose SYN found its first candidate port held got the second. When both it
+/// and the holder lose their entries, its recovery tries the first port again; the backend's
+/// answer there (another connection's numbers) sends it on to the second, its own.
+fn a_recovery_onto_another_connections_port_moves_on(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let (_, out) = nat.forward(&syn4(51000, 80)?)?;
+    let probe = check(&out)?;
+    let entries = nat.entries()?;
+    let reverse = half(&entries, true)?.0;
+    {
+        let mut half_open = nat.half_open()?;
+        for (key, _) in &entries {
+            half_open.remove(key)?;
+        }
+    }
+    // Another connection holds the first candidate port: the SYN gets the second.
+    let holder = FlowKey {
+        dport: probe.sport.to_be(),
+        ..reverse
+    };
+    nat.flows()?.insert(
+        holder,
+        FlowValue {
+            flags: FLOW_REVERSE,
+            tcp_flags: TCP_SYN | TCP_ACK,
+            new_src: [1; 16],
+            new_dst: [2; 16],
+            ..FlowValue::default()
+        },
+        0,
+    )?;
+    let syn = nat.handshake4(51000)?;
+    assert_eq!(syn.sport, probe.sport + 1, "the second candidate");
+    // Both lose their entries.
+    let all: Vec<FlowKey> = nat.established()?.into_iter().map(|(k, _)| k).collect();
+    for key in all {
+        nat.flows()?.remove(&key)?;
+    }
+    let (_, out) = nat.forward(&segment4(51000, 1001, 9001, Flags::Ack, b"again")?)?;
+    let first = check(&out)?;
+    assert_eq!(
+        first.sport, probe.sport,
+        "recovery tries the first candidate first"
+    );
+    // The other connection's socket answers with its own numbers.
+    let (verdict, _) = nat.tc(&from_backend(&first, 777_000, 123_456_789, b"")?)?;
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "another connection's answer is dropped"
+    );
+    assert_eq!(nat.drops()?.recovery_missed, 1);
+    // The client retransmits: the next candidate, its own.
+    let (_, out) = nat.forward(&segment4(51000, 1001, 9001, Flags::Ack, b"again")?)?;
+    let second = check(&out)?;
+    assert_eq!(second.sport, syn.sport, "recovered onto its own port");
+    let (verdict, out) = nat.tc(&from_backend(&second, 9001, 1006, b"ok")?)?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(check(&out)?.payload, b"ok");
+    assert_eq!(nat.established()?.len(), 2, "established on its own port");
     Ok(())
 }
 
@@ -406,4 +470,5 @@ for_both_hooks!(
     a_lost_flow_is_remade_on_the_same_backend_and_port,
     spoofed_acks_evict_no_established_flow,
     half_open_flows_give_way_to_new_ones,
+    a_recovery_onto_another_connections_port_moves_on,
 );

@@ -34,6 +34,10 @@ pub const FLOW_V4_CLIENT: u8 = 2;
 /// replaced): the same Maglev pick and source port as the SYN got, as long as the tables are
 /// the same. It waits in `HALF_OPEN` until the backend answers with anything but a RST.
 pub const FLOW_RECOVERED: u8 = 4;
+/// A recovered flow's reverse half whose backend answered as for another connection, or with
+/// a RST: the source port was not this client's. The client it names skips it when it
+/// recovers again; another client's recovery may take it.
+pub const FLOW_TOMBSTONE: u8 = 8;
 
 /// TCP flag bits as in the TCP header's flags byte (RFC 9293 section 3.1).
 pub const TCP_FIN: u8 = 0x01;

@@ -178,6 +178,10 @@ pub struct DropStats {
     /// Not a drop: a half-open flow removed because a new one needed its source port and
     /// every other candidate was taken (a SYN flood holds most of them).
     pub displaced: u64,
+    /// A backend's answer to a recovered flow that was not for it (another connection's ACK,
+    /// or a RST): dropped, and the source port marked as not the client's
+    /// (`FLOW_TOMBSTONE`), so that the client's next packet tries the next one.
+    pub recovery_missed: u64,
 }
 
 #[cfg(feature = "user")]

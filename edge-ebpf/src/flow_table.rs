@@ -12,7 +12,7 @@ use aya_ebpf::{
     btf_maps::LruHashMap,
 };
 use edge_common::{
-    flow::{TCP_FIN, TCP_RST, TCP_SYN},
+    flow::{FLOW_TOMBSTONE, TCP_FIN, TCP_RST, TCP_SYN},
     limits::DEFAULT_FLOWS,
     FlowKey, FlowValue,
 };
@@ -105,6 +105,43 @@ pub fn displace_closed(reverse_key: &FlowKey) -> bool {
     }
     let _ = FLOWS.remove(reverse_key);
     true
+}
+
+/// Whether a flow recovered for the client packet of `key` may take the source `reverse_key`
+/// names in `HALF_OPEN`: free, or a tombstone another client left (which goes). A tombstone of
+/// this client's own says the port was tried and was not its: the next candidate is.
+#[inline(always)]
+pub fn may_recover_into(reverse_key: &FlowKey, key: &FlowKey) -> bool {
+    let Some(held) = HALF_OPEN.get_ptr(reverse_key) else {
+        return true;
+    };
+    // SAFETY: valid for this run.
+    unsafe {
+        if (*held).flags & FLOW_TOMBSTONE == 0 || is_partner(held, key) {
+            return false;
+        }
+    }
+    let _ = HALF_OPEN.remove(reverse_key);
+    true
+}
+
+/// The backend answered the recovered flow whose reverse half is `entry` as for another
+/// connection (its acknowledgment is not near the client's sequence number) or with a RST: the
+/// source port was not the client's. The reverse half becomes a tombstone and the forward one
+/// goes, so that the client's next packet recovers onto the next candidate port.
+///
+/// # Safety
+/// `entry` is a reverse entry of `HALF_OPEN`, valid for this run.
+#[inline(always)]
+pub unsafe fn miss_recovery(entry: *mut FlowValue) {
+    // SAFETY: the caller's entry; the scratch slot is this CPU's.
+    unsafe {
+        (*entry).flags |= FLOW_TOMBSTONE;
+        if let Some(forward) = partner_key(entry) {
+            let _ = HALF_OPEN.remove(&*forward);
+        }
+    }
+    stats::recovery_missed();
 }
 
 /// Whether `seq`, a client's FIN or RST, is the sequence number the backend acknowledged

@@ -94,6 +94,9 @@ pub struct NewFlowScratch {
     pub reverse_key: FlowKey,
     /// The forward key of a half-open flow a new one takes the source port of.
     pub displaced: FlowKey,
+    /// The sequence number of the packet a flow is being recovered for (`new_flow`'s arguments
+    /// are full).
+    pub recover_seq: u32,
     pub binding: AffinityKey,
     pub geo_v6: Key<[u8; 16]>,
     /// The TC hook's next-hop question and the kernel's answer.

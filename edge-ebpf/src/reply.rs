@@ -19,7 +19,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use edge_common::{
-    flow::{FLOW_RECOVERED, FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_RST, TCP_SYN},
+    flow::{
+        FLOW_RECOVERED, FLOW_REVERSE, FLOW_TOMBSTONE, FLOW_V4_CLIENT, TCP_ACK, TCP_RST, TCP_SYN,
+    },
     pop::POP_READY,
     FlowKey, PopConfig, IPPROTO_TCP,
 };
@@ -36,6 +38,9 @@ use crate::{
 };
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
+/// How far past the client's sequence number a backend's acknowledgment of a remade flow may
+/// be (data of the client's in flight): another connection passes the test once in 16,384.
+const RECOVERY_WINDOW: u32 = 256 * 1024;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -99,10 +104,25 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         Some(entry) => entry,
         None => match HALF_OPEN.get_ptr_mut(key) {
             // SAFETY: valid for this run.
-            Some(entry)
-                if unsafe { (*entry).flags } & FLOW_RECOVERED != 0
-                    && tcp_flags & (TCP_SYN | TCP_RST) == 0 =>
-            {
+            Some(entry) if unsafe { (*entry).flags } & FLOW_RECOVERED != 0 => {
+                // The backend's answer to a remade flow tells whether the source port was the
+                // client's: its acknowledgment is at (or a little past) the sequence number of
+                // the client's packet. Another connection's socket on that port answers with
+                // its own numbers, a port no socket holds with a RST.
+                // SAFETY: valid for this run.
+                let (flags, expected) = unsafe { ((*entry).flags, (*entry).seq) };
+                let answered = flags & FLOW_TOMBSTONE == 0
+                    && tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
+                    && seg.ack.wrapping_sub(expected) <= RECOVERY_WINDOW;
+                if !answered {
+                    if flags & FLOW_TOMBSTONE == 0 {
+                        // SAFETY: a reverse entry of HALF_OPEN, valid for this run.
+                        unsafe { flow_table::miss_recovery(entry) };
+                    } else {
+                        stats::recovery_missed();
+                    }
+                    return Ok(TC_ACT_SHOT);
+                }
                 // The backend knew the connection that was remade: established again.
                 if flow_table::confirm_recovered(&key, entry) == 1 {
                     FLOWS.get_ptr_mut(key).ok_or(Drop::FlowInsert)?

@@ -74,6 +74,15 @@ pub fn no_flow() {
     }
 }
 
+/// A backend's answer to a recovered flow that was not for it.
+#[inline(always)]
+pub fn recovery_missed() {
+    if let Some(d) = DROP_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*d).recovery_missed += 1 }
+    }
+}
+
 /// A half-open flow that gave its source port to a new one.
 #[inline(always)]
 pub fn displaced() {

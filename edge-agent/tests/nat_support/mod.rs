@@ -26,6 +26,7 @@ pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub type Error = Box<dyn std::error::Error>;
 
 pub const TC_ACT_REDIRECT: u32 = 7;
+pub const TC_ACT_SHOT: u32 = 2;
 pub const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 pub const MAC_POP: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 pub const CLIENT4: [u8; 4] = [198, 51, 100, 7];

@@ -225,6 +225,12 @@ fn flow_for(
     // A mid-connection packet whose flow is gone is given the flow its SYN got (see
     // `FLOW_RECOVERED`); one that cannot be goes to the kernel, which resets it.
     let recover = if syn { 0 } else { RECOVER };
+    if !syn {
+        // What the backend's answer must acknowledge for the remade flow to be this one.
+        let scratch = SCRATCH.get_ptr_mut(0).ok_or(Drop::FlowInsert)?;
+        // SAFETY: this CPU's scratch slot.
+        unsafe { (*scratch).recover_seq = seg.seq };
+    }
     let meta = u32::from(seg.flags) | u32::from(v4) << 8 | recover;
     let backend_id = match decode(new_flow(
         key,
@@ -377,6 +383,10 @@ fn setup_flow(
         (&raw mut value.tcp_flags).cast::<u16>().write_volatile(0);
         (&raw mut value.seq).cast::<u64>().write_volatile(0);
     }
+    if recover {
+        // SAFETY: this CPU's scratch slot, written by `flow_for` in this run.
+        value.seq = unsafe { (*scratch).recover_seq };
+    }
     // The clock is read where it is used (here, and in `pick_backend`) rather than once and
     // passed down: held across the calls in between, it pushed this frame and the caller's
     // past the verifier's 512-byte stack limit.
@@ -453,6 +463,9 @@ fn claim(
 ) -> Option<Result<(), Drop>> {
     let established = match FLOWS.get_ptr(reverse_key) {
         None => {
+            if family & FLOW_RECOVERED != 0 && !flow_table::may_recover_into(reverse_key, key) {
+                return None;
+            }
             HALF_OPEN
                 .insert(reverse_key, &*value, BPF_NOEXIST as u64)
                 .ok()?;
