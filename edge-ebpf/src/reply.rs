@@ -104,15 +104,19 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         Some(entry) => entry,
         None => match HALF_OPEN.get_ptr_mut(key) {
             // SAFETY: valid for this run.
-            Some(entry) if unsafe { (*entry).flags } & FLOW_RECOVERED != 0 => {
+            Some(entry)
+                if unsafe { (*entry).flags } & FLOW_RECOVERED != 0
+                    && tcp_flags & (TCP_SYN | TCP_RST) == 0 =>
+            {
                 // The backend's answer to a remade flow tells whether the source port was the
                 // client's: its acknowledgment is at (or a little past) the sequence number of
-                // the client's packet. Another connection's socket on that port answers with
-                // its own numbers, a port no socket holds with a RST.
+                // the client's packet; another connection's socket on that port answers with
+                // its own numbers. (A RST, from a port no socket holds or a backend that lost
+                // the connection, goes to the client: its connection is gone either way.)
                 // SAFETY: valid for this run.
                 let (flags, expected) = unsafe { ((*entry).flags, (*entry).seq) };
                 let answered = flags & FLOW_TOMBSTONE == 0
-                    && tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
+                    && tcp_flags & TCP_ACK != 0
                     && seg.ack.wrapping_sub(expected) <= RECOVERY_WINDOW;
                 if !answered {
                     if flags & FLOW_TOMBSTONE == 0 {
