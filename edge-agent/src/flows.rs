@@ -4,14 +4,18 @@
 use std::{
     borrow::Borrow,
     collections::BTreeMap,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    HashMap as BpfHashMap, IterableMap as _, MapData, MapError,
+};
 use edge_common::{
     flow::{FLOW_REVERSE, TCP_FIN, TCP_RST},
-    is_ipv4_mapped, FlowKey, FlowValue,
+    geo::{embedded_ipv4, GeoValue},
+    is_ipv4_mapped, names, FlowKey, FlowValue,
 };
 use serde::Serialize;
 
@@ -111,30 +115,40 @@ pub fn endpoint(a: &[u8; 16], port_be: u16) -> String {
     }
 }
 
+/// The address the kernel classifies a client by (`geo_class`): its own IPv4 address, the IPv4
+/// address an IPv6 one embeds (6to4, Teredo, IPv4-mapped: `edge_common::geo::embedded_ipv4`),
+/// else (`Err`) its IPv6 address.
+pub fn client_ipv4(client: IpAddr) -> Result<Ipv4Addr, Ipv6Addr> {
+    match client {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(ip) => embedded_ipv4(&ip.octets()).map(Ipv4Addr::from).ok_or(ip),
+    }
+}
+
 /// Fills each flow's `country` from the pinned geo tries under `pins` (the same longest-prefix
-/// lookup the kernel made for its SYN). Flows whose address is in no prefix stay `None`.
+/// lookup the kernel made for its SYN, by the same address: `client_ipv4`). Flows whose address
+/// is in no prefix stay `None`.
 pub fn classify(flows: &mut [Flow], pins: &crate::bpffs::PinDir) {
-    use aya::maps::{
-        lpm_trie::{Key, LpmTrie},
-        Map,
-    };
-    use edge_common::{geo::GeoValue, names};
+    use aya::maps::{lpm_trie::LpmTrie, Map};
     let open = |name| MapData::from_pin(pins.map(name)).ok().map(Map::LpmTrie);
-    let v4: Option<LpmTrie<MapData, [u8; 4], GeoValue>> =
-        open(names::GEO_V4).and_then(|m| LpmTrie::try_from(m).ok());
-    let v6: Option<LpmTrie<MapData, [u8; 16], GeoValue>> =
-        open(names::GEO_V6).and_then(|m| LpmTrie::try_from(m).ok());
+    let v4 = open(names::GEO_V4).and_then(|m| LpmTrie::try_from(m).ok());
+    let v6 = open(names::GEO_V6).and_then(|m| LpmTrie::try_from(m).ok());
+    classify_with(flows, v4.as_ref(), v6.as_ref());
+}
+
+/// `classify` with the geo tries at hand (absent ones answer nothing).
+pub fn classify_with<T: Borrow<MapData>>(
+    flows: &mut [Flow],
+    v4: Option<&LpmTrie<T, [u8; 4], GeoValue>>,
+    v6: Option<&LpmTrie<T, [u8; 16], GeoValue>>,
+) {
     for flow in flows {
         let Ok(client) = flow.client.parse::<std::net::SocketAddr>() else {
             continue;
         };
-        let found = match client.ip() {
-            IpAddr::V4(ip) => v4
-                .as_ref()
-                .and_then(|t| t.get(&Key::new(32, ip.octets()), 0).ok()),
-            IpAddr::V6(ip) => v6
-                .as_ref()
-                .and_then(|t| t.get(&Key::new(128, ip.octets()), 0).ok()),
+        let found = match client_ipv4(client.ip()) {
+            Ok(ip) => v4.and_then(|t| t.get(&Key::new(32, ip.octets()), 0).ok()),
+            Err(ip) => v6.and_then(|t| t.get(&Key::new(128, ip.octets()), 0).ok()),
         };
         flow.country = found
             .filter(|g| g.class != 0)
