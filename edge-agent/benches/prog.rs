@@ -148,6 +148,48 @@ fn frame6(sport: u16, syn: bool) -> Result<Vec<u8>, Error> {
     Ok(v)
 }
 
+/// An IPv6 SYN from `client` to the IPv6 VIP.
+fn syn6(client: [u8; 16], sport: u16) -> Result<Vec<u8>, Error> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(client, VIP6, 64)
+        .tcp(sport, 80, 1, 64240)
+        .syn()
+        .options(&[TcpOptionElement::MaximumSegmentSize(1440)])?
+        .write(&mut v, &[])?;
+    Ok(v)
+}
+
+/// Distinct IPv6 clients: native ones in `2001:db8:52::/48`, or 6to4 ones (`2002::/16`, the
+/// IPv4 address in bits 16..48), whose geo class comes from the IPv4 address they embed.
+fn client6(i: u16, six_to_four: bool) -> [u8; 16] {
+    let [hi, lo] = i.to_be_bytes();
+    if six_to_four {
+        [
+            0x20,
+            0x02,
+            198,
+            51,
+            102 + hi,
+            lo,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            1,
+        ]
+    } else {
+        [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0x52, 0, 0, 0, 0, 0, 0, 0, 0, hi, lo,
+        ]
+    }
+}
+
 /// The flow key of an IPv6/TCP frame at fixed offsets (as `frame6` builds them).
 fn key6(frame: &[u8]) -> Result<FlowKey, Error> {
     let field = |at: usize, len: usize| frame.get(at..at + len).ok_or("frame too short");
@@ -395,6 +437,17 @@ fn main() -> Result<(), Error> {
     let base_once = one_shots(&mut ebpf, names::XDP_BASELINE, &syns, 1)?;
     let insert_floor = base_repeated + (floor_insert(&mut ebpf)? - base_once);
     let syn_once = one_shots(&mut ebpf, names::XDP_INGRESS, &syns, 1)?;
+    // IPv6 SYNs, native and 6to4, beside the baseline run on the same frames.
+    let mut syn6_rows = [0.0; 2];
+    for (row, six_to_four) in syn6_rows.iter_mut().zip([false, true]) {
+        let frames: Vec<Vec<u8>> = (0..ONE_SHOTS)
+            .map(|i| syn6(client6(i, six_to_four), 20000 + i))
+            .collect::<Result<_, _>>()?;
+        let base = one_shots(&mut ebpf, names::XDP_BASELINE, &frames, 1)?;
+        let ingress = one_shots(&mut ebpf, names::XDP_INGRESS, &frames, 1)?;
+        *row = base_repeated + (ingress - base);
+    }
+    let [syn6_native, syn6_6to4] = syn6_rows;
     establish_all(&mut ebpf)?;
     // The same connections' next packets: established but cold, each flow entry touched once.
     let followups: Vec<Vec<u8>> = (0..ONE_SHOTS)
@@ -420,6 +473,8 @@ fn main() -> Result<(), Error> {
         ("established flow, IPv4 -> NAT46 (warm)", est),
         ("established flow, IPv4 -> NAT46 (cold entry)", est_cold_own),
         ("SYN, new flow: Maglev + port + NAT46", syn),
+        ("SYN, new flow, IPv6 client", syn6_native),
+        ("SYN, new flow, 6to4 client (IPv6)", syn6_6to4),
     ];
     println!(
         "{:<50} {:>10} {:>12}",
@@ -462,6 +517,8 @@ fn main() -> Result<(), Error> {
             "established_v6_ratio": est6 / base_repeated,
             "syn_ns": syn,
             "syn_ratio": syn / base_repeated,
+            "syn_v6_ns": syn6_native,
+            "syn_v6_6to4_ns": syn6_6to4,
             "floor_hit_ns": hit_floor,
             "floor_insert_ns": insert_floor,
             "flood_syn": {

@@ -66,6 +66,10 @@ struct Balancing {
     rejected_rows: u64,
     /// When each draining backend (by id) was first seen draining.
     draining_since: HashMap<String, std::time::Instant>,
+    /// The raw socket drain-timeout RSTs go out through, opened at the first one needed
+    /// (`Err`: it could not be, logged once; connections are then ended without telling the
+    /// backends).
+    resetter: Option<Result<crate::backend_reset::Resetter, ()>>,
     /// The rejections of the last read: each is logged once, not on every reload.
     rejected_seen: std::collections::HashSet<(&'static str, String, String)>,
     /// This POP's health view of the backends, and the checks that keep it.
@@ -294,6 +298,7 @@ impl Agent {
                 rejected_rows: 0,
                 rejected_seen: std::collections::HashSet::new(),
                 draining_since: HashMap::new(),
+                resetter: None,
                 health: Monitor::new(config.health.clone(), config.pop_id.clone()),
                 last_plan: None,
                 dns: None,
@@ -544,14 +549,7 @@ impl Agent {
                 .map(|(id, _)| id)
                 .collect();
             if !over.is_empty() {
-                let ended = flows::remove_backend_flows(&table, &over)?
-                    + flows::remove_backend_flows(&half_open, &over)?;
-                if ended > 0 {
-                    info!(
-                        entries = ended,
-                        "drain timeout: connections to drained backends ended"
-                    );
-                }
+                end_drained(b, &table, &half_open, &over)?;
             }
         }
         debug!(
@@ -1044,4 +1042,63 @@ pub fn static_plan(config: &AgentConfig) -> balancer::Plan {
         now_unix: crate::model::unix_now(),
     };
     balancer::plan(&state, &inputs, &|_| None)
+}
+
+/// Ends the connections to backends whose drain timeout has run out, in both flow tables: each
+/// backend that still has a connection gets a RST for it first (`crate::backend_reset`), then
+/// the entries go and the clients' next packets meet the POP's RST. One log line per sweep.
+fn end_drained<T: std::borrow::Borrow<aya::maps::MapData>>(
+    b: &mut Balancing,
+    table: &aya::maps::HashMap<T, FlowKey, FlowValue>,
+    half_open: &aya::maps::HashMap<T, FlowKey, FlowValue>,
+    over: &std::collections::HashSet<u32>,
+) -> anyhow::Result<()> {
+    use crate::backend_reset::{Resetter, MAX_PER_SWEEP};
+    let established = flows::backend_flows_to_end(table, over, MAX_PER_SWEEP)?;
+    let half = flows::backend_flows_to_end(
+        half_open,
+        over,
+        MAX_PER_SWEEP.saturating_sub(established.resets.len()),
+    )?;
+    let entries = established.keys.len() + half.keys.len();
+    if entries == 0 && established.deferred + half.deferred == 0 {
+        return Ok(());
+    }
+    // Only from this POP's own sources: the entries are the kernel's, the packets the agent's.
+    let (overlay, snat) = (b.pop.overlay_addr, b.pop.snat_prefix);
+    let ours = |r: &&crate::backend_reset::BackendReset| {
+        r.src == overlay || snat.is_some_and(|p| p.contains(&r.src))
+    };
+    let resets: Vec<_> = established
+        .resets
+        .iter()
+        .chain(&half.resets)
+        .filter(ours)
+        .copied()
+        .collect();
+    let foreign = established.resets.len() + half.resets.len() - resets.len();
+    let resetter = b.resetter.get_or_insert_with(|| {
+        Resetter::open().map_err(|error| {
+            warn!(%error, "drain timeout: backends will not be sent RSTs");
+        })
+    });
+    let sent = match resetter {
+        Ok(r) if !resets.is_empty() => r.send(&resets),
+        _ => crate::backend_reset::Sent {
+            failed: resets.len() as u64,
+            ..Default::default()
+        },
+    };
+    crate::map_batch::delete(aya::maps::IterableMap::map(table), &established.keys)?;
+    crate::map_batch::delete(aya::maps::IterableMap::map(half_open), &half.keys)?;
+    info!(
+        entries,
+        resets_sent = sent.sent,
+        resets_failed = sent.failed,
+        resets_foreign_source = foreign,
+        deferred = established.deferred + half.deferred,
+        error = sent.error.as_deref().unwrap_or(""),
+        "drain timeout: connections to drained backends ended, backends sent RSTs"
+    );
+    Ok(())
 }

@@ -4,18 +4,22 @@
 use std::{
     borrow::Borrow,
     collections::BTreeMap,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, MapError};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    HashMap as BpfHashMap, IterableMap as _, MapData, MapError,
+};
 use edge_common::{
-    flow::{FLOW_REVERSE, TCP_FIN, TCP_RST},
-    is_ipv4_mapped, FlowKey, FlowValue,
+    flow::{FLOW_REVERSE, TCP_ACK, TCP_FIN, TCP_RST},
+    geo::{embedded_ipv4, GeoValue},
+    is_ipv4_mapped, names, FlowKey, FlowValue,
 };
 use serde::Serialize;
 
-use crate::config::FlowConfig;
+use crate::{backend_reset::BackendReset, config::FlowConfig};
 
 /// TCP state of a connection as the two directions' flags tell it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -111,30 +115,40 @@ pub fn endpoint(a: &[u8; 16], port_be: u16) -> String {
     }
 }
 
+/// The address the kernel classifies a client by (`geo_class`): its own IPv4 address, the IPv4
+/// address an IPv6 one embeds (6to4, Teredo, IPv4-mapped: `edge_common::geo::embedded_ipv4`),
+/// else (`Err`) its IPv6 address.
+pub fn client_ipv4(client: IpAddr) -> Result<Ipv4Addr, Ipv6Addr> {
+    match client {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(ip) => embedded_ipv4(&ip.octets()).map(Ipv4Addr::from).ok_or(ip),
+    }
+}
+
 /// Fills each flow's `country` from the pinned geo tries under `pins` (the same longest-prefix
-/// lookup the kernel made for its SYN). Flows whose address is in no prefix stay `None`.
+/// lookup the kernel made for its SYN, by the same address: `client_ipv4`). Flows whose address
+/// is in no prefix stay `None`.
 pub fn classify(flows: &mut [Flow], pins: &crate::bpffs::PinDir) {
-    use aya::maps::{
-        lpm_trie::{Key, LpmTrie},
-        Map,
-    };
-    use edge_common::{geo::GeoValue, names};
+    use aya::maps::{lpm_trie::LpmTrie, Map};
     let open = |name| MapData::from_pin(pins.map(name)).ok().map(Map::LpmTrie);
-    let v4: Option<LpmTrie<MapData, [u8; 4], GeoValue>> =
-        open(names::GEO_V4).and_then(|m| LpmTrie::try_from(m).ok());
-    let v6: Option<LpmTrie<MapData, [u8; 16], GeoValue>> =
-        open(names::GEO_V6).and_then(|m| LpmTrie::try_from(m).ok());
+    let v4 = open(names::GEO_V4).and_then(|m| LpmTrie::try_from(m).ok());
+    let v6 = open(names::GEO_V6).and_then(|m| LpmTrie::try_from(m).ok());
+    classify_with(flows, v4.as_ref(), v6.as_ref());
+}
+
+/// `classify` with the geo tries at hand (absent ones answer nothing).
+pub fn classify_with<T: Borrow<MapData>>(
+    flows: &mut [Flow],
+    v4: Option<&LpmTrie<T, [u8; 4], GeoValue>>,
+    v6: Option<&LpmTrie<T, [u8; 16], GeoValue>>,
+) {
     for flow in flows {
         let Ok(client) = flow.client.parse::<std::net::SocketAddr>() else {
             continue;
         };
-        let found = match client.ip() {
-            IpAddr::V4(ip) => v4
-                .as_ref()
-                .and_then(|t| t.get(&Key::new(32, ip.octets()), 0).ok()),
-            IpAddr::V6(ip) => v6
-                .as_ref()
-                .and_then(|t| t.get(&Key::new(128, ip.octets()), 0).ok()),
+        let found = match client_ipv4(client.ip()) {
+            Ok(ip) => v4.and_then(|t| t.get(&Key::new(32, ip.octets()), 0).ok()),
+            Err(ip) => v6.and_then(|t| t.get(&Key::new(128, ip.octets()), 0).ok()),
         };
         flow.country = found
             .filter(|g| g.class != 0)
@@ -283,15 +297,83 @@ pub fn sweep<T: Borrow<MapData>>(
     Ok((report, listing))
 }
 
-/// Removes every connection to one of `backends` (both directions) from one flow table: what a
-/// drain timeout does.
-/// Their next packets find no flow and the POP's kernel resets them.
+/// What ending one flow table's connections to some backends takes: the entries to delete, and
+/// a RST for each backend whose connection is still open (see `backend_reset`).
+#[derive(Debug, Default)]
+pub struct Ending {
+    pub keys: Vec<FlowKey>,
+    pub resets: Vec<BackendReset>,
+    /// Connections left for a later sweep: this one had `max_resets` RSTs to send already.
+    pub deferred: u64,
+}
+
+/// The connections to one of `backends` in one flow table (both directions, and reverse halves
+/// whose forward half is gone): what a drain timeout ends. A connection whose backend has
+/// acknowledged anything and which no RST has ended yet gets a RST from the POP's translated
+/// source to the backend at the sequence number the backend expects (the reverse half's `ack`);
+/// past `max_resets` of them, connections are left in the table for a later sweep. Clients learn
+/// it from the POP's kernel: their next packets find no flow.
+pub fn backend_flows_to_end<T: Borrow<MapData>>(
+    flows: &BpfHashMap<T, FlowKey, FlowValue>,
+    backends: &std::collections::HashSet<u32>,
+    max_resets: usize,
+) -> Result<Ending, MapError> {
+    let mut forward: Vec<(FlowKey, FlowValue)> = Vec::new();
+    let mut replies: foldhash::HashMap<FlowKey, FlowValue> = foldhash::HashMap::default();
+    crate::map_batch::for_each(flows.map(), |key: &FlowKey, value: &FlowValue| {
+        if !backends.contains(&value.backend_id) {
+            return;
+        }
+        if value.flags & FLOW_REVERSE == 0 {
+            forward.push((*key, *value));
+        } else {
+            replies.insert(*key, *value);
+        }
+    })?;
+    let mut ending = Ending::default();
+    for (key, value) in forward {
+        let partner_key = value.partner_key();
+        let reply = replies.remove(&partner_key);
+        if let Some(reset) = reply.and_then(|reply| reset_for(&value, &reply)) {
+            if ending.resets.len() >= max_resets {
+                ending.deferred += 1;
+                continue;
+            }
+            ending.resets.push(reset);
+        }
+        ending.keys.push(key);
+        if reply.is_some() {
+            ending.keys.push(partner_key);
+        }
+    }
+    ending.keys.extend(replies.into_keys());
+    Ok(ending)
+}
+
+/// Removes every connection to one of `backends` (both directions) from one flow table, telling
+/// no backend (the agent's drain timeout uses `backend_flows_to_end`, which resets them too).
 pub fn remove_backend_flows<T: Borrow<MapData>>(
     flows: &BpfHashMap<T, FlowKey, FlowValue>,
     backends: &std::collections::HashSet<u32>,
 ) -> Result<u64, MapError> {
     crate::map_batch::delete_where::<FlowKey, FlowValue>(flows.map(), |v| {
         backends.contains(&v.backend_id)
+    })
+}
+
+/// The RST that ends a connection at its backend, if the backend still has it: it has
+/// acknowledged something (so it has a socket, and `ack` is what it expects), and neither side
+/// has sent a RST.
+pub fn reset_for(forward: &FlowValue, reply: &FlowValue) -> Option<BackendReset> {
+    if reply.tcp_flags & TCP_ACK == 0 || (forward.tcp_flags | reply.tcp_flags) & TCP_RST != 0 {
+        return None;
+    }
+    Some(BackendReset {
+        src: Ipv6Addr::from(forward.new_src),
+        sport: u16::from_be(forward.new_sport),
+        dst: Ipv6Addr::from(forward.new_dst),
+        dport: u16::from_be(forward.new_dport),
+        seq: reply.ack,
     })
 }
 
@@ -311,7 +393,7 @@ pub fn expire_bindings<T: Borrow<MapData>>(
 
 #[cfg(test)]
 mod tests {
-    use edge_common::flow::{TCP_ACK, TCP_SYN};
+    use edge_common::flow::TCP_SYN;
 
     use super::*;
 
@@ -341,5 +423,57 @@ mod tests {
         let config = FlowConfig::default();
         assert!(TcpState::Closed.timeout(&config) < TcpState::Established.timeout(&config));
         assert!(TcpState::SynSent.timeout(&config) < TcpState::Established.timeout(&config));
+    }
+
+    #[test]
+    fn a_reset_goes_from_the_translated_source_at_the_backends_ack() {
+        let forward = FlowValue {
+            new_src: ipv6("fd00:ee:ff::a00:102"),
+            new_dst: ipv6("fd00:ee:1:1::2"),
+            new_sport: 40123u16.to_be(),
+            new_dport: 7007u16.to_be(),
+            tcp_flags: TCP_SYN | TCP_ACK,
+            ..FlowValue::default()
+        };
+        let reply = FlowValue {
+            tcp_flags: TCP_SYN | TCP_ACK,
+            ack: 123_456,
+            flags: FLOW_REVERSE,
+            ..FlowValue::default()
+        };
+        let reset = reset_for(&forward, &reply);
+        assert_eq!(
+            reset,
+            Some(BackendReset {
+                src: "fd00:ee:ff::a00:102"
+                    .parse()
+                    .unwrap_or(Ipv6Addr::UNSPECIFIED),
+                sport: 40123,
+                dst: "fd00:ee:1:1::2".parse().unwrap_or(Ipv6Addr::UNSPECIFIED),
+                dport: 7007,
+                seq: 123_456,
+            }),
+            "a RST from the forward entry's new source to its new destination at the reply's ack"
+        );
+        let reset_already = FlowValue {
+            tcp_flags: TCP_ACK | TCP_RST,
+            ..reply
+        };
+        assert_eq!(reset_for(&forward, &reset_already), None, "already reset");
+        let silent = FlowValue {
+            tcp_flags: 0,
+            ..reply
+        };
+        assert_eq!(
+            reset_for(&forward, &silent),
+            None,
+            "the backend never answered: nothing to reset"
+        );
+    }
+
+    fn ipv6(s: &str) -> [u8; 16] {
+        s.parse::<Ipv6Addr>()
+            .unwrap_or(Ipv6Addr::UNSPECIFIED)
+            .octets()
     }
 }

@@ -2,6 +2,7 @@
 //! the tests use them directly.
 
 pub mod agent;
+pub mod backend_reset;
 pub mod balancer;
 pub mod bgp;
 pub mod bpf_log;

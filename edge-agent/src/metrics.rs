@@ -359,6 +359,16 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
         &[],
         vec![(vec![], view.rejected_rows)],
     )?;
+    let (sent, failed) = crate::backend_reset::totals();
+    out.counters(
+        "edgeproxy_drain_resets_total",
+        "RSTs the agent sent to backends for connections it ended (drain timeout), by result",
+        &["result"],
+        vec![
+            (vec!["sent".to_owned()], sent),
+            (vec!["failed".to_owned()], failed),
+        ],
+    )?;
     bgp(&out, &view)?;
     listeners(&out)?;
     out.gauges(

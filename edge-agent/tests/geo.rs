@@ -3,20 +3,28 @@
 //! clients in nested prefixes, each checked to reach the backend of its country. Clients are
 //! placed both where the IPv4 /24 table answers alone and where a longer prefix splits the /24
 //! and the trie answers; then the database is replaced, by the same agent and by a new one.
+//! IPv6 clients that embed an IPv4 address (6to4, Teredo, IPv4-mapped) are classified by it,
+//! in the kernel and in `edge-agent flows`' listing alike.
 
-use std::{collections::HashMap, net::Ipv6Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+};
 
+use aya::maps::{lpm_trie::LpmTrie, HashMap as BpfHashMap};
 use aya::Ebpf;
 use edge_agent::{
     balancer::{self, GeoClasses, Inputs},
+    config::FlowConfig,
     dataplane::{self, MapSizes},
-    geo::GeoDb,
+    flows,
+    geo::{write_country_mmdb, GeoDb},
     geo_maps,
     model::{Backend, BackendAddr, Country, Region, Service, Snapshot},
     services::Reconciler,
     test_run::{lab_pop, test_run},
 };
-use edge_common::names;
+use edge_common::{names, FlowKey, FlowValue};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
 
 type Error = Box<dyn std::error::Error>;
@@ -24,15 +32,20 @@ type TestResult = Result<(), Error>;
 
 const TABLE_SIZE: u32 = 1021;
 const VIP: [u8; 4] = [198, 18, 0, 10];
+const VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
 /// Backends by the last group of their overlay address.
 const BR: u16 = 2;
 const DE: u16 = 3;
 const US: u16 = 4;
+/// In a region of its own ("uk"), so that only GB clients reach it.
+const GB: u16 = 5;
 
-fn backend(last: u16, region: &str, country: &str) -> Result<Backend, Error> {
+fn backend(service: &str, last: u16, region: &str, country: &str) -> Result<Backend, Error> {
     Ok(Backend {
-        id: format!("be-{country}"),
-        service: "web".into(),
+        id: format!("{service}-{country}"),
+        service: service.into(),
         region: region.parse()?,
         country: country.parse()?,
         addr: BackendAddr::Ip(Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, last)),
@@ -51,6 +64,7 @@ fn region_of(country: Country) -> Region {
     let name = match &country.bytes() {
         b"BR" => "sa",
         b"US" => "us",
+        b"GB" => "uk",
         _ => "eu",
     };
     name.parse()
@@ -91,20 +105,32 @@ impl Pop {
                 .map(|(net, country)| Ok::<_, Error>((net.parse()?, country.parse()?)))
                 .collect::<Result<Vec<_>, _>>()?,
         )?;
+        self.load_db(&db)
+    }
+
+    /// Loads `db` and plans two services (an IPv4 and an IPv6 VIP) for its countries.
+    fn load_db(&mut self, db: &GeoDb) -> TestResult {
         let classes = GeoClasses::new(db.countries());
-        geo_maps::write(&mut self.ebpf, &db, &classes, &mut self.written)?;
-        let state = Snapshot {
-            services: vec![Service {
-                id: "web".into(),
-                vip: VIP.into(),
+        geo_maps::write(&mut self.ebpf, db, &classes, &mut self.written)?;
+        let mut services = Vec::new();
+        let mut backends = Vec::new();
+        for (id, vip) in [("web", IpAddr::from(VIP)), ("web6", IpAddr::from(VIP6))] {
+            services.push(Service {
+                id: id.into(),
+                vip,
                 port: 80,
                 check: None,
-            }],
-            backends: vec![
-                backend(BR, "sa", "BR")?,
-                backend(DE, "eu", "DE")?,
-                backend(US, "us", "US")?,
-            ],
+            });
+            backends.extend([
+                backend(id, BR, "sa", "BR")?,
+                backend(id, DE, "eu", "DE")?,
+                backend(id, US, "us", "US")?,
+                backend(id, GB, "uk", "GB")?,
+            ]);
+        }
+        let state = Snapshot {
+            services,
+            backends,
             ..Snapshot::default()
         };
         let eu: Region = "eu".parse()?;
@@ -140,6 +166,55 @@ impl Pop {
             );
         };
         Ok(Ipv6Addr::from(ip.header().destination()).segments()[7])
+    }
+
+    /// The backend a new connection from IPv6 `client` to the IPv6 VIP goes to.
+    fn backend_of6(&mut self, client: Ipv6Addr) -> Result<u16, Error> {
+        self.next_port += 1;
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(client.octets(), VIP6, 64)
+            .tcp(self.next_port, 80, 1, 64240)
+            .syn()
+            .write(&mut frame, &[])?;
+        let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
+        let out = test_run(program.fd()?, &frame, 1)?;
+        let Some(NetSlice::Ipv6(ip)) = SlicedPacket::from_ethernet(&out.data_out)?.net else {
+            return Err(format!("SYN from {client} not translated: verdict {}", out.retval).into());
+        };
+        let dst = Ipv6Addr::from(ip.header().destination());
+        if dst.octets() == VIP6 {
+            return Err(format!("SYN from {client} passed untranslated").into());
+        }
+        Ok(dst.segments()[7])
+    }
+
+    /// Every half-open connection's client and the country `edge-agent flows` shows for it.
+    fn listed_countries(&self) -> Result<HashMap<String, Option<String>>, Error> {
+        let table: BpfHashMap<_, FlowKey, FlowValue> =
+            BpfHashMap::try_from(self.ebpf.map(names::HALF_OPEN).ok_or("no HALF_OPEN")?)?;
+        let (_, mut listing) = flows::sweep(
+            &table,
+            flows::Table::HalfOpen,
+            &FlowConfig::default(),
+            flows::monotonic_ns(),
+            flows::Sweep::List,
+        )?;
+        let v4: LpmTrie<_, [u8; 4], _> =
+            LpmTrie::try_from(self.ebpf.map(names::GEO_V4).ok_or("no GEO_V4")?)?;
+        let v6: LpmTrie<_, [u8; 16], _> =
+            LpmTrie::try_from(self.ebpf.map(names::GEO_V6).ok_or("no GEO_V6")?)?;
+        flows::classify_with(&mut listing, Some(&v4), Some(&v6));
+        Ok(listing
+            .into_iter()
+            .map(|f| {
+                let ip = f
+                    .client
+                    .parse::<std::net::SocketAddr>()
+                    .map_or(f.client.clone(), |a| a.ip().to_string());
+                (ip, f.country)
+            })
+            .collect())
     }
 
     fn expect(&mut self, cases: &[([u8; 4], u16, &str)]) -> TestResult {
@@ -202,4 +277,90 @@ fn a_reload_and_a_new_agent_leave_only_the_new_database() -> TestResult {
         ([10, 200, 0, 1], DE, "the old /8 gone from the table"),
         ([10, 2, 3, 4], DE, "the old /24 gone from the table"),
     ])
+}
+
+/// Where MaxMind's test databases (GeoIP2-Country-Test) put 81.2.69.142, and two more of their
+/// networks, written by the project's writer with the aliases MaxMind's writers make
+/// (`::ffff:0:0/96`, `2002::/16`, `2001::/32` pointing at the IPv4 subtree).
+const MAXMIND_TEST: [(&str, &str); 3] = [
+    ("81.2.69.142/31", "GB"),
+    ("216.160.83.56/29", "US"),
+    ("2a02:cf40::/29", "BR"),
+];
+
+#[test]
+fn clients_embedding_ipv4_are_classified_by_it_in_the_kernel_and_the_listing() -> TestResult {
+    let entries = MAXMIND_TEST
+        .iter()
+        .map(|(net, country)| Ok::<_, Error>((net.parse()?, country.parse()?)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path = std::env::temp_dir().join(format!("edge-geo-embedded-{}.mmdb", std::process::id()));
+    write_country_mmdb(&path, &entries, "GeoIP2-Country-Test")?;
+    let loaded = GeoDb::load(&path);
+    // The file itself answers 6to4 through its alias (the case this test is about).
+    let reader = maxminddb::Reader::open_readfile(&path);
+    let _ = std::fs::remove_file(&path);
+    let (db, reader) = (loaded?, reader?);
+    let six_to_four: Ipv6Addr = "2002:5102:458e::9".parse()?;
+    let in_file = reader
+        .lookup(IpAddr::V6(six_to_four))?
+        .decode_path::<&str>(&maxminddb::path!["country", "iso_code"])?;
+    assert_eq!(
+        in_file,
+        Some("GB"),
+        "the written database must alias 6to4 to the IPv4 data"
+    );
+
+    let mut pop = Pop::new()?;
+    pop.load_db(&db)?;
+    assert_eq!(pop.backend_of([81, 2, 69, 142])?, GB, "81.2.69.142 itself");
+    // (client, expected backend, expected country in the listing, why)
+    let cases: [(&str, u16, Option<&str>, &str); 7] = [
+        ("2002:5102:458e::9", GB, Some("GB"), "6to4 of 81.2.69.142"),
+        (
+            "2001:0:4136:e378:8000:63bf:aefd:ba71",
+            GB,
+            Some("GB"),
+            "Teredo: client 81.2.69.142 inverted in the last 32 bits",
+        ),
+        (
+            "2001:0:5102:458e::9",
+            DE,
+            None,
+            "Teredo with server 81.2.69.142: the client is ~0.0.0.9 = 255.255.255.246, unknown",
+        ),
+        ("2002:d8a0:5338::1", US, Some("US"), "6to4 of 216.160.83.56"),
+        (
+            "::ffff:216.160.83.57",
+            US,
+            Some("US"),
+            "an IPv4-mapped source in an IPv6 packet",
+        ),
+        ("2a02:cf40::1", BR, Some("BR"), "native IPv6: the IPv6 trie"),
+        ("2002:a00:1::1", DE, None, "6to4 of an unknown 10.0.0.1"),
+    ];
+    for (client, backend, _, why) in cases {
+        let seen = pop.backend_of6(client.parse()?)?;
+        assert_eq!(
+            seen, backend,
+            "{client} ({why}): expected backend {backend}, seen {seen}"
+        );
+    }
+    let listed = pop.listed_countries()?;
+    for (client, _, country, why) in cases {
+        let client: Ipv6Addr = client.parse()?;
+        // The listing shows an IPv4-mapped client as IPv4.
+        let shown = client
+            .to_ipv4_mapped()
+            .map_or(client.to_string(), |v4| v4.to_string());
+        let seen = listed
+            .get(&shown)
+            .ok_or_else(|| format!("{shown} not in the listing: {listed:?}"))?;
+        assert_eq!(
+            seen.as_deref(),
+            country,
+            "{shown} ({why}): expected country {country:?} in the listing, seen {seen:?}"
+        );
+    }
+    Ok(())
 }

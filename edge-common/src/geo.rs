@@ -29,6 +29,34 @@ pub const fn slash24_slot(addr: u32) -> (u32, u32) {
     (slash24 >> 3, (slash24 & 7) * 8)
 }
 
+/// The IPv4 address an IPv6 client address is classified by, if it embeds one: MaxMind DBs
+/// answer these ranges from their IPv4 data (aliases of the IPv4 subtree), so the agent's
+/// loader leaves them out of the IPv6 trie and the kernel and the agent's own lookups must take
+/// the IPv4 address out instead (issue 22):
+///
+/// - 6to4, `2002::/16` (RFC 3056 section 2): the site's IPv4 address in bits 16..48.
+/// - Teredo, `2001::/32` (RFC 4380 section 4): the client's own (NAT-external) IPv4 address,
+///   stored inverted in the last 32 bits. MaxMind's alias reads bits 32..64 instead, which hold
+///   the Teredo *server's* address: that says where the server is, not the client.
+/// - IPv4-mapped, `::ffff:0:0/96` (RFC 4291 section 2.5.5.2): never valid on the wire, but XDP
+///   and TC ingress run before the kernel's IPv6 input drops such a source.
+///
+/// Byte compares only: this runs on the kernel's SYN path, where a slice compare would become a
+/// call to BPF's byte-loop `memcmp`.
+#[inline(always)]
+pub const fn embedded_ipv4(addr: &[u8; 16]) -> Option<[u8; 4]> {
+    if addr[0] == 0x20 && addr[1] == 0x02 {
+        return Some([addr[2], addr[3], addr[4], addr[5]]);
+    }
+    if addr[0] == 0x20 && addr[1] == 0x01 && addr[2] == 0 && addr[3] == 0 {
+        return Some([!addr[12], !addr[13], !addr[14], !addr[15]]);
+    }
+    if crate::is_ipv4_mapped(addr) {
+        return Some([addr[12], addr[13], addr[14], addr[15]]);
+    }
+    None
+}
+
 /// What a prefix maps to: the country's index, and its ISO code for people reading the map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -63,3 +91,36 @@ unsafe impl aya::Pod for AffinityKey {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C), explicit padding, integer fields only.
 unsafe impl aya::Pod for AffinityValue {}
+
+#[cfg(test)]
+mod tests {
+    use super::embedded_ipv4;
+
+    #[test]
+    fn embedded_ipv4_of_each_range() {
+        // 6to4 of 81.2.69.142 (MaxMind's test data).
+        let six_to_four = [0x20, 0x02, 81, 2, 69, 142, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        assert_eq!(embedded_ipv4(&six_to_four), Some([81, 2, 69, 142]));
+        // Teredo: server 65.54.227.120, client 81.2.69.142 inverted in the last 32 bits.
+        let teredo = [
+            0x20, 0x01, 0, 0, 65, 54, 227, 120, 0x80, 0, 0xfb, 0xaa, 0xae, 0xfd, 0xba, 0x71,
+        ];
+        assert_eq!(embedded_ipv4(&teredo), Some([81, 2, 69, 142]));
+        let mapped = crate::ipv4_mapped([192, 0, 2, 7]);
+        assert_eq!(embedded_ipv4(&mapped), Some([192, 0, 2, 7]));
+        // Neighbours of those ranges embed nothing.
+        for other in [
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0x20, 0x01, 0, 1, 81, 2, 69, 142, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0x20, 0x03, 81, 2, 69, 142, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 192, 0, 2, 7],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        ] {
+            assert_eq!(
+                embedded_ipv4(&other),
+                None,
+                "{other:02x?}: expected no IPv4"
+            );
+        }
+    }
+}

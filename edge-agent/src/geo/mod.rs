@@ -12,7 +12,8 @@
 //!   `prefix,country` lines. A flat list is what an LPM trie is filled from, and it keeps the
 //!   IPv4/IPv6 split explicit: MaxMind databases keep IPv4 inside the IPv6 tree (at `::/96`,
 //!   aliased from `::ffff:0:0/96`, 6to4 and Teredo), while the kernel has one trie per
-//!   family. Loading is all-or-nothing: any damage to the file is a [`GeoError`] and the
+//!   family. The aliases are not copied into the IPv6 trie: clients in those ranges are
+//!   classified by the IPv4 address they embed (`edge_common::geo::embedded_ipv4`). Loading is all-or-nothing: any damage to the file is a [`GeoError`] and the
 //!   caller keeps the database it had, since a half-read database would silently send part of
 //!   the world to the wrong region.
 //! - [`RegionTable`] is v1's country -> region table, overridable from config.

@@ -30,7 +30,7 @@ use aya_ebpf::{
 };
 use edge_common::{
     flow::{FLOW_RECOVERED, FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    geo::{slash24_slot, AffinityValue, GEO_CLASSES, GEO_V4_DEEPER},
+    geo::{embedded_ipv4, slash24_slot, AffinityValue, GEO_CLASSES, GEO_V4_DEEPER},
     hash::flow_hash,
     limits::PORT_TRIES,
     pop::{POP_READY, POP_SNAT96},
@@ -571,10 +571,17 @@ fn scratch_key() -> Result<*mut FlowKey, Drop> {
 
 /// The client's country class: 0 when the geo maps do not know its address. An IPv4 client
 /// is one load from the /24 table, and a trie walk only in a /24 split by longer prefixes.
+/// IPv6 clients whose address embeds an IPv4 one (6to4, Teredo, IPv4-mapped: see
+/// `embedded_ipv4`) are classified by that address, as MaxMind DBs answer them: the loader
+/// keeps none of those ranges in the IPv6 trie.
 #[inline(always)]
 fn geo_class(scratch: *mut NewFlowScratch, client: &[u8; 16], v4: bool) -> u32 {
-    let found = if v4 {
-        let v4 = [client[12], client[13], client[14], client[15]];
+    let embedded = if v4 {
+        Some([client[12], client[13], client[14], client[15]])
+    } else {
+        embedded_ipv4(client)
+    };
+    let found = if let Some(v4) = embedded {
         let (word, shift) = slash24_slot(u32::from_be_bytes(v4));
         let class = GEO_V4_SLASH24
             .get(word)

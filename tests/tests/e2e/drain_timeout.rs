@@ -1,8 +1,12 @@
 //! A drained backend keeps its connections until `flows.drain_timeout_secs`; then the sweeper
-//! ends exactly those (their next packets meet the POP's RST), and the other backend's
-//! connections go on.
+//! ends exactly those: the backend gets a RST for each (its sockets close at once, seen with
+//! `ss` in its namespace), the clients' next packets meet the POP's RST, and the other
+//! backend's connections go on.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use edge_agent::{
     model::{BackendAddr, Service},
@@ -14,6 +18,18 @@ use edge_lab::{
 };
 
 use super::common::{agent_bin, agent_json, echo_backends, lab_backend, tear_down, TestResult};
+
+/// The echo connections backend `n`'s kernel holds (any state but listening and closed).
+fn backend_sockets(lab: &edge_lab::Lab, n: usize) -> Result<usize, Box<dyn std::error::Error>> {
+    let out = lab.ns(&format!("be{n}")).exec_ok(&[
+        "ss",
+        "-Htn",
+        "state",
+        "connected",
+        "( sport = :7007 )",
+    ])?;
+    Ok(out.stdout.lines().filter(|l| !l.trim().is_empty()).count())
+}
 
 #[test]
 fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
@@ -79,12 +95,47 @@ fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
         "be1 holds some of the 60 connections: {on_be1}"
     );
 
+    // Each backend's kernel holds its share (one socket per connection).
+    let before = (backend_sockets(&lab, 1)?, backend_sockets(&lab, 2)?);
+    assert_eq!(
+        before,
+        (on_be1 as usize, 60 - on_be1 as usize),
+        "sockets in be1 and be2 before the drain: expected the status's split, seen {before:?}"
+    );
+
     let out = std::process::Command::new("sqlite3")
         .arg(&db)
         .arg("UPDATE backends SET draining = 1 WHERE id LIKE '%-be1'")
         .output()?;
     assert!(out.status.success(), "sqlite3: {out:?}");
     agent.wait_for_output("drain timeout", Duration::from_secs(30))?;
+    let ended_at = Instant::now();
+    // The backend learns it too: a RST at the sequence number it expects closes each of its
+    // sockets for the ended connections within a second (before, they waited for keepalive).
+    let mut left = backend_sockets(&lab, 1)?;
+    while left > 0 && ended_at.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+        left = backend_sockets(&lab, 1)?;
+    }
+    assert_eq!(
+        left,
+        0,
+        "be1's sockets 1 s after the drain timeout ended its {on_be1} connections: expected 0, \
+         seen {left}\nagent:\n{}",
+        agent.output_so_far()
+    );
+    let log = agent.output_so_far();
+    assert!(
+        log.contains(&format!("resets_sent={on_be1} ")),
+        "the sweep's line counts {on_be1} RSTs sent: {log}"
+    );
+    let on_be2 = backend_sockets(&lab, 2)?;
+    assert_eq!(
+        on_be2,
+        60 - on_be1 as usize,
+        "be2's connections go on: expected {} sockets, seen {on_be2}",
+        60 - on_be1
+    );
     std::fs::write(&go, "")?;
 
     let _ = load.wait_exit(Duration::from_secs(60))?;
