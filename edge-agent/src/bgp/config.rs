@@ -85,7 +85,15 @@ pub struct PeerConfig {
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
     pub hold_time_secs: Option<u16>,
+    /// LOCAL_PREF on an internal session (the peer's `asn` is `bgp.asn`: iBGP, e.g. to a route
+    /// reflector); 100 unless given. Not allowed on external sessions, which never carry it
+    /// (RFC 4271 §5.1.5).
+    pub local_pref: Option<u32>,
 }
+
+/// LOCAL_PREF sent on internal sessions unless `local_pref` says otherwise (the value routers
+/// assume when it is missing).
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
 
 impl Default for PeerConfig {
     fn default() -> Self {
@@ -100,6 +108,7 @@ impl Default for PeerConfig {
             next_hop_v4: None,
             next_hop_v6: None,
             hold_time_secs: None,
+            local_pref: None,
         }
     }
 }
@@ -156,6 +165,13 @@ impl BgpConfig {
                     ));
                 }
             }
+            if peer.local_pref.is_some() && peer.asn != self.asn {
+                return Err(format!(
+                    "bgp peer {}: local_pref is only for internal peers (asn = bgp.asn); \
+                     LOCAL_PREF is never sent to another AS (RFC 4271 §5.1.5)",
+                    peer.address
+                ));
+            }
             peer.md5_key()?;
         }
         if self.peers.iter().any(|p| p.passive) && self.listen.is_empty() {
@@ -211,6 +227,13 @@ mod tests {
         assert!(err(c.validate()).contains("65001:x"));
         c.communities = vec!["65001:7".into()];
         assert_eq!(c.communities()?, vec![(65001, 7)]);
+        c.peers[0].local_pref = Some(200);
+        assert!(
+            err(c.validate()).contains("local_pref"),
+            "local_pref on an eBGP peer must be refused"
+        );
+        c.peers[0].asn = 65001;
+        c.validate()?;
         c.peers[0].passive = true;
         assert!(err(c.validate()).contains("listen"));
         Ok(())

@@ -2,6 +2,8 @@
 //! withdraws one the moment it cannot (no eligible backend, data plane detached, agent
 //! stopping, operator drain), so the routers send clients to another POP with no DNS TTL to
 //! wait out. Announce-only: routes the peers send are read, checked and counted, never used.
+//! Peers may be external (eBGP) or in this POP's own AS (iBGP, e.g. route reflectors: RFC 4271
+//! §5.1.2 and §5.1.5 decide what the routes carry then).
 //!
 //! `wire` frames and checks messages (bgpkit-parser encodes and decodes the bodies), `open`
 //! negotiates, `session` is one peer's state machine, `routes` decides what is announced.
@@ -70,6 +72,7 @@ impl Speaker {
             let status = Arc::new(Mutex::new(PeerStatus {
                 peer: peer.address,
                 asn: peer.asn,
+                internal: peer.asn == config.asn,
                 state: State::Idle,
                 established_at: None,
                 prefixes_announced: 0,

@@ -55,6 +55,8 @@ impl State {
 pub struct PeerStatus {
     pub peer: IpAddr,
     pub asn: u32,
+    /// The peer is in this POP's AS (iBGP).
+    pub internal: bool,
     pub state: State,
     /// Unix seconds when the session became Established.
     pub established_at: Option<i64>,
@@ -259,7 +261,13 @@ impl Session {
             BgpMessage::KeepAlive => {}
             other => return Err(unexpected(&other, 2)),
         }
+        let ibgp = self.peer.asn == self.local.asn;
         let speaking = Speaking {
+            ibgp,
+            local_pref: self
+                .peer
+                .local_pref
+                .unwrap_or(super::config::DEFAULT_LOCAL_PREF),
             local_asn: self.local.asn,
             asn_len: negotiated.asn_len,
             next_hop_v4: self.peer.next_hop_v4.or(match local_addr.ip() {
