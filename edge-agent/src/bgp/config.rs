@@ -26,6 +26,13 @@ pub struct BgpConfig {
     /// `connect_retry_max_secs`, and starts again once a session was established.
     pub connect_retry_secs: u64,
     pub connect_retry_max_secs: u64,
+    /// For this long after an Established session ends, every reconnect waits only
+    /// `connect_retry_secs`: the peer is often in an idle hold of its own then (GoBGP: 5 s),
+    /// and a wait doubled through it came back seconds after the peer was ready.
+    pub connect_retry_fast_secs: u64,
+    /// On SIGTERM, the wait between the last withdraws and the Cease that closes each session,
+    /// so that routers act on the withdraws before the session goes (at most 2,000).
+    pub shutdown_pause_ms: u64,
     /// Where passive peers connect (port 179 unless given).
     pub listen: Vec<SocketAddr>,
     /// A VIP withdrawn because it could not be served is announced again only after it has
@@ -54,6 +61,8 @@ impl Default for BgpConfig {
             hold_time_secs: 90,
             connect_retry_secs: 1,
             connect_retry_max_secs: 30,
+            connect_retry_fast_secs: 20,
+            shutdown_pause_ms: 300,
             listen: Vec::new(),
             hold_down_ms: 5_000,
             drain_delay_secs: 30,
@@ -90,6 +99,9 @@ pub struct PeerConfig {
     /// (RFC 4271 §5.1.5).
     pub local_pref: Option<u32>,
 }
+
+/// The longest `shutdown_pause_ms`: the agent waits 3 s for its sessions to close on SIGTERM.
+pub const MAX_SHUTDOWN_PAUSE_MS: u64 = 2_000;
 
 /// LOCAL_PREF sent on internal sessions unless `local_pref` says otherwise (the value routers
 /// assume when it is missing).
@@ -147,6 +159,12 @@ impl BgpConfig {
         }
         if self.hold_time_secs != 0 && self.hold_time_secs < 3 {
             return Err("bgp.hold_time_secs must be 0 or at least 3 (RFC 4271)".into());
+        }
+        if self.shutdown_pause_ms > MAX_SHUTDOWN_PAUSE_MS {
+            return Err(format!(
+                "bgp.shutdown_pause_ms must be at most {MAX_SHUTDOWN_PAUSE_MS} (the agent gives \
+                 its sessions 3 s to close)"
+            ));
         }
         self.communities()?;
         let mut seen = std::collections::HashSet::new();

@@ -65,6 +65,8 @@ impl Speaker {
                     .connect_retry_max_secs
                     .max(config.connect_retry_secs.max(1)),
             ),
+            retry_fast: Duration::from_secs(config.connect_retry_fast_secs),
+            shutdown_pause: Duration::from_millis(config.shutdown_pause_ms),
         };
         let mut inboxes = HashMap::new();
         let (mut peers, mut tasks) = (Vec::new(), Vec::new());
@@ -171,7 +173,9 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     }
 }
 
-/// IPv4-mapped IPv6 addresses (a dual-stack listener's view of IPv4 peers) as IPv4.
+/// IPv4-mapped IPv6 addresses (a dual-stack listener's view of IPv4 peers, e.g.
+/// `[::ffff:10.77.2.1]` when FRR connects to `[::]:179`) as IPv4, for matching the configured
+/// peer and for the session's own addresses (router id, next hop).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
