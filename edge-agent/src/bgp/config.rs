@@ -33,6 +33,11 @@ pub struct BgpConfig {
     /// On SIGTERM, the wait between the last withdraws and the Cease that closes each session,
     /// so that routers act on the withdraws before the session goes (at most 2,000).
     pub shutdown_pause_ms: u64,
+    /// Graceful restart (RFC 4724) as the restarting speaker: the restart time offered to the
+    /// peers (at most 4095 s), 0 for off. Peers that help keep this POP's routes for this long
+    /// after the session drops without a NOTIFICATION (a killed or crashed agent), while the
+    /// pinned data plane goes on forwarding.
+    pub graceful_restart_secs: u16,
     /// Where passive peers connect (port 179 unless given).
     pub listen: Vec<SocketAddr>,
     /// A VIP withdrawn because it could not be served is announced again only after it has
@@ -63,6 +68,7 @@ impl Default for BgpConfig {
             connect_retry_max_secs: 30,
             connect_retry_fast_secs: 20,
             shutdown_pause_ms: 300,
+            graceful_restart_secs: 0,
             listen: Vec::new(),
             hold_down_ms: 5_000,
             drain_delay_secs: 30,
@@ -164,6 +170,12 @@ impl BgpConfig {
             return Err(format!(
                 "bgp.shutdown_pause_ms must be at most {MAX_SHUTDOWN_PAUSE_MS} (the agent gives \
                  its sessions 3 s to close)"
+            ));
+        }
+        if self.graceful_restart_secs > super::open::MAX_RESTART_TIME {
+            return Err(format!(
+                "bgp.graceful_restart_secs must be at most {} (12 bits, RFC 4724 §3)",
+                super::open::MAX_RESTART_TIME
             ));
         }
         self.communities()?;

@@ -42,6 +42,16 @@ pub fn corpus() -> Vec<Vec<u8>> {
     let mut msgs = vec![
         open::ours(65001, 90, [10, 0, 0, 1].into()),
         open::ours(4_200_000_000, 0, [10, 0, 0, 2].into()),
+        open::ours_with(
+            65001,
+            90,
+            [10, 0, 0, 3].into(),
+            Some(open::GracefulRestart {
+                restart_time: 120,
+                restarted: true,
+                forwarding: true,
+            }),
+        ),
         bgpkit_parser::models::BgpMessage::KeepAlive,
         wire::withdraw(false, &[p4]),
         wire::withdraw(true, &[p6]),

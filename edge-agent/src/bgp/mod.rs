@@ -48,6 +48,16 @@ pub struct Speaker {
 impl Speaker {
     /// Starts a session per peer and the listeners for passive ones; `None` without peers.
     pub async fn start(config: &BgpConfig) -> Result<Option<Speaker>, String> {
+        Speaker::start_after(config, false).await
+    }
+
+    /// [`Speaker::start`] for an agent whose data plane kept forwarding since the last one
+    /// (`forwarding_kept`: it adopted the pinned programs), which graceful restart tells the
+    /// peers (RFC 4724 §3, the Restart State and Forwarding State bits).
+    pub async fn start_after(
+        config: &BgpConfig,
+        forwarding_kept: bool,
+    ) -> Result<Option<Speaker>, String> {
         if config.peers.is_empty() {
             return Ok(None);
         }
@@ -67,6 +77,11 @@ impl Speaker {
             ),
             retry_fast: Duration::from_secs(config.connect_retry_fast_secs),
             shutdown_pause: Duration::from_millis(config.shutdown_pause_ms),
+            graceful_restart: (config.graceful_restart_secs > 0).then_some(open::GracefulRestart {
+                restart_time: config.graceful_restart_secs,
+                restarted: forwarding_kept,
+                forwarding: forwarding_kept,
+            }),
         };
         let mut inboxes = HashMap::new();
         let (mut peers, mut tasks) = (Vec::new(), Vec::new());
@@ -82,6 +97,7 @@ impl Speaker {
                 families: Vec::new(),
                 last_error: None,
                 established_count: 0,
+                graceful_restart: session::GrStatus::default(),
             }));
             let incoming = peer.passive.then(|| {
                 let (tx, rx) = mpsc::channel(1);

@@ -68,6 +68,21 @@ pub struct PeerStatus {
     pub families: Vec<&'static str>,
     pub last_error: Option<String>,
     pub established_count: u64,
+    pub graceful_restart: GrStatus,
+}
+
+/// Graceful restart (RFC 4724) on the current or last session.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GrStatus {
+    /// Both OPENs carried the capability.
+    pub negotiated: bool,
+    /// What this speaker offered (none: not configured).
+    pub restart_time: Option<u16>,
+    pub peer_restart_time: Option<u16>,
+    /// The Forwarding State bit this speaker sent: the data plane kept forwarding.
+    pub forwarding_state: bool,
+    pub end_of_rib_sent: Vec<&'static str>,
+    pub end_of_rib_received: Vec<&'static str>,
 }
 
 /// What a session needs from the speaker.
@@ -83,6 +98,8 @@ pub struct Local {
     pub retry_fast: Duration,
     /// Between the last withdraws and the Cease on a graceful stop.
     pub shutdown_pause: Duration,
+    /// The graceful-restart capability to offer, if configured.
+    pub graceful_restart: Option<open::GracefulRestart>,
 }
 
 /// The wait before each reconnect (RFC 4271 §8 leaves the ConnectRetryTimer to the
@@ -302,8 +319,13 @@ impl Session {
         router_id: Ipv4Addr,
         local_addr: SocketAddr,
     ) -> Result<Option<(Negotiated, Speaking)>, SessionError> {
-        conn.send(&open::ours(self.local.asn, hold, router_id))
-            .await?;
+        conn.send(&open::ours_with(
+            self.local.asn,
+            hold,
+            router_id,
+            self.local.graceful_restart,
+        ))
+        .await?;
         self.set(|s| s.state = State::OpenSent);
         let mut shutdown = self.shutdown.clone();
         let deadline = Instant::now() + OPEN_WAIT;
@@ -359,13 +381,26 @@ impl Session {
         .filter_map(|(on, f)| on.then_some(f))
         .collect();
         info!(peer = %self.peer.address, peer_id = %n.peer_id, hold = n.hold_time, ?families, "BGP session established");
+        let gr = self.local.graceful_restart;
         self.set(|s| {
             s.state = State::Established;
             s.established_at = Some(crate::model::unix_now());
             s.established_count += 1;
             s.families.clone_from(&families);
             s.last_error = None;
+            s.graceful_restart = GrStatus {
+                negotiated: gr.is_some() && n.peer_restart_time.is_some(),
+                restart_time: gr.map(|g| g.restart_time),
+                peer_restart_time: n.peer_restart_time,
+                forwarding_state: gr.is_some_and(|g| g.forwarding),
+                end_of_rib_sent: Vec::new(),
+                end_of_rib_received: Vec::new(),
+            };
         });
+        // Only the first sessions after a start are a restart (RFC 4724 §3, Restart State).
+        if let Some(g) = self.local.graceful_restart.as_mut() {
+            g.restarted = false;
+        }
         let mut out = Outbox {
             speaking,
             ipv4: families.contains(&"ipv4"),
@@ -407,6 +442,11 @@ impl Session {
         out.sync(conn, &rib).await?;
         self.set(|s| s.prefixes_announced = out.advertised.len());
         out.end_of_rib(conn).await?;
+        let sent: Vec<&'static str> = [(out.ipv4, "ipv4"), (out.ipv6, "ipv6")]
+            .into_iter()
+            .filter_map(|(on, f)| on.then_some(f))
+            .collect();
+        self.set(|s| s.graceful_restart.end_of_rib_sent = sent);
         let mut shutdown = self.shutdown.clone();
         loop {
             tokio::select! {
@@ -426,7 +466,14 @@ impl Session {
                         BgpMessage::KeepAlive => {}
                         BgpMessage::Update(u) => {
                             let (announced, _) = wire::update_counts(&u);
-                            self.set(|s| s.prefixes_received += announced as u64);
+                            let eor = wire::end_of_rib(&u);
+                            self.set(|s| {
+                                s.prefixes_received += announced as u64;
+                                let got = &mut s.graceful_restart.end_of_rib_received;
+                                if let Some(f) = eor.filter(|f| !got.contains(f)) {
+                                    got.push(f);
+                                }
+                            });
                         }
                         BgpMessage::RouteRefresh(_) => {
                             let rib = Arc::clone(&self.rib.borrow());

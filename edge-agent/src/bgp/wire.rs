@@ -352,6 +352,24 @@ pub fn withdraw(v6: bool, prefixes: &[IpNet]) -> BgpMessage {
     })
 }
 
+/// The family an UPDATE is the End-of-RIB marker of (RFC 4724 §2): an IPv4 UPDATE with
+/// nothing in it, or one holding only an empty MP_UNREACH_NLRI.
+pub fn end_of_rib(u: &BgpUpdateMessage) -> Option<&'static str> {
+    if !u.announced_prefixes.is_empty() || !u.withdrawn_prefixes.is_empty() {
+        return None;
+    }
+    let attrs: Vec<&AttributeValue> = u.attributes.iter().collect();
+    match attrs.as_slice() {
+        [] => Some("ipv4"),
+        [AttributeValue::MpUnreachNlri(n)] if n.prefixes.is_empty() => match n.afi {
+            Afi::Ipv4 => Some("ipv4"),
+            Afi::Ipv6 => Some("ipv6"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The prefixes an UPDATE announces and withdraws, both families (for counting what a peer
 /// sends).
 pub fn update_counts(u: &BgpUpdateMessage) -> (usize, usize) {
