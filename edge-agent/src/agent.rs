@@ -467,7 +467,8 @@ impl Agent {
 
     /// Starts the BGP speaker where peers are configured.
     async fn start_bgp(&mut self) {
-        match crate::bgp::Speaker::start(&self.config.bgp).await {
+        let forwarding_kept = self.dataplane.forward == dataplane::Attachment::Adopted;
+        match crate::bgp::Speaker::start_after(&self.config.bgp, forwarding_kept).await {
             Ok(speaker) => self.bgp = speaker,
             Err(error) => warn!(%error, "BGP is off"),
         }

@@ -1,7 +1,8 @@
 //! The BGP speaker in process: the decoder under mutation (no panic, the NOTIFICATION the RFC
 //! names), and sessions against a scripted peer on loopback: announce, a malformed message
-//! answered and the session re-established, the hold timer, the order of a graceful stop, and
-//! connections from strangers refused.
+//! answered and the session re-established, the hold timer, the order and pause of a graceful
+//! stop, connections from strangers refused, IPv4 peers on a dual-stack listener, the TCP-MD5
+//! hint on connect timeouts, and reconnecting through a peer's idle hold.
 
 // In a test an unwrap is an assertion: the lint is for the agent's own code.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -149,11 +150,15 @@ impl Peer {
     }
 }
 
+/// The pause the tests configure between the last withdraws and the Cease.
+const PAUSE: Duration = Duration::from_millis(400);
+
 async fn speaker(port: u16) -> Speaker {
     let config = BgpConfig {
         asn: 65001,
         hold_time_secs: 30,
         hold_down_ms: 0,
+        shutdown_pause_ms: PAUSE.as_millis() as u64,
         peers: vec![PeerConfig {
             address: "127.0.0.1".parse().unwrap(),
             port,
@@ -260,10 +265,16 @@ async fn a_session_announces_resets_on_garbage_and_withdraws_before_closing() {
     // A graceful stop: the withdraw, then Cease / Administrative Shutdown, then the close.
     let stop = tokio::spawn(speaker.shutdown(Duration::from_secs(3)));
     assert_eq!(withdrawn(&peer.next().await), vec!["198.18.0.11/32"]);
+    let withdrawn_at = std::time::Instant::now();
     match peer.next().await {
         Some(BgpMessage::Notification(n)) => assert_eq!(n.error.get_codes(), (6, 2)),
         other => panic!("expected NOTIFICATION 6/2, got {other:?}"),
     }
+    let gap = withdrawn_at.elapsed();
+    assert!(
+        gap >= PAUSE - Duration::from_millis(50) && gap < PAUSE + Duration::from_secs(1),
+        "expected the Cease {PAUSE:?} after the withdraw, saw {gap:?}"
+    );
     assert_eq!(peer.next().await, None);
     stop.await.unwrap();
 }
@@ -346,5 +357,120 @@ async fn only_configured_passive_peers_are_accepted() {
         buf: BytesMut::new(),
     };
     assert!(matches!(peer.recv().await, Some(BgpMessage::Open(_))));
+    speaker.shutdown(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn an_ipv4_peer_on_a_dual_stack_listener_is_recognised() {
+    // `[::]` takes IPv4 connections too, with IPv4-mapped addresses (FRR connects this way).
+    let port = {
+        let probe = std::net::TcpListener::bind("[::]:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let config = BgpConfig {
+        asn: 65001,
+        // No router id: it comes from the session's local address, seen as ::ffff:127.0.0.1.
+        listen: vec![SocketAddr::from(([0u16; 8], port))],
+        hold_time_secs: 30,
+        peers: vec![PeerConfig {
+            address: "127.0.0.1".parse().unwrap(),
+            asn: 65000,
+            passive: true,
+            ..PeerConfig::default()
+        }],
+        ..BgpConfig::default()
+    };
+    let mut speaker = Speaker::start(&config).await.unwrap().unwrap();
+    serve(&mut speaker, &["198.18.0.10"]);
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut peer = Peer {
+        stream,
+        buf: BytesMut::new(),
+    };
+    match peer.recv().await {
+        Some(BgpMessage::Open(o)) => assert_eq!(
+            o.bgp_identifier,
+            std::net::Ipv4Addr::LOCALHOST,
+            "expected the IPv4 local address as router id"
+        ),
+        other => panic!("expected an OPEN from the speaker, got {other:?}"),
+    }
+    peer.send(&open::ours(65000, 30, [10, 0, 0, 9].into()))
+        .await;
+    peer.send(&BgpMessage::KeepAlive).await;
+    assert_eq!(peer.recv().await, Some(BgpMessage::KeepAlive));
+    assert_eq!(announced(&peer.next().await), vec!["198.18.0.10/32"]);
+    let (peers, _) = speaker.status();
+    assert_eq!(
+        peers[0].state.as_str(),
+        "Established",
+        "expected Established, saw {:?}",
+        peers[0]
+    );
+    speaker.shutdown(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn a_connect_timeout_with_a_tcp_md5_key_says_the_key_may_be_wrong() {
+    // A listener without a key: Linux drops SYNs that carry a signature (TCPMD5Unexpected).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = BgpConfig {
+        asn: 65001,
+        peers: vec![PeerConfig {
+            address: "127.0.0.1".parse().unwrap(),
+            port,
+            asn: 65000,
+            password: Some("not-the-routers-key".into()),
+            ..PeerConfig::default()
+        }],
+        ..BgpConfig::default()
+    };
+    let speaker = Speaker::start(&config).await.unwrap().unwrap();
+    let start = std::time::Instant::now();
+    let error = loop {
+        let (peers, _) = speaker.status();
+        if let Some(e) = peers[0].last_error.clone() {
+            break e;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "expected a connect timeout within 10 s, saw {:?}",
+            peers[0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        error.contains("timed out") && error.contains("TCP-MD5"),
+        "expected a timeout naming the TCP-MD5 key, saw {error:?}"
+    );
+    speaker.shutdown(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn a_session_comes_back_within_a_retry_of_the_peer_idle_hold() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let speaker = speaker(port).await;
+    let peer = Peer::establish(&listener, 30).await;
+    // The peer resets the session, then refuses connections for an idle hold (GoBGP: 5 s).
+    let idle_hold = Duration::from_millis(3_200);
+    drop(peer);
+    let down = std::time::Instant::now();
+    let mut refused = 0;
+    while let Some(left) = idle_hold.checked_sub(down.elapsed()) {
+        if let Ok(Ok((s, _))) = timeout(left, listener.accept()).await {
+            drop(s);
+            refused += 1;
+        }
+    }
+    let _peer = Peer::establish(&listener, 30).await;
+    let back = down.elapsed();
+    // Doubling waits (1, 2, 4 s) came back at 7 s; 1 s waits within 1 s of the idle hold.
+    assert!(
+        back < idle_hold + Duration::from_millis(1_500),
+        "expected the session back within 1.5 s of a {idle_hold:?} idle hold, saw {back:?} \
+         ({refused} connections refused)"
+    );
     speaker.shutdown(Duration::from_secs(3)).await;
 }

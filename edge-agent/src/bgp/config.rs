@@ -26,6 +26,18 @@ pub struct BgpConfig {
     /// `connect_retry_max_secs`, and starts again once a session was established.
     pub connect_retry_secs: u64,
     pub connect_retry_max_secs: u64,
+    /// For this long after an Established session ends, every reconnect waits only
+    /// `connect_retry_secs`: the peer is often in an idle hold of its own then (GoBGP: 5 s),
+    /// and a wait doubled through it came back seconds after the peer was ready.
+    pub connect_retry_fast_secs: u64,
+    /// On SIGTERM, the wait between the last withdraws and the Cease that closes each session,
+    /// so that routers act on the withdraws before the session goes (at most 2,000).
+    pub shutdown_pause_ms: u64,
+    /// Graceful restart (RFC 4724) as the restarting speaker: the restart time offered to the
+    /// peers (at most 4095 s), 0 for off. Peers that help keep this POP's routes for this long
+    /// after the session drops without a NOTIFICATION (a killed or crashed agent), while the
+    /// pinned data plane goes on forwarding.
+    pub graceful_restart_secs: u16,
     /// Where passive peers connect (port 179 unless given).
     pub listen: Vec<SocketAddr>,
     /// A VIP withdrawn because it could not be served is announced again only after it has
@@ -54,6 +66,9 @@ impl Default for BgpConfig {
             hold_time_secs: 90,
             connect_retry_secs: 1,
             connect_retry_max_secs: 30,
+            connect_retry_fast_secs: 20,
+            shutdown_pause_ms: 300,
+            graceful_restart_secs: 0,
             listen: Vec::new(),
             hold_down_ms: 5_000,
             drain_delay_secs: 30,
@@ -85,7 +100,18 @@ pub struct PeerConfig {
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
     pub hold_time_secs: Option<u16>,
+    /// LOCAL_PREF on an internal session (the peer's `asn` is `bgp.asn`: iBGP, e.g. to a route
+    /// reflector); 100 unless given. Not allowed on external sessions, which never carry it
+    /// (RFC 4271 §5.1.5).
+    pub local_pref: Option<u32>,
 }
+
+/// The longest `shutdown_pause_ms`: the agent waits 3 s for its sessions to close on SIGTERM.
+pub const MAX_SHUTDOWN_PAUSE_MS: u64 = 2_000;
+
+/// LOCAL_PREF sent on internal sessions unless `local_pref` says otherwise (the value routers
+/// assume when it is missing).
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
 
 impl Default for PeerConfig {
     fn default() -> Self {
@@ -100,6 +126,7 @@ impl Default for PeerConfig {
             next_hop_v4: None,
             next_hop_v6: None,
             hold_time_secs: None,
+            local_pref: None,
         }
     }
 }
@@ -139,6 +166,18 @@ impl BgpConfig {
         if self.hold_time_secs != 0 && self.hold_time_secs < 3 {
             return Err("bgp.hold_time_secs must be 0 or at least 3 (RFC 4271)".into());
         }
+        if self.shutdown_pause_ms > MAX_SHUTDOWN_PAUSE_MS {
+            return Err(format!(
+                "bgp.shutdown_pause_ms must be at most {MAX_SHUTDOWN_PAUSE_MS} (the agent gives \
+                 its sessions 3 s to close)"
+            ));
+        }
+        if self.graceful_restart_secs > super::open::MAX_RESTART_TIME {
+            return Err(format!(
+                "bgp.graceful_restart_secs must be at most {} (12 bits, RFC 4724 §3)",
+                super::open::MAX_RESTART_TIME
+            ));
+        }
         self.communities()?;
         let mut seen = std::collections::HashSet::new();
         for peer in &self.peers {
@@ -155,6 +194,13 @@ impl BgpConfig {
                         peer.address
                     ));
                 }
+            }
+            if peer.local_pref.is_some() && peer.asn != self.asn {
+                return Err(format!(
+                    "bgp peer {}: local_pref is only for internal peers (asn = bgp.asn); \
+                     LOCAL_PREF is never sent to another AS (RFC 4271 §5.1.5)",
+                    peer.address
+                ));
             }
             peer.md5_key()?;
         }
@@ -211,6 +257,13 @@ mod tests {
         assert!(err(c.validate()).contains("65001:x"));
         c.communities = vec!["65001:7".into()];
         assert_eq!(c.communities()?, vec![(65001, 7)]);
+        c.peers[0].local_pref = Some(200);
+        assert!(
+            err(c.validate()).contains("local_pref"),
+            "local_pref on an eBGP peer must be refused"
+        );
+        c.peers[0].asn = 65001;
+        c.validate()?;
         c.peers[0].passive = true;
         assert!(err(c.validate()).contains("listen"));
         Ok(())

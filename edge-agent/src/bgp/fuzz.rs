@@ -21,6 +21,13 @@ pub fn corpus() -> Vec<Vec<u8>> {
         asn_len: AsnLength::Bits32,
         next_hop_v4: Some([192, 0, 2, 1].into()),
         next_hop_v6: Some([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1].into()),
+        ibgp: false,
+        local_pref: 100,
+    };
+    let internal = Speaking {
+        ibgp: true,
+        local_pref: 200,
+        ..speaking
     };
     let attrs = RouteAttrs {
         communities: vec![(65001, 7), (65535, 0)],
@@ -35,6 +42,16 @@ pub fn corpus() -> Vec<Vec<u8>> {
     let mut msgs = vec![
         open::ours(65001, 90, [10, 0, 0, 1].into()),
         open::ours(4_200_000_000, 0, [10, 0, 0, 2].into()),
+        open::ours_with(
+            65001,
+            90,
+            [10, 0, 0, 3].into(),
+            Some(open::GracefulRestart {
+                restart_time: 120,
+                restarted: true,
+                forwarding: true,
+            }),
+        ),
         bgpkit_parser::models::BgpMessage::KeepAlive,
         wire::withdraw(false, &[p4]),
         wire::withdraw(true, &[p6]),
@@ -52,6 +69,8 @@ pub fn corpus() -> Vec<Vec<u8>> {
     ];
     msgs.extend(wire::announce(p4, &attrs, &speaking));
     msgs.extend(wire::announce(p6, &attrs, &speaking));
+    msgs.extend(wire::announce(p4, &attrs, &internal));
+    msgs.extend(wire::announce(p6, &attrs, &internal));
     msgs.iter()
         .filter_map(|m| wire::encode(m, AsnLength::Bits32).ok())
         .map(|b| b.to_vec())

@@ -2,6 +2,8 @@
 //! withdraws one the moment it cannot (no eligible backend, data plane detached, agent
 //! stopping, operator drain), so the routers send clients to another POP with no DNS TTL to
 //! wait out. Announce-only: routes the peers send are read, checked and counted, never used.
+//! Peers may be external (eBGP) or in this POP's own AS (iBGP, e.g. route reflectors: RFC 4271
+//! §5.1.2 and §5.1.5 decide what the routes carry then).
 //!
 //! `wire` frames and checks messages (bgpkit-parser encodes and decodes the bodies), `open`
 //! negotiates, `session` is one peer's state machine, `routes` decides what is announced.
@@ -46,6 +48,16 @@ pub struct Speaker {
 impl Speaker {
     /// Starts a session per peer and the listeners for passive ones; `None` without peers.
     pub async fn start(config: &BgpConfig) -> Result<Option<Speaker>, String> {
+        Speaker::start_after(config, false).await
+    }
+
+    /// [`Speaker::start`] for an agent whose data plane kept forwarding since the last one
+    /// (`forwarding_kept`: it adopted the pinned programs), which graceful restart tells the
+    /// peers (RFC 4724 §3, the Restart State and Forwarding State bits).
+    pub async fn start_after(
+        config: &BgpConfig,
+        forwarding_kept: bool,
+    ) -> Result<Option<Speaker>, String> {
         if config.peers.is_empty() {
             return Ok(None);
         }
@@ -63,6 +75,13 @@ impl Speaker {
                     .connect_retry_max_secs
                     .max(config.connect_retry_secs.max(1)),
             ),
+            retry_fast: Duration::from_secs(config.connect_retry_fast_secs),
+            shutdown_pause: Duration::from_millis(config.shutdown_pause_ms),
+            graceful_restart: (config.graceful_restart_secs > 0).then_some(open::GracefulRestart {
+                restart_time: config.graceful_restart_secs,
+                restarted: forwarding_kept,
+                forwarding: forwarding_kept,
+            }),
         };
         let mut inboxes = HashMap::new();
         let (mut peers, mut tasks) = (Vec::new(), Vec::new());
@@ -70,6 +89,7 @@ impl Speaker {
             let status = Arc::new(Mutex::new(PeerStatus {
                 peer: peer.address,
                 asn: peer.asn,
+                internal: peer.asn == config.asn,
                 state: State::Idle,
                 established_at: None,
                 prefixes_announced: 0,
@@ -77,6 +97,7 @@ impl Speaker {
                 families: Vec::new(),
                 last_error: None,
                 established_count: 0,
+                graceful_restart: session::GrStatus::default(),
             }));
             let incoming = peer.passive.then(|| {
                 let (tx, rx) = mpsc::channel(1);
@@ -168,7 +189,9 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     }
 }
 
-/// IPv4-mapped IPv6 addresses (a dual-stack listener's view of IPv4 peers) as IPv4.
+/// IPv4-mapped IPv6 addresses (a dual-stack listener's view of IPv4 peers, e.g.
+/// `[::ffff:10.77.2.1]` when FRR connects to `[::]:179`) as IPv4, for matching the configured
+/// peer and for the session's own addresses (router id, next hop).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

@@ -1,12 +1,13 @@
 //! The OPEN exchange: what this speaker offers (4-octet AS, IPv4 and IPv6 unicast, route
-//! refresh) and what it accepts of the peer's OPEN (RFC 4271 §6.2, RFC 6793, RFC 4760).
+//! refresh, and graceful restart when configured) and what it accepts of the peer's OPEN
+//! (RFC 4271 §6.2, RFC 6793, RFC 4760, RFC 4724 §3).
 
 use std::net::Ipv4Addr;
 
 use bgpkit_parser::models::{
     capabilities::{
-        BgpCapabilityType, FourOctetAsCapability, MultiprotocolExtensionsCapability,
-        RouteRefreshCapability,
+        BgpCapabilityType, FourOctetAsCapability, GracefulRestartAddressFamily,
+        GracefulRestartCapability, MultiprotocolExtensionsCapability, RouteRefreshCapability,
     },
     Afi, Asn, AsnLength, BgpMessage, BgpOpenMessage, Capability, CapabilityValue, OptParam,
     ParamValue, Safi,
@@ -24,6 +25,20 @@ pub struct Negotiated {
     pub ipv6: bool,
     pub route_refresh: bool,
     pub peer_id: Ipv4Addr,
+    /// The peer's graceful-restart time when it offered the capability (RFC 4724 §3).
+    pub peer_restart_time: Option<u16>,
+}
+
+/// What this speaker says in its graceful-restart capability (RFC 4724 §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GracefulRestart {
+    /// Seconds the peers keep this speaker's routes after the session drops (12 bits).
+    pub restart_time: u16,
+    /// The Restart State bit: this speaker has restarted (its first sessions after a start).
+    pub restarted: bool,
+    /// The Forwarding State bit of every family: the data plane kept forwarding across the
+    /// restart (the agent adopted the pinned programs instead of starting fresh).
+    pub forwarding: bool,
 }
 
 impl Negotiated {
@@ -34,6 +49,16 @@ impl Negotiated {
 
 /// This speaker's OPEN.
 pub fn ours(asn: u32, hold_time: u16, router_id: Ipv4Addr) -> BgpMessage {
+    ours_with(asn, hold_time, router_id, None)
+}
+
+/// This speaker's OPEN, with the graceful-restart capability when `gr` is given.
+pub fn ours_with(
+    asn: u32,
+    hold_time: u16,
+    router_id: Ipv4Addr,
+    gr: Option<GracefulRestart>,
+) -> BgpMessage {
     let cap = |ty, value| Capability { ty, value };
     let mp = |afi| {
         cap(
@@ -44,7 +69,7 @@ pub fn ours(asn: u32, hold_time: u16, router_id: Ipv4Addr) -> BgpMessage {
             }),
         )
     };
-    let caps = vec![
+    let mut caps = vec![
         mp(Afi::Ipv4),
         mp(Afi::Ipv6),
         cap(
@@ -56,6 +81,21 @@ pub fn ours(asn: u32, hold_time: u16, router_id: Ipv4Addr) -> BgpMessage {
             CapabilityValue::FourOctetAs(FourOctetAsCapability { asn }),
         ),
     ];
+    if let Some(gr) = gr {
+        let family = |afi| GracefulRestartAddressFamily {
+            afi,
+            safi: Safi::Unicast,
+            forwarding_state: gr.forwarding,
+        };
+        caps.push(cap(
+            BgpCapabilityType::GRACEFUL_RESTART_CAPABILITY,
+            CapabilityValue::GracefulRestart(GracefulRestartCapability::new(
+                gr.restarted,
+                gr.restart_time.min(MAX_RESTART_TIME),
+                vec![family(Afi::Ipv4), family(Afi::Ipv6)],
+            )),
+        ));
+    }
     let two_octet = u16::try_from(asn).unwrap_or(AS_TRANS as u16);
     BgpMessage::Open(BgpOpenMessage {
         version: 4,
@@ -69,6 +109,9 @@ pub fn ours(asn: u32, hold_time: u16, router_id: Ipv4Addr) -> BgpMessage {
         }],
     })
 }
+
+/// The restart time field has 12 bits (RFC 4724 §3).
+pub const MAX_RESTART_TIME: u16 = 4095;
 
 /// Checks the peer's OPEN against what is configured for it, and what the session will use.
 pub fn accept(
@@ -87,6 +130,7 @@ pub fn accept(
         ));
     }
     let mut four_octet = None;
+    let mut peer_restart_time = None;
     let (mut mp, mut any_mp, mut route_refresh) = ((false, false), false, false);
     for param in &open.opt_params {
         let ParamValue::Capacities(caps) = &param.param_value else {
@@ -109,6 +153,7 @@ pub fn accept(
                     }
                 }
                 CapabilityValue::RouteRefresh(_) => route_refresh = true,
+                CapabilityValue::GracefulRestart(g) => peer_restart_time = Some(g.restart_time),
                 _ => {}
             }
         }
@@ -154,6 +199,7 @@ pub fn accept(
         ipv6: mp.1,
         route_refresh,
         peer_id: id,
+        peer_restart_time,
     })
 }
 
@@ -226,6 +272,53 @@ mod tests {
         let mut o = good;
         o.hold_time = 0;
         assert_eq!(accept(&o, 65001, 90, other)?.hold_time, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn the_graceful_restart_capability_says_time_restart_and_forwarding() -> TestResult {
+        let id = Ipv4Addr::new(10, 0, 0, 1);
+        let gr = GracefulRestart {
+            restart_time: 5000,
+            restarted: true,
+            forwarding: true,
+        };
+        let open = open_of(roundtrip(&ours_with(65001, 90, id, Some(gr)))?);
+        let cap = open
+            .opt_params
+            .iter()
+            .filter_map(|p| match &p.param_value {
+                ParamValue::Capacities(c) => Some(c),
+                _ => None,
+            })
+            .flatten()
+            .find_map(|c| match &c.value {
+                CapabilityValue::GracefulRestart(g) => Some(g.clone()),
+                _ => None,
+            })
+            .ok_or("no graceful-restart capability in the OPEN")?;
+        assert_eq!(cap.restart_time, 4095, "12 bits: expected the time capped");
+        assert!(cap.restart_state, "expected the Restart State bit");
+        let families: Vec<(Afi, bool)> = cap
+            .address_families
+            .iter()
+            .map(|f| (f.afi, f.forwarding_state))
+            .collect();
+        assert_eq!(families, vec![(Afi::Ipv4, true), (Afi::Ipv6, true)]);
+        // Accepted by our own rules, and seen as the peer's restart time.
+        let n = accept(&open, 65001, 90, Ipv4Addr::new(10, 0, 0, 2))?;
+        assert_eq!(n.peer_restart_time, Some(4095));
+        // Fresh data plane: no forwarding state; no capability at all when off.
+        let fresh = GracefulRestart {
+            forwarding: false,
+            ..gr
+        };
+        let open = open_of(roundtrip(&ours_with(65001, 90, id, Some(fresh)))?);
+        let n = accept(&open, 65001, 90, Ipv4Addr::new(10, 0, 0, 2))?;
+        assert_eq!(n.peer_restart_time, Some(4095));
+        let open = open_of(roundtrip(&ours(65001, 90, id))?);
+        let n = accept(&open, 65001, 90, Ipv4Addr::new(10, 0, 0, 2))?;
+        assert_eq!(n.peer_restart_time, None, "no capability unless configured");
         Ok(())
     }
 

@@ -1,7 +1,10 @@
 //! One peer's session: the RFC 4271 state machine as a task. Connect (or wait for the peer),
 //! exchange OPENs, then keep the peer's routes equal to the speaker's RIB until an error, the
 //! hold timer, or shutdown; after an error, back off and start again. A graceful stop withdraws
-//! every route before the Cease NOTIFICATION closes the session.
+//! every route, pauses (`shutdown_pause_ms`) so routers act on the withdraws, then closes with
+//! the Cease NOTIFICATION. When a connection fails, a NOTIFICATION the peer left in the socket
+//! is reported as the cause: after a hang it, not the agent's own write error or hold-timer
+//! expiry, says why.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -9,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use bgpkit_parser::models::{AsnLength, BgpMessage};
+use bgpkit_parser::models::{AsnLength, BgpMessage, BgpNotificationMessage};
 use bytes::BytesMut;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -55,6 +58,8 @@ impl State {
 pub struct PeerStatus {
     pub peer: IpAddr,
     pub asn: u32,
+    /// The peer is in this POP's AS (iBGP).
+    pub internal: bool,
     pub state: State,
     /// Unix seconds when the session became Established.
     pub established_at: Option<i64>,
@@ -63,6 +68,21 @@ pub struct PeerStatus {
     pub families: Vec<&'static str>,
     pub last_error: Option<String>,
     pub established_count: u64,
+    pub graceful_restart: GrStatus,
+}
+
+/// Graceful restart (RFC 4724) on the current or last session.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GrStatus {
+    /// Both OPENs carried the capability.
+    pub negotiated: bool,
+    /// What this speaker offered (none: not configured).
+    pub restart_time: Option<u16>,
+    pub peer_restart_time: Option<u16>,
+    /// The Forwarding State bit this speaker sent: the data plane kept forwarding.
+    pub forwarding_state: bool,
+    pub end_of_rib_sent: Vec<&'static str>,
+    pub end_of_rib_received: Vec<&'static str>,
 }
 
 /// What a session needs from the speaker.
@@ -74,6 +94,54 @@ pub struct Local {
     pub router_id: Option<Ipv4Addr>,
     pub retry: Duration,
     pub retry_max: Duration,
+    /// How long after an Established session ends retries stay at `retry` (see [`Retry`]).
+    pub retry_fast: Duration,
+    /// Between the last withdraws and the Cease on a graceful stop.
+    pub shutdown_pause: Duration,
+    /// The graceful-restart capability to offer, if configured.
+    pub graceful_restart: Option<open::GracefulRestart>,
+}
+
+/// The wait before each reconnect (RFC 4271 §8 leaves the ConnectRetryTimer to the
+/// implementation): doubling from `base` to `max`, except for `fast` after an Established
+/// session ended, when every wait is `base`. A peer that just reset a session often refuses
+/// connections for an idle hold of its own (GoBGP: 5 s); doubling through it (1, 2, 4 s) came
+/// back at 7 s, where waiting `base` each time comes back within `base` of the peer being ready.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    base: Duration,
+    max: Duration,
+    fast: Duration,
+    next: Duration,
+    fast_until: Option<Instant>,
+}
+
+impl Retry {
+    pub fn new(base: Duration, max: Duration, fast: Duration) -> Self {
+        Retry {
+            base,
+            max: max.max(base),
+            fast,
+            next: base,
+            fast_until: None,
+        }
+    }
+
+    /// An Established session ended at `now`.
+    pub fn session_ended(&mut self, now: Instant) {
+        self.next = self.base;
+        self.fast_until = Some(now + self.fast);
+    }
+
+    /// How long to wait before the attempt that follows a failure at `now`.
+    pub fn next(&mut self, now: Instant) -> Duration {
+        if self.fast_until.is_some_and(|until| now < until) {
+            return self.base;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
 }
 
 /// How a session ended.
@@ -86,6 +154,10 @@ enum End {
 /// milliseconds, and a stuck one should not hold the session that long).
 const OPEN_WAIT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write may wait for the peer to read when the session has no hold time.
+const WRITE_WAIT_NO_HOLD: Duration = Duration::from_secs(240);
+/// How long a failing connection is read for a NOTIFICATION the peer already sent.
+const LAST_WORDS_WAIT: Duration = Duration::from_millis(50);
 
 pub struct Session {
     pub peer: PeerConfig,
@@ -108,7 +180,11 @@ impl Session {
 
     /// Runs until shutdown.
     pub async fn run(mut self) {
-        let mut backoff = self.local.retry;
+        let mut retry = Retry::new(
+            self.local.retry,
+            self.local.retry_max,
+            self.local.retry_fast,
+        );
         while !self.stopping() {
             self.set(|s| {
                 s.state = if self.peer.passive {
@@ -142,14 +218,14 @@ impl Session {
                 }
             }
             if established {
-                backoff = self.local.retry;
+                retry.session_ended(Instant::now());
             }
+            let wait = retry.next(Instant::now());
             let mut shutdown = self.shutdown.clone();
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = stopped(&mut shutdown) => return,
             }
-            backoff = (backoff * 2).min(self.local.retry_max);
         }
     }
 
@@ -181,11 +257,17 @@ impl Session {
                 .bind(SocketAddr::new(local, 0))
                 .map_err(|e| format!("binding {local}: {e}"))?;
         }
+        let signed = self.peer.md5_key()?.is_some();
         let mut shutdown = self.shutdown.clone();
         tokio::select! {
             r = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(peer)) => match r {
                 Ok(Ok(s)) => Ok(Some(s)),
                 Ok(Err(e)) => Err(format!("connecting to {peer}: {e}")),
+                Err(_) if signed => Err(format!(
+                    "connecting to {peer}: timed out; a TCP-MD5 key is set, and a peer whose key \
+                     differs (or that has none) drops the SYNs without a word (RFC 2385): check \
+                     the key on both sides"
+                )),
                 Err(_) => Err(format!("connecting to {peer}: timed out")),
             },
             () = stopped(&mut shutdown) => Ok(None),
@@ -195,8 +277,9 @@ impl Session {
     /// One TCP connection's life: OPENs, then Established until it ends.
     async fn session(&mut self, stream: TcpStream) -> End {
         let _ = stream.set_nodelay(true);
-        let (local_addr, _) = match (stream.local_addr(), stream.peer_addr()) {
-            (Ok(l), Ok(p)) => (l, p),
+        let local_addr = match (stream.local_addr(), stream.peer_addr()) {
+            // On a dual-stack listener an IPv4 session's addresses are IPv4-mapped IPv6 ones.
+            (Ok(l), Ok(_)) => SocketAddr::new(super::canonical(l.ip()), l.port()),
             _ => return End::Failed("the connection closed at once".into()),
         };
         let router_id = match (self.local.router_id, local_addr.ip()) {
@@ -212,6 +295,8 @@ impl Session {
             wr,
             buf: BytesMut::with_capacity(4096),
             asn_len: AsnLength::Bits32,
+            write_wait: OPEN_WAIT,
+            torn: false,
         };
         let hold = self.peer.hold_time_secs.unwrap_or(self.local.hold_time);
         match self.establish(&mut conn, hold, router_id, local_addr).await {
@@ -234,8 +319,13 @@ impl Session {
         router_id: Ipv4Addr,
         local_addr: SocketAddr,
     ) -> Result<Option<(Negotiated, Speaking)>, SessionError> {
-        conn.send(&open::ours(self.local.asn, hold, router_id))
-            .await?;
+        conn.send(&open::ours_with(
+            self.local.asn,
+            hold,
+            router_id,
+            self.local.graceful_restart,
+        ))
+        .await?;
         self.set(|s| s.state = State::OpenSent);
         let mut shutdown = self.shutdown.clone();
         let deadline = Instant::now() + OPEN_WAIT;
@@ -248,6 +338,8 @@ impl Session {
             other => return Err(unexpected(&other, 1)),
         };
         conn.asn_len = negotiated.asn_len;
+        // A peer that reads nothing for its hold time has let its own hold timer expire.
+        conn.write_wait = hold_duration(negotiated.hold_time).unwrap_or(WRITE_WAIT_NO_HOLD);
         conn.send(&BgpMessage::KeepAlive).await?;
         self.set(|s| s.state = State::OpenConfirm);
         let deadline = Instant::now() + hold_duration(negotiated.hold_time).unwrap_or(OPEN_WAIT);
@@ -259,7 +351,13 @@ impl Session {
             BgpMessage::KeepAlive => {}
             other => return Err(unexpected(&other, 2)),
         }
+        let ibgp = self.peer.asn == self.local.asn;
         let speaking = Speaking {
+            ibgp,
+            local_pref: self
+                .peer
+                .local_pref
+                .unwrap_or(super::config::DEFAULT_LOCAL_PREF),
             local_asn: self.local.asn,
             asn_len: negotiated.asn_len,
             next_hop_v4: self.peer.next_hop_v4.or(match local_addr.ip() {
@@ -283,13 +381,26 @@ impl Session {
         .filter_map(|(on, f)| on.then_some(f))
         .collect();
         info!(peer = %self.peer.address, peer_id = %n.peer_id, hold = n.hold_time, ?families, "BGP session established");
+        let gr = self.local.graceful_restart;
         self.set(|s| {
             s.state = State::Established;
             s.established_at = Some(crate::model::unix_now());
             s.established_count += 1;
             s.families.clone_from(&families);
             s.last_error = None;
+            s.graceful_restart = GrStatus {
+                negotiated: gr.is_some() && n.peer_restart_time.is_some(),
+                restart_time: gr.map(|g| g.restart_time),
+                peer_restart_time: n.peer_restart_time,
+                forwarding_state: gr.is_some_and(|g| g.forwarding),
+                end_of_rib_sent: Vec::new(),
+                end_of_rib_received: Vec::new(),
+            };
         });
+        // Only the first sessions after a start are a restart (RFC 4724 §3, Restart State).
+        if let Some(g) = self.local.graceful_restart.as_mut() {
+            g.restarted = false;
+        }
         let mut out = Outbox {
             speaking,
             ipv4: families.contains(&"ipv4"),
@@ -299,9 +410,15 @@ impl Session {
         match self.run_established(conn, &n, &mut out).await {
             Ok(()) => {
                 // Withdraw first, then close: routers move traffic before the session drops.
+                let had_routes = !out.advertised.is_empty();
                 let withdrawn = out.sync(conn, &Rib::new()).await;
                 if withdrawn.is_ok() {
                     info!(peer = %self.peer.address, "routes withdrawn; closing the session");
+                    if had_routes {
+                        // Some routers flush a closed session's routes on a path of their own,
+                        // slower than a withdraw: let the withdraws act first.
+                        tokio::time::sleep(self.local.shutdown_pause).await;
+                    }
                 }
                 conn.close(&Notify::administrative_shutdown()).await;
                 End::Shutdown
@@ -325,6 +442,11 @@ impl Session {
         out.sync(conn, &rib).await?;
         self.set(|s| s.prefixes_announced = out.advertised.len());
         out.end_of_rib(conn).await?;
+        let sent: Vec<&'static str> = [(out.ipv4, "ipv4"), (out.ipv6, "ipv6")]
+            .into_iter()
+            .filter_map(|(on, f)| on.then_some(f))
+            .collect();
+        self.set(|s| s.graceful_restart.end_of_rib_sent = sent);
         let mut shutdown = self.shutdown.clone();
         loop {
             tokio::select! {
@@ -344,7 +466,14 @@ impl Session {
                         BgpMessage::KeepAlive => {}
                         BgpMessage::Update(u) => {
                             let (announced, _) = wire::update_counts(&u);
-                            self.set(|s| s.prefixes_received += announced as u64);
+                            let eor = wire::end_of_rib(&u);
+                            self.set(|s| {
+                                s.prefixes_received += announced as u64;
+                                let got = &mut s.graceful_restart.end_of_rib_received;
+                                if let Some(f) = eor.filter(|f| !got.contains(f)) {
+                                    got.push(f);
+                                }
+                            });
                         }
                         BgpMessage::RouteRefresh(_) => {
                             let rib = Arc::clone(&self.rib.borrow());
@@ -372,10 +501,7 @@ fn hold_duration(secs: u16) -> Option<Duration> {
 /// Finite State Machine Error (RFC 6608 subcodes: 1 OpenSent, 2 OpenConfirm, 3 Established).
 fn unexpected(msg: &BgpMessage, fsm_subcode: u8) -> SessionError {
     match msg {
-        BgpMessage::Notification(n) => {
-            let (c, s) = n.error.get_codes();
-            SessionError::Gone(format!("peer sent NOTIFICATION {c}/{s} ({:?})", n.error))
-        }
+        BgpMessage::Notification(n) => SessionError::Gone(peer_sent(n)),
         other => SessionError::Sent(Notify::new(
             code::FSM,
             fsm_subcode,
@@ -383,6 +509,11 @@ fn unexpected(msg: &BgpMessage, fsm_subcode: u8) -> SessionError {
             format!("unexpected {:?}", other.msg_type()),
         )),
     }
+}
+
+fn peer_sent(n: &BgpNotificationMessage) -> String {
+    let (c, s) = n.error.get_codes();
+    format!("peer sent NOTIFICATION {c}/{s} ({:?})", n.error)
 }
 
 enum SessionError {
@@ -403,15 +534,48 @@ struct Conn {
     wr: OwnedWriteHalf,
     buf: BytesMut,
     asn_len: AsnLength,
+    /// How long a write may wait for the peer to take it.
+    write_wait: Duration,
+    /// A write stopped partway: the stream is out of step, and no NOTIFICATION can follow.
+    torn: bool,
 }
 
 impl Conn {
     async fn send(&mut self, msg: &BgpMessage) -> Result<(), SessionError> {
         let bytes = wire::encode(msg, self.asn_len)?;
-        self.wr
-            .write_all(&bytes)
-            .await
-            .map_err(|e| SessionError::Gone(format!("writing: {e}")))
+        match tokio::time::timeout(self.write_wait, self.wr.write_all(&bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SessionError::Gone(format!("writing: {e}"))),
+            Err(_) => {
+                self.torn = true;
+                Err(SessionError::Sent(Notify::new(
+                    code::HOLD_TIMER,
+                    0,
+                    Vec::new(),
+                    format!(
+                        "hold timer expired: the peer read nothing for {} s",
+                        self.write_wait.as_secs()
+                    ),
+                )))
+            }
+        }
+    }
+
+    /// A NOTIFICATION the peer sent that is still waiting to be read: after a hang, the peer
+    /// usually said why before it closed, and that is the cause worth reporting.
+    async fn last_words(&mut self) -> Option<String> {
+        while self.buf.len() < 2 * wire::MAX_LEN {
+            match tokio::time::timeout(LAST_WORDS_WAIT, self.rd.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        while let Ok(Some(frame)) = wire::frame(&mut self.buf) {
+            if let Ok(BgpMessage::Notification(n)) = wire::decode(&frame, self.asn_len) {
+                return Some(peer_sent(&n));
+            }
+        }
+        None
     }
 
     /// The next message, or the hold timer's NOTIFICATION at `deadline`.
@@ -440,17 +604,26 @@ impl Conn {
 
     /// Ends the connection after an error: the NOTIFICATION owed is sent first.
     async fn fail(&mut self, error: SessionError) -> End {
-        match error {
+        let theirs = self.last_words().await;
+        let ours = match error {
             SessionError::Sent(notify) => {
                 self.close(&notify).await;
-                End::Failed(format!("sent {notify}"))
+                format!("sent {notify}")
             }
-            SessionError::Gone(e) => End::Failed(e),
-        }
+            SessionError::Gone(e) => e,
+        };
+        End::Failed(match theirs {
+            Some(theirs) => format!("{theirs}; then {ours}"),
+            None => ours,
+        })
     }
 
     /// Sends `notify` (best effort) and closes.
     async fn close(&mut self, notify: &Notify) {
+        if self.torn {
+            let _ = self.wr.shutdown().await;
+            return;
+        }
         if let Ok(bytes) = wire::encode(&notify.message(), self.asn_len) {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.wr.write_all(&bytes)).await;
         }
@@ -513,6 +686,114 @@ impl Outbox {
         if self.ipv6 {
             conn.send(&wire::withdraw(true, &[])).await?;
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn retries_stay_short_through_a_peer_idle_hold_then_double() {
+        let s = Duration::from_secs;
+        let mut r = Retry::new(s(1), s(30), s(20));
+        let t0 = Instant::now();
+        // Never established: doubling from the start.
+        let first: Vec<u64> = (0..6).map(|_| r.next(t0).as_secs()).collect();
+        assert_eq!(first, vec![1, 2, 4, 8, 16, 30], "before any session");
+        // A session ends: 1 s waits for the fast window (a 5 s idle hold costs at most 1 s).
+        r.session_ended(t0);
+        let mut at = t0;
+        let mut waits = Vec::new();
+        while at < t0 + s(25) {
+            let w = r.next(at);
+            waits.push(w.as_secs());
+            at += w;
+        }
+        assert!(
+            waits[..20].iter().all(|&w| w == 1),
+            "expected 1 s waits for the first 20 s after a session ended, saw {waits:?}"
+        );
+        assert_eq!(&waits[20..], &[1, 2, 4], "then doubling again: {waits:?}");
+    }
+
+    /// A connected pair: the session's `Conn` and the peer's end.
+    async fn pair() -> Result<(Conn, TcpStream), Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let peer = TcpStream::connect(listener.local_addr()?).await?;
+        let (ours, _) = listener.accept().await?;
+        let (rd, wr) = ours.into_split();
+        let conn = Conn {
+            rd,
+            wr,
+            buf: BytesMut::new(),
+            asn_len: AsnLength::Bits32,
+            write_wait: OPEN_WAIT,
+            torn: false,
+        };
+        Ok((conn, peer))
+    }
+
+    #[tokio::test]
+    async fn a_failed_connection_reports_the_notification_the_peer_left() -> TestResult {
+        // The peer's hold timer expired while the agent hung; it said so and closed. The agent
+        // then fails on its own write, or its own hold timer.
+        for ours in [
+            SessionError::Gone("writing: Broken pipe (os error 32)".into()),
+            SessionError::Sent(Notify::new(
+                code::HOLD_TIMER,
+                0,
+                Vec::new(),
+                "hold timer expired",
+            )),
+        ] {
+            let (mut conn, mut peer) = pair().await?;
+            let theirs = Notify::new(code::HOLD_TIMER, 0, Vec::new(), "");
+            peer.write_all(&wire::encode(&BgpMessage::KeepAlive, AsnLength::Bits32)?)
+                .await?;
+            peer.write_all(&wire::encode(&theirs.message(), AsnLength::Bits32)?)
+                .await?;
+            peer.shutdown().await?;
+            let End::Failed(why) = conn.fail(ours).await else {
+                panic!("expected a failure")
+            };
+            assert!(
+                why.starts_with("peer sent NOTIFICATION 4/0"),
+                "expected the peer's NOTIFICATION 4/0 as the cause, saw {why:?}"
+            );
+        }
+        // Nothing waiting: the agent's own cause alone.
+        let (mut conn, _peer) = pair().await?;
+        let End::Failed(why) = conn.fail(SessionError::Gone("writing: x".into())).await else {
+            panic!("expected a failure")
+        };
+        assert_eq!(why, "writing: x");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_write_the_peer_never_reads_expires_the_hold_timer() -> TestResult {
+        let (mut conn, _peer) = pair().await?;
+        conn.write_wait = Duration::from_millis(300);
+        let update = BgpMessage::KeepAlive;
+        let start = std::time::Instant::now();
+        // The peer reads nothing: the socket buffers fill, then a write waits.
+        let error = loop {
+            if let Err(e) = conn.send(&update).await {
+                break e;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                panic!("expected a write to stall within 20 s");
+            }
+        };
+        match error {
+            SessionError::Sent(n) => assert_eq!((n.code, n.subcode), (4, 0), "{n}"),
+            SessionError::Gone(e) => panic!("expected a hold-timer NOTIFICATION, saw {e}"),
+        }
+        assert!(conn.torn, "a stalled write leaves the stream torn");
         Ok(())
     }
 }

@@ -14,6 +14,8 @@ use bgpkit_parser::models::{
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 
+use super::config::GRACEFUL_SHUTDOWN;
+
 pub const HEADER_LEN: usize = 19;
 /// Without the extended message capability (RFC 8654), which this speaker does not offer.
 pub const MAX_LEN: usize = 4096;
@@ -232,6 +234,10 @@ pub struct Speaking {
     pub asn_len: AsnLength,
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
+    /// The peer is in this AS (iBGP): an empty AS_PATH and a LOCAL_PREF.
+    pub ibgp: bool,
+    /// What internal sessions carry as LOCAL_PREF (not sent on external ones).
+    pub local_pref: u32,
 }
 
 fn prefix(p: IpNet) -> NetworkPrefix {
@@ -258,7 +264,13 @@ fn unicast(afi: Afi, next_hop: Option<NextHopAddress>, prefixes: Vec<NetworkPref
 pub fn announce(p: IpNet, attrs: &RouteAttrs, s: &Speaking) -> Option<BgpMessage> {
     let copies = 1 + usize::from(attrs.prepend);
     let mut values = vec![AttributeValue::Origin(Origin::IGP)];
-    if s.asn_len == AsnLength::Bits16 && s.local_asn > u32::from(u16::MAX) {
+    if s.ibgp {
+        // A route this AS originates goes to an internal peer with an empty AS_PATH (RFC 4271
+        // §5.1.2: the AS is added by whoever sends it out of the AS). No prepend either: any
+        // copy of its own AS is a loop to every router of the AS, which then drops the route
+        // (§9.1.2; GoBGP counted "Received 2 Accepted 0").
+        values.push(AttributeValue::AsPath(AsPath::new()));
+    } else if s.asn_len == AsnLength::Bits16 && s.local_asn > u32::from(u16::MAX) {
         // A 2-octet peer sees AS_TRANS, and the real path rides in AS4_PATH (RFC 6793 §4.2.2).
         values.push(AttributeValue::AsPath(AsPath::from_sequence(vec![
             AS_TRANS;
@@ -274,6 +286,17 @@ pub fn announce(p: IpNet, attrs: &RouteAttrs, s: &Speaking) -> Option<BgpMessage
     }
     if let Some(med) = attrs.med {
         values.push(AttributeValue::MultiExitDiscriminator(med));
+    }
+    if s.ibgp {
+        // Every UPDATE to an internal peer carries LOCAL_PREF (RFC 4271 §5.1.5), and none to an
+        // external one. A draining POP cannot lengthen an internal path, so it sets LOCAL_PREF
+        // 0 itself: what RFC 8326 asks receivers of the graceful-shutdown community to do.
+        let draining = attrs.communities.contains(&GRACEFUL_SHUTDOWN);
+        values.push(AttributeValue::LocalPreference(if draining {
+            0
+        } else {
+            s.local_pref
+        }));
     }
     if !attrs.communities.is_empty() {
         values.push(AttributeValue::Communities(
@@ -329,6 +352,24 @@ pub fn withdraw(v6: bool, prefixes: &[IpNet]) -> BgpMessage {
     })
 }
 
+/// The family an UPDATE is the End-of-RIB marker of (RFC 4724 §2): an IPv4 UPDATE with
+/// nothing in it, or one holding only an empty MP_UNREACH_NLRI.
+pub fn end_of_rib(u: &BgpUpdateMessage) -> Option<&'static str> {
+    if !u.announced_prefixes.is_empty() || !u.withdrawn_prefixes.is_empty() {
+        return None;
+    }
+    let attrs: Vec<&AttributeValue> = u.attributes.iter().collect();
+    match attrs.as_slice() {
+        [] => Some("ipv4"),
+        [AttributeValue::MpUnreachNlri(n)] if n.prefixes.is_empty() => match n.afi {
+            Afi::Ipv4 => Some("ipv4"),
+            Afi::Ipv6 => Some("ipv6"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The prefixes an UPDATE announces and withdraws, both families (for counting what a peer
 /// sends).
 pub fn update_counts(u: &BgpUpdateMessage) -> (usize, usize) {
@@ -344,4 +385,121 @@ pub fn update_counts(u: &BgpUpdateMessage) -> (usize, usize) {
         u.announced_prefixes.len() + reach,
         u.withdrawn_prefixes.len() + unreach,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn speaking(ibgp: bool, asn_len: AsnLength, local_asn: u32) -> Speaking {
+        Speaking {
+            local_asn,
+            asn_len,
+            next_hop_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            next_hop_v6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+            ibgp,
+            local_pref: 200,
+        }
+    }
+
+    /// The encoded UPDATE for `p`, decoded again as a peer reads it.
+    fn on_the_wire(p: &str, attrs: &RouteAttrs, s: &Speaking) -> Result<Attributes, String> {
+        let p: IpNet = p.parse().map_err(|e| format!("{e}"))?;
+        let msg = announce(p, attrs, s).ok_or("no next hop")?;
+        let bytes = encode(&msg, s.asn_len).map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::from(&bytes[..]);
+        let frame = frame(&mut buf)
+            .map_err(|e| e.to_string())?
+            .ok_or("partial")?;
+        match decode(&frame, s.asn_len).map_err(|e| e.to_string())? {
+            BgpMessage::Update(u) => Ok(u.attributes),
+            other => Err(format!("expected an UPDATE, decoded {other:?}")),
+        }
+    }
+
+    fn path(a: &Attributes) -> Option<Vec<u32>> {
+        a.as_path().and_then(|p| p.to_u32_vec_opt(false))
+    }
+
+    #[test]
+    fn internal_routes_have_an_empty_path_and_a_local_pref() -> TestResult {
+        let attrs = RouteAttrs {
+            communities: vec![(65001, 7)],
+            med: Some(5),
+            prepend: 2,
+        };
+        for (p, asn_len, asn) in [
+            ("198.18.0.10/32", AsnLength::Bits32, 65001),
+            ("2001:db8:ff::10/128", AsnLength::Bits32, 65001),
+            // A 4-octet AS towards a 2-octet peer: still nothing in AS_PATH, and no AS4_PATH.
+            ("198.18.0.10/32", AsnLength::Bits16, 4_200_000_001),
+        ] {
+            let a = on_the_wire(p, &attrs, &speaking(true, asn_len, asn))?;
+            let seen = a.as_path().map(|p| p.route_len());
+            assert_eq!(
+                seen,
+                Some(0),
+                "iBGP {p}: expected an empty AS_PATH, saw {seen:?}"
+            );
+            assert!(a.as4_path().is_none(), "iBGP {p}: AS4_PATH sent");
+            assert_eq!(
+                a.local_preference(),
+                Some(200),
+                "iBGP {p}: expected LOCAL_PREF 200"
+            );
+            assert_eq!(a.multi_exit_discriminator(), Some(5), "iBGP {p}: MED");
+        }
+        // The next hop is this POP's own address, as on eBGP.
+        let a = on_the_wire(
+            "198.18.0.10/32",
+            &attrs,
+            &speaking(true, AsnLength::Bits32, 65001),
+        )?;
+        assert_eq!(a.next_hop(), Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
+        Ok(())
+    }
+
+    #[test]
+    fn external_routes_carry_the_as_and_no_local_pref() -> TestResult {
+        let attrs = RouteAttrs {
+            prepend: 2,
+            ..RouteAttrs::default()
+        };
+        let a = on_the_wire(
+            "198.18.0.10/32",
+            &attrs,
+            &speaking(false, AsnLength::Bits32, 65001),
+        )?;
+        assert_eq!(path(&a), Some(vec![65001; 3]), "eBGP: AS and two prepends");
+        assert_eq!(a.local_preference(), None, "eBGP: LOCAL_PREF sent");
+        Ok(())
+    }
+
+    #[test]
+    fn a_draining_pop_sends_local_pref_zero_internally() -> TestResult {
+        let attrs = RouteAttrs {
+            communities: vec![GRACEFUL_SHUTDOWN],
+            prepend: 3,
+            ..RouteAttrs::default()
+        };
+        let a = on_the_wire(
+            "198.18.0.10/32",
+            &attrs,
+            &speaking(true, AsnLength::Bits32, 65001),
+        )?;
+        assert_eq!(
+            a.local_preference(),
+            Some(0),
+            "draining: expected LOCAL_PREF 0"
+        );
+        let seen = a.as_path().map(|p| p.route_len());
+        assert_eq!(
+            seen,
+            Some(0),
+            "draining: expected no AS inside the AS, saw {seen:?}"
+        );
+        Ok(())
+    }
 }

@@ -29,8 +29,8 @@ const VIP4: &str = "198.18.7.10";
 const VIP6: &str = "2001:db8:ff7::10";
 const MD5: &str = "edge-md5-secret";
 
-fn topology() -> Topology {
-    let mut t = Topology::new("bgp")
+fn topology(label: &str) -> Topology {
+    let mut t = Topology::new(label)
         .ns("client")
         .ns("router")
         .ns("popa")
@@ -253,7 +253,12 @@ impl Bgp {
 
     /// New flows POP `x`'s data plane has seen.
     fn new_flows(&self, x: char) -> Result<u64, Error> {
-        let pins = PinDir::new(bpffs_pin_dir(self.lab.ns(&format!("pop{x}")).name()));
+        let dir = bpffs_pin_dir(self.lab.ns(&format!("pop{x}")).name());
+        if !dir.exists() {
+            // A lab that never started this POP's agent.
+            return Ok(0);
+        }
+        let pins = PinDir::new(dir);
         let report = counters::nat_report(&pins)?;
         Ok(report.services.iter().map(|s| s.new_flows).sum())
     }
@@ -290,16 +295,21 @@ impl Bgp {
     }
 
     fn start_agent(&mut self, x: char) -> Result<(), Error> {
-        let i = usize::from(x == 'b');
         let bgp = match x {
             'a' => format!(
                 "asn = 65001\n\n[[bgp.peers]]\naddress = \"10.0.10.1\"\nasn = 65000\npassword = \"{MD5}\"\nnext_hop_v6 = \"2001:db8:10::2\"\n"
             ),
             _ => "asn = 65002\nrouter_id = \"10.0.11.2\"\nlisten = [\"[::]:179\"]\n\n[[bgp.peers]]\naddress = \"2001:db8:11::1\"\nasn = 65000\npassive = true\nnext_hop_v4 = \"10.0.11.2\"\n".to_owned(),
         };
+        self.start_agent_with(x, &bgp)
+    }
+
+    /// Starts POP `x`'s agent with `bgp` as the rest of its `[bgp]` section.
+    fn start_agent_with(&mut self, x: char, bgp: &str) -> Result<(), Error> {
+        let i = usize::from(x == 'b');
         let ns = self.lab.ns(&format!("pop{x}"));
         let config = self.lab.log_dir().join(format!("agent-{x}.toml"));
-        std::fs::write(&config, pop_config(&x.to_string(), &bgp))?;
+        std::fs::write(&config, pop_config(&x.to_string(), bgp))?;
         let pins = bpffs_pin_dir(ns.name());
         let agent = agent_bin();
         let argv = [
@@ -343,10 +353,20 @@ impl Bgp {
 
 #[test]
 fn bird_routes_clients_to_a_pop_that_can_serve_them() -> TestResult {
-    let lab = topology().up()?;
+    with_bird(topology("bgp"), bird_config, scenario)
+}
+
+/// Brings up `topology` with BIRD in `router` (its config from `conf`), runs `scenario`, and
+/// tears everything down (with BIRD's log printed on failure).
+fn with_bird(
+    topology: Topology,
+    conf: fn(&Path) -> String,
+    scenario: fn(&mut Bgp) -> TestResult,
+) -> TestResult {
+    let lab = topology.up()?;
     let bird_log = lab.log_dir().join("bird.log");
-    let conf = lab.log_dir().join("bird.conf");
-    std::fs::write(&conf, bird_config(&bird_log))?;
+    let conf_path = lab.log_dir().join("bird.conf");
+    std::fs::write(&conf_path, conf(&bird_log))?;
     // A unix socket path has room for 107 bytes: not under the lab's log directory.
     let socket = format!("/run/{}.bird.ctl", lab.ns("router").name());
     let bird = lab.ns("router").spawn(
@@ -355,7 +375,7 @@ fn bird_routes_clients_to_a_pop_that_can_serve_them() -> TestResult {
             "bird",
             "-f",
             "-c",
-            conf.to_str().ok_or("path")?,
+            conf_path.to_str().ok_or("path")?,
             "-s",
             &socket,
         ],
@@ -562,5 +582,264 @@ fn scenario(t: &mut Bgp) -> TestResult {
         withdraw < closed,
         "withdraw (line {withdraw}) after the close (line {closed}):\n{log}"
     );
+    Ok(())
+}
+
+/// BIRD inside POP A's AS, as a route reflector would be: iBGP, with the next hop resolved
+/// recursively (through the connected routes `protocol direct` brings) as across a real AS.
+fn ibgp_bird_config(log: &Path) -> String {
+    format!(
+        r#"router id 10.0.9.1;
+log "{}" all;
+protocol device {{ scan time 1; }}
+protocol direct {{ ipv4; ipv6; }}
+protocol kernel k4 {{ ipv4 {{ export where source != RTS_DEVICE; }}; }}
+protocol kernel k6 {{ ipv6 {{ export where source != RTS_DEVICE; }}; }}
+protocol bgp popa {{
+  local 10.0.10.1 as 65001;
+  neighbor 10.0.10.2 as 65001;
+  passive on;
+  hold time 9;
+  error wait time 1, 2;
+  debug {{ states, routes, events }};
+  ipv4 {{ import all; export none; }};
+  ipv6 {{ import all; export none; }};
+}}
+"#,
+        log.display()
+    )
+}
+
+#[test]
+fn bird_installs_routes_from_a_pop_in_its_own_as() -> TestResult {
+    with_bird(topology("ibgp"), ibgp_bird_config, ibgp_scenario)
+}
+
+fn ibgp_scenario(t: &mut Bgp) -> TestResult {
+    t.start_backend('a')?;
+    t.start_agent_with(
+        'a',
+        "asn = 65001\n\n[[bgp.peers]]\naddress = \"10.0.10.1\"\nasn = 65001\nlocal_pref = 200\nnext_hop_v6 = \"2001:db8:10::2\"\n",
+    )?;
+    let start = Instant::now();
+    let (routes4, routes6) = loop {
+        let r4 = t.birdc(&["show", "route", "for", VIP4, "all"])?;
+        let r6 = t.birdc(&["show", "route", "for", VIP6, "all"])?;
+        if r4.contains("BGP.") && r6.contains("BGP.") {
+            println!(
+                "ibgp: both VIPs in BIRD after {} ms",
+                start.elapsed().as_millis()
+            );
+            break (r4, r6);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "expected both VIPs from the iBGP session in BIRD, saw:\n{r4}\n{r6}\n{}",
+                t.birdc(&["show", "protocols", "all", "popa"])?
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (vip, r) in [(VIP4, &routes4), (VIP6, &routes6)] {
+        assert!(
+            r.contains("BGP.local_pref: 200"),
+            "{vip}: expected the POP's LOCAL_PREF 200, saw:\n{r}"
+        );
+        let path = r
+            .lines()
+            .find_map(|l| l.split_once("BGP.as_path:"))
+            .map(|(_, p)| p.trim());
+        assert_eq!(
+            path,
+            Some(""),
+            "{vip}: expected an empty AS_PATH inside the AS, saw:\n{r}"
+        );
+    }
+    // Accepted and installed: the router's kernel sends clients to POP A, and they are served.
+    t.wait_route(
+        "iBGP routes in the router's kernel",
+        Duration::from_secs(5),
+        |c| c == Some('a'),
+    )?;
+    assert_eq!(t.echo_both()?, 'a');
+    let status = t.cli('a', &["status", "--output", "json"])?;
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let session = &doc["agent"]["bgp"]["sessions"][0];
+    assert_eq!(
+        session["internal"], true,
+        "expected the session shown as internal: {session}"
+    );
+    Ok(())
+}
+
+/// BIRD as a graceful-restart helper (RFC 4724) for POP A over eBGP.
+fn gr_bird_config(log: &Path) -> String {
+    format!(
+        r#"router id 10.0.9.1;
+log "{}" all;
+protocol device {{ scan time 1; }}
+protocol kernel k4 {{ ipv4 {{ export all; }}; }}
+protocol kernel k6 {{ ipv6 {{ export all; }}; }}
+protocol bgp popa {{
+  local 10.0.10.1 as 65000;
+  neighbor 10.0.10.2 as 65001;
+  passive on;
+  hold time 9;
+  error wait time 1, 2;
+  graceful restart on;
+  debug {{ states, routes, events, packets }};
+  ipv4 {{ import all; export none; }};
+  ipv6 {{ import all; export none; }};
+}}
+"#,
+        log.display()
+    )
+}
+
+#[test]
+fn bird_keeps_a_restarting_pops_routes() -> TestResult {
+    with_bird(topology("gr"), gr_bird_config, gr_scenario)
+}
+
+/// POP A's graceful-restart state in `edge-agent status --output json`, once `ready` holds
+/// (the status file is written every second).
+fn gr_status(
+    t: &Bgp,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, Error> {
+    let start = Instant::now();
+    loop {
+        let status = t.cli('a', &["status", "--output", "json"])?;
+        let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        let gr = doc["agent"]["bgp"]["sessions"][0]["graceful_restart"].clone();
+        if ready(&gr) || start.elapsed() > Duration::from_secs(5) {
+            return Ok(gr);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn gr_scenario(t: &mut Bgp) -> TestResult {
+    const BGP: &str = "asn = 65001\ngraceful_restart_secs = 30\n\n[[bgp.peers]]\naddress = \"10.0.10.1\"\nasn = 65000\nnext_hop_v6 = \"2001:db8:10::2\"\n";
+    t.start_backend('a')?;
+    t.start_agent_with('a', BGP)?;
+    let start = Instant::now();
+    while !t.birdc(&["show", "route", "for", VIP4])?.contains("[popa")
+        || !t.birdc(&["show", "route", "for", VIP6])?.contains("[popa")
+    {
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err("expected both VIPs in BIRD within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let eor = |gr: &serde_json::Value| {
+        gr["end_of_rib_received"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    };
+    let gr = gr_status(t, eor)?;
+    assert_eq!(gr["negotiated"], true, "expected GR negotiated: {gr}");
+    assert_eq!(gr["restart_time"], 30, "{gr}");
+    assert_eq!(gr["forwarding_state"], false, "a fresh data plane: {gr}");
+    assert_eq!(
+        gr["end_of_rib_sent"],
+        serde_json::json!(["ipv4", "ipv6"]),
+        "{gr}"
+    );
+    assert!(eor(&gr), "expected BIRD's End-of-RIB: {gr}");
+
+    // SIGKILL: no withdraw, no NOTIFICATION. The restarted agent adopts the pinned data plane.
+    let log_before = std::fs::read_to_string(&t.bird_log)?.len();
+    let socket = t.socket.clone();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (samples, restarted) = std::thread::scope(|s| -> Result<_, Error> {
+        let poller = s.spawn(|| {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = |args: &[&str]| {
+                    Command::new("birdc")
+                        .arg("-s")
+                        .arg(&socket)
+                        .args(args)
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default()
+                };
+                let r4 = out(&["show", "route", "for", VIP4]);
+                let r6 = out(&["show", "route", "for", VIP6]);
+                let proto = out(&["show", "protocols", "all", "popa"]);
+                samples.push((
+                    r4.contains("[popa") && r6.contains("[popa"),
+                    proto.contains("Neighbor graceful restart active"),
+                    format!("{r4}{r6}"),
+                ));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        let agent = t.agents[0].take().ok_or("no agent")?;
+        std::thread::sleep(Duration::from_millis(500));
+        agent.signal(libc::SIGKILL)?;
+        agent.wait_exit(Duration::from_secs(10))?;
+        let killed = Instant::now();
+        std::thread::sleep(Duration::from_millis(1_000));
+        let result = t.start_agent_with('a', BGP);
+        let restarted = killed.elapsed();
+        // Until the new session has sent its End-of-RIB and BIRD has dropped the stale flags.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let log = std::fs::read_to_string(&t.bird_log).unwrap_or_default();
+            if log[log_before.min(log.len())..].contains("Neighbor graceful restart done") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = poller.join().map_err(|_| "the poller panicked")?;
+        result?;
+        Ok((samples, restarted))
+    })?;
+    println!(
+        "gr: agent back {} ms after SIGKILL; {} samples of BIRD's RIB, {} during the restart",
+        restarted.as_millis(),
+        samples.len(),
+        samples.iter().filter(|s| s.1).count()
+    );
+    if let Some(gap) = samples.iter().find(|s| !s.0) {
+        return Err(format!(
+            "expected both VIPs in BIRD throughout, one sample had:\n{}",
+            gap.2
+        )
+        .into());
+    }
+    assert!(
+        samples.iter().any(|s| s.1),
+        "expected BIRD to hold the routes as stale (graceful restart active) for a while"
+    );
+    assert!(
+        samples.last().is_some_and(|s| !s.1),
+        "expected the restart over (routes refreshed) at the end"
+    );
+    let log = std::fs::read_to_string(&t.bird_log)?;
+    let log = &log[log_before..];
+    let at = |what: &str| {
+        log.find(what)
+            .ok_or_else(|| format!("expected BIRD to log {what:?}:\n{log}"))
+    };
+    let (detected, got_eor, done) = (
+        at("Neighbor graceful restart detected")?,
+        at("Got END-OF-RIB")?,
+        at("Neighbor graceful restart done")?,
+    );
+    assert!(
+        detected < got_eor && got_eor <= done,
+        "expected detected < End-of-RIB <= done, saw {detected} {got_eor} {done}:\n{log}"
+    );
+    let gr = gr_status(t, |gr| gr["forwarding_state"] == true && eor(gr))?;
+    assert_eq!(gr["forwarding_state"], true, "an adopted data plane: {gr}");
+    assert_eq!(gr["negotiated"], true, "{gr}");
+    assert_eq!(t.echo_both()?, 'a');
     Ok(())
 }
