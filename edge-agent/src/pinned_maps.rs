@@ -17,6 +17,21 @@ pub struct MapDoc {
     pub fields: &'static [&'static str],
 }
 
+/// The fields of a flow-table entry `bpftool map dump` must name, in both tables.
+const FLOW_FIELDS: &[&str] = &[
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "new_src",
+    "new_dst",
+    "backend_id",
+    "tcp_flags",
+    "seq",
+    "ack",
+    "last_seen_ns",
+];
+
 pub const MAPS: &[MapDoc] = &[
     MapDoc {
         name: names::STATS_MAP,
@@ -72,17 +87,7 @@ pub const MAPS: &[MapDoc] = &[
         key: "FlowKey",
         value: "FlowValue",
         holds: "the flow table: both directions of every connection, rewrite and TCP state",
-        fields: &[
-            "src",
-            "dst",
-            "sport",
-            "dport",
-            "new_src",
-            "new_dst",
-            "backend_id",
-            "tcp_flags",
-            "last_seen_ns",
-        ],
+        fields: FLOW_FIELDS,
     },
     MapDoc {
         name: names::HALF_OPEN,
@@ -91,18 +96,7 @@ pub const MAPS: &[MapDoc] = &[
         value: "FlowValue",
         holds: "connections whose client has not yet acknowledged the backend's SYN-ACK; \
                 the ACK moves both halves to FLOWS",
-        fields: &[
-            "src",
-            "dst",
-            "sport",
-            "dport",
-            "new_src",
-            "new_dst",
-            "backend_id",
-            "tcp_flags",
-            "seq",
-            "last_seen_ns",
-        ],
+        fields: FLOW_FIELDS,
     },
     MapDoc {
         name: names::AFFINITY,

@@ -292,16 +292,7 @@ fn a_lost_flow_is_remade_on_the_same_backend_and_port(hook: Hook) -> TestResult 
 /// answer there (another connection's numbers) sends it on to the second, its own.
 fn a_recovery_onto_another_connections_port_moves_on(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
-    let (_, out) = nat.forward(&syn4(51000, 80)?)?;
-    let probe = check(&out)?;
-    let entries = nat.entries()?;
-    let reverse = half(&entries, true)?.0;
-    {
-        let mut half_open = nat.half_open()?;
-        for (key, _) in &entries {
-            half_open.remove(key)?;
-        }
-    }
+    let (probe, reverse) = nat.probe_ports(51000)?;
     // Another connection holds the first candidate port: the SYN gets the second.
     let holder = FlowKey {
         dport: probe.sport.to_be(),
@@ -383,15 +374,9 @@ fn spoofed_acks_evict_no_established_flow(hook: Hook) -> TestResult {
 /// theirs up; established ones never do.
 fn half_open_flows_give_way_to_new_ones(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
-    let (_, out) = nat.forward(&syn4(44000, 80)?)?;
-    let first = check(&out)?;
-    let entries = nat.entries()?;
-    let reverse = half(&entries, true)?.0;
+    let (first, reverse) = nat.probe_ports(44000)?;
     {
         let mut half_open = nat.half_open()?;
-        for (key, _) in &entries {
-            half_open.remove(key)?;
-        }
         // Another client's half-open flows on every candidate port.
         for n in 0..edge_common::limits::PORT_TRIES as u16 {
             let key = FlowKey {

@@ -221,6 +221,21 @@ impl Nat {
         Ok(self.flows()?.iter().collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// The translated SYN of an IPv4 client from `sport` and the reverse key it took, with the
+    /// half-open flow removed again: what a test needs to occupy that connection's candidate
+    /// source ports (the first is the SYN's, the next ones follow it).
+    pub fn probe_ports(&mut self, sport: u16) -> Result<(Seen, FlowKey), Error> {
+        let (_, out) = self.forward(&syn4(sport, 80)?)?;
+        let syn = check(&out)?;
+        let entries = self.entries()?;
+        let reverse = half(&entries, true)?.0;
+        let mut half_open = self.half_open()?;
+        for (key, _) in &entries {
+            half_open.remove(key)?;
+        }
+        Ok((syn, reverse))
+    }
+
     /// A whole handshake of an IPv4 client from `sport` (client ISN 1000, backend ISN 9000):
     /// SYN, the backend's SYN-ACK, the client's ACK. Returns the translated SYN.
     pub fn handshake4(&mut self, sport: u16) -> Result<Seen, Error> {
