@@ -93,6 +93,25 @@ impl Capture {
         self.lock().text()
     }
 
+    /// Waits until every stream is closed (the process and its children are gone and the
+    /// readers have everything), at most `timeout`: a process that has exited may still have
+    /// output in the pipe that the reader threads have not taken yet.
+    pub(crate) fn wait_closed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while state.open_streams > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poison| poison.into_inner().0);
+        }
+    }
+
     /// Waits until `needle` appears; `Err` carries the output so far.
     pub(crate) fn wait_for(&self, needle: &str, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;

@@ -151,7 +151,11 @@ impl LabProcess {
                 return Ok(status);
             }
             if self.has_exited() {
-                return self.reap();
+                let status = self.reap();
+                // Its last lines may still be in the pipe: callers read the output next (a
+                // loaded machine once had a test see "holding 300" without the summary line).
+                self.capture.wait_closed(Duration::from_secs(2));
+                return status;
             }
             if Instant::now() >= deadline {
                 return Err(LabError::Timeout {
