@@ -126,10 +126,7 @@ fn only_the_ack_of_the_backends_syn_ack_establishes_a_flow(hook: Hook) -> TestRe
 fn spoofed_syns_evict_no_established_flow(hook: Hook) -> TestResult {
     // 64 entries: room for 32 connections in each table.
     let mut nat = Nat::with_flows(hook, 64)?;
-    let mut live = Vec::new();
-    for sport in 47000..47020 {
-        live.push((sport, nat.handshake4(sport)?));
-    }
+    let live = nat.handshakes4(47000..47020)?;
     assert_eq!(nat.established()?.len(), 40);
     for sport in 10_000..15_000u16 {
         let (verdict, out) = nat.forward(&syn4(sport, 80)?)?;
@@ -343,10 +340,7 @@ fn a_recovery_onto_another_connections_port_moves_on(hook: Hook) -> TestResult {
 /// Spoofed mid-connection packets remake flows only in the half-open table.
 fn spoofed_acks_evict_no_established_flow(hook: Hook) -> TestResult {
     let mut nat = Nat::with_flows(hook, 64)?;
-    let mut live = Vec::new();
-    for sport in 47000..47020 {
-        live.push((sport, nat.handshake4(sport)?));
-    }
+    let live = nat.handshakes4(47000..47020)?;
     for sport in 10_000..13_000u16 {
         nat.forward(&segment4(
             sport,

@@ -42,3 +42,19 @@ pub use names::{
 pub use netns::NetNs;
 pub use process::LabProcess;
 pub use topology::{End, Topology};
+
+/// Raises this process's open-files limit to its hard maximum: the lab's load generators hold
+/// thousands of sockets, more than the usual soft limit of 1024.
+pub fn raise_nofile() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out pointer, then the same struct back in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

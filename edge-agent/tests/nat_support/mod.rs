@@ -221,6 +221,13 @@ impl Nat {
         Ok(self.flows()?.iter().collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// Full handshakes of IPv4 clients from each of `ports`: (port, translated SYN).
+    pub fn handshakes4(&mut self, ports: std::ops::Range<u16>) -> Result<Vec<(u16, Seen)>, Error> {
+        ports
+            .map(|sport| Ok((sport, self.handshake4(sport)?)))
+            .collect()
+    }
+
     /// The translated SYN of an IPv4 client from `sport` and the reverse key it took, with the
     /// half-open flow removed again: what a test needs to occupy that connection's candidate
     /// source ports (the first is the SYN's, the next ones follow it).

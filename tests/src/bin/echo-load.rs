@@ -99,21 +99,6 @@ impl Stream {
     }
 }
 
-/// Raises the open-files limit to its hard maximum: a thousand sockets exceed the usual 1024.
-fn raise_nofile() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out pointer, then the same struct back in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 /// A verified connection, kept open until the hold ends.
 type Open = (OwnedReadHalf, OwnedWriteHalf, usize);
 
@@ -205,7 +190,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    raise_nofile();
+    edge_lab::raise_nofile();
     let mut sizes = Stream::new(args.seed);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.connections {

@@ -87,21 +87,6 @@ impl Rng {
     }
 }
 
-/// Raises the open-files limit to its hard maximum: thousands of sockets exceed the usual 1024.
-fn raise_nofile() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out pointer, then the same struct back in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 #[derive(Default)]
 struct SlowStats {
     /// Slots that made their first attempt.
@@ -451,7 +436,7 @@ async fn http_flood(flags: &Flags) -> Result<String, Error> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    raise_nofile();
+    edge_lab::raise_nofile();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.split_first() {
         Some((mode, rest)) => match Flags::parse(rest) {
