@@ -15,6 +15,7 @@ use edge_agent::{
 };
 use edge_common::{
     flow::{FLOW_REVERSE, TCP_ACK, TCP_FIN, TCP_SYN},
+    limits::PORT_TRIES,
     FlowKey, FlowValue,
 };
 use etherparse::PacketBuilder;
@@ -265,22 +266,102 @@ fn a_lost_flow_is_remade_on_the_same_backend_and_port(hook: Hook) -> TestResult 
     assert_eq!(nat.drops()?.recovered, 2);
     assert_eq!(states(&mut nat)?, vec![TcpState::Established]);
 
-    // A backend that does not know the connection answers with a RST: it goes to the client,
-    // and nothing is established.
-    let (_, out) = nat.forward(&segment4(49001, 5000, 7000, Flags::Ack, b"??")?)?;
-    let stray = check(&out)?;
-    let mut rst = Vec::new();
-    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (stray.dst, stray.src) else {
-        return Err("expected IPv6".into());
+    // A backend that does not know the connection answers each candidate port with a RST:
+    // the client's retransmissions move on through the candidates, and the last one's RST goes
+    // to the client. Nothing is established.
+    for attempt in 0..PORT_TRIES {
+        let (_, out) = nat.forward(&segment4(49001, 5000, 7000, Flags::Ack, b"??")?)?;
+        let (verdict, _) = nat.tc(&rst_from_backend(&check(&out)?, 7000)?)?;
+        let last = attempt + 1 == PORT_TRIES;
+        assert_eq!(
+            verdict,
+            if last { TC_ACT_REDIRECT } else { TC_ACT_SHOT },
+            "candidate {attempt}: only the last one's RST goes back to the client"
+        );
+    }
+    assert_eq!(nat.established()?.len(), 2, "only the first connection");
+    Ok(())
+}
+
+/// The RST a backend sends for a segment to a port no socket of its holds, `seq` its
+/// acknowledgment.
+fn rst_from_backend(sent: &Seen, seq: u32) -> Result<Vec<u8>, Error> {
+    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (sent.dst, sent.src) else {
+        return Err(format!("expected IPv6: {sent:?}").into());
     };
+    let mut rst = Vec::new();
     PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
         .ipv6(backend.octets(), overlay.octets(), 64)
-        .tcp(8080, stray.sport, 7000, 0)
+        .tcp(8080, sent.sport, seq, 0)
         .rst()
         .write(&mut rst, &[])?;
-    let (verdict, _) = nat.tc(&rst)?;
-    assert_eq!(verdict, TC_ACT_REDIRECT, "the RST goes back to the client");
-    assert_eq!(nat.established()?.len(), 2, "only the first connection");
+    Ok(rst)
+}
+
+/// A connection whose SYN got its second candidate port because the first was held by a
+/// connection that has ended since: when it loses its entries, its recovery tries the first
+/// port, where no socket answers but with a RST. The RST stays in the POP and the
+/// retransmission finds the connection's own port.
+fn a_recovery_onto_a_free_port_moves_on(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let (probe, reverse) = nat.probe_ports(52000)?;
+    let holder = FlowKey {
+        dport: probe.sport.to_be(),
+        ..reverse
+    };
+    nat.flows()?.insert(
+        holder,
+        FlowValue {
+            flags: FLOW_REVERSE,
+            tcp_flags: TCP_SYN | TCP_ACK,
+            new_src: [1; 16],
+            new_dst: [2; 16],
+            ..FlowValue::default()
+        },
+        0,
+    )?;
+    let syn = nat.handshake4(52000)?;
+    assert_eq!(syn.sport, probe.sport + 1, "the second candidate");
+    // The holder ends, then the connection loses its entries.
+    let all: Vec<FlowKey> = nat.established()?.into_iter().map(|(k, _)| k).collect();
+    for key in all {
+        nat.flows()?.remove(&key)?;
+    }
+    let (_, out) = nat.forward(&segment4(52000, 1001, 9001, Flags::Ack, b"again")?)?;
+    let first = check(&out)?;
+    assert_eq!(first.sport, probe.sport, "the first candidate, free now");
+    let (verdict, _) = nat.tc(&rst_from_backend(&first, 9001)?)?;
+    assert_eq!(verdict, TC_ACT_SHOT, "the RST does not reach the client");
+    let (_, out) = nat.forward(&segment4(52000, 1001, 9001, Flags::Ack, b"again")?)?;
+    let second = check(&out)?;
+    assert_eq!(second.sport, syn.sport, "recovered onto its own port");
+    let (verdict, _) = nat.tc(&from_backend(&second, 9001, 1006, b"ok")?)?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(nat.established()?.len(), 2, "established on its own port");
+    Ok(())
+}
+
+/// A recovery whose first packet went to a wrong port and whose next one found the right port
+/// is answered with an acknowledgment behind that packet (the backend never got the first
+/// one): the remade flow is the connection's all the same.
+fn a_backend_behind_the_recovering_packet_confirms_it(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let syn = nat.handshake4(53000)?;
+    let all: Vec<FlowKey> = nat.established()?.into_iter().map(|(k, _)| k).collect();
+    for key in all {
+        nat.flows()?.remove(&key)?;
+    }
+    // The segment after the lost one (1001..1401) recovers the flow.
+    let (_, out) = nat.forward(&segment4(53000, 1401, 9001, Flags::Ack, b"later")?)?;
+    assert_eq!(check(&out)?.sport, syn.sport);
+    // The backend still expects 1001: a duplicate acknowledgment.
+    let (verdict, _) = nat.tc(&from_backend(&syn, 9001, 1001, b"")?)?;
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "the duplicate ACK goes to the client"
+    );
+    assert_eq!(nat.established()?.len(), 2, "established again");
+    assert_eq!(nat.drops()?.recovery_missed, 0);
     Ok(())
 }
 
@@ -449,4 +530,6 @@ for_both_hooks!(
     spoofed_acks_evict_no_established_flow,
     half_open_flows_give_way_to_new_ones,
     a_recovery_onto_another_connections_port_moves_on,
+    a_recovery_onto_a_free_port_moves_on,
+    a_backend_behind_the_recovering_packet_confirms_it,
 );

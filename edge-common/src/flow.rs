@@ -62,7 +62,12 @@ pub struct FlowValue {
     /// at the sequence number the backend expects (`ack` of the reverse entry): a blind one
     /// with a guessed number passes to the backend, which drops it (RFC 5961), and ends nothing.
     pub tcp_flags: u8,
-    pub _pad: [u8; 2],
+    /// Reverse entries of a remade flow (`FLOW_RECOVERED`): how many candidate source ports
+    /// come after this one. While some do, a RST from the backend means the port was not the
+    /// client's (no socket holds it any more) and the client's next packet tries the next one;
+    /// at the last, the RST goes to the client.
+    pub recovery_ports_left: u8,
+    pub _pad: u8,
     /// Reverse entries: the backend's ISN + 1, from its SYN-ACK (what the client's handshake
     /// ACK must acknowledge).
     pub seq: u32,

@@ -12,7 +12,7 @@ use aya_ebpf::{
     btf_maps::LruHashMap,
 };
 use edge_common::{
-    flow::{FLOW_TOMBSTONE, TCP_FIN, TCP_RST, TCP_SYN},
+    flow::{FLOW_RECOVERED, FLOW_TOMBSTONE, TCP_FIN, TCP_RST, TCP_SYN},
     limits::DEFAULT_FLOWS,
     FlowKey, FlowValue,
 };
@@ -123,6 +123,22 @@ pub fn may_recover_into(reverse_key: &FlowKey, key: &FlowKey) -> bool {
     }
     let _ = HALF_OPEN.remove(reverse_key);
     true
+}
+
+/// Whether `tcp_flags`, of a backend's segment to the half-open reverse entry `entry`, is an
+/// answer that tells if the entry's remade flow found the client's source port: anything but a
+/// SYN, except a RST at the last candidate port (the backend lost the connection: the client
+/// is told).
+///
+/// # Safety
+/// `entry` is an entry of `HALF_OPEN`, valid for this run.
+#[inline(always)]
+pub unsafe fn tests_recovery(entry: *const FlowValue, tcp_flags: u8) -> bool {
+    // SAFETY: the caller's entry.
+    let (flags, ports_left) = unsafe { ((*entry).flags, (*entry).recovery_ports_left) };
+    flags & FLOW_RECOVERED != 0
+        && tcp_flags & TCP_SYN == 0
+        && (tcp_flags & TCP_RST == 0 || ports_left > 0 || flags & FLOW_TOMBSTONE != 0)
 }
 
 /// The backend answered the recovered flow whose reverse half is `entry` as for another

@@ -19,9 +19,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use edge_common::{
-    flow::{
-        FLOW_RECOVERED, FLOW_REVERSE, FLOW_TOMBSTONE, FLOW_V4_CLIENT, TCP_ACK, TCP_RST, TCP_SYN,
-    },
+    flow::{FLOW_REVERSE, FLOW_TOMBSTONE, FLOW_V4_CLIENT, TCP_ACK, TCP_RST, TCP_SYN},
     pop::POP_READY,
     FlowKey, PopConfig, IPPROTO_TCP,
 };
@@ -38,8 +36,8 @@ use crate::{
 };
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
-/// How far past the client's sequence number a backend's acknowledgment of a remade flow may
-/// be (data of the client's in flight): another connection passes the test once in 16,384.
+/// How far from the client's sequence number a backend's acknowledgment of a remade flow may
+/// be, either way: another connection passes the test once in 8,192.
 const RECOVERY_WINDOW: u32 = 256 * 1024;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -104,20 +102,20 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         Some(entry) => entry,
         None => match HALF_OPEN.get_ptr_mut(key) {
             // SAFETY: valid for this run.
-            Some(entry)
-                if unsafe { (*entry).flags } & FLOW_RECOVERED != 0
-                    && tcp_flags & (TCP_SYN | TCP_RST) == 0 =>
-            {
+            Some(entry) if unsafe { flow_table::tests_recovery(entry, tcp_flags) } => {
                 // The backend's answer to a remade flow tells whether the source port was the
-                // client's: its acknowledgment is at (or a little past) the sequence number of
-                // the client's packet; another connection's socket on that port answers with
-                // its own numbers. (A RST, from a port no socket holds or a backend that lost
-                // the connection, goes to the client: its connection is gone either way.)
+                // client's: its acknowledgment is near the sequence number of the client's
+                // packet (past it with data in flight, behind it when earlier data went to a
+                // wrong port); another connection's socket on that port answers with its own
+                // numbers. A RST says no socket holds the port: the client's next packet tries
+                // the next candidate, and only the last candidate's RST (a backend that lost
+                // the connection) goes to the client.
                 // SAFETY: valid for this run.
                 let (flags, expected) = unsafe { ((*entry).flags, (*entry).seq) };
                 let answered = flags & FLOW_TOMBSTONE == 0
-                    && tcp_flags & TCP_ACK != 0
-                    && seg.ack.wrapping_sub(expected) <= RECOVERY_WINDOW;
+                    && tcp_flags & (TCP_ACK | TCP_RST) == TCP_ACK
+                    && (seg.ack.wrapping_sub(expected) <= RECOVERY_WINDOW
+                        || expected.wrapping_sub(seg.ack) <= RECOVERY_WINDOW);
                 if !answered {
                     if flags & FLOW_TOMBSTONE == 0 {
                         // SAFETY: a reverse entry of HALF_OPEN, valid for this run.

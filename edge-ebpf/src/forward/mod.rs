@@ -376,13 +376,12 @@ fn setup_flow(
     value.service_id = service.service_id;
     value.backend_id = backend_id;
     value.flags = FLOW_REVERSE | family;
-    // The flags and padding as one word: a byte array would be zeroed by a memset call.
-    // SAFETY: `tcp_flags` and `_pad` are the two bytes after `flags`, 2-byte aligned; `seq`
-    // and `ack` are the 8 bytes after them, 8-byte aligned.
-    unsafe {
-        (&raw mut value.tcp_flags).cast::<u16>().write_volatile(0);
-        (&raw mut value.seq).cast::<u64>().write_volatile(0);
-    }
+    value.tcp_flags = 0;
+    value.recovery_ports_left = 0;
+    value._pad = 0;
+    // One word: two zero stores would become a memset call.
+    // SAFETY: `seq` and `ack` are adjacent u32s, 8-byte aligned.
+    unsafe { (&raw mut value.seq).cast::<u64>().write_volatile(0) };
     if recover {
         // SAFETY: this CPU's scratch slot, written by `flow_for` in this run.
         value.seq = unsafe { (*scratch).recover_seq };
@@ -410,6 +409,8 @@ fn setup_flow(
         reverse_key.dst[..12].copy_from_slice(&config.snat_prefix);
         reverse_key.dst[12..].copy_from_slice(&key.src[12..]);
         reverse_key.dport = key.sport;
+        // The overlay address's ports come after this one.
+        value.recovery_ports_left = PORT_TRIES as u8;
         if let Some(claimed) = claim(key, value, reverse_key, backend, family, tcp_flags, bytes) {
             return claimed.map(|()| backend_id);
         }
@@ -424,6 +425,7 @@ fn setup_flow(
     for attempt in 0..PORT_TRIES {
         let port = (u32::from(config.port_min) + start.wrapping_add(attempt) % range) as u16;
         reverse_key.dport = port.to_be();
+        value.recovery_ports_left = (PORT_TRIES - 1 - attempt) as u8;
         if let Some(claimed) = claim(key, value, reverse_key, backend, family, tcp_flags, bytes) {
             return claimed.map(|()| backend_id);
         }
@@ -439,6 +441,7 @@ fn setup_flow(
             continue;
         }
         stats::displaced();
+        value.recovery_ports_left = 0;
         if let Some(claimed) = claim(key, value, reverse_key, backend, family, tcp_flags, bytes) {
             return claimed.map(|()| backend_id);
         }
