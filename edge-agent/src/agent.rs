@@ -824,6 +824,7 @@ impl Agent {
             rejected_rows: b.rejected_rows,
             health_checks: b.health.checks,
             health_transitions: b.health.transitions,
+            geo: b.geo.clone(),
             ..crate::metrics::AgentView::default()
         };
         if let Some(speaker) = &self.bgp {

@@ -7,11 +7,13 @@
 
 use std::time::{Duration, Instant};
 
+use edge_lab::pop_lab::backend_addr;
+
 use super::{
     common::{agent_bin, agent_json, tear_down, TestResult},
     realistic_pop::{
         assert_serving, check_churn, landings, summary, write_database, MaxServices, RealisticPop,
-        CLIENTS,
+        BACKENDS, CLIENTS,
     },
 };
 
@@ -121,6 +123,7 @@ fn status_says_which_geo_database_is_in_force() -> TestResult {
     assert_eq!(geo["countries"], 56, "{geo}");
     assert_eq!(geo["database_type"], "edgeProxy-Realistic-Country", "{geo}");
     let before = agent_json(&pop.pins, &["backends"])?;
+    explain_matches_a_real_connection(&pop)?;
 
     agent.signal(libc::SIGTERM)?;
     agent.wait_exit(Duration::from_secs(10))?;
@@ -142,6 +145,26 @@ fn status_says_which_geo_database_is_in_force() -> TestResult {
         "the log says what is in force:\n{}",
         agent.output_so_far()
     );
+    let scrape = pop
+        .lab
+        .ns("pop")
+        .exec_ok(&["curl", "-sf", "http://127.0.0.1:9469/metrics"])?
+        .stdout;
+    for needle in [
+        "edgeproxy_geo_database_info{database_type=\"\",path=\"\",source=\"pinned\"} 1",
+        "edgeproxy_geo_networks 100020",
+        "edgeproxy_geo_countries 56",
+        "edgeproxy_geo_refused 1",
+    ] {
+        assert!(
+            scrape.contains(needle),
+            "/metrics has {needle}: {:?}",
+            scrape
+                .lines()
+                .filter(|l| l.contains("geo"))
+                .collect::<Vec<_>>()
+        );
+    }
     // The CLI reads what the agent holds, not the file.
     let after = agent_json(&pop.pins, &["backends"])?;
     // The tables each backend is in, by the countries that use them (the shares move with the
@@ -178,6 +201,66 @@ fn status_says_which_geo_database_is_in_force() -> TestResult {
     );
     drop(agent);
     tear_down(pop.lab);
+    Ok(())
+}
+
+/// `edge-agent explain` answers from the pinned maps: a BR client's table holds only the BR
+/// backend, a 6to4 address counts as the IPv4 address it embeds, and for a CL client (its region's
+/// two backends) the backend it names for a source port is the one a real connection from that
+/// port reaches.
+fn explain_matches_a_real_connection(pop: &RealisticPop) -> TestResult {
+    let explain = |client: &str, vip: &str, port: Option<&str>| {
+        let mut args = vec!["explain", client, "--vip", vip];
+        if let Some(port) = port {
+            args.extend(["--port", port]);
+        }
+        agent_json(&pop.pins, &args)
+    };
+    let name_of = |addr: &str| -> String {
+        (1..=BACKENDS.len())
+            .find(|n| addr.starts_with(&format!("[{}]", backend_addr(*n))))
+            .map_or_else(|| addr.to_owned(), |n| BACKENDS[n - 1].0.to_owned())
+    };
+    let br = explain("10.0.1.17", "198.18.0.10:80", None)?;
+    assert_eq!(br["country"], "BR", "{br}");
+    let shares: Vec<String> = br["shares"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| name_of(k))
+        .collect();
+    assert_eq!(shares, ["br"], "{br}");
+    // 2002:0a00:0111::/48 is the 6to4 prefix of 10.0.1.17.
+    let tunnelled = explain("2002:a00:111::1", "[2001:db8:ff::10]:80", None)?;
+    assert_eq!(
+        (
+            tunnelled["country"].clone(),
+            tunnelled["classified_as"].clone()
+        ),
+        ("BR".into(), "10.0.1.17".into()),
+        "{tunnelled}"
+    );
+    let cl = explain("10.0.1.145", "198.18.0.10:80", Some("40001"))?;
+    assert_eq!(cl["country"], "CL", "{cl}");
+    let mut names: Vec<String> = cl["shares"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| name_of(k))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ar", "br"], "{cl}");
+    let picked = name_of(cl["picked"].as_str().ok_or("no pick")?);
+    let reached = pop.lab.ns("client").exec_ok(&[
+        "sh",
+        "-c",
+        "echo x | socat -t1 - TCP:198.18.0.10:80,bind=10.0.1.145:40001,connect-timeout=2",
+    ])?;
+    assert_eq!(
+        reached.stdout.lines().next(),
+        Some(picked.as_str()),
+        "explain said {cl}"
+    );
     Ok(())
 }
 
