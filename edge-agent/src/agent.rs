@@ -85,6 +85,8 @@ struct Balancing {
     zone_published: Vec<hickory_proto::rr::Record>,
     /// Writes this POP's health rows (started with the runtime, when there is a store).
     health_writer: Option<crate::health::writer::Writer>,
+    /// This POP's health rows about backends the state no longer has, to remove.
+    orphan_health: Vec<(String, String)>,
     /// The state as last read, for the registration API.
     snapshot_tx: tokio::sync::watch::Sender<Arc<Snapshot>>,
 }
@@ -326,6 +328,7 @@ impl Agent {
                     last_plan: None,
                     dns: None,
                     health_writer: None,
+                    orphan_health: Vec::new(),
                     dns_serial: 0,
                     zone_published: Vec::new(),
                     snapshot_tx: tokio::sync::watch::channel(Arc::new(Snapshot::default())).0,
@@ -461,6 +464,13 @@ impl Agent {
             },
             None => self.config.snapshot(),
         };
+        let ours = format!("{}/", self.config.pop_id);
+        b.orphan_health = rejected
+            .iter()
+            .filter(|r| r.table == "health" && r.reason.starts_with("unknown backend"))
+            .filter_map(|r| r.key.strip_prefix(&ours))
+            .map(|backend| (self.config.pop_id.clone(), backend.to_owned()))
+            .collect();
         let now: std::collections::HashSet<_> = rejected
             .into_iter()
             .map(|r| (r.table, r.key, r.reason))
@@ -763,6 +773,7 @@ impl Agent {
         }
         if let Some(writer) = &b.health_writer {
             writer.send(rows);
+            writer.forget(std::mem::take(&mut b.orphan_health));
         }
     }
 
