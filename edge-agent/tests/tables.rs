@@ -131,10 +131,19 @@ fn when_rings_run_out_newcomers_are_refused_not_serving_services() -> TestResult
     ]);
     let applied = reconciler.apply(&mut ebpf, &lab_pop(), &after)?;
     let refused: Vec<&str> = applied.rejected.iter().map(|r| r.what.as_str()).collect();
-    assert_eq!(refused, ["service new2", "service new3"], "{:?}", applied.rejected);
+    assert_eq!(
+        refused,
+        ["service new2", "service new3"],
+        "{:?}",
+        applied.rejected
+    );
     // web (service id 0) has its new set; new1 got the last ring.
     let ids = reconciler.backend_ids();
-    let id_of = |n: u16| ids.iter().find(|(_, (a, _))| *a == addr(n)).map(|(id, _)| *id);
+    let id_of = |n: u16| {
+        ids.iter()
+            .find(|(_, (a, _))| *a == addr(n))
+            .map(|(id, _)| *id)
+    };
     let web = table_of(&ebpf, 0)?;
     assert_eq!(web, [id_of(1).ok_or("b1")?, id_of(3).ok_or("b3")?]);
     assert_eq!(applied.services, 3);

@@ -276,12 +276,28 @@ fn a_sighup_to_another_country_list_steers_no_client_astray() -> TestResult {
     let go = pop.lab.log_dir().join("go");
     let churn = pop.churn(&go)?;
     std::thread::sleep(Duration::from_millis(500));
+    let loaded =
+        |agent: &edge_lab::LabProcess| agent.output_so_far().matches("geo database loaded").count();
     for round in 0..3 {
         // "AA"/"AB" sort before every other country: they would shift every class by two.
         let extra: &[&str] = if round % 2 == 0 { &["AA", "AB"] } else { &[] };
-        write_database(&pop.geo, extra)?;
+        // Written aside and renamed into place, as an operator's update job does: the agent
+        // never reads a file half written.
+        let next = pop.lab.log_dir().join("next.mmdb");
+        write_database(&next, extra)?;
+        std::fs::rename(&next, &pop.geo)?;
+        let before = loaded(&agent);
         agent.signal(libc::SIGHUP)?;
-        std::thread::sleep(Duration::from_millis(1500));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while loaded(&agent) == before {
+            if Instant::now() > deadline {
+                return Err(
+                    format!("reload {round} not logged:\n{}", agent.output_so_far()).into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     std::fs::write(&go, b"")?;
     let churned = summary(&churn, "geo-churn")?;
