@@ -298,6 +298,19 @@ fn three_pops_replicate_through_corrosion() -> TestResult {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // `backends` answers from the running agent's state, whatever the source.
+    let out = std::process::Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(bpffs_pin_dir(lab.ns("pop1").name()))
+        .args(["backends", "--output", "json"])
+        .output()?;
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        rows.as_array().map(Vec::len),
+        Some(CHANGES + 1),
+        "`edge-agent backends` with the state in Corrosion: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     frozen_node_is_noticed(&lab, &nodes[0])?;
     deleted_backends_leave_no_health_rows(&lab)?;
     drop(agents);
