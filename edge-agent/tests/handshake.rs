@@ -304,29 +304,9 @@ fn rst_from_backend(sent: &Seen, seq: u32) -> Result<Vec<u8>, Error> {
 /// retransmission finds the connection's own port.
 fn a_recovery_onto_a_free_port_moves_on(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
-    let (probe, reverse) = nat.probe_ports(52000)?;
-    let holder = FlowKey {
-        dport: probe.sport.to_be(),
-        ..reverse
-    };
-    nat.flows()?.insert(
-        holder,
-        FlowValue {
-            flags: FLOW_REVERSE,
-            tcp_flags: TCP_SYN | TCP_ACK,
-            new_src: [1; 16],
-            new_dst: [2; 16],
-            ..FlowValue::default()
-        },
-        0,
-    )?;
-    let syn = nat.handshake4(52000)?;
-    assert_eq!(syn.sport, probe.sport + 1, "the second candidate");
+    let (probe, syn) = on_second_candidate(&mut nat, 52000)?;
     // The holder ends, then the connection loses its entries.
-    let all: Vec<FlowKey> = nat.established()?.into_iter().map(|(k, _)| k).collect();
-    for key in all {
-        nat.flows()?.remove(&key)?;
-    }
+    forget_all(&mut nat)?;
     let (_, out) = nat.forward(&segment4(52000, 1001, 9001, Flags::Ack, b"again")?)?;
     let first = check(&out)?;
     assert_eq!(first.sport, probe.sport, "the first candidate, free now");
@@ -347,10 +327,7 @@ fn a_recovery_onto_a_free_port_moves_on(hook: Hook) -> TestResult {
 fn a_backend_behind_the_recovering_packet_confirms_it(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
     let syn = nat.handshake4(53000)?;
-    let all: Vec<FlowKey> = nat.established()?.into_iter().map(|(k, _)| k).collect();
-    for key in all {
-        nat.flows()?.remove(&key)?;
-    }
+    forget_all(&mut nat)?;
     // The segment after the lost one (1001..1401) recovers the flow.
     let (_, out) = nat.forward(&segment4(53000, 1401, 9001, Flags::Ack, b"later")?)?;
     assert_eq!(check(&out)?.sport, syn.sport);
@@ -365,13 +342,10 @@ fn a_backend_behind_the_recovering_packet_confirms_it(hook: Hook) -> TestResult 
     Ok(())
 }
 
-/// A connection whose SYN found its first candidate port held got the second. When both it
-/// and the holder lose their entries, its recovery tries the first port again; the backend's
-/// answer there (another connection's numbers) sends it on to the second, its own.
-fn a_recovery_onto_another_connections_port_moves_on(hook: Hook) -> TestResult {
-    let mut nat = Nat::new(hook)?;
-    let (probe, reverse) = nat.probe_ports(51000)?;
-    // Another connection holds the first candidate port: the SYN gets the second.
+/// A connection from `port` whose SYN found its first candidate port held by another
+/// connection, and got the second: (the first candidate, the connection's translated SYN).
+fn on_second_candidate(nat: &mut Nat, port: u16) -> Result<(Seen, Seen), Error> {
+    let (probe, reverse) = nat.probe_ports(port)?;
     let holder = FlowKey {
         dport: probe.sport.to_be(),
         ..reverse
@@ -387,13 +361,28 @@ fn a_recovery_onto_another_connections_port_moves_on(hook: Hook) -> TestResult {
         },
         0,
     )?;
-    let syn = nat.handshake4(51000)?;
+    let syn = nat.handshake4(port)?;
     assert_eq!(syn.sport, probe.sport + 1, "the second candidate");
-    // Both lose their entries.
+    Ok((probe, syn))
+}
+
+/// Removes every entry of `FLOWS`, as an operator's `bpftool map delete` would.
+fn forget_all(nat: &mut Nat) -> TestResult {
     let all: Vec<FlowKey> = nat.established()?.into_iter().map(|(k, _)| k).collect();
     for key in all {
         nat.flows()?.remove(&key)?;
     }
+    Ok(())
+}
+
+/// A connection whose SYN found its first candidate port held got the second. When both it
+/// and the holder lose their entries, its recovery tries the first port again; the backend's
+/// answer there (another connection's numbers) sends it on to the second, its own.
+fn a_recovery_onto_another_connections_port_moves_on(hook: Hook) -> TestResult {
+    let mut nat = Nat::new(hook)?;
+    let (probe, syn) = on_second_candidate(&mut nat, 51000)?;
+    // Both lose their entries.
+    forget_all(&mut nat)?;
     let (_, out) = nat.forward(&segment4(51000, 1001, 9001, Flags::Ack, b"again")?)?;
     let first = check(&out)?;
     assert_eq!(

@@ -14,7 +14,7 @@ use edge_lab::{
     Lab, LabProcess,
 };
 
-use super::common::{agent_bin, agent_json, echo_backends, tear_down, TestResult};
+use super::common::{agent_bin, agent_json, echo_backends, summary, tear_down, TestResult};
 
 const BACKENDS: usize = 2;
 /// Where the flood's sources come from: routed back to the client namespace, which drops the
@@ -48,21 +48,6 @@ fn forge(lab: &Lab, args: &[&str]) -> Result<LabProcess, Box<dyn std::error::Err
     let mut argv = vec![bin];
     argv.extend_from_slice(args);
     Ok(lab.ns("client").spawn("tcp-forge", &argv, &[])?)
-}
-
-/// Waits for `load` to exit and returns its JSON summary line, failing with its output if it
-/// failed.
-fn summary(load: &LabProcess, what: &str) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let status = load.wait_exit(Duration::from_secs(120))?;
-    let out = load.output_so_far();
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .ok_or_else(|| format!("{what}: no summary in {out}"))?;
-    let doc: serde_json::Value = serde_json::from_str(line)?;
-    assert!(status.success(), "{what} failed: {line}");
-    Ok(doc)
 }
 
 /// (eligible, live flows) of every backend, as `edge-agent status` reports them.

@@ -180,3 +180,20 @@ pub fn web_state(lab: &Lab, vip: &str) -> Result<(edge_agent::state::SqliteState
     })?;
     Ok((state, db))
 }
+
+/// Waits for `load` (a load generator that ends with a JSON summary line) to exit and returns
+/// that line parsed; an error with the line if it failed, or with its output if it printed none.
+pub fn summary(load: &edge_lab::LabProcess, what: &str) -> Result<serde_json::Value, Error> {
+    let status = load.wait_exit(Duration::from_secs(120))?;
+    let out = load.output_so_far();
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| format!("{what}: no summary in {out}"))?;
+    let doc: serde_json::Value = serde_json::from_str(line)?;
+    if !status.success() {
+        return Err(format!("{what} failed: {line}").into());
+    }
+    Ok(doc)
+}

@@ -163,14 +163,19 @@ fn agent(lab: &Lab, i: usize) -> Result<LabProcess, Error> {
     Ok(process)
 }
 
-/// The backend addresses in POP `i`'s kernel map.
-fn kernel_backends(lab: &Lab, i: usize) -> Result<Vec<String>, Error> {
+/// `edge-agent status` of POP `i`.
+fn status(lab: &Lab, i: usize) -> Result<serde_json::Value, Error> {
     let out = std::process::Command::new(agent_bin())
         .arg("--bpffs-root")
         .arg(bpffs_pin_dir(lab.ns(&format!("pop{i}")).name()))
         .args(["status", "--output", "json"])
         .output()?;
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The backend addresses in POP `i`'s kernel map.
+fn kernel_backends(lab: &Lab, i: usize) -> Result<Vec<String>, Error> {
+    let doc = status(lab, i)?;
     Ok(doc["backends"]
         .as_array()
         .map(|rows| {
@@ -319,14 +324,9 @@ fn three_pops_replicate_through_corrosion() -> TestResult {
     Ok(())
 }
 
-/// POP 1's state staleness, from `status`.
+/// POP `i`'s state staleness, from `status`.
 fn stale_secs(lab: &Lab, i: usize) -> Result<f64, Error> {
-    let out = std::process::Command::new(agent_bin())
-        .arg("--bpffs-root")
-        .arg(bpffs_pin_dir(lab.ns(&format!("pop{i}")).name()))
-        .args(["status", "--output", "json"])
-        .output()?;
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let doc = status(lab, i)?;
     doc["agent"]["state"]["stale_secs"]
         .as_f64()
         .ok_or_else(|| format!("no staleness in {}", doc["agent"]["state"]).into())

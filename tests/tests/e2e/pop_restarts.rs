@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use edge_lab::pop_lab::backend_addr;
 
 use super::{
-    common::{agent_bin, agent_json, tear_down, TestResult},
+    common::{agent_bin, agent_json, summary, tear_down, TestResult},
     realistic_pop::{
-        assert_serving, check_churn, landings, summary, write_database, MaxServices, RealisticPop,
-        BACKENDS, CLIENTS,
+        assert_serving, check_churn, landings, write_database, MaxServices, RealisticPop, BACKENDS,
+        CLIENTS,
     },
 };
 

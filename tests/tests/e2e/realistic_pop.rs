@@ -212,22 +212,6 @@ database = "{}"
     }
 }
 
-/// The JSON summary line of a finished load process.
-pub fn summary(load: &LabProcess, what: &str) -> Result<serde_json::Value, Error> {
-    let status = load.wait_exit(Duration::from_secs(120))?;
-    let out = load.output_so_far();
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .ok_or_else(|| format!("{what}: no summary in {out}"))?;
-    let doc: serde_json::Value = serde_json::from_str(line)?;
-    if !status.success() {
-        return Err(format!("{what} failed: {line}").into());
-    }
-    Ok(doc)
-}
-
 /// Checks a `geo-churn` summary: no failure, and every client on a backend its tier picks.
 /// Returns the number of connections.
 pub fn check_churn(doc: &serde_json::Value, what: &str) -> Result<u64, Error> {
