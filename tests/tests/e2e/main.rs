@@ -3,6 +3,7 @@
 
 mod agent_lifecycle;
 mod attack_lab;
+mod bfd_lab;
 mod bgp_lab;
 mod bpf_log_lab;
 mod cli_lab;

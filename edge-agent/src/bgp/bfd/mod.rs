@@ -392,6 +392,7 @@ impl Runner {
         let to = SocketAddr::new(self.peer, socket::PORT);
         let mut sock: Option<UdpSocket> = None;
         let mut next_tx = Instant::now();
+        let mut last_sent = Instant::now();
         let mut shutdown = self.shutdown.clone();
         loop {
             if sock.is_none() {
@@ -408,6 +409,7 @@ impl Runner {
             tokio::select! {
                 () = tokio::time::sleep_until(next_tx) => {
                     self.send(sock.as_ref(), to, false).await;
+                    last_sent = Instant::now();
                     next_tx = self
                         .machine
                         .next_tx(Instant::now(), fastrand::f64())
@@ -428,6 +430,12 @@ impl Runner {
                     }
                     if got.reply_final {
                         self.send(sock.as_ref(), to, true).await;
+                    }
+                    // A faster rate (the session came Up, or the peer can receive faster)
+                    // applies from the last packet sent, not after the slow one already due:
+                    // the peer's detection time is already the fast one.
+                    if let Some(sooner) = self.machine.next_tx(last_sent, fastrand::f64()) {
+                        next_tx = next_tx.min(sooner);
                     }
                 }
                 () = stopped(&mut shutdown) => {

@@ -41,6 +41,8 @@ pub fn receiver(v6: bool) -> io::Result<UdpSocket> {
     } else {
         set_int(&socket, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?;
     }
+    // Every session's packets (and any flood) meet here: room for bursts.
+    socket.set_recv_buffer_size(1 << 20)?;
     socket.set_nonblocking(true)?;
     socket.bind(&SockAddr::from(addr))?;
     UdpSocket::from_std(socket.into())
