@@ -199,7 +199,9 @@ protocol bgp popb from pops {{
 
 pub(super) struct Bgp {
     pub(super) lab: Lab,
-    bird: LabProcess,
+    /// The router's daemons: BIRD, or FRR's zebra, bfdd and bgpd.
+    pub(super) router: Vec<LabProcess>,
+    /// BIRD's control socket, or the directory of FRR's vty sockets.
     pub(super) socket: String,
     pub(super) bird_log: std::path::PathBuf,
     pub(super) agents: [Option<LabProcess>; 2],
@@ -319,7 +321,7 @@ impl Bgp {
         }
     }
 
-    fn start_agent(&mut self, x: char) -> Result<(), Error> {
+    pub(super) fn start_agent(&mut self, x: char) -> Result<(), Error> {
         let bgp = match x {
             'a' => format!(
                 "asn = 65001\n\n[[bgp.peers]]\naddress = \"10.0.10.1\"\nasn = 65000\npassword = \"{MD5}\"\nnext_hop_v6 = \"2001:db8:10::2\"\n"
@@ -331,12 +333,21 @@ impl Bgp {
 
     /// Starts POP `x`'s agent with `bgp` as the rest of its `[bgp]` section.
     pub(super) fn start_agent_with(&mut self, x: char, bgp: &str) -> Result<(), Error> {
+        self.start_agent_bin(x, bgp, &agent_bin())
+    }
+
+    /// [`Bgp::start_agent_with`] with the agent binary at `agent` (an upgrade on the pins).
+    pub(super) fn start_agent_bin(
+        &mut self,
+        x: char,
+        bgp: &str,
+        agent: &Path,
+    ) -> Result<(), Error> {
         let i = usize::from(x == 'b');
         let ns = self.lab.ns(&format!("pop{x}"));
         let config = self.lab.log_dir().join(format!("agent-{x}.toml"));
         std::fs::write(&config, pop_config(&x.to_string(), bgp))?;
         let pins = bpffs_pin_dir(ns.name());
-        let agent = agent_bin();
         let argv = [
             agent.to_str().ok_or("agent path")?,
             "--bpffs-root",
@@ -408,14 +419,16 @@ pub(super) fn with_bird(
     )?;
     let mut t = Bgp {
         lab,
-        bird,
+        router: vec![bird],
         socket,
         bird_log,
         agents: [None, None],
         backends: [None, None],
     };
     let result = scenario(&mut t);
-    let _ = t.bird.kill();
+    for p in &t.router {
+        let _ = p.kill();
+    }
     let _ = std::fs::remove_file(&t.socket);
     for p in t.agents.iter().chain(t.backends.iter()).flatten() {
         let _ = p.kill();

@@ -20,6 +20,7 @@ mod metrics_lab;
 mod nat_lab;
 mod netlink_link_lab;
 mod readiness;
+mod restart_lab;
 mod restart_under_load;
 mod sixpn_lab;
 mod table_swap;
