@@ -205,7 +205,7 @@ pub(super) struct Bgp {
     pub(super) socket: String,
     pub(super) bird_log: std::path::PathBuf,
     pub(super) agents: [Option<LabProcess>; 2],
-    backends: [Option<LabProcess>; 2],
+    pub(super) backends: [Option<LabProcess>; 2],
 }
 
 impl Bgp {

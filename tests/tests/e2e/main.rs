@@ -12,6 +12,7 @@ mod container_lab;
 mod corrosion_lab;
 mod dns_register_lab;
 mod drain_timeout;
+mod frr_lab;
 mod geo_lab;
 mod health_lab;
 mod hostile_lab;

@@ -36,6 +36,8 @@ pub(super) struct Sample {
 pub(super) trait Router: Sync {
     fn sample(&self) -> Sample;
     fn end_of_ribs(&self) -> usize;
+    /// The router's BFD session with POP A is Up.
+    fn bfd_up(&self) -> bool;
 }
 
 /// The iperf3 service beside the echo services: one backend (iperf3's control and data
@@ -211,6 +213,40 @@ pub(super) fn restarts_under_load(t: &mut Bgp, router: &dyn Router, pop_a: &str)
         serde_json::json!(["ipv4", "ipv6"]),
         "{gr}"
     );
+    // /metrics says the same, in a form promtool accepts.
+    let popa = t.lab.ns("popa");
+    let scrape = popa
+        .exec_ok(&["curl", "-sf", "http://127.0.0.1:9469/metrics"])?
+        .stdout;
+    let file = t.lab.log_dir().join("metrics.txt");
+    std::fs::write(&file, &scrape)?;
+    let check = popa.exec(&[
+        "sh",
+        "-c",
+        &format!("promtool check metrics < {}", file.display()),
+    ])?;
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}",
+        check.stdout,
+        check.stderr
+    );
+    for line in [
+        "edgeproxy_bgp_graceful_restart_negotiated{peer=\"10.0.10.1\"} 1",
+        "edgeproxy_bgp_graceful_restart_time_seconds{peer=\"10.0.10.1\"} 30",
+        "edgeproxy_bgp_graceful_restart_forwarding_state{peer=\"10.0.10.1\"} 1",
+        "edgeproxy_bgp_end_of_rib_sent{peer=\"10.0.10.1\"} 2",
+    ] {
+        assert!(
+            scrape.lines().any(|l| l == line),
+            "expected {line:?} in /metrics:\n{}",
+            scrape
+                .lines()
+                .filter(|l| l.contains("edgeproxy_b"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     Ok(())
 }
 
@@ -288,6 +324,12 @@ impl Router for Bird {
             .lines()
             .filter(|l| l.contains("popa") && l.contains("Got END-OF-RIB"))
             .count()
+    }
+
+    fn bfd_up(&self) -> bool {
+        self.birdc(&["show", "bfd", "sessions"])
+            .lines()
+            .any(|l| l.contains("10.0.10.2") && l.contains("Up"))
     }
 }
 

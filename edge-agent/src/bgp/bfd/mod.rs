@@ -193,20 +193,32 @@ impl BfdStatus {
     }
 }
 
-/// Datagrams dropped, by reason, across every session (many have no session to count under).
+/// Datagrams dropped, by reason, across every session (many have no session to count under),
+/// and those the receiving sockets' buffers dropped before they could be read
+/// (`socket_overflow`, whatever they held).
 #[derive(Default)]
-pub struct Dropped([AtomicU64; Malformed::ALL.len()]);
+pub struct Dropped {
+    malformed: [AtomicU64; Malformed::ALL.len()],
+    overflow: AtomicU64,
+}
 
 impl Dropped {
     fn count(&self, why: Malformed) {
-        self.0[why.index()].fetch_add(1, Ordering::Relaxed);
+        self.malformed[why.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        Malformed::ALL
+        let mut all: BTreeMap<&'static str, u64> = Malformed::ALL
             .iter()
-            .map(|m| (m.as_str(), self.0[m.index()].load(Ordering::Relaxed)))
-            .collect()
+            .map(|m| {
+                (
+                    m.as_str(),
+                    self.malformed[m.index()].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        all.insert("socket_overflow", self.overflow.load(Ordering::Relaxed));
+        all
     }
 }
 
@@ -322,6 +334,7 @@ impl Bfd {
 /// the session by Your Discriminator (or, while it is 0, by the source address).
 async fn receive_loop(sock: UdpSocket, demux: Arc<Demux>, dropped: Arc<Dropped>) {
     let mut buf = [0u8; 512];
+    let mut overflowed = 0u32;
     loop {
         let d = match socket::recv(&sock, &mut buf).await {
             Ok(d) => d,
@@ -331,6 +344,14 @@ async fn receive_loop(sock: UdpSocket, demux: Arc<Demux>, dropped: Arc<Dropped>)
                 continue;
             }
         };
+        if let Some(now) = d.overflowed {
+            // A running count of the socket's own (it wraps at 2^32).
+            let more = now.wrapping_sub(overflowed);
+            overflowed = now;
+            dropped
+                .overflow
+                .fetch_add(u64::from(more), Ordering::Relaxed);
+        }
         match classify(&demux, &buf[..d.len], super::canonical(d.from), d.ttl) {
             Ok((i, c)) => {
                 // A full inbox means the session task is behind; the next packet will do.

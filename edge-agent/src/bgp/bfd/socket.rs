@@ -41,8 +41,10 @@ pub fn receiver(v6: bool) -> io::Result<UdpSocket> {
     } else {
         set_int(&socket, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?;
     }
-    // Every session's packets (and any flood) meet here: room for bursts.
+    // Every session's packets (and any flood) meet here: room for bursts, and the kernel's
+    // count of what overflowed anyway (SO_RXQ_OVFL), so that no drop goes uncounted.
     socket.set_recv_buffer_size(1 << 20)?;
+    set_int(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
     socket.set_nonblocking(true)?;
     socket.bind(&SockAddr::from(addr))?;
     UdpSocket::from_std(socket.into())
@@ -112,6 +114,8 @@ pub struct Datagram {
     pub len: usize,
     pub from: IpAddr,
     pub ttl: Option<u8>,
+    /// Datagrams the socket's buffer dropped so far (a running count), when asked for.
+    pub overflowed: Option<u32>,
 }
 
 /// Receives the next datagram into `buf` (a longer one is cut to `buf`'s length).
@@ -163,6 +167,7 @@ fn recvmsg(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
         }
     };
     let mut ttl = None;
+    let mut overflowed = None;
     // SAFETY: the CMSG macros walk the control buffer the kernel filled, bounded by
     // msg_controllen; each data read is of the c_int the option is documented to carry.
     unsafe {
@@ -174,11 +179,20 @@ fn recvmsg(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
             {
                 let value: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
                 ttl = u8::try_from(value).ok();
+            } else if level == libc::SOL_SOCKET && ty == libc::SO_RXQ_OVFL {
+                overflowed = Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<u32>(),
+                ));
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok(Datagram { len, from, ttl })
+    Ok(Datagram {
+        len,
+        from,
+        ttl,
+        overflowed,
+    })
 }
 
 #[cfg(test)]
