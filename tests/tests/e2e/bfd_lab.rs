@@ -33,6 +33,7 @@ protocol kernel k4 {{ ipv4 {{ export all; }}; }}
 protocol kernel k6 {{ ipv6 {{ export all; }}; }}
 protocol bfd {{
   interface "ra" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }};
+  interface "rb" {{ min rx interval 300 ms; min tx interval 300 ms; multiplier 3; }};
 }}
 protocol bgp popa {{
   local 10.0.10.1 as 65000;
@@ -53,6 +54,7 @@ protocol bgp popb {{
   connect delay time 1;
   connect retry time 1;
   error wait time 1, 2;
+  bfd on;
   ipv4 {{ import all; export none; }};
   ipv6 {{ import all; export none; }};
 }}
@@ -149,19 +151,26 @@ fn bird_withdraws_a_dead_pop_within_a_second_with_bfd() -> TestResult {
             socket: t.socket.clone(),
             log: t.bird_log.clone(),
         };
-        host_death(t, &bird)?;
+        // POP B's session is over IPv6: BFD over IPv6 too (hop limit 255), at BIRD's pace.
+        let pop_b = format!("{POP_B}bfd = true\n");
+        host_death(t, &bird, &pop_b)?;
+        let b = t.cli('b', &["status", "--output", "json"])?;
+        let doc: serde_json::Value = serde_json::from_slice(&b.stdout)?;
+        let bfd = &doc["agent"]["bgp"]["sessions"][0]["bfd"];
+        assert_eq!(bfd["state"], "up", "POP B's BFD session over IPv6: {bfd}");
+        assert_eq!(bfd["detection_time_ms"], 900.0, "300 ms x 3: {bfd}");
         bird_flushes_a_killed_pop(t, &bird)
     })
 }
 
 /// With POP A's BFD session at 100 ms x 3 (and graceful restart on): ten host deaths, a hung
 /// agent, then a death without BFD (the hold time). `router` is BIRD or FRR.
-pub(super) fn host_death(t: &mut Bgp, router: &dyn Router) -> TestResult {
+pub(super) fn host_death(t: &mut Bgp, router: &dyn Router, pop_b: &str) -> TestResult {
     t.bridge_switch()?;
     t.start_backend('a')?;
     t.start_backend('b')?;
     t.start_agent_with('a', &pop_a(true))?;
-    t.start_agent_with('b', POP_B)?;
+    t.start_agent_with('b', pop_b)?;
     wait_popa(router, true, Duration::from_secs(30))?;
     t.wait_route("POP A preferred", Duration::from_secs(10), |c| {
         c == Some('a')

@@ -239,7 +239,7 @@ fn start_frr(
 #[test]
 fn frr_withdraws_a_dead_pop_within_a_second_with_bfd() -> TestResult {
     with_frr(topology_with("frrbfd", true), FrrBfd::On, |t, frr| {
-        super::bfd_lab::host_death(t, frr)
+        super::bfd_lab::host_death(t, frr, super::restart_lab::POP_B)
     })
 }
 
