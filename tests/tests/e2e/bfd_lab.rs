@@ -214,6 +214,12 @@ pub(super) fn host_death(t: &mut Bgp, router: &dyn Router, pop_b: &str) -> TestR
         status["down_transitions"].as_u64() >= Some(10),
         "the agent saw each death from its side too: {status}"
     );
+    // ... and closed its BGP session on it, as on hold timer expiry.
+    let log = t.agents[0].as_ref().ok_or("no agent")?.output_so_far();
+    assert!(
+        log.contains("sent BFD session down (NOTIFICATION 6/10)"),
+        "expected the agent to close its BGP session when BFD fell:\n{log}"
+    );
 
     // A hung agent: its BFD session stops with it, so the router withdraws the POP.
     let agent = t.agents[0].as_ref().ok_or("no agent")?;
