@@ -53,11 +53,39 @@ use machine::{Machine, Timing};
 use packet::{Control, Malformed, State};
 
 /// `bfd = true`, or a table of timers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum BfdSetting {
     Switch(bool),
     Options(BfdConfig),
+}
+
+/// By hand rather than `untagged`: a mistyped key in the table is then reported as such, not as
+/// "data did not match any variant".
+impl<'de> Deserialize<'de> for BfdSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Setting;
+        impl<'de> serde::de::Visitor<'de> for Setting {
+            type Value = BfdSetting;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a table with min_tx_ms, min_rx_ms and multiplier")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<BfdSetting, E> {
+                Ok(BfdSetting::Switch(on))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<BfdSetting, A::Error> {
+                BfdConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(BfdSetting::Options)
+            }
+        }
+        d.deserialize_any(Setting)
+    }
 }
 
 impl BfdSetting {
@@ -574,6 +602,13 @@ mod tests {
         let too_fast = BfdConfig { min_tx_ms: 50, ..c };
         assert!(too_fast.validate().is_err());
         assert!(BfdConfig { multiplier: 0, ..c }.validate().is_err());
+        let typo = toml::from_str::<P>("[bfd]\nmin_tx = 100")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            typo.as_deref().is_some_and(|e| e.contains("min_tx")),
+            "a mistyped key is named: {typo:?}"
+        );
         Ok(())
     }
 }
