@@ -20,7 +20,7 @@ use crate::{
     dataplane::{self, Attach, DataPlane, MapSizes},
     dns::{self, DnsServer, Zone},
     flows,
-    geo::{GeoDb, RegionTable},
+    geo::{GeoDb, GeoInForce, GeoRefusal, GeoSource, RegionTable},
     geo_maps,
     health::{checker::CheckResult, monitor::Monitor, passive::Sample},
     listen::budget::Budget,
@@ -55,6 +55,8 @@ struct Balancing {
     classes: GeoClasses,
     regions: RegionTable,
     geo_written: geo_maps::Written,
+    /// The country database the tries hold, for status and metrics.
+    geo: GeoInForce,
     /// Live connections per backend id, from the last sweep.
     active: HashMap<String, u64>,
     state: Snapshot,
@@ -83,6 +85,8 @@ struct Balancing {
     zone_published: Vec<hickory_proto::rr::Record>,
     /// Writes this POP's health rows (started with the runtime, when there is a store).
     health_writer: Option<crate::health::writer::Writer>,
+    /// This POP's health rows about backends the state no longer has, to remove.
+    orphan_health: Vec<(String, String)>,
     /// The state as last read, for the registration API.
     snapshot_tx: tokio::sync::watch::Sender<Arc<Snapshot>>,
 }
@@ -253,6 +257,19 @@ impl Agent {
         } else {
             None
         };
+        // Before the data plane: with nothing pinned to fall back on, a database that cannot
+        // be read is a configuration error.
+        let geo_db = match &config.geo.database {
+            Some(path) => match GeoDb::load(path) {
+                Ok(db) => Some(db),
+                Err(error) if reset || !pins.map(edge_common::names::GEO_V4).exists() => {
+                    // The error names the file.
+                    bail!("{error}; no classification is pinned to fall back on");
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
         let pop = pop_settings(&config, &iface)?;
         // Made here, not in `run`: the Corrosion source starts its subscriptions on it.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -285,28 +302,38 @@ impl Agent {
             warn!(root = %pins.root().display(), "the pins are on a bpffs the host does not see (as under `ip netns exec`, which gives the agent a private /sys where it mounts a bpffs of its own): `edge-agent status`, `flows` and `backends` on the host cannot find them, and the data plane goes with this mount namespace instead of staying for the next agent; start the agent with `nsenter --net=/run/netns/<namespace> edge-agent run ...` instead");
         }
         let balancing = match pop {
-            Some(pop) => Some(Balancing {
-                reconciler: Reconciler::recover(&mut dataplane.ebpf, config.maglev.table_size)?,
-                pop,
-                classes: GeoClasses::default(),
-                regions: region_table(&config)?,
-                geo_written: geo_maps::Written::default(),
-                active: HashMap::new(),
-                state: Snapshot::default(),
-                source: open_source(&config, &runtime)?,
-                state_read_at: None,
-                rejected_rows: 0,
-                rejected_seen: std::collections::HashSet::new(),
-                draining_since: HashMap::new(),
-                resetter: None,
-                health: Monitor::new(config.health.clone(), config.pop_id.clone()),
-                last_plan: None,
-                dns: None,
-                health_writer: None,
-                dns_serial: 0,
-                zone_published: Vec::new(),
-                snapshot_tx: tokio::sync::watch::channel(Arc::new(Snapshot::default())).0,
-            }),
+            Some(pop) => {
+                // What a previous agent left: its classes are the ones the pinned tables are
+                // filed under.
+                let (geo_written, classes) =
+                    geo_maps::adopt(&mut dataplane.ebpf).context("reading the pinned geo tries")?;
+                let geo =
+                    GeoInForce::pinned(geo_written.len(), classes.len(), crate::model::unix_now());
+                Some(Balancing {
+                    reconciler: Reconciler::recover(&mut dataplane.ebpf, config.maglev.table_size)?,
+                    pop,
+                    classes,
+                    regions: region_table(&config)?,
+                    geo_written,
+                    geo,
+                    active: HashMap::new(),
+                    state: Snapshot::default(),
+                    source: open_source(&config, &runtime)?,
+                    state_read_at: None,
+                    rejected_rows: 0,
+                    rejected_seen: std::collections::HashSet::new(),
+                    draining_since: HashMap::new(),
+                    resetter: None,
+                    health: Monitor::new(config.health.clone(), config.pop_id.clone()),
+                    last_plan: None,
+                    dns: None,
+                    health_writer: None,
+                    orphan_health: Vec::new(),
+                    dns_serial: 0,
+                    zone_published: Vec::new(),
+                    snapshot_tx: tokio::sync::watch::channel(Arc::new(Snapshot::default())).0,
+                })
+            }
             None => {
                 if !config.services.is_empty() {
                     warn!("services are configured but no overlay: counting only, nothing is translated");
@@ -325,61 +352,125 @@ impl Agent {
             bgp: None,
             sixpn,
         };
-        agent.reload_geo();
-        agent.reload_state();
+        // The state first, then the geo database, and one plan from both: a plan made from
+        // either alone would take the pinned tables away from what the kernel serves.
+        agent.read_state();
+        agent.reload_geo(true, geo_db)?;
+        agent.apply();
         Ok(agent)
     }
 
-    /// Loads the geo database into the kernel tries. A database that cannot be read leaves the
-    /// previous one in force (at start: none, and every client is of unknown country).
-    fn reload_geo(&mut self) {
+    /// Loads the configured geo database into the kernel tries (none configured: empties them).
+    ///
+    /// A database that cannot be read leaves the classification in force: the previous file's,
+    /// or at start the one a previous agent left pinned; at a first start (nothing pinned) it
+    /// is an error, since serving would send every client to the default region.
+    ///
+    /// The switch is made before it is broken: the kept countries keep their classes, the new
+    /// ones get classes no table was filed under, and tables for both sets are in the kernel
+    /// before the tries change; the old countries' tables go only after.
+    fn reload_geo(&mut self, starting: bool, loaded: Option<GeoDb>) -> anyhow::Result<()> {
         let Some(b) = self.balancing.as_mut() else {
-            return;
-        };
-        let Some(path) = self.config.geo.database.clone() else {
-            return;
+            return Ok(());
         };
         let started = std::time::Instant::now();
-        let db = match GeoDb::load(&path) {
-            Ok(db) => db,
-            Err(error) => {
-                warn!(%error, "geo database refused; the previous one stays in force");
-                return;
-            }
+        let path = self.config.geo.database.clone();
+        let db = match &path {
+            None if b.geo_written.is_empty() => return Ok(()),
+            None => GeoDb::from_entries(Vec::new()).context("an empty country database")?,
+            Some(path) => match loaded.map_or_else(|| GeoDb::load(path), Ok) {
+                Ok(db) => db,
+                Err(error) => {
+                    if starting && b.geo_written.is_empty() {
+                        bail!("{error}; no classification is pinned to fall back on");
+                    }
+                    b.geo.refused = Some(GeoRefusal {
+                        path: path.display().to_string(),
+                        error: error.to_string(),
+                        at: crate::model::unix_now(),
+                    });
+                    let kept = match (&b.geo.source, &b.geo.path) {
+                        (GeoSource::File, Some(old)) => format!("{old}, loaded earlier"),
+                        _ => "the classification the previous agent left pinned".to_owned(),
+                    };
+                    warn!(
+                        path = %path.display(),
+                        %error,
+                        networks = b.geo.networks,
+                        countries = b.geo.countries,
+                        "geo database refused; {kept} stays in force"
+                    );
+                    return Ok(());
+                }
+            },
         };
-        let classes = GeoClasses::new(db.countries());
-        if let Err(error) =
-            geo_maps::write(&mut self.dataplane.ebpf, &db, &classes, &mut b.geo_written)
-        {
-            warn!(%error, "writing the geo tries failed");
-            return;
+        let (next, reused) = b.classes.successor_counting(&db.countries());
+        if reused > 0 {
+            warn!(
+                reused,
+                "more countries than classes: some classes change country, and clients of those countries may be steered by the other's tables while the tries are rewritten"
+            );
         }
+        let both = b.classes.union(&next);
+        if both != b.classes {
+            b.classes = both;
+            self.apply();
+        }
+        let Some(b) = self.balancing.as_mut() else {
+            return Ok(());
+        };
+        if let Err(error) =
+            geo_maps::write(&mut self.dataplane.ebpf, &db, &next, &mut b.geo_written)
+        {
+            // Partly written: the union's tables stay, so every class still has its table.
+            warn!(%error, "writing the geo tries failed");
+            return Ok(());
+        }
+        b.geo = match &path {
+            Some(path) => GeoInForce::loaded(path, &db, next.len(), crate::model::unix_now()),
+            None => GeoInForce::default(),
+        };
         info!(
-            path = %path.display(),
+            path = %path.as_ref().map_or("(none)".into(), |p| p.display().to_string()),
             prefixes = b.geo_written.len(),
-            countries = classes.countries.len(),
+            countries = next.len(),
             ms = started.elapsed().as_millis() as u64,
             "geo database loaded"
         );
-        b.classes = classes;
+        b.classes = next;
         self.apply();
+        Ok(())
     }
 
     /// Reads the state again and applies it; on failure the maps keep the last good state.
     fn reload_state(&mut self) {
+        if self.read_state() {
+            self.apply();
+        }
+    }
+
+    /// Reads the state; false when it could not be (the last good one stays).
+    fn read_state(&mut self) -> bool {
         let Some(b) = self.balancing.as_mut() else {
-            return;
+            return false;
         };
         let (state, rejected) = match &b.source {
             Some(source) => match source.snapshot() {
                 Ok(snapshot) => snapshot,
                 Err(error) => {
                     warn!(source = %source.describe(), %error, "reading the state failed; the maps keep the last good state");
-                    return;
+                    return false;
                 }
             },
             None => self.config.snapshot(),
         };
+        let ours = format!("{}/", self.config.pop_id);
+        b.orphan_health = rejected
+            .iter()
+            .filter(|r| r.table == "health" && r.reason.starts_with("unknown backend"))
+            .filter_map(|r| r.key.strip_prefix(&ours))
+            .map(|backend| (self.config.pop_id.clone(), backend.to_owned()))
+            .collect();
         let now: std::collections::HashSet<_> = rejected
             .into_iter()
             .map(|r| (r.table, r.key, r.reason))
@@ -406,7 +497,16 @@ impl Agent {
         let zone = b.zone(&self.config, &health);
         b.health.sync(&b.state, &|name| zone.resolve(name));
         b.snapshot_tx.send_replace(Arc::new(b.state.clone()));
-        self.apply_with(&health, &zone);
+        match serde_json::to_vec(&b.state) {
+            Ok(doc) => {
+                let path = self.pins.agent_state_file();
+                if let Err(error) = crate::bpffs::write_atomically(&path, &doc) {
+                    debug!(%error, path = %path.display(), "writing the state for the CLI");
+                }
+            }
+            Err(error) => debug!(%error, "encoding the state for the CLI"),
+        }
+        true
     }
 
     /// Computes the plan from the current state and load, and writes it.
@@ -480,6 +580,10 @@ impl Agent {
         let Some(b) = self.balancing.as_mut() else {
             return;
         };
+        if b.state_read_at.is_none() {
+            // Nothing read yet: the maps keep what they hold (a previous agent's plan).
+            return;
+        }
         b.publish(zone);
         let unknown: Region = b.regions.default_region();
         let regions = &b.regions;
@@ -669,6 +773,7 @@ impl Agent {
         }
         if let Some(writer) = &b.health_writer {
             writer.send(rows);
+            writer.forget(std::mem::take(&mut b.orphan_health));
         }
     }
 
@@ -691,6 +796,7 @@ impl Agent {
             "written_at": crate::model::unix_now(),
             "state": state,
             "rejected_rows": b.rejected_rows,
+            "geo": b.geo,
             "state_read_secs_ago": b.state_read_at.map(|t| t.elapsed().as_secs_f64()),
             "health": {
                 "checking": b.health.checking(),
@@ -711,13 +817,7 @@ impl Agent {
         });
         self.publish_metrics(b);
         let path = self.pins.agent_status_file();
-        let tmp = path.with_extension("tmp");
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, doc.to_string()))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(error) = written {
+        if let Err(error) = crate::bpffs::write_atomically(&path, doc.to_string().as_bytes()) {
             debug!(%error, path = %path.display(), "writing the agent status");
         }
     }
@@ -736,6 +836,7 @@ impl Agent {
             rejected_rows: b.rejected_rows,
             health_checks: b.health.checks,
             health_transitions: b.health.transitions,
+            geo: b.geo.clone(),
             ..crate::metrics::AgentView::default()
         };
         if let Some(speaker) = &self.bgp {
@@ -945,8 +1046,11 @@ impl Agent {
                         Ok(new) => {
                             self.config.services = new.services;
                             self.config.geo = new.geo;
-                            self.reload_geo();
-                            self.reload_state();
+                            self.read_state();
+                            if let Err(error) = self.reload_geo(false, None) {
+                                warn!(error = %format!("{error:#}"), "reloading the geo database");
+                            }
+                            self.apply();
                         }
                         Err(error) => warn!(error = %format!("{error:#}"), "reloading config failed; keeping the current one"),
                     },
@@ -1049,7 +1153,8 @@ pub fn static_plan(config: &AgentConfig) -> balancer::Plan {
 
 /// Ends the connections to backends whose drain timeout has run out, in both flow tables: each
 /// backend that still has a connection gets a RST for it first (`crate::backend_reset`), then
-/// the entries go and the clients' next packets meet the POP's RST. One log line per sweep.
+/// the reverse halves go, the forward ones are marked ended, and the clients' next packets meet
+/// the POP's kernel's RST. One log line per sweep.
 fn end_drained<T: std::borrow::Borrow<aya::maps::MapData>>(
     b: &mut Balancing,
     table: &aya::maps::HashMap<T, FlowKey, FlowValue>,
@@ -1057,13 +1162,14 @@ fn end_drained<T: std::borrow::Borrow<aya::maps::MapData>>(
     over: &std::collections::HashSet<u32>,
 ) -> anyhow::Result<()> {
     use crate::backend_reset::{Resetter, MAX_PER_SWEEP};
-    let established = flows::backend_flows_to_end(table, over, MAX_PER_SWEEP)?;
+    let established = flows::backend_flows_to_end(table, over, MAX_PER_SWEEP, true)?;
     let half = flows::backend_flows_to_end(
         half_open,
         over,
         MAX_PER_SWEEP.saturating_sub(established.resets.len()),
+        false,
     )?;
-    let entries = established.keys.len() + half.keys.len();
+    let entries = established.keys.len() + established.ended.len() + half.keys.len();
     if entries == 0 && established.deferred + half.deferred == 0 {
         return Ok(());
     }
@@ -1092,6 +1198,9 @@ fn end_drained<T: std::borrow::Borrow<aya::maps::MapData>>(
             ..Default::default()
         },
     };
+    let (ended_keys, ended): (Vec<FlowKey>, Vec<FlowValue>) =
+        established.ended.iter().copied().unzip();
+    crate::map_batch::update(aya::maps::IterableMap::map(table), &ended_keys, &ended)?;
     crate::map_batch::delete(aya::maps::IterableMap::map(table), &established.keys)?;
     crate::map_batch::delete(aya::maps::IterableMap::map(half_open), &half.keys)?;
     info!(

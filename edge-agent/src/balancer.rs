@@ -21,41 +21,7 @@ use std::{
 
 use crate::model::{Backend, BackendAddr, Country, HealthStatus, Region, Snapshot};
 
-/// Country classes as the kernel's geo tries number them: class 0 is "unknown".
-#[derive(Clone, Debug, Default)]
-pub struct GeoClasses {
-    /// `classes[i]` is the country of class `i + 1`.
-    pub countries: Vec<Country>,
-}
-
-impl GeoClasses {
-    /// Classes for `countries` (sorted, deduplicated); at most `MAX_COUNTRY_CLASS` fit the
-    /// kernel's tables, and countries past it stay unknown (class 0).
-    pub fn new(countries: impl IntoIterator<Item = Country>) -> Self {
-        let mut countries: Vec<Country> = countries.into_iter().collect();
-        countries.sort();
-        countries.dedup();
-        countries.truncate(usize::from(edge_common::geo::MAX_COUNTRY_CLASS));
-        GeoClasses { countries }
-    }
-
-    pub fn class_of(&self, country: Country) -> Option<u16> {
-        self.countries
-            .binary_search(&country)
-            .ok()
-            .map(|i| i as u16 + 1)
-    }
-
-    /// Every class with its country (`None` for class 0).
-    pub fn iter(&self) -> impl Iterator<Item = (u16, Option<Country>)> + '_ {
-        std::iter::once((0, None)).chain(
-            self.countries
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (i as u16 + 1, Some(*c))),
-        )
-    }
-}
+pub use crate::geo::GeoClasses;
 
 /// One member of an eligible set: a backend and its Maglev weight.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

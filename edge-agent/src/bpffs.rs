@@ -57,10 +57,16 @@ impl PinDir {
         Path::new("/run/edgeproxy").join(format!("{name}.json"))
     }
 
-    /// Removes the status file when dropped; an agent holds one while it runs.
+    /// The state the running agent last read (services, backends, health rows), beside its
+    /// status file: what `edge-agent backends` reports from, whatever the source.
+    pub fn agent_state_file(&self) -> PathBuf {
+        self.agent_status_file().with_extension("state.json")
+    }
+
+    /// Removes the status and state files when dropped; an agent holds one while it runs.
     pub fn status_file_guard(&self) -> StatusFileGuard {
         StatusFileGuard {
-            path: self.agent_status_file(),
+            paths: vec![self.agent_status_file(), self.agent_state_file()],
         }
     }
 
@@ -159,14 +165,27 @@ impl PinDir {
 /// SIGKILL skips it: whoever sends that removes the file (the lab harness does).
 #[must_use = "the status file is removed when this is dropped"]
 pub struct StatusFileGuard {
-    path: PathBuf,
+    paths: Vec<PathBuf>,
 }
 
 impl Drop for StatusFileGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
-        let _ = std::fs::remove_file(&self.path);
+        for path in &self.paths {
+            let _ = std::fs::remove_file(path.with_extension("tmp"));
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+/// Writes `contents` to `path` through a temporary file beside it, so that readers see the old
+/// file or the new one, never a part.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Whether `root` is on a bpffs the host does not see: seen from PID 1's mount namespace (or

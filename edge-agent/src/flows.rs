@@ -13,7 +13,7 @@ use aya::maps::{
     HashMap as BpfHashMap, IterableMap as _, MapData, MapError,
 };
 use edge_common::{
-    flow::{FLOW_REVERSE, TCP_ACK, TCP_FIN, TCP_RST},
+    flow::{FLOW_ENDED, FLOW_REVERSE, TCP_ACK, TCP_FIN, TCP_RST},
     geo::{embedded_ipv4, GeoValue},
     is_ipv4_mapped, names, FlowKey, FlowValue,
 };
@@ -301,7 +301,10 @@ pub fn sweep<T: Borrow<MapData>>(
 /// a RST for each backend whose connection is still open (see `backend_reset`).
 #[derive(Debug, Default)]
 pub struct Ending {
+    /// Reverse halves, and half-open entries: removed.
     pub keys: Vec<FlowKey>,
+    /// Forward halves, marked `FLOW_ENDED`: written back as they are.
+    pub ended: Vec<(FlowKey, FlowValue)>,
     pub resets: Vec<BackendReset>,
     /// Connections left for a later sweep: this one had `max_resets` RSTs to send already.
     pub deferred: u64,
@@ -312,16 +315,19 @@ pub struct Ending {
 /// acknowledged anything and which no RST has ended yet gets a RST from the POP's translated
 /// source to the backend at the sequence number the backend expects (the reverse half's `ack`);
 /// past `max_resets` of them, connections are left in the table for a later sweep. Clients learn
-/// it from the POP's kernel: their next packets find no flow.
+/// it from the POP's kernel, which their next packets go to: the forward halves of `FLOWS` stay,
+/// marked `FLOW_ENDED`, until the closed timeout (removed, they would be remade, see
+/// `FLOW_RECOVERED`); in `HALF_OPEN` (`mark = false`) everything goes.
 pub fn backend_flows_to_end<T: Borrow<MapData>>(
     flows: &BpfHashMap<T, FlowKey, FlowValue>,
     backends: &std::collections::HashSet<u32>,
     max_resets: usize,
+    mark: bool,
 ) -> Result<Ending, MapError> {
     let mut forward: Vec<(FlowKey, FlowValue)> = Vec::new();
     let mut replies: foldhash::HashMap<FlowKey, FlowValue> = foldhash::HashMap::default();
     crate::map_batch::for_each(flows.map(), |key: &FlowKey, value: &FlowValue| {
-        if !backends.contains(&value.backend_id) {
+        if !backends.contains(&value.backend_id) || value.flags & FLOW_ENDED != 0 {
             return;
         }
         if value.flags & FLOW_REVERSE == 0 {
@@ -341,7 +347,16 @@ pub fn backend_flows_to_end<T: Borrow<MapData>>(
             }
             ending.resets.push(reset);
         }
-        ending.keys.push(key);
+        if mark {
+            let ended = FlowValue {
+                flags: value.flags | FLOW_ENDED,
+                tcp_flags: value.tcp_flags | TCP_RST,
+                ..value
+            };
+            ending.ended.push((key, ended));
+        } else {
+            ending.keys.push(key);
+        }
         if reply.is_some() {
             ending.keys.push(partner_key);
         }

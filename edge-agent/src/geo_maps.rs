@@ -2,10 +2,13 @@
 //! trie per family, and for IPv4 also a table of every /24 (one array load per SYN instead of a
 //! trie walk; the trie answers only inside a /24 that longer prefixes split).
 //!
-//! A reload writes every prefix of the new database and then removes the ones it no longer has,
-//! so lookups keep answering (with the old or the new country) while it runs.
+//! A reload writes the prefixes of the new database whose class differs from what the trie holds
+//! and then removes the ones it no longer has, so lookups keep answering (with the old or the new
+//! country) while it runs. A restarted agent reads what the pinned tries hold ([`adopt`]): the
+//! classes it finds are the ones the pinned tables are filed under, and a database that has not
+//! changed writes nothing.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use aya::{
     maps::{
@@ -22,12 +25,12 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::{balancer::GeoClasses, geo::GeoDb};
 
-/// What the geo maps hold, as this agent wrote them.
+/// What the geo tries hold, as this agent (or the one before it) wrote them.
 #[derive(Default)]
 pub struct Written {
-    v4: HashSet<Ipv4Net>,
-    v6: HashSet<Ipv6Net>,
-    /// Whether the trie sets above include what the pinned tries held when this agent started.
+    v4: HashMap<Ipv4Net, GeoValue>,
+    v6: HashMap<Ipv6Net, GeoValue>,
+    /// Whether the maps above include what the pinned tries held when this agent started.
     seeded: bool,
 }
 
@@ -70,6 +73,65 @@ fn value(classes: &GeoClasses, country: crate::model::Country) -> GeoValue {
     }
 }
 
+/// What the pinned tries hold, and the classes they give countries (empty on a first start).
+pub fn adopt(ebpf: &mut Ebpf) -> Result<(Written, GeoClasses), GeoMapsError> {
+    let mut pairs: Vec<(u16, crate::model::Country)> = Vec::new();
+    let v4 = pinned(
+        &trie(ebpf, names::GEO_V4)?,
+        names::GEO_V4,
+        |k: &Key<[u8; 4]>| Ipv4Net::new(k.data().into(), k.prefix_len() as u8).ok(),
+    )?;
+    let v6 = pinned(
+        &trie(ebpf, names::GEO_V6)?,
+        names::GEO_V6,
+        |k: &Key<[u8; 16]>| Ipv6Net::new(k.data().into(), k.prefix_len() as u8).ok(),
+    )?;
+    pairs.extend(class_pairs(v4.values().chain(v6.values())));
+    let written = Written {
+        v4,
+        v6,
+        seeded: true,
+    };
+    Ok((written, GeoClasses::adopted(pairs)))
+}
+
+/// The classes the pinned tries under `pins` hold, read without loading the programs (for the
+/// CLI).
+pub fn pinned_classes(pins: &crate::bpffs::PinDir) -> anyhow::Result<GeoClasses> {
+    let mut pairs = Vec::new();
+    for name in [names::GEO_V4, names::GEO_V6] {
+        let path = pins.map(name);
+        let data = MapData::from_pin(&path).map_err(|e| {
+            anyhow::anyhow!("opening {}: {e}; is the data plane loaded?", path.display())
+        })?;
+        if name == names::GEO_V4 {
+            let trie: LpmTrie<MapData, [u8; 4], GeoValue> =
+                LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
+            pairs.extend(trie.iter().filter_map(Result::ok).map(|(_, v)| v));
+        } else {
+            let trie: LpmTrie<MapData, [u8; 16], GeoValue> =
+                LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
+            pairs.extend(trie.iter().filter_map(Result::ok).map(|(_, v)| v));
+        }
+    }
+    Ok(GeoClasses::adopted(class_pairs(pairs.iter())))
+}
+
+/// The distinct (class, country) pairs of trie values.
+fn class_pairs<'v>(
+    values: impl Iterator<Item = &'v GeoValue>,
+) -> Vec<(u16, crate::model::Country)> {
+    let mut pairs: Vec<(u16, crate::model::Country)> = values
+        .filter_map(|value| {
+            let code = std::str::from_utf8(&value.country).ok()?;
+            Some((value.class, code.parse().ok()?))
+        })
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs
+}
+
 /// Makes the geo maps hold exactly `db`, classified by `classes`.
 pub fn write(
     ebpf: &mut Ebpf,
@@ -80,15 +142,7 @@ pub fn write(
     if !written.seeded {
         // Prefixes a previous agent wrote (pinned maps outlive it) that this database lacks
         // must go too.
-        written.v4.extend(pinned_prefixes(
-            &trie(ebpf, names::GEO_V4)?,
-            |k: &Key<[u8; 4]>| Ipv4Net::new(k.data().into(), k.prefix_len() as u8).ok(),
-        ));
-        written.v6.extend(pinned_prefixes(
-            &trie(ebpf, names::GEO_V6)?,
-            |k: &Key<[u8; 16]>| Ipv6Net::new(k.data().into(), k.prefix_len() as u8).ok(),
-        ));
-        written.seeded = true;
+        *written = adopt(ebpf)?.0;
     }
     let v4 = db
         .v4_prefixes()
@@ -116,15 +170,21 @@ pub fn write(
     )
 }
 
-/// The prefixes in a trie (keys that do not make a prefix are skipped: they cannot be ours).
-fn pinned_prefixes<K: aya::Pod, N>(
+/// The prefixes in a trie with their values (keys that do not make a prefix are skipped: they
+/// cannot be ours).
+fn pinned<K: aya::Pod, N: std::hash::Hash + Eq>(
     trie: &LpmTrie<&mut MapData, K, GeoValue>,
+    name: &'static str,
     prefix: impl Fn(&Key<K>) -> Option<N>,
-) -> Vec<N> {
-    trie.keys()
-        .filter_map(|key| key.ok())
-        .filter_map(|key| prefix(&key))
-        .collect()
+) -> Result<HashMap<N, GeoValue>, GeoMapsError> {
+    let mut all = HashMap::new();
+    for entry in trie.iter() {
+        let (key, value) = entry.map_err(|source| GeoMapsError::Map { name, source })?;
+        if let Some(net) = prefix(&key) {
+            all.insert(net, value);
+        }
+    }
+    Ok(all)
 }
 
 /// The IPv4 /24 table of `prefixes` (with their classes): each /24 holds the class of the
@@ -187,24 +247,27 @@ fn write_slash24(ebpf: &mut Ebpf, table: &[u64]) -> Result<(), GeoMapsError> {
     crate::map_batch::update_array(map, &indexes, &words).map_err(err)
 }
 
-/// Writes `entries` into `trie`, then removes what `written` held and `entries` does not.
+/// Writes the `entries` whose value differs from what `written` says the trie holds, then
+/// removes what `written` held and `entries` does not.
 fn replace<N, K>(
     trie: &mut LpmTrie<&mut MapData, K, GeoValue>,
     name: &'static str,
     entries: impl Iterator<Item = (N, Key<K>, GeoValue)>,
-    written: &mut HashSet<N>,
+    written: &mut HashMap<N, GeoValue>,
 ) -> Result<(), GeoMapsError>
 where
     N: std::hash::Hash + Eq + Copy + PrefixKey<K>,
     K: aya::Pod,
 {
     let err = |source| GeoMapsError::Map { name, source };
-    let mut now = HashSet::with_capacity(written.len());
+    let mut now = HashMap::with_capacity(written.len());
     for (net, key, value) in entries {
-        trie.insert(&key, value, 0).map_err(err)?;
-        now.insert(net);
+        if written.get(&net) != Some(&value) {
+            trie.insert(&key, value, 0).map_err(err)?;
+        }
+        now.insert(net, value);
     }
-    for stale in written.difference(&now) {
+    for stale in written.keys().filter(|net| !now.contains_key(net)) {
         match trie.remove(&stale.key()) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(err(e)),

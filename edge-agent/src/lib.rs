@@ -12,6 +12,7 @@ pub mod config;
 pub mod counters;
 pub mod dataplane;
 pub mod dns;
+pub mod explain;
 pub mod flows;
 pub mod geo;
 pub mod geo_maps;

@@ -74,6 +74,20 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// How a client is steered, from what the running data plane holds: its country and class,
+    /// its affinity binding, and the backends a new connection from it can get to a VIP.
+    Explain {
+        /// The client's address.
+        client: std::net::IpAddr,
+        /// The service, as VIP:PORT (`[v6]:port` for IPv6).
+        #[arg(long)]
+        vip: std::net::SocketAddr,
+        /// The client's source port: name the one backend a new connection gets.
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Every pinned map: what it holds, its key and value, and the bpftool command to dump it.
     Maps {
         #[arg(long, value_enum, default_value_t = Output::Table)]
@@ -182,6 +196,19 @@ fn main() -> anyhow::Result<()> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Table => edge_agent::report::print_table(&rows),
+            }
+            Ok(())
+        }
+        Command::Explain {
+            client,
+            vip,
+            port,
+            output,
+        } => {
+            let explained = edge_agent::explain::explain(&pins, client, vip, port)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&explained)?),
+                Output::Table => edge_agent::explain::print(&explained),
             }
             Ok(())
         }

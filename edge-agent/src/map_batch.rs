@@ -132,8 +132,14 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<u64, MapError> {
 /// Writes `values[i]` at index `indexes[i]` of an array map (the two slices pair up to the
 /// shorter one's length).
 pub fn update_array<V: Pod>(map: &MapData, indexes: &[u32], values: &[V]) -> Result<(), MapError> {
-    let n = indexes.len().min(values.len());
-    for (keys, values) in indexes[..n].chunks(CHUNK).zip(values[..n].chunks(CHUNK)) {
+    update(map, indexes, values)
+}
+
+/// Writes `values[i]` under `keys[i]` of a hash or array map, creating entries that are not
+/// there (the two slices pair up to the shorter one's length).
+pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<(), MapError> {
+    let n = keys.len().min(values.len());
+    for (keys, values) in keys[..n].chunks(CHUNK).zip(values[..n].chunks(CHUNK)) {
         let mut attr = BatchAttr {
             values: values.as_ptr() as u64,
             ..BatchAttr::new(map, keys.as_ptr(), keys.len())

@@ -64,6 +64,8 @@ pub struct AgentView {
     pub bgp_sessions: Vec<crate::bgp::session::PeerStatus>,
     pub bgp_vips: Vec<crate::bgp::routes::VipState>,
     pub bgp_bfd_dropped: BTreeMap<&'static str, u64>,
+    /// The country database the tries hold.
+    pub geo: crate::geo::GeoInForce,
 }
 
 /// One scrape's registry, filled family by family.
@@ -354,6 +356,56 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
             vec![(vec![], stale)],
         )?;
     }
+    let geo = &view.geo;
+    let source = serde_json::to_value(&geo.source)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    out.gauges(
+        "edgeproxy_geo_database_info",
+        "The country database in force: where from (file, pinned by a previous agent, none), its path and type",
+        &["source", "path", "database_type"],
+        vec![(
+            vec![
+                source,
+                geo.path.clone().unwrap_or_default(),
+                geo.database_type.clone().unwrap_or_default(),
+            ],
+            1.0,
+        )],
+    )?;
+    out.gauges(
+        "edgeproxy_geo_networks",
+        "Networks in the geo tries",
+        &[],
+        vec![(vec![], geo.networks as f64)],
+    )?;
+    out.gauges(
+        "edgeproxy_geo_countries",
+        "Countries with a class of their own",
+        &[],
+        vec![(vec![], geo.countries as f64)],
+    )?;
+    out.gauges(
+        "edgeproxy_geo_loaded_timestamp_seconds",
+        "When the database in force was put in force",
+        &[],
+        vec![(vec![], geo.since as f64)],
+    )?;
+    if let Some(epoch) = geo.build_epoch {
+        out.gauges(
+            "edgeproxy_geo_build_timestamp_seconds",
+            "The build time a MaxMind DB's metadata gives",
+            &[],
+            vec![(vec![], epoch as f64)],
+        )?;
+    }
+    out.gauges(
+        "edgeproxy_geo_refused",
+        "1 while the last database file offered was refused (the one in force stays)",
+        &[],
+        vec![(vec![], if geo.refused.is_some() { 1.0 } else { 0.0 })],
+    )?;
     out.counters(
         "edgeproxy_state_rejected_rows_total",
         "State rows rejected since start",

@@ -6,6 +6,7 @@ use std::{
     net::Ipv6Addr,
 };
 
+use anyhow::Context as _;
 use aya::maps::{Array, HashMap, Map, MapData};
 use edge_common::{
     geo::GEO_CLASSES, names, service::BACKEND_ELIGIBLE, BackendValue, PopConfig, ServiceKey,
@@ -14,10 +15,8 @@ use edge_common::{
 use serde::Serialize;
 
 use crate::{
-    balancer::GeoClasses,
     bpffs::PinDir,
-    config::AgentConfig,
-    geo::GeoDb,
+    config::{AgentConfig, StateKind},
     model::{BackendAddr, HealthStatus, Snapshot},
     services::service_key,
     state::SqliteState,
@@ -60,25 +59,34 @@ fn open(pins: &PinDir, name: &'static str) -> anyhow::Result<MapData> {
         .map_err(|e| anyhow::anyhow!("opening {}: {e}; is the data plane loaded?", path.display()))
 }
 
-/// The state the agent would read with `config`.
-pub fn state_of(config: &AgentConfig) -> anyhow::Result<Snapshot> {
-    Ok(match &config.state.database {
-        Some(path) => SqliteState::open(path)?.snapshot()?.0,
-        None => config.snapshot().0,
-    })
+/// The state the running agent last read (from the file it keeps beside its status), or with
+/// no agent running, what one would read with `config`.
+pub fn state_of(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Snapshot> {
+    let path = pins.agent_state_file();
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the agent's state from {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match (&config.state.source, &config.state.database) {
+            (StateKind::Corrosion, _) => anyhow::bail!(
+                "no agent is running on {} and the state is in Corrosion: start the agent, or query Corrosion",
+                pins.root().display()
+            ),
+            (_, Some(path)) => Ok(SqliteState::open(path)?.snapshot()?.0),
+            (_, None) => Ok(config.snapshot().0),
+        },
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
 }
 
 pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<BackendReport>> {
-    let state = state_of(config)?;
-    let classes = match &config.geo.database {
-        Some(path) => GeoClasses::new(GeoDb::load(path)?.countries()),
-        None => GeoClasses::default(),
-    };
-    let class_name = |class: u32| match class {
+    let state = state_of(config, pins)?;
+    // The classes the kernel's tries hold, not a file's: the file on disk may not be the one
+    // loaded.
+    let classes = crate::geo_maps::pinned_classes(pins)?;
+    let class_name = |class: u16| match class {
         0 => "unknown".to_owned(),
         c => classes
-            .countries
-            .get(c as usize - 1)
+            .country_of(c)
             .map_or_else(|| format!("class {c}"), |c| c.to_string()),
     };
 
@@ -118,10 +126,9 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
         let Ok(value) = services.get(&service_key(service.vip, service.port), 0) else {
             continue;
         };
-        let mut by_ring: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
-        let used: BTreeSet<u32> = (0..=classes.countries.len() as u32).collect();
-        for class in used {
-            let ring = pointers.get(&(value.service_id * GEO_CLASSES + class), 0)?;
+        let mut by_ring: BTreeMap<u32, BTreeSet<u16>> = BTreeMap::new();
+        for (class, _) in classes.iter() {
+            let ring = pointers.get(&(value.service_id * GEO_CLASSES + u32::from(class)), 0)?;
             by_ring.entry(ring).or_default().insert(class);
         }
         for (ring, users) in by_ring {

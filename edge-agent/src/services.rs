@@ -2,7 +2,9 @@
 //! in atomically, per-country table pointers, and this POP's settings.
 //!
 //! Ids survive agent restarts because they are read back from the pinned maps: a backend is
-//! known by its overlay address and port, a service by its VIP and port. A table is never
+//! known by its overlay address and port, a service by its VIP and port. So do tables: a
+//! restarted agent takes over each pinned ring whose content is a table it would build, and a
+//! restart with the same state writes no table at all. A table is never
 //! rewritten in place: a changed eligible set gets a free ring, and then each country's pointer
 //! (`SERVICE_RINGS`) is flipped with one map update, so a SYN always reads a complete table.
 //! Rings no longer pointed at are reused only after a grace period, once no program run can
@@ -107,6 +109,10 @@ pub struct Reconciler {
     pointers: HashMap<u32, u32>,
     retiring: Vec<(u32, Instant)>,
     free: BTreeSet<u32>,
+    /// What the rings a previous agent left in use hold, by content: a table this agent would
+    /// build that one already holds is taken over as it is, so that a restart writes nothing.
+    /// A ring leaves here when it is taken over or freed.
+    pinned_tables: HashMap<Vec<u32>, u32>,
     /// Backend ids each service's tables hold, to drop bindings to backends that left it.
     members: HashMap<u32, BTreeSet<u32>>,
     /// How the kernel programs read the time (written into `PopConfig`).
@@ -195,6 +201,7 @@ impl Reconciler {
                 pointers.insert(index, ring);
             }
         }
+        let pinned_tables = ring_contents(ebpf, &in_use, table_size)?;
         let clock = kernel_clock::calibrate(ebpf)?;
         let now = Instant::now();
         let retiring = in_use.iter().map(|&r| (r, now)).collect();
@@ -217,6 +224,7 @@ impl Reconciler {
             pointers,
             retiring,
             free,
+            pinned_tables,
             members: HashMap::new(),
             clock,
             marked_ports: HashSet::new(),
@@ -265,8 +273,15 @@ impl Reconciler {
         };
         let max_services = edge_common::limits::MAX_SERVICES;
         let mut used_ids: BTreeSet<u32> = self.service_ids.values().map(|v| v.service_id).collect();
-        for service in &plan.services {
+        // Services already serving first: when the tables run out, a newcomer is refused, not
+        // a service with clients.
+        let (serving, newcomers): (Vec<_>, Vec<_>) = plan
+            .services
+            .iter()
+            .partition(|s| self.service_ids.contains_key(&service_key(s.vip, s.port)));
+        for service in serving.into_iter().chain(newcomers) {
             let key = service_key(service.vip, service.port);
+            let serving = self.service_ids.contains_key(&key);
             let service_id = match self.service_ids.get(&key) {
                 Some(value) => value.service_id,
                 None => match (0..max_services).find(|id| !used_ids.contains(id)) {
@@ -310,7 +325,14 @@ impl Reconciler {
                     None => {
                         applied.rejected.push(Rejected {
                             what: format!("service {}", service.id),
-                            reason: format!("more than {} distinct tables", self.rings),
+                            reason: if serving {
+                                format!(
+                                    "more than {} distinct tables; it keeps the tables it has",
+                                    self.rings
+                                )
+                            } else {
+                                format!("more than {} distinct tables", self.rings)
+                            },
                         });
                         break;
                     }
@@ -466,10 +488,21 @@ impl Reconciler {
                 "a set has more members than the table has room for at 100 slots each; raise maglev.table_size"
             );
         }
+        let table = self.table(members)?;
+        if let Some(ring) = self.pinned_tables.remove(&table) {
+            self.retiring.retain(|&(r, _)| r != ring);
+            self.free.remove(&ring);
+            debug!(
+                ring,
+                members = members.len(),
+                "Maglev table taken over as pinned"
+            );
+            self.ring_of.insert(members.to_vec(), ring);
+            return Ok(Some(ring));
+        }
         let Some(ring) = self.free.pop_first() else {
             return Ok(None);
         };
-        let table = self.table(members)?;
         let mut rings = array::<u32>(ebpf, names::MAGLEV)?;
         let base = ring * self.table_size;
         for (slot, backend) in table.iter().enumerate() {
@@ -531,13 +564,46 @@ impl Reconciler {
             .drain(..)
             .partition(|(ring, since)| since.elapsed() >= RING_GRACE && !pointed.contains(ring));
         self.retiring = waiting;
-        self.free.extend(ready.into_iter().map(|(ring, _)| ring));
+        let ready: BTreeSet<u32> = ready.into_iter().map(|(ring, _)| ring).collect();
+        // Free rings get written: what they held is no longer known.
+        self.pinned_tables.retain(|_, ring| !ready.contains(ring));
+        self.free.extend(ready);
     }
 
     /// Backend ids by overlay address and port, as assigned.
     pub fn backend_ids(&self) -> BTreeMap<u32, (Ipv6Addr, u16)> {
         self.backend_ids.iter().map(|(k, id)| (*id, *k)).collect()
     }
+}
+
+/// What each of `rings` holds, by content (of rings with the same content, one).
+fn ring_contents(
+    ebpf: &mut Ebpf,
+    rings: &BTreeSet<u32>,
+    table_size: u32,
+) -> Result<HashMap<Vec<u32>, u32>, ServicesError> {
+    let name = names::MAGLEV;
+    let map = match ebpf.map(name).ok_or(ServicesError::MissingMap { name })? {
+        aya::maps::Map::Array(data) => data,
+        _ => return Err(ServicesError::MissingMap { name }),
+    };
+    let size = table_size.max(1);
+    let mut tables: BTreeMap<u32, Vec<u32>> = rings
+        .iter()
+        .map(|&r| (r, vec![NO_BACKEND; size as usize]))
+        .collect();
+    crate::map_batch::for_each::<u32, u32>(map, |&index, &backend| {
+        if let Some(table) = tables.get_mut(&(index / size)) {
+            if let Some(slot) = table.get_mut((index % size) as usize) {
+                *slot = backend;
+            }
+        }
+    })
+    .map_err(map_err(name))?;
+    Ok(tables
+        .into_iter()
+        .map(|(ring, table)| (table, ring))
+        .collect())
 }
 
 /// Removes the client bindings of `service_id` to any of `backends`: a backend that left a

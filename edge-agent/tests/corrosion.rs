@@ -336,6 +336,9 @@ fn config(addr: SocketAddr) -> CorrosionConfig {
         api: format!("http://{addr}"),
         token: Some("corro-token".into()),
         max_backoff_ms: 400,
+        // The stand-in answers subscriptions and transactions only; the probe has its own tests
+        // (`state::corrosion::liveness`).
+        probe_interval_ms: 0,
     }
 }
 

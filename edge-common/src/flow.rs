@@ -38,6 +38,11 @@ pub const FLOW_RECOVERED: u8 = 4;
 /// a RST: the source port was not this client's. The client it names skips it when it
 /// recovers again; another client's recovery may take it.
 pub const FLOW_TOMBSTONE: u8 = 8;
+/// A forward entry of a connection the POP ended (a drain timeout; its backend was sent a RST
+/// and its reverse half removed): the client's packets go to the POP's kernel, which resets
+/// the connection, rather than remaking the flow. Its `tcp_flags` carry RST, so the sweeper
+/// removes it after the closed timeout and a SYN on its 5-tuple starts a new flow.
+pub const FLOW_ENDED: u8 = 16;
 
 /// TCP flag bits as in the TCP header's flags byte (RFC 9293 section 3.1).
 pub const TCP_FIN: u8 = 0x01;

@@ -23,8 +23,10 @@
 //! [`GeoDb::lookup`] is a plain longest-prefix match in userspace: the reference the kernel's
 //! answers are checked against, not a fast path.
 
+mod classes;
 mod csv;
 mod db;
+mod in_force;
 mod mmdb;
 mod regions;
 mod writer;
@@ -38,7 +40,9 @@ use std::{
     path::PathBuf,
 };
 
+pub use classes::GeoClasses;
 pub use db::{GeoDb, GeoDbInfo, GeoFormat};
+pub use in_force::{GeoInForce, GeoRefusal, GeoSource};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use regions::{RegionTable, DEFAULT_REGION};
 use thiserror::Error;

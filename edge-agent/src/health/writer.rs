@@ -16,7 +16,13 @@ use crate::{
 /// Queues rows for the writer task.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::UnboundedSender<Vec<Health>>,
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+enum Job {
+    Rows(Vec<Health>),
+    /// (POP, backend) rows about backends that are gone.
+    Forget(Vec<(String, String)>),
 }
 
 impl Writer {
@@ -30,18 +36,32 @@ impl Writer {
     pub fn send(&self, rows: Vec<Health>) {
         if !rows.is_empty() {
             // The task only ends with the runtime.
-            let _ = self.tx.send(rows);
+            let _ = self.tx.send(Job::Rows(rows));
+        }
+    }
+
+    /// Removes (POP, backend) health rows whose backend is gone.
+    pub fn forget(&self, orphans: Vec<(String, String)>) {
+        if !orphans.is_empty() {
+            let _ = self.tx.send(Job::Forget(orphans));
         }
     }
 }
 
-async fn run(store: Arc<dyn StateStore>, mut rx: mpsc::UnboundedReceiver<Vec<Health>>) {
+async fn run(store: Arc<dyn StateStore>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut failing = false;
     while let Some(first) = rx.recv().await {
-        let mut latest: BTreeMap<(String, String), Health> = BTreeMap::new();
-        let mut add = |rows: Vec<Health>| {
-            for row in rows {
-                latest.insert((row.pop_id.clone(), row.backend_id.clone()), row);
+        let mut latest: BTreeMap<(String, String), Option<Health>> = BTreeMap::new();
+        let mut add = |job: Job| match job {
+            Job::Rows(rows) => {
+                for row in rows {
+                    latest.insert((row.pop_id.clone(), row.backend_id.clone()), Some(row));
+                }
+            }
+            Job::Forget(orphans) => {
+                for key in orphans {
+                    latest.insert(key, None);
+                }
             }
         };
         add(first);
@@ -49,10 +69,13 @@ async fn run(store: Arc<dyn StateStore>, mut rx: mpsc::UnboundedReceiver<Vec<Hea
             add(more);
         }
         let mut stmts = Vec::new();
-        for row in latest.values() {
-            match write::upsert_health(row) {
-                Ok(s) => stmts.extend(s),
-                Err(error) => warn!(%error, "health row refused"),
+        for ((pop_id, backend_id), row) in &latest {
+            match row {
+                Some(row) => match write::upsert_health(row) {
+                    Ok(s) => stmts.extend(s),
+                    Err(error) => warn!(%error, "health row refused"),
+                },
+                None => stmts.push(write::forget_orphan_health(pop_id, backend_id)),
             }
         }
         let store = Arc::clone(&store);

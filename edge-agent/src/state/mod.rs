@@ -132,12 +132,7 @@ impl StateStore for corrosion::CorrosionState {
     }
 
     fn staleness(&self) -> Option<std::time::Duration> {
-        let h = self.health();
-        if h.connected && h.synced {
-            Some(std::time::Duration::ZERO)
-        } else {
-            h.last_event.map(|t| t.elapsed())
-        }
+        corrosion::CorrosionState::staleness(self)
     }
 
     fn detail(&self) -> serde_json::Value {

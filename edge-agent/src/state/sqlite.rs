@@ -435,6 +435,53 @@ mod tests {
         Ok(())
     }
 
+    /// A health row written after its backend was deleted (the writer had not learned of the
+    /// delete) is not written; one that got in before the delete replicated is removed by
+    /// `forget_orphan_health`, which leaves rows of live backends alone.
+    #[test]
+    fn health_rows_never_outlive_their_backend() -> anyhow::Result<()> {
+        let dir = TempDir::new("orphans")?;
+        let path = dir.path().join("routing.db");
+        let state = SqliteState::open(&path)?;
+        state.upsert_service(&service("web", "203.0.113.10", 80)?)?;
+        state.upsert_backend(&backend("b1", "web", "fd10::2")?)?;
+        let row = |backend: &str| Health {
+            pop_id: "pop-a".into(),
+            backend_id: backend.into(),
+            status: crate::model::HealthStatus::Up,
+            rtt_us: Some(100),
+            checked_at: 1_700_000_000,
+            reason: String::new(),
+        };
+        state.upsert_health(&row("b1"))?;
+        state.upsert_health(&row("gone"))?;
+        let conn = Connection::open(&path)?;
+        let rows = |conn: &Connection| -> anyhow::Result<Vec<String>> {
+            let mut stmt = conn.prepare("SELECT backend_id FROM health ORDER BY backend_id")?;
+            let ids = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(ids)
+        };
+        assert_eq!(
+            rows(&conn)?,
+            ["b1"],
+            "no row for a backend that is not there"
+        );
+        // As if written on another node before the delete reached it.
+        conn.execute(
+            "INSERT INTO health (pop_id, backend_id, status, rtt_us, checked_at, reason) \
+             VALUES ('pop-a', 'gone', 'up', 1, 1, '')",
+            [],
+        )?;
+        state.execute(&[
+            write::forget_orphan_health("pop-a", "gone"),
+            write::forget_orphan_health("pop-a", "b1"),
+        ])?;
+        assert_eq!(rows(&conn)?, ["b1"], "the orphan goes, the live row stays");
+        Ok(())
+    }
+
     #[test]
     fn upsert_keeps_metadata_and_reopen_keeps_rows() -> anyhow::Result<()> {
         let dir = TempDir::new("meta")?;

@@ -377,9 +377,11 @@ pub fn upsert_setting(key: &str, value: &str, now: i64) -> Result<Vec<Stmt>, Sta
 pub fn upsert_health(h: &Health) -> Result<Vec<Stmt>, StateError> {
     let key = format!("{}/{}", h.pop_id, h.backend_id);
     validate::check_health(h).map_err(invalid("health", &key))?;
+    // Only while the backend is there: a row written after another node deleted the backend
+    // (before this POP learned of it) would otherwise outlive it.
     Ok(vec![Stmt::new(
         "INSERT INTO health (pop_id, backend_id, status, rtt_us, checked_at, reason) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM backends WHERE id = ?2) \
          ON CONFLICT (pop_id, backend_id) DO UPDATE SET status = excluded.status, \
          rtt_us = excluded.rtt_us, checked_at = excluded.checked_at, reason = excluded.reason",
         vec![
@@ -391,6 +393,16 @@ pub fn upsert_health(h: &Health) -> Result<Vec<Stmt>, StateError> {
             h.reason.as_str().into(),
         ],
     )])
+}
+
+/// Removes a POP's health row about a backend that is gone (one written before the delete
+/// reached the node that took it).
+pub fn forget_orphan_health(pop_id: &str, backend_id: &str) -> Stmt {
+    Stmt::new(
+        "DELETE FROM health WHERE pop_id = ?1 AND backend_id = ?2 \
+         AND NOT EXISTS (SELECT 1 FROM backends WHERE id = ?2)",
+        vec![pop_id.into(), backend_id.into()],
+    )
 }
 
 #[cfg(test)]

@@ -29,7 +29,10 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use edge_common::{
-    flow::{FLOW_RECOVERED, FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    flow::{
+        FLOW_ENDED, FLOW_RECOVERED, FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
+    },
     geo::{embedded_ipv4, slash24_slot, AffinityValue, GEO_CLASSES, GEO_V4_DEEPER},
     hash::flow_hash,
     limits::PORT_TRIES,
@@ -172,6 +175,10 @@ fn flow_for(
         unsafe {
             if (*entry).flags & FLOW_REVERSE != 0 {
                 // A backend's 5-tuple arriving from the client side: not ours to translate.
+                return Ok(None);
+            }
+            if !syn && (*entry).flags & FLOW_ENDED != 0 {
+                stats::no_flow();
                 return Ok(None);
             }
             if syn && (*entry).tcp_flags & (TCP_FIN | TCP_RST) != 0 {

@@ -1,4 +1,6 @@
-//! `echo-server ADDR...`: a TCP echo server for `cargo xtask bench`.
+//! `echo-server [--hello NAME] ADDR...`: a TCP echo server for `cargo xtask bench` and the labs.
+//! With `--hello`, each connection first gets the line `NAME`, so that a client can tell which
+//! backend it reached.
 //!
 //! socat's `fork` mode relays every byte through a forked process and a pipe, which adds its own
 //! latency to the round trip the benchmark measures; this server echoes straight from the socket
@@ -12,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::io::Result<()> {
-    let addrs = parse_args()?;
+    let (hello, addrs) = parse_args()?;
     let mut listeners = Vec::new();
     for addr in addrs {
         // A `[::]` listener is dual-stack (net.ipv6.bindv6only is 0), so it serves IPv4 too.
@@ -21,7 +23,7 @@ async fn main() -> std::io::Result<()> {
     println!("echo-server ready");
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        tasks.spawn(accept_loop(listener));
+        tasks.spawn(accept_loop(listener, hello.clone()));
     }
     while let Some(done) = tasks.join_next().await {
         done.map_err(std::io::Error::other)??;
@@ -29,35 +31,50 @@ async fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-fn parse_args() -> std::io::Result<Vec<SocketAddr>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+fn parse_args() -> std::io::Result<(Option<String>, Vec<SocketAddr>)> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let hello = match args.iter().position(|a| a == "--hello") {
+        Some(i) if i + 1 < args.len() => {
+            let name = args.remove(i + 1);
+            args.remove(i);
+            Some(format!("{name}\n"))
+        }
+        Some(_) => return Err(std::io::Error::other("--hello needs a name")),
+        None => None,
+    };
     if args.is_empty() {
         return Err(std::io::Error::other(
-            "usage: echo-server ADDR... (e.g. [::]:7007)",
+            "usage: echo-server [--hello NAME] ADDR... (e.g. [::]:7007)",
         ));
     }
-    args.iter()
+    let addrs = args
+        .iter()
         .map(|a| {
             a.parse()
                 .map_err(|e| std::io::Error::other(format!("bad address {a}: {e}")))
         })
-        .collect()
+        .collect::<std::io::Result<_>>()?;
+    Ok((hello, addrs))
 }
 
-async fn accept_loop(listener: TcpListener) -> std::io::Result<()> {
+async fn accept_loop(listener: TcpListener, hello: Option<String>) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
+        let hello = hello.clone();
         tokio::spawn(async move {
-            if let Err(e) = echo(stream).await {
+            if let Err(e) = echo(stream, hello).await {
                 eprintln!("echo-server: connection: {e}");
             }
         });
     }
 }
 
-async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
+async fn echo(mut stream: TcpStream, hello: Option<String>) -> std::io::Result<()> {
     // Each reply is one small write: Nagle would hold it back behind an unacknowledged one.
     stream.set_nodelay(true)?;
+    if let Some(hello) = hello {
+        stream.write_all(hello.as_bytes()).await?;
+    }
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = stream.read(&mut buf).await?;

@@ -6,7 +6,8 @@
 //! A `ctl` namespace holds the three Corrosion nodes (gossip on its loopback); each POP reaches
 //! its node's API over its own link. Backend rows written through any node's API reach all
 //! three POPs' kernel maps (p99 over 100 changes printed); a stopped node leaves its POP on its
-//! last state and catches up when it returns; each POP's health rows reach every node.
+//! last state and catches up when it returns; each POP's health rows reach every node; a frozen
+//! node is reported stale within 3 s; deleted backends leave no health rows behind.
 
 use std::{
     net::IpAddr,
@@ -297,8 +298,105 @@ fn three_pops_replicate_through_corrosion() -> TestResult {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // `backends` answers from the running agent's state, whatever the source.
+    let out = std::process::Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(bpffs_pin_dir(lab.ns("pop1").name()))
+        .args(["backends", "--output", "json"])
+        .output()?;
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        rows.as_array().map(Vec::len),
+        Some(CHANGES + 1),
+        "`edge-agent backends` with the state in Corrosion: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    frozen_node_is_noticed(&lab, &nodes[0])?;
+    deleted_backends_leave_no_health_rows(&lab)?;
     drop(agents);
     drop(nodes);
     tear_down(lab);
+    Ok(())
+}
+
+/// POP 1's state staleness, from `status`.
+fn stale_secs(lab: &Lab, i: usize) -> Result<f64, Error> {
+    let out = std::process::Command::new(agent_bin())
+        .arg("--bpffs-root")
+        .arg(bpffs_pin_dir(lab.ns(&format!("pop{i}")).name()))
+        .args(["status", "--output", "json"])
+        .output()?;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    doc["agent"]["state"]["stale_secs"]
+        .as_f64()
+        .ok_or_else(|| format!("no staleness in {}", doc["agent"]["state"]).into())
+}
+
+/// Node 1 frozen (SIGSTOP) for 10 s: its subscriptions stay open and silent, but POP 1's
+/// `status` and `/metrics` show the state stale within 3 s, and current again once it resumes.
+fn frozen_node_is_noticed(lab: &Lab, node: &LabProcess) -> TestResult {
+    let wait =
+        |what: &str, limit: Duration, done: &dyn Fn(f64) -> bool| -> Result<Duration, Error> {
+            let started = Instant::now();
+            loop {
+                let stale = stale_secs(lab, 1)?;
+                if done(stale) {
+                    return Ok(started.elapsed());
+                }
+                if started.elapsed() > limit {
+                    return Err(format!("{what}: stale_secs {stale} after {limit:?}").into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+    wait("current before", Duration::from_secs(5), &|s| s == 0.0)?;
+    node.signal(libc::SIGSTOP)?;
+    let noticed = wait("frozen node", Duration::from_secs(3), &|s| s > 0.0);
+    let scrape = lab
+        .ns("pop1")
+        .exec_ok(&["curl", "-sf", "http://127.0.0.1:9469/metrics"])
+        .map(|o| o.stdout);
+    std::thread::sleep(Duration::from_secs(10));
+    node.signal(libc::SIGCONT)?;
+    let noticed = noticed?;
+    let scrape = scrape?;
+    let metric = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("edgeproxy_state_staleness_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or("no edgeproxy_state_staleness_seconds")?;
+    assert!(metric > 0.0, "/metrics shows the staleness: {metric}");
+    let back = wait("resumed node", Duration::from_secs(5), &|s| s == 0.0)?;
+    println!(
+        "corrosion: node frozen 10 s: stale in status after {} ms, current again {} ms after SIGCONT",
+        noticed.as_millis(),
+        back.as_millis()
+    );
+    Ok(())
+}
+
+/// 20 backends deleted through node 2 (the project's delete statements) while POP 1 writes its
+/// health rows every second: 5 s later no health row names a backend that is gone.
+fn deleted_backends_leave_no_health_rows(lab: &Lab) -> TestResult {
+    for n in 0..20 {
+        let stmts =
+            serde_json::to_value(edge_agent::state::write::delete_backend(&format!("be{n}")))?;
+        transaction(lab, 2, stmts)?;
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let orphans = curl(
+        lab,
+        1,
+        "POST",
+        "/v1/queries",
+        Some("\"SELECT count(*) FROM health WHERE backend_id NOT IN (SELECT id FROM backends)\""),
+    )?;
+    assert!(
+        orphans.contains("\"row\":[1,[0]]"),
+        "health rows of deleted backends: {orphans}"
+    );
+    println!(
+        "corrosion: 20 backends deleted while health rows were written: 0 orphan rows 5 s later"
+    );
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! expired subscription only notifies when rows really differ.
 
 pub mod events;
+pub mod liveness;
 pub mod mirror;
 
 use std::{
@@ -43,6 +44,9 @@ pub struct CorrosionConfig {
     pub token: Option<String>,
     /// Longest wait between reconnects.
     pub max_backoff_ms: u64,
+    /// How often the node is asked a small query to tell a frozen node from a quiet one
+    /// (`liveness`); 0 turns the probe off.
+    pub probe_interval_ms: u64,
 }
 
 impl Default for CorrosionConfig {
@@ -51,6 +55,7 @@ impl Default for CorrosionConfig {
             api: "http://127.0.0.1:8080".to_owned(),
             token: None,
             max_backoff_ms: 10_000,
+            probe_interval_ms: 1000,
         }
     }
 }
@@ -79,6 +84,12 @@ pub struct Health {
     pub last_event: Option<Instant>,
     pub last_error: Option<String>,
     pub reconnects: u64,
+    /// When the node last answered the liveness probe.
+    #[serde(skip)]
+    pub answered: Option<Instant>,
+    /// How long that answer took.
+    pub probe_ms: Option<f64>,
+    pub probe_failures: u64,
 }
 
 struct Shared {
@@ -92,6 +103,9 @@ struct Shared {
 
 pub struct CorrosionState {
     api: Uri,
+    /// How old the last probe answer may be while the state counts as current (`None`: no
+    /// probe).
+    probe_grace: Option<Duration>,
     token: Option<String>,
     shared: Arc<Mutex<Shared>>,
     version: watch::Sender<u64>,
@@ -156,8 +170,19 @@ impl CorrosionState {
             };
             tasks.push(tokio::spawn(sub.run()));
         }
+        let probe_grace = (config.probe_interval_ms > 0).then(|| {
+            let interval = Duration::from_millis(config.probe_interval_ms.max(100));
+            tasks.push(tokio::spawn(liveness::run(
+                api.clone(),
+                config.token.clone(),
+                Arc::clone(&shared),
+                interval,
+            )));
+            interval + liveness::DEADLINE
+        });
         Ok(CorrosionState {
             api,
+            probe_grace,
             token: config.token.clone(),
             shared,
             version,
@@ -167,6 +192,24 @@ impl CorrosionState {
 
     pub fn health(&self) -> Health {
         lock(&self.shared).health.clone()
+    }
+
+    /// How far behind the state may be (see [`liveness::staleness`]).
+    pub fn staleness(&self) -> Option<Duration> {
+        let h = self.health();
+        let answered = match self.probe_grace {
+            Some(_) => h.answered,
+            // No probe: the streams alone say it.
+            None => None,
+        };
+        liveness::staleness(
+            h.connected,
+            h.synced,
+            answered,
+            h.last_event,
+            self.probe_grace.unwrap_or(Duration::MAX),
+            Instant::now(),
+        )
     }
 
     /// Runs `stmts` as one transaction through Corrosion. Blocks: call it from a blocking
