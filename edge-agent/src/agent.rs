@@ -811,6 +811,7 @@ impl Agent {
                     "draining_since": crate::bgp::drain::since(&self.pins),
                     "sessions": sessions,
                     "vips": vips,
+                    "bfd_dropped": speaker.bfd_dropped(),
                 })
             }),
         });
@@ -840,6 +841,7 @@ impl Agent {
         };
         if let Some(speaker) = &self.bgp {
             (view.bgp_sessions, view.bgp_vips) = speaker.status();
+            view.bgp_bfd_dropped = speaker.bfd_dropped();
         }
         for s in &b.state.services {
             let key = crate::services::service_key(s.vip, s.port);

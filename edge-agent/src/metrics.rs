@@ -63,6 +63,7 @@ pub struct AgentView {
     /// BGP sessions and VIPs, when the speaker runs.
     pub bgp_sessions: Vec<crate::bgp::session::PeerStatus>,
     pub bgp_vips: Vec<crate::bgp::routes::VipState>,
+    pub bgp_bfd_dropped: BTreeMap<&'static str, u64>,
     /// The country database the tries hold.
     pub geo: crate::geo::GeoInForce,
 }
@@ -637,6 +638,17 @@ fn bgp(out: &Scrape, view: &AgentView) -> prometheus::Result<()> {
             .map(|p| (vec![p.peer.to_string()], p.established_count))
             .collect(),
     )?;
+    for f in crate::bgp::metrics::families(&view.bgp_sessions, &view.bgp_bfd_dropped) {
+        match f.kind {
+            crate::bgp::metrics::Kind::Gauge => out.gauges(f.name, f.help, f.labels, f.samples)?,
+            crate::bgp::metrics::Kind::Counter => out.counters(
+                f.name,
+                f.help,
+                f.labels,
+                f.samples.into_iter().map(|(l, v)| (l, v as u64)).collect(),
+            )?,
+        }
+    }
     out.gauges(
         "edgeproxy_bgp_vip_announced",
         "1 while the VIP is announced",

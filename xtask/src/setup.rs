@@ -22,6 +22,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "userspace WireGuard (no kernel module here)",
     ),
     ("bird2", "BGP router of the lab"),
+    (
+        "frr",
+        "the other BGP router of the anycast labs (zebra, bgpd, bfdd, vtysh)",
+    ),
     ("iperf3", "throughput in the lab and benchmarks"),
     ("socat", "TCP clients and servers in the lab"),
     ("iputils-ping", "ping"),

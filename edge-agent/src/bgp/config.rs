@@ -104,6 +104,10 @@ pub struct PeerConfig {
     /// reflector); 100 unless given. Not allowed on external sessions, which never carry it
     /// (RFC 4271 §5.1.5).
     pub local_pref: Option<u32>,
+    /// BFD with this peer (RFC 5880/5881): `bfd = true` (300 ms x 3) or a `[bgp.peers.bfd]`
+    /// table with `min_tx_ms`, `min_rx_ms` (down to 100) and `multiplier`. When an Up session
+    /// goes down, the BGP session is closed as on hold timer expiry.
+    pub bfd: Option<super::bfd::BfdSetting>,
 }
 
 /// The longest `shutdown_pause_ms`: the agent waits 3 s for its sessions to close on SIGTERM.
@@ -127,6 +131,7 @@ impl Default for PeerConfig {
             next_hop_v6: None,
             hold_time_secs: None,
             local_pref: None,
+            bfd: None,
         }
     }
 }
@@ -203,6 +208,10 @@ impl BgpConfig {
                 ));
             }
             peer.md5_key()?;
+            if let Some(bfd) = peer.bfd.as_ref().and_then(super::bfd::BfdSetting::config) {
+                bfd.validate()
+                    .map_err(|e| format!("bgp peer {}: {e}", peer.address))?;
+            }
         }
         if self.peers.iter().any(|p| p.passive) && self.listen.is_empty() {
             return Err("bgp: passive peers need bgp.listen".into());

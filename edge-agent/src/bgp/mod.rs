@@ -8,10 +8,12 @@
 //! `wire` frames and checks messages (bgpkit-parser encodes and decodes the bodies), `open`
 //! negotiates, `session` is one peer's state machine, `routes` decides what is announced.
 
+pub mod bfd;
 pub mod config;
 pub mod drain;
 pub mod fuzz;
 pub mod md5;
+pub mod metrics;
 pub mod open;
 pub mod routes;
 pub mod session;
@@ -40,6 +42,9 @@ pub struct Speaker {
     rib: watch::Sender<Arc<Rib>>,
     shutdown: watch::Sender<bool>,
     peers: Vec<Arc<Mutex<PeerStatus>>>,
+    /// Each peer's BFD state (none without BFD), shown with its session.
+    bfd_status: Vec<Arc<Mutex<Option<bfd::BfdStatus>>>>,
+    bfd: bfd::Bfd,
     tasks: Vec<JoinHandle<()>>,
     listeners: Vec<JoinHandle<()>>,
     vips: Vec<VipState>,
@@ -83,9 +88,28 @@ impl Speaker {
                 forwarding: forwarding_kept,
             }),
         };
+        let bfd_status: Vec<_> = config
+            .peers
+            .iter()
+            .map(|_| Arc::new(Mutex::new(None)))
+            .collect();
+        let (mut bfd_peers, mut bfd_slots, mut bfd_of) = (Vec::new(), Vec::new(), Vec::new());
+        for (peer, slot) in config.peers.iter().zip(&bfd_status) {
+            let on = peer.bfd.as_ref().and_then(bfd::BfdSetting::config);
+            bfd_of.push(on.map(|_| bfd_peers.len()));
+            if let Some(c) = on {
+                bfd_peers.push(bfd::PeerBfd {
+                    peer: canonical(peer.address),
+                    local: peer.local_address,
+                    config: c,
+                });
+                bfd_slots.push(Arc::clone(slot));
+            }
+        }
+        let (bfd, bfd_downs) = bfd::Bfd::start(&bfd_peers, bfd_slots);
         let mut inboxes = HashMap::new();
         let (mut peers, mut tasks) = (Vec::new(), Vec::new());
-        for peer in &config.peers {
+        for (peer, bfd_index) in config.peers.iter().zip(bfd_of) {
             let status = Arc::new(Mutex::new(PeerStatus {
                 peer: peer.address,
                 asn: peer.asn,
@@ -98,6 +122,7 @@ impl Speaker {
                 last_error: None,
                 established_count: 0,
                 graceful_restart: session::GrStatus::default(),
+                bfd: None,
             }));
             let incoming = peer.passive.then(|| {
                 let (tx, rx) = mpsc::channel(1);
@@ -111,6 +136,7 @@ impl Speaker {
                 incoming,
                 shutdown: shutdown_rx.clone(),
                 status: Arc::clone(&status),
+                bfd_down: bfd_index.and_then(|i| bfd_downs.get(i).cloned()),
             };
             peers.push(status);
             tasks.push(tokio::spawn(session.run()));
@@ -133,6 +159,8 @@ impl Speaker {
             rib,
             shutdown,
             peers,
+            bfd_status,
+            bfd,
             tasks,
             listeners,
             vips: Vec::new(),
@@ -164,9 +192,19 @@ impl Speaker {
         let peers = self
             .peers
             .iter()
-            .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .zip(&self.bfd_status)
+            .map(|(p, b)| {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                p.bfd = b.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                p
+            })
             .collect();
         (peers, self.vips.clone())
+    }
+
+    /// BFD datagrams dropped, by reason (`edge-agent status`, `/metrics`).
+    pub fn bfd_dropped(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.bfd.dropped.snapshot()
     }
 
     /// Withdraws every route on every session, closes them with a Cease, and waits (at most
@@ -176,7 +214,10 @@ impl Speaker {
         for l in &self.listeners {
             l.abort();
         }
-        let all = futures_join(self.tasks);
+        let all = async {
+            futures_join(self.tasks).await;
+            self.bfd.stop().await;
+        };
         if tokio::time::timeout(wait, all).await.is_err() {
             warn!("BGP sessions did not close in time");
         }

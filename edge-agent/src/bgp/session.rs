@@ -69,6 +69,8 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     pub established_count: u64,
     pub graceful_restart: GrStatus,
+    /// The BFD session with this peer, when configured.
+    pub bfd: Option<super::bfd::BfdStatus>,
 }
 
 /// Graceful restart (RFC 4724) on the current or last session.
@@ -167,6 +169,8 @@ pub struct Session {
     pub incoming: Option<mpsc::Receiver<TcpStream>>,
     pub shutdown: watch::Receiver<bool>,
     pub status: Arc<Mutex<PeerStatus>>,
+    /// Counts the BFD session's falls from Up, when BFD is on for this peer.
+    pub bfd_down: Option<super::bfd::DownCount>,
 }
 
 impl Session {
@@ -448,9 +452,24 @@ impl Session {
             .collect();
         self.set(|s| s.graceful_restart.end_of_rib_sent = sent);
         let mut shutdown = self.shutdown.clone();
+        // Only a fall of BFD during this session ends it.
+        let mut bfd_down = self.bfd_down.clone();
+        if let Some(b) = bfd_down.as_mut() {
+            b.borrow_and_update();
+        }
         loop {
             tokio::select! {
                 () = stopped(&mut shutdown) => return Ok(()),
+                () = bfd_fell(&mut bfd_down) => {
+                    // As on hold timer expiry: the peer is unreachable, so the NOTIFICATION
+                    // (Cease 10, BFD Down: RFC 9384) is best effort.
+                    return Err(SessionError::Sent(Notify::new(
+                        code::CEASE,
+                        10,
+                        Vec::new(),
+                        "BFD session down",
+                    )));
+                }
                 changed = self.rib.changed() => {
                     if changed.is_err() {
                         return Ok(());
@@ -485,6 +504,19 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Resolves when the BFD session falls from Up; never without BFD.
+async fn bfd_fell(down: &mut Option<super::bfd::DownCount>) {
+    match down {
+        Some(d) => {
+            if d.changed().await.is_err() {
+                // The BFD task ended (shutdown): nothing more to watch.
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 

@@ -25,11 +25,18 @@ use super::common::{agent_bin, tear_down, TestResult};
 
 type Error = Box<dyn std::error::Error>;
 
-const VIP4: &str = "198.18.7.10";
-const VIP6: &str = "2001:db8:ff7::10";
+pub(super) const VIP4: &str = "198.18.7.10";
+pub(super) const VIP6: &str = "2001:db8:ff7::10";
 const MD5: &str = "edge-md5-secret";
 
 fn topology(label: &str) -> Topology {
+    topology_with(label, false)
+}
+
+/// The lab's topology; with `switch`, POP A hangs off a bridge in namespace `swa` (`p0` to the
+/// router, `p1` to POP A; [`Bgp::bridge_switch`] makes it) so that POP A's links can go down
+/// while the router's stays up, as when a host dies behind a switch.
+pub(super) fn topology_with(label: &str, switch: bool) -> Topology {
     let mut t = Topology::new(label)
         .ns("client")
         .ns("router")
@@ -38,8 +45,15 @@ fn topology(label: &str) -> Topology {
         .ns("hub")
         .ns("bea")
         .ns("beb")
-        .veth(("client", "eth0"), ("router", "c0"))
-        .veth(("router", "ra"), ("popa", "eth0"))
+        .veth(("client", "eth0"), ("router", "c0"));
+    t = if switch {
+        t.ns("swa")
+            .veth(("router", "ra"), ("swa", "p0"))
+            .veth(("swa", "p1"), ("popa", "eth0"))
+    } else {
+        t.veth(("router", "ra"), ("popa", "eth0"))
+    };
+    let mut t = t
         .veth(("router", "rb"), ("popb", "eth0"))
         .veth(("popa", "ovl0"), ("hub", "upa"))
         .veth(("popb", "ovl0"), ("hub", "upb"))
@@ -95,7 +109,7 @@ fn topology(label: &str) -> Topology {
 }
 
 /// POP `x`'s agent config: one backend, fast health checks, and its BGP session.
-fn pop_config(x: &str, bgp: &str) -> String {
+pub(super) fn pop_config(x: &str, bgp: &str) -> String {
     let (overlay, backend) = match x {
         "a" => ("fd00:ee::1", "fd00:ee:1:1::2"),
         _ => ("fd00:ee:2::1", "fd00:ee:1:2::2"),
@@ -183,17 +197,30 @@ protocol bgp popb from pops {{
     )
 }
 
-struct Bgp {
-    lab: Lab,
-    bird: LabProcess,
-    socket: String,
-    bird_log: std::path::PathBuf,
-    agents: [Option<LabProcess>; 2],
-    backends: [Option<LabProcess>; 2],
+pub(super) struct Bgp {
+    pub(super) lab: Lab,
+    /// The router's daemons: BIRD, or FRR's zebra, bfdd and bgpd.
+    pub(super) router: Vec<LabProcess>,
+    /// BIRD's control socket, or the directory of FRR's vty sockets.
+    pub(super) socket: String,
+    pub(super) bird_log: std::path::PathBuf,
+    pub(super) agents: [Option<LabProcess>; 2],
+    pub(super) backends: [Option<LabProcess>; 2],
 }
 
 impl Bgp {
-    fn birdc(&self, args: &[&str]) -> Result<String, Error> {
+    /// Bridges `p0` and `p1` in `swa` (a lab from [`topology_with`] with a switch).
+    pub(super) fn bridge_switch(&self) -> Result<(), Error> {
+        let sw = self.lab.ns("swa");
+        sw.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        for port in ["p0", "p1"] {
+            sw.exec_ok(&["ip", "link", "set", port, "master", "br0"])?;
+        }
+        sw.exec_ok(&["ip", "link", "set", "br0", "up"])?;
+        Ok(())
+    }
+
+    pub(super) fn birdc(&self, args: &[&str]) -> Result<String, Error> {
         let mut argv = vec!["birdc", "-s", &self.socket];
         argv.extend_from_slice(args);
         let out = self.lab.ns("router").exec(&argv)?;
@@ -201,7 +228,7 @@ impl Bgp {
     }
 
     /// The POP (`a`/`b`) the router's kernel sends `vip` to, or `None` with no route.
-    fn chosen(&self, vip: &str) -> Result<Option<char>, Error> {
+    pub(super) fn chosen(&self, vip: &str) -> Result<Option<char>, Error> {
         let family = if vip.contains(':') { "-6" } else { "-4" };
         let out = self
             .lab
@@ -226,7 +253,7 @@ impl Bgp {
     }
 
     /// Waits until `pred(chosen for both VIPs)` holds; returns how long it took.
-    fn wait_route(
+    pub(super) fn wait_route(
         &self,
         what: &str,
         timeout: Duration,
@@ -252,7 +279,7 @@ impl Bgp {
     }
 
     /// New flows POP `x`'s data plane has seen.
-    fn new_flows(&self, x: char) -> Result<u64, Error> {
+    pub(super) fn new_flows(&self, x: char) -> Result<u64, Error> {
         let dir = bpffs_pin_dir(self.lab.ns(&format!("pop{x}")).name());
         if !dir.exists() {
             // A lab that never started this POP's agent.
@@ -264,7 +291,7 @@ impl Bgp {
     }
 
     /// Echoes a few bytes through both VIPs from the client; returns the POP that took them.
-    fn echo_both(&self) -> Result<char, Error> {
+    pub(super) fn echo_both(&self) -> Result<char, Error> {
         let before = [self.new_flows('a')?, self.new_flows('b')?];
         for target in [format!("{VIP4}:7"), format!("[{VIP6}]:7")] {
             let addr: SocketAddr = target.parse()?;
@@ -294,7 +321,7 @@ impl Bgp {
         }
     }
 
-    fn start_agent(&mut self, x: char) -> Result<(), Error> {
+    pub(super) fn start_agent(&mut self, x: char) -> Result<(), Error> {
         let bgp = match x {
             'a' => format!(
                 "asn = 65001\n\n[[bgp.peers]]\naddress = \"10.0.10.1\"\nasn = 65000\npassword = \"{MD5}\"\nnext_hop_v6 = \"2001:db8:10::2\"\n"
@@ -305,13 +332,22 @@ impl Bgp {
     }
 
     /// Starts POP `x`'s agent with `bgp` as the rest of its `[bgp]` section.
-    fn start_agent_with(&mut self, x: char, bgp: &str) -> Result<(), Error> {
+    pub(super) fn start_agent_with(&mut self, x: char, bgp: &str) -> Result<(), Error> {
+        self.start_agent_bin(x, bgp, &agent_bin())
+    }
+
+    /// [`Bgp::start_agent_with`] with the agent binary at `agent` (an upgrade on the pins).
+    pub(super) fn start_agent_bin(
+        &mut self,
+        x: char,
+        bgp: &str,
+        agent: &Path,
+    ) -> Result<(), Error> {
         let i = usize::from(x == 'b');
         let ns = self.lab.ns(&format!("pop{x}"));
         let config = self.lab.log_dir().join(format!("agent-{x}.toml"));
         std::fs::write(&config, pop_config(&x.to_string(), bgp))?;
         let pins = bpffs_pin_dir(ns.name());
-        let agent = agent_bin();
         let argv = [
             agent.to_str().ok_or("agent path")?,
             "--bpffs-root",
@@ -326,7 +362,7 @@ impl Bgp {
         Ok(())
     }
 
-    fn start_backend(&mut self, x: char) -> Result<(), Error> {
+    pub(super) fn start_backend(&mut self, x: char) -> Result<(), Error> {
         let i = usize::from(x == 'b');
         let p = self.lab.ns(&format!("be{x}")).spawn(
             &format!("echo-{x}"),
@@ -339,7 +375,7 @@ impl Bgp {
     }
 
     /// `edge-agent <cmd>` against POP `x`'s pins.
-    fn cli(&self, x: char, args: &[&str]) -> Result<std::process::Output, Error> {
+    pub(super) fn cli(&self, x: char, args: &[&str]) -> Result<std::process::Output, Error> {
         let ns = self.lab.ns(&format!("pop{x}"));
         Ok(Command::new(agent_bin())
             .arg("--bpffs-root")
@@ -358,7 +394,7 @@ fn bird_routes_clients_to_a_pop_that_can_serve_them() -> TestResult {
 
 /// Brings up `topology` with BIRD in `router` (its config from `conf`), runs `scenario`, and
 /// tears everything down (with BIRD's log printed on failure).
-fn with_bird(
+pub(super) fn with_bird(
     topology: Topology,
     conf: fn(&Path) -> String,
     scenario: fn(&mut Bgp) -> TestResult,
@@ -383,14 +419,16 @@ fn with_bird(
     )?;
     let mut t = Bgp {
         lab,
-        bird,
+        router: vec![bird],
         socket,
         bird_log,
         agents: [None, None],
         backends: [None, None],
     };
     let result = scenario(&mut t);
-    let _ = t.bird.kill();
+    for p in &t.router {
+        let _ = p.kill();
+    }
     let _ = std::fs::remove_file(&t.socket);
     for p in t.agents.iter().chain(t.backends.iter()).flatten() {
         let _ = p.kill();

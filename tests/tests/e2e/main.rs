@@ -3,6 +3,7 @@
 
 mod agent_lifecycle;
 mod attack_lab;
+mod bfd_lab;
 mod bgp_lab;
 mod bpf_log_lab;
 mod cli_lab;
@@ -11,6 +12,7 @@ mod container_lab;
 mod corrosion_lab;
 mod dns_register_lab;
 mod drain_timeout;
+mod frr_lab;
 mod geo_lab;
 mod health_lab;
 mod hostile_lab;
@@ -21,6 +23,7 @@ mod netlink_link_lab;
 mod pop_restarts;
 mod readiness;
 mod realistic_pop;
+mod restart_lab;
 mod restart_under_load;
 mod sixpn_lab;
 mod table_swap;
