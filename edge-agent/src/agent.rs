@@ -1108,11 +1108,23 @@ impl Agent {
                     }
                 }
             }
-            // Withdraw first: routers move new clients to another POP while this one still
-            // serves the connections already here.
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             if let Some(speaker) = self.bgp.take() {
-                speaker.shutdown(Duration::from_secs(3)).await;
+                let draining = crate::bgp::drain::since(&self.pins).is_some();
+                if self.config.bgp.graceful_restart_secs > 0 && !draining {
+                    // The data plane stays and forwards: a stop is taken for a restart, as
+                    // `systemctl restart` and upgrades do, and the routers keep the routes
+                    // for the restart time. `edge-agent drain` first takes the POP out.
+                    info!(
+                        restart_secs = self.config.bgp.graceful_restart_secs,
+                        "leaving the routes to the routers' graceful restart: an agent started within the restart time takes them over; `edge-agent drain` before stopping withdraws them"
+                    );
+                    speaker.leave_to_graceful_restart();
+                } else {
+                    // Withdraw first: routers move new clients to another POP while this one
+                    // still serves the connections already here.
+                    speaker.shutdown(Duration::from_secs(3)).await;
+                }
             }
             anyhow::Ok(())
         })?;

@@ -207,6 +207,18 @@ impl Speaker {
         self.bfd.dropped.snapshot()
     }
 
+    /// Closes every session's connection without a withdraw or a NOTIFICATION, for an agent
+    /// stopping to be restarted: routers that negotiated graceful restart keep its routes
+    /// (stale) for the restart time while the pinned data plane goes on forwarding, and the
+    /// next agent refreshes them (RFC 4724 section 4.2: the end of the TCP connection, not a
+    /// NOTIFICATION, starts the helper's side).
+    pub fn leave_to_graceful_restart(self) {
+        for t in self.listeners.iter().chain(&self.tasks) {
+            t.abort();
+        }
+        self.bfd.abandon();
+    }
+
     /// Withdraws every route on every session, closes them with a Cease, and waits (at most
     /// `wait`) for that to reach the peers.
     pub async fn shutdown(self, wait: Duration) {

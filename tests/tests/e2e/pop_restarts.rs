@@ -5,12 +5,15 @@
 //! database put in place before each restart, and across a SIGHUP to a database with another
 //! country list. A first start on a corrupt database refuses to run.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
-use edge_lab::pop_lab::backend_addr;
+use edge_lab::pop_lab::{backend_addr, VIP4, VIP6};
 
 use super::{
-    common::{agent_bin, agent_json, summary, tear_down, TestResult},
+    common::{agent_bin, agent_json, summary, TestResult},
     realistic_pop::{
         assert_serving, check_churn, landings, write_database, MaxServices, RealisticPop, BACKENDS,
         CLIENTS,
@@ -35,6 +38,7 @@ fn geo_status(pins: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::
 }
 
 /// Restarts the agent `RESTARTS` times under load; `before_each` runs before each restart.
+/// The router is asked for the POP's routes every 100 ms throughout: they must never be gone.
 fn restarts_lose_nothing(
     label: &str,
     max_services: MaxServices,
@@ -44,25 +48,39 @@ fn restarts_lose_nothing(
     let mut agent = pop.start(&["--reset"])?;
     let first = agent_json(&pop.pins, &["status"])?;
     assert_serving(&pop.pins)?;
+    pop.wait_routes()?;
     let go = pop.lab.log_dir().join("go");
     let held = pop.hold(&go)?;
     let churn = pop.churn(&go)?;
     std::thread::sleep(Duration::from_millis(500));
-    let mut downtimes = Vec::new();
-    for n in 0..RESTARTS {
-        before_each(&pop)?;
-        let started = Instant::now();
-        if n % 2 == 0 {
-            agent.signal(libc::SIGTERM)?;
-        } else {
-            agent.kill()?;
-        }
-        agent.wait_exit(Duration::from_secs(10))?;
-        agent = pop.start(&[])?;
-        downtimes.push(started.elapsed().as_millis());
-        assert_serving(&pop.pins)?;
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let stop = AtomicBool::new(false);
+    let (samples, downtimes) = std::thread::scope(|s| -> Result<_, Box<dyn std::error::Error>> {
+        let poller = s.spawn(|| {
+            // (both VIPs routed to the POP, stale)
+            let mut samples: Vec<(bool, bool)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let v4 = pop.route(VIP4).unwrap_or_default();
+                let v6 = pop.route(VIP6).unwrap_or_default();
+                samples.push((
+                    v4.contains("[pop") && v6.contains("[pop"),
+                    v4.contains("stale") || v6.contains("stale"),
+                ));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        let restarted = restart_n_times(&pop, &mut agent, &before_each);
+        stop.store(true, Ordering::Relaxed);
+        let samples = poller.join().map_err(|_| "the route poller panicked")?;
+        Ok((samples, restarted?))
+    })?;
+    let missing = samples.iter().filter(|(both, _)| !both).count();
+    assert_eq!(
+        missing,
+        0,
+        "{label}: the router lost the POP's routes in {missing} of {} samples",
+        samples.len()
+    );
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(&go, b"")?;
     let churned = summary(&churn, "geo-churn")?;
@@ -81,13 +99,40 @@ fn restarts_lose_nothing(
         "{label}: a packet missed its flow: {}",
         last["drops"]
     );
+    let stale = samples.iter().filter(|(_, stale)| *stale).count();
     eprintln!(
-        "{label}: {connections} new connections and 200 held, {RESTARTS} restarts (agent down to ready, ms: {downtimes:?}), every client on its tier's backend: {:?}",
-        landings(&churned)
+        "{label}: {connections} new connections and 200 held, {RESTARTS} restarts (agent down to ready, ms: {downtimes:?}), every client on its tier's backend: {:?}; the router had both VIPs in all {} samples ({stale} stale)",
+        landings(&churned),
+        samples.len()
     );
     drop(agent);
-    tear_down(pop.lab);
+    pop.tear_down();
     Ok(())
+}
+
+/// SIGTERM and SIGKILL in turn, `before_each` first: the time from each signal to the new
+/// agent's readiness.
+fn restart_n_times(
+    pop: &RealisticPop,
+    agent: &mut edge_lab::LabProcess,
+    before_each: &impl Fn(&RealisticPop) -> TestResult,
+) -> Result<Vec<u128>, Box<dyn std::error::Error>> {
+    let mut downtimes = Vec::new();
+    for n in 0..RESTARTS {
+        before_each(pop)?;
+        let started = Instant::now();
+        if n % 2 == 0 {
+            agent.signal(libc::SIGTERM)?;
+        } else {
+            agent.kill()?;
+        }
+        agent.wait_exit(Duration::from_secs(10))?;
+        *agent = pop.start(&[])?;
+        downtimes.push(started.elapsed().as_millis());
+        assert_serving(&pop.pins)?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(downtimes)
 }
 
 #[test]
@@ -200,7 +245,7 @@ fn status_says_which_geo_database_is_in_force() -> TestResult {
         after.first()
     );
     drop(agent);
-    tear_down(pop.lab);
+    pop.tear_down();
     Ok(())
 }
 
@@ -308,7 +353,7 @@ fn a_sighup_to_another_country_list_steers_no_client_astray() -> TestResult {
         "{connections} new connections across 3 database switches, all on their tier's backend"
     );
     drop(agent);
-    tear_down(pop.lab);
+    pop.tear_down();
     Ok(())
 }
 
@@ -343,6 +388,6 @@ fn a_first_start_on_a_corrupt_geo_file_refuses_to_run() -> TestResult {
         out.stderr.trim()
     );
     assert!(CLIENTS.len() > 1);
-    tear_down(pop.lab);
+    pop.tear_down();
     Ok(())
 }

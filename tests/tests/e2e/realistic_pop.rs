@@ -1,7 +1,7 @@
 //! A POP as a user runs one, for the restart, reload and fault tests: a country database of
 //! 100,000 networks over IPv4 and IPv6, six services on IPv4 and IPv6 VIPs, eight backends in
-//! four regions (one country each), health checks, client affinity, the SQLite state, and
-//! clients in ten countries. `MaxServices` picks the table budget: the default, or one a fresh
+//! four regions (one country each), health checks, client affinity, the SQLite state, a BGP
+//! peer (BIRD, graceful restart on both sides) and clients in ten countries. `MaxServices` picks the table budget: the default, or one a fresh
 //! start only just fits in.
 //!
 //! Two kinds of load run through it: 200 long-lived connections (`hold4`/`hold6`, the plain echo
@@ -91,13 +91,39 @@ pub struct RealisticPop {
     pub pins: PathBuf,
     pub geo: PathBuf,
     pub config: String,
-    _servers: Vec<LabProcess>,
+    /// BIRD's control socket (`birdc -s`).
+    pub bird_socket: String,
+    bird: Bird,
+    servers: Vec<LabProcess>,
 }
+
+/// BIRD and its control socket, which lives outside the lab (see `start_bird`).
+struct Bird {
+    process: LabProcess,
+    socket: String,
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The router's end of the BGP link, and the POP's.
+const ROUTER: &str = "10.0.99.1";
+const POP_BGP: &str = "10.0.99.2";
 
 impl RealisticPop {
     /// The lab, its backends, the database and the state; no agent yet.
     pub fn up(label: &str, max_services: MaxServices) -> Result<Self, Error> {
-        let mut t = topology(label, BACKENDS.len());
+        let mut t = topology(label, BACKENDS.len())
+            .ns("rtr")
+            .veth(("pop", "bgp0"), ("rtr", "eth0"))
+            .addr("pop", "bgp0", &format!("{POP_BGP}/30"))
+            .addr("rtr", "eth0", &format!("{ROUTER}/30"))
+            .addr("pop", "bgp0", "2001:db8:99::2/64")
+            .addr("rtr", "eth0", "2001:db8:99::1/64");
         for (v4, v6, _, _) in CLIENTS {
             t = t.addr("client", "eth0", &format!("{v4}/24")).addr(
                 "client",
@@ -150,17 +176,64 @@ database = "{}"
 
 [state]
 database = "{}"
+
+[bgp]
+asn = 65001
+graceful_restart_secs = 30
+
+[[bgp.peers]]
+address = "{ROUTER}"
+asn = 65000
+next_hop_v6 = "2001:db8:99::2"
 "#,
             geo.display(),
             state.display()
         );
+        let (bird, bird_socket) = start_bird(&lab)?;
         Ok(RealisticPop {
             pins: bpffs_pin_dir(lab.ns("pop").name()),
             lab,
             geo,
             config,
-            _servers: servers,
+            bird: Bird {
+                process: bird,
+                socket: bird_socket.clone(),
+            },
+            bird_socket,
+            servers,
         })
+    }
+
+    /// Stops the router and the backends, removes the lab and checks it left nothing.
+    pub fn tear_down(self) {
+        let RealisticPop {
+            lab, bird, servers, ..
+        } = self;
+        drop(bird);
+        drop(servers);
+        super::common::tear_down(lab);
+    }
+
+    /// `birdc show route for VIP`'s answer.
+    pub fn route(&self, vip: &str) -> Result<String, Error> {
+        let out = std::process::Command::new("birdc")
+            .args(["-s", &self.bird_socket, "show", "route", "for", vip])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until the router has both VIPs from this POP.
+    pub fn wait_routes(&self) -> TestResult {
+        let started = std::time::Instant::now();
+        while !self.route(VIP4)?.contains("[pop") || !self.route(VIP6)?.contains("[pop") {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(
+                    format!("the router has no route to the VIPs: {}", self.route(VIP4)?).into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// Starts an agent on this POP (`--reset` for a first start).
@@ -210,6 +283,39 @@ database = "{}"
         churn.wait_for_output("churning", Duration::from_secs(10))?;
         Ok(churn)
     }
+}
+
+/// BIRD in `rtr`, peering with the POP's agent (which connects) with graceful restart.
+fn start_bird(lab: &Lab) -> Result<(LabProcess, String), Error> {
+    let log = lab.log_dir().join("bird.log");
+    let conf = lab.log_dir().join("bird.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"router id {ROUTER};
+log "{}" all;
+protocol device {{ scan time 1; }}
+protocol bgp pop {{
+  local {ROUTER} as 65000;
+  neighbor {POP_BGP} as 65001;
+  passive on;
+  hold time 9;
+  error wait time 1, 2;
+  graceful restart on;
+  ipv4 {{ import all; export none; }};
+  ipv6 {{ import all; export none; }};
+}}
+"#,
+            log.display()
+        ),
+    )?;
+    // A unix socket path has room for 107 bytes: not under the lab's log directory.
+    let socket = format!("/run/{}.bird.ctl", lab.ns("rtr").name());
+    let conf = conf.to_string_lossy();
+    let bird = lab
+        .ns("rtr")
+        .spawn("bird", &["bird", "-f", "-c", &conf, "-s", &socket], &[])?;
+    Ok((bird, socket))
 }
 
 /// Checks a `geo-churn` summary: no failure, and every client on a backend its tier picks.

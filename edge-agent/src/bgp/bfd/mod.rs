@@ -344,6 +344,14 @@ impl Bfd {
         )
     }
 
+    /// Ends every session without a word, as a crash would: for an agent that leaves its
+    /// routes to the routers' graceful restart (an AdminDown could make them drop the routes).
+    pub fn abandon(self) {
+        for t in self.receivers.iter().chain(&self.tasks) {
+            t.abort();
+        }
+    }
+
     /// Stops every session, which tells its peer AdminDown first. Called after the BGP
     /// sessions closed: a router that took AdminDown as a failure would otherwise reset the BGP
     /// session before the agent's withdraws and Cease.
