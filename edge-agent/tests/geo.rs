@@ -310,6 +310,16 @@ fn clients_embedding_ipv4_are_classified_by_it_in_the_kernel_and_the_listing() -
         Some("GB"),
         "the written database must alias 6to4 to the IPv4 data"
     );
+    // And Teredo, by the server's address in bits 32..64: the answer the kernel must match.
+    let teredo: Ipv6Addr = "2001:0:5102:458e::9".parse()?;
+    let in_file = reader
+        .lookup(IpAddr::V6(teredo))?
+        .decode_path::<&str>(&maxminddb::path!["country", "iso_code"])?;
+    assert_eq!(
+        in_file,
+        Some("GB"),
+        "the written database must alias Teredo to the IPv4 data by the server's address"
+    );
 
     let mut pop = Pop::new()?;
     pop.load_db(&db)?;
@@ -318,16 +328,17 @@ fn clients_embedding_ipv4_are_classified_by_it_in_the_kernel_and_the_listing() -
     let cases: [(&str, u16, Option<&str>, &str); 7] = [
         ("2002:5102:458e::9", GB, Some("GB"), "6to4 of 81.2.69.142"),
         (
-            "2001:0:4136:e378:8000:63bf:aefd:ba71",
+            "2001:0:5102:458e::9",
             GB,
             Some("GB"),
-            "Teredo: client 81.2.69.142 inverted in the last 32 bits",
+            "Teredo with server 81.2.69.142 (bits 32..64), as MaxMind's alias answers it",
         ),
         (
-            "2001:0:5102:458e::9",
+            "2001:0:4136:e378:8000:63bf:aefd:ba71",
             DE,
             None,
-            "Teredo with server 81.2.69.142: the client is ~0.0.0.9 = 255.255.255.246, unknown",
+            "Teredo with server 65.54.227.120 (unknown): the client's own 81.2.69.142 in the \
+             last 32 bits does not classify it",
         ),
         ("2002:d8a0:5338::1", US, Some("US"), "6to4 of 216.160.83.56"),
         (

@@ -35,9 +35,12 @@ pub const fn slash24_slot(addr: u32) -> (u32, u32) {
 /// the IPv4 address out instead (issue 22):
 ///
 /// - 6to4, `2002::/16` (RFC 3056 section 2): the site's IPv4 address in bits 16..48.
-/// - Teredo, `2001::/32` (RFC 4380 section 4): the client's own (NAT-external) IPv4 address,
-///   stored inverted in the last 32 bits. MaxMind's alias reads bits 32..64 instead, which hold
-///   the Teredo *server's* address: that says where the server is, not the client.
+/// - Teredo, `2001::/32` (RFC 4380 section 4): bits 32..64, the Teredo *server's* IPv4
+///   address, as MaxMind's alias reads it (`2001:0:5102:458e::9` is 81.2.69.142's). The
+///   client's own NAT-external address (inverted in the last 32 bits) would say more about
+///   where the client is, but the database answers the range by the server, and every MaxMind
+///   reader of the same file (`mmdblookup`, the `maxminddb` crate) gives that answer: the
+///   kernel agrees with them rather than inventing its own.
 /// - IPv4-mapped, `::ffff:0:0/96` (RFC 4291 section 2.5.5.2): never valid on the wire, but XDP
 ///   and TC ingress run before the kernel's IPv6 input drops such a source.
 ///
@@ -49,7 +52,7 @@ pub const fn embedded_ipv4(addr: &[u8; 16]) -> Option<[u8; 4]> {
         return Some([addr[2], addr[3], addr[4], addr[5]]);
     }
     if addr[0] == 0x20 && addr[1] == 0x01 && addr[2] == 0 && addr[3] == 0 {
-        return Some([!addr[12], !addr[13], !addr[14], !addr[15]]);
+        return Some([addr[4], addr[5], addr[6], addr[7]]);
     }
     if crate::is_ipv4_mapped(addr) {
         return Some([addr[12], addr[13], addr[14], addr[15]]);
@@ -101,10 +104,14 @@ mod tests {
         // 6to4 of 81.2.69.142 (MaxMind's test data).
         let six_to_four = [0x20, 0x02, 81, 2, 69, 142, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
         assert_eq!(embedded_ipv4(&six_to_four), Some([81, 2, 69, 142]));
-        // Teredo: server 65.54.227.120, client 81.2.69.142 inverted in the last 32 bits.
+        // Teredo: server 65.54.227.120 in bits 32..64 (what MaxMind's alias reads), client
+        // 81.2.69.142 inverted in the last 32 bits (not what classifies it).
         let teredo = [
             0x20, 0x01, 0, 0, 65, 54, 227, 120, 0x80, 0, 0xfb, 0xaa, 0xae, 0xfd, 0xba, 0x71,
         ];
+        assert_eq!(embedded_ipv4(&teredo), Some([65, 54, 227, 120]));
+        // MaxMind's test address: server 81.2.69.142.
+        let teredo = [0x20, 0x01, 0, 0, 81, 2, 69, 142, 0, 0, 0, 0, 0, 0, 0, 9];
         assert_eq!(embedded_ipv4(&teredo), Some([81, 2, 69, 142]));
         let mapped = crate::ipv4_mapped([192, 0, 2, 7]);
         assert_eq!(embedded_ipv4(&mapped), Some([192, 0, 2, 7]));
