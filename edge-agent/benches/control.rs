@@ -27,6 +27,9 @@ use etherparse::PacketBuilder;
 type Error = Box<dyn std::error::Error>;
 
 const TABLE_SIZE: u32 = 4099;
+/// IPv6 /48s of the synthetic country database (beside 300,000 IPv4 /24s).
+const V6_NETWORKS: u32 = 200_000;
+const VIP6: &str = "2001:db8:ff::10";
 const CHANGES: usize = 100;
 const COUNTRIES: [&str; 12] = [
     "BR", "AR", "US", "CA", "DE", "FR", "GB", "JP", "AU", "IN", "ZA", "SG",
@@ -186,7 +189,7 @@ fn main() -> Result<(), Error> {
         max.as_secs_f64() * 1e3
     );
 
-    let entries = synthetic(300_000, 200_000)?;
+    let entries = synthetic(300_000, V6_NETWORKS)?;
     let mmdb = dir.join("countries.mmdb");
     let started = Instant::now();
     write_country_mmdb(&mmdb, &entries, "edgeProxy-Synthetic-Country")?;
@@ -217,26 +220,34 @@ fn main() -> Result<(), Error> {
     let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
     let region: Region = "eu".parse()?;
     let de: Country = "DE".parse()?;
+    let backends: Vec<_> = (2..=4)
+        .map(|i| edge_agent::config::BackendConfig {
+            name: format!("be{i}"),
+            addr: Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i),
+            port: 8080,
+            weight: 1,
+            region: Some(region.clone()),
+            country: Some(de),
+            soft_limit: 10_000,
+            hard_limit: 100_000,
+            health_check: None,
+        })
+        .collect();
+    // One service per family, so that IPv6 clients' SYNs walk the IPv6 trie of the same
+    // database.
     let services = edge_agent::config::AgentConfig {
-        services: vec![edge_agent::config::ServiceConfig {
-            name: "web".into(),
-            vip: "198.18.0.10".parse()?,
-            port: 80,
-            backends: (2..=4)
-                .map(|i| edge_agent::config::BackendConfig {
-                    name: format!("be{i}"),
-                    addr: Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i),
-                    port: 8080,
-                    weight: 1,
-                    region: Some(region.clone()),
-                    country: Some(de),
-                    soft_limit: 10_000,
-                    hard_limit: 100_000,
+        services: [("web", "198.18.0.10"), ("web6", VIP6)]
+            .into_iter()
+            .map(|(name, vip)| {
+                Ok::<_, Error>(edge_agent::config::ServiceConfig {
+                    name: name.into(),
+                    vip: vip.parse()?,
+                    port: 80,
+                    backends: backends.clone(),
                     health_check: None,
                 })
-                .collect(),
-            health_check: None,
-        }],
+            })
+            .collect::<Result<_, _>>()?,
         ..Default::default()
     };
     let (state, _) = services.snapshot();
@@ -258,7 +269,21 @@ fn main() -> Result<(), Error> {
     let n = 20_000u32;
     let mut syn_total = 0u64;
     let mut est_total = 0u64;
+    let mut syn6_total = 0u64;
+    let vip6: Ipv6Addr = VIP6.parse()?;
     for i in 0..n {
+        // Clients spread over the database's IPv6 /48s (`2400:<i >> 16>:<i & 0xffff>::/48`),
+        // interleaved with the IPv4 ones so that both meet the same cache state.
+        let net = (i * 7919) % V6_NETWORKS;
+        let client6 = Ipv6Addr::new(0x2400, (net >> 16) as u16, net as u16, 0, 0, 0, 0, 7);
+        let mut syn6 = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(client6.octets(), vip6.octets(), 64)
+            .tcp(40000, 80, 1, 64240)
+            .syn()
+            .write(&mut syn6, &[])?;
+        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        syn6_total += u64::from(test_run(program.fd()?, &syn6, 1)?.duration_ns);
         // Clients spread over the database's IPv4 networks.
         let client = [1 + (i % 4) as u8, (i / 250) as u8, (i % 250) as u8, 7];
         let mut syn = Vec::new();
@@ -277,15 +302,29 @@ fn main() -> Result<(), Error> {
         syn_total += u64::from(test_run(program.fd()?, &syn, 1)?.duration_ns);
         est_total += u64::from(test_run(program.fd()?, &data, 1)?.duration_ns);
     }
-    let (syn_ns, est_ns) = (
+    let (syn_ns, est_ns, syn6_ns) = (
         syn_total as f64 / f64::from(n),
         est_total as f64 / f64::from(n),
+        syn6_total as f64 / f64::from(n),
     );
     println!("per packet with that database loaded (one-shot, distinct clients):");
     println!(
         "  SYN with geo lookup {syn_ns:.0} ns, the same flow's next packet {est_ns:.0} ns ({:.2}x)",
         syn_ns / est_ns
     );
+    println!(
+        "  IPv6 SYN with geo lookup {syn6_ns:.0} ns ({:.2}x the IPv4 SYN)",
+        syn6_ns / syn_ns
+    );
+    let drops = {
+        let map = ebpf.map(names::DROP_STATS).ok_or("no DROP_STATS")?;
+        let map: aya::maps::PerCpuArray<_, edge_common::DropStats> =
+            aya::maps::PerCpuArray::try_from(map)?;
+        edge_agent::counters::sum_per_cpu(&map, 0)?
+    };
+    if drops.no_backend + drops.port_exhausted + drops.flow_insert > 0 {
+        return Err(format!("SYNs of the measurement were refused: {drops:?}").into());
+    }
     if let Some(path) = json_path {
         let doc = serde_json::json!({
             "state_change_p50_ms": p50.as_secs_f64() * 1e3,
@@ -295,6 +334,7 @@ fn main() -> Result<(), Error> {
             "geo_load_ms": compile.as_secs_f64() * 1e3,
             "geo_kernel_bytes": memory,
             "syn_geo_ns": syn_ns,
+            "syn_geo_v6_ns": syn6_ns,
             "established_ns": est_ns,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
