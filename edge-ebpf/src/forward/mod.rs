@@ -108,10 +108,17 @@ fn candidate<C: Packet>(ctx: &C, packet: &parse::Packet) -> Result<Option<Candid
     };
     // SAFETY: bounds-checked.
     let dport = u16::from_be(unsafe { (*ports).dest });
-    match SERVICE_PORTS.get(u32::from(dport >> 6)) {
-        Some(word) if word & (1 << (dport & 63)) != 0 => Ok(Some(Candidate { config, v4 })),
-        _ => Ok(None),
+    if marked_port(dport) {
+        Ok(Some(Candidate { config, v4 }))
+    } else {
+        Ok(None)
     }
+}
+
+/// Whether some service has used TCP port `port` (host order): one array load.
+#[inline(always)]
+pub(crate) fn marked_port(port: u16) -> bool {
+    matches!(SERVICE_PORTS.get(u32::from(port >> 6)), Some(word) if word & (1 << (port & 63)) != 0)
 }
 
 /// The service a packet at any layout is addressed to (the slow path of `candidate`).
@@ -142,7 +149,7 @@ fn service_at<C: Packet>(ctx: &C, packet: &parse::Packet, v4: bool) -> Option<Se
 
 /// The service a flow key is addressed to.
 #[inline(always)]
-fn service_of(flow: &FlowKey) -> Option<ServiceValue> {
+pub(crate) fn service_of(flow: &FlowKey) -> Option<ServiceValue> {
     let mut key = MaybeUninit::<ServiceKey>::uninit();
     let k = key.as_mut_ptr();
     // SAFETY: `k` points at this frame's key; every field is written before it is read.
@@ -189,7 +196,7 @@ fn flow_for(
                     flags &= !(TCP_FIN | TCP_RST);
                     stats::out_of_window();
                 }
-                record(config, entry, flags, bytes);
+                record(config, entry, flags, seg.ack, bytes);
                 return Ok(Some(entry));
             }
         }
@@ -202,7 +209,7 @@ fn flow_for(
             if syn && (*entry).tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 flow_table::end_flow(&HALF_OPEN, key, entry);
             } else {
-                record(config, entry, seg.flags, bytes);
+                record(config, entry, seg.flags, seg.ack, bytes);
                 if seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_ACK {
                     return Ok(Some(entry));
                 }
@@ -266,14 +273,19 @@ fn flow_for(
     Ok(Some(entry))
 }
 
-/// Counts a client packet into its flow's forward entry.
+/// Counts a client packet into its flow's forward entry, and keeps its acknowledgment number:
+/// how far the client has received the backend's data, against which an ICMP error's quote of
+/// a backend segment is judged (`icmp::plausible`).
 ///
 /// # Safety
 /// `entry` is a flow-table entry, valid for this run.
 #[inline(always)]
-unsafe fn record(config: &PopConfig, entry: *mut FlowValue, tcp_flags: u8, bytes: usize) {
+unsafe fn record(config: &PopConfig, entry: *mut FlowValue, tcp_flags: u8, ack: u32, bytes: usize) {
     // SAFETY: the caller's entry.
     unsafe {
+        if tcp_flags & TCP_ACK != 0 {
+            (*entry).ack = ack;
+        }
         (*entry).tcp_flags |= tcp_flags;
         // Jiffy resolution is plenty for idle timeouts.
         (*entry).last_seen_ns = clock::now_ns(config);
