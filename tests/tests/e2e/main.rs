@@ -18,6 +18,7 @@ mod maps_lab;
 mod metrics_lab;
 mod nat_lab;
 mod netlink_link_lab;
+mod pmtu_lab;
 mod readiness;
 mod restart_under_load;
 mod sixpn_lab;
