@@ -27,7 +27,8 @@ use etherparse::PacketBuilder;
 type Error = Box<dyn std::error::Error>;
 
 const TABLE_SIZE: u32 = 4099;
-/// IPv6 /48s of the synthetic country database (beside 300,000 IPv4 /24s).
+/// IPv4 /24s and IPv6 /48s of the synthetic country database.
+const V4_NETWORKS: u32 = 300_000;
 const V6_NETWORKS: u32 = 200_000;
 const VIP6: &str = "2001:db8:ff::10";
 const CHANGES: usize = 100;
@@ -67,6 +68,17 @@ fn synthetic(v4: u32, v6: u32) -> Result<Vec<(ipnet::IpNet, Country)>, Error> {
     Ok(entries)
 }
 
+/// Removes every entry of the hash map `name` (keys of type `K`, `u8` values).
+fn empty<K: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<(), Error> {
+    let Some(aya::maps::Map::HashMap(data)) = ebpf.map_mut(name) else {
+        return Err(format!("no hash map {name}").into());
+    };
+    let mut keys: Vec<K> = Vec::new();
+    edge_agent::map_batch::for_each::<K, u8>(data, |k, _| keys.push(*k))?;
+    edge_agent::map_batch::delete(data, &keys)?;
+    Ok(())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -79,9 +91,9 @@ fn memlock(ebpf: &Ebpf, names: &[&str]) -> u64 {
         .filter_map(|name| {
             let map = ebpf.map(name)?;
             let fd = match map {
-                aya::maps::Map::LpmTrie(data) | aya::maps::Map::Array(data) => {
-                    data.fd().as_fd().as_raw_fd()
-                }
+                aya::maps::Map::LpmTrie(data)
+                | aya::maps::Map::Array(data)
+                | aya::maps::Map::HashMap(data) => data.fd().as_fd().as_raw_fd(),
                 _ => return None,
             };
             let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
@@ -189,7 +201,7 @@ fn main() -> Result<(), Error> {
         max.as_secs_f64() * 1e3
     );
 
-    let entries = synthetic(300_000, V6_NETWORKS)?;
+    let entries = synthetic(V4_NETWORKS, V6_NETWORKS)?;
     let mmdb = dir.join("countries.mmdb");
     let started = Instant::now();
     write_country_mmdb(&mmdb, &entries, "edgeProxy-Synthetic-Country")?;
@@ -204,7 +216,13 @@ fn main() -> Result<(), Error> {
     let compile = started.elapsed();
     let memory = memlock(
         &ebpf,
-        &[names::GEO_V4, names::GEO_V6, names::GEO_V4_SLASH24],
+        &[
+            names::GEO_V4,
+            names::GEO_V6,
+            names::GEO_V4_SLASH24,
+            names::GEO_V6_32,
+            names::GEO_V6_48,
+        ],
     );
     println!(
         "country database, {} networks ({} IPv4, {} IPv6), {} bytes as .mmdb:",
@@ -270,6 +288,7 @@ fn main() -> Result<(), Error> {
     let mut syn_total = 0u64;
     let mut est_total = 0u64;
     let mut syn6_total = 0u64;
+    let mut spread_total = 0u64;
     let vip6: Ipv6Addr = VIP6.parse()?;
     for i in 0..n {
         // Clients spread over the database's IPv6 /48s (`2400:<i >> 16>:<i & 0xffff>::/48`),
@@ -284,6 +303,24 @@ fn main() -> Result<(), Error> {
             .write(&mut syn6, &[])?;
         let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         syn6_total += u64::from(test_run(program.fd()?, &syn6, 1)?.duration_ns);
+        // IPv4 clients spread over the database's /24s the same way: the /24 table's cache
+        // misses as the IPv6 directories' (the clients below stay within a few hundred KiB of
+        // it).
+        let net = (i * 7919) % V4_NETWORKS;
+        let spread = [
+            1 + (net / 65536) as u8,
+            (net / 256 % 256) as u8,
+            (net % 256) as u8,
+            7,
+        ];
+        let mut syn4 = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(spread, [198, 18, 0, 10], 64)
+            .tcp(40000, 80, 1, 64240)
+            .syn()
+            .write(&mut syn4, &[])?;
+        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        spread_total += u64::from(test_run(program.fd()?, &syn4, 1)?.duration_ns);
         // Clients spread over the database's IPv4 networks.
         let client = [1 + (i % 4) as u8, (i / 250) as u8, (i % 250) as u8, 7];
         let mut syn = Vec::new();
@@ -302,10 +339,29 @@ fn main() -> Result<(), Error> {
         syn_total += u64::from(test_run(program.fd()?, &syn, 1)?.duration_ns);
         est_total += u64::from(test_run(program.fd()?, &data, 1)?.duration_ns);
     }
-    let (syn_ns, est_ns, syn6_ns) = (
+    // The same IPv6 SYNs (new connections: another source port) with the directories emptied:
+    // what the trie alone costs them.
+    empty::<[u8; 4]>(&mut ebpf, names::GEO_V6_32)?;
+    empty::<[u8; 8]>(&mut ebpf, names::GEO_V6_48)?;
+    let mut trie_total = 0u64;
+    for i in 0..n {
+        let net = (i * 7919) % V6_NETWORKS;
+        let client6 = Ipv6Addr::new(0x2400, (net >> 16) as u16, net as u16, 0, 0, 0, 0, 7);
+        let mut syn6 = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(client6.octets(), vip6.octets(), 64)
+            .tcp(40001, 80, 1, 64240)
+            .syn()
+            .write(&mut syn6, &[])?;
+        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        trie_total += u64::from(test_run(program.fd()?, &syn6, 1)?.duration_ns);
+    }
+    let trie_ns = trie_total as f64 / f64::from(n);
+    let (syn_ns, est_ns, syn6_ns, spread_ns) = (
         syn_total as f64 / f64::from(n),
         est_total as f64 / f64::from(n),
         syn6_total as f64 / f64::from(n),
+        spread_total as f64 / f64::from(n),
     );
     println!("per packet with that database loaded (one-shot, distinct clients):");
     println!(
@@ -313,8 +369,15 @@ fn main() -> Result<(), Error> {
         syn_ns / est_ns
     );
     println!(
-        "  IPv6 SYN with geo lookup {syn6_ns:.0} ns ({:.2}x the IPv4 SYN)",
-        syn6_ns / syn_ns
+        "  IPv6 SYN with geo lookup, clients spread over the database {syn6_ns:.0} ns ({:.2}x \
+         the IPv4 SYN); an IPv4 SYN spread likewise {spread_ns:.0} ns (the IPv6 one {:.2}x it)",
+        syn6_ns / syn_ns,
+        syn6_ns / spread_ns
+    );
+    println!(
+        "  the same IPv6 SYNs with the trie alone (directories emptied) {trie_ns:.0} ns ({:.2}x \
+         the IPv4 SYN)",
+        trie_ns / syn_ns
     );
     let drops = {
         let map = ebpf.map(names::DROP_STATS).ok_or("no DROP_STATS")?;
@@ -335,6 +398,8 @@ fn main() -> Result<(), Error> {
             "geo_kernel_bytes": memory,
             "syn_geo_ns": syn_ns,
             "syn_geo_v6_ns": syn6_ns,
+            "syn_geo_v4_spread_ns": spread_ns,
+            "syn_geo_v6_trie_only_ns": trie_ns,
             "established_ns": est_ns,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;

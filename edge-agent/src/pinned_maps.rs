@@ -131,6 +131,22 @@ pub const MAPS: &[MapDoc] = &[
         fields: &["class", "country"],
     },
     MapDoc {
+        name: names::GEO_V6_32,
+        kind: "hash",
+        key: "[u8; 4] (IPv6 /32)",
+        value: "u8",
+        holds: "country class of IPv6 /32s (255: ask GEO_V6_48; none: GEO_V6)",
+        fields: &[],
+    },
+    MapDoc {
+        name: names::GEO_V6_48,
+        kind: "hash",
+        key: "[u8; 8] (IPv6 /48, 2 zero bytes)",
+        value: "u8",
+        holds: "country class of IPv6 /48s inside split /32s (255 or none: ask GEO_V6)",
+        fields: &[],
+    },
+    MapDoc {
         name: names::POP_CONFIG,
         kind: "array",
         key: "u32 0",

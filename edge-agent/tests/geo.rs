@@ -217,6 +217,32 @@ impl Pop {
             .collect())
     }
 
+    /// What the IPv6 directories hold.
+    #[allow(clippy::type_complexity, reason = "two maps' contents, used once")]
+    fn directories(&self) -> Result<(HashMap<[u8; 4], u8>, HashMap<[u8; 8], u8>), Error> {
+        let d32: BpfHashMap<_, [u8; 4], u8> =
+            BpfHashMap::try_from(self.ebpf.map(names::GEO_V6_32).ok_or("no GEO_V6_32")?)?;
+        let d48: BpfHashMap<_, [u8; 8], u8> =
+            BpfHashMap::try_from(self.ebpf.map(names::GEO_V6_48).ok_or("no GEO_V6_48")?)?;
+        Ok((
+            d32.iter().collect::<Result<_, _>>()?,
+            d48.iter().collect::<Result<_, _>>()?,
+        ))
+    }
+
+    /// The class the last database gave `country`, as the kernel's maps hold it.
+    fn class_of(&self, country: &str) -> Result<u8, Error> {
+        let v6: LpmTrie<_, [u8; 16], edge_common::geo::GeoValue> =
+            LpmTrie::try_from(self.ebpf.map(names::GEO_V6).ok_or("no GEO_V6")?)?;
+        for entry in v6.iter() {
+            let (_, value) = entry?;
+            if value.country == country.as_bytes() {
+                return Ok(u8::try_from(value.class)?);
+            }
+        }
+        Err(format!("no {country} in GEO_V6").into())
+    }
+
     fn expect(&mut self, cases: &[([u8; 4], u16, &str)]) -> TestResult {
         for &(client, backend, why) in cases {
             assert_eq!(self.backend_of(client)?, backend, "{client:?}: {why}");
@@ -277,6 +303,87 @@ fn a_reload_and_a_new_agent_leave_only_the_new_database() -> TestResult {
         ([10, 200, 0, 1], DE, "the old /8 gone from the table"),
         ([10, 2, 3, 4], DE, "the old /24 gone from the table"),
     ])
+}
+
+/// IPv6 prefixes at every level of the lookup: a /12 only the trie knows (shorter than the /32
+/// directory takes), a /24 spread over 256 /32s, a /32 inside it, a /48 in a /32 split by it, a
+/// /56 splitting a /48.
+const NESTED6: [(&str, &str); 5] = [
+    ("2a00::/12", "US"),
+    ("2a01:100::/24", "BR"),
+    ("2a01:101::/32", "US"),
+    ("2a01:103:5::/48", "GB"),
+    ("2a01:103:6:100::/56", "US"),
+];
+
+#[test]
+fn ipv6_clients_reach_their_countrys_backend_whichever_level_answers() -> TestResult {
+    let mut pop = Pop::new()?;
+    pop.load(&NESTED6)?;
+    let cases: [(&str, u16, &str); 8] = [
+        ("2a0f::1", US, "the /12: no directory entry, the trie"),
+        ("2a01:100:5::1", BR, "the /24, from the /32 directory"),
+        (
+            "2a01:101::1",
+            US,
+            "the /32 inside the /24, from the /32 directory",
+        ),
+        ("2a01:103:5::1", GB, "the /48, from the /48 directory"),
+        (
+            "2a01:103:7::1",
+            BR,
+            "the split /32's other /48s: the trie, then the /24",
+        ),
+        ("2a01:103:6:100::1", US, "the /56 splitting a /48: the trie"),
+        (
+            "2a01:103:6:200::1",
+            BR,
+            "that /48's rest: the trie, then the /24",
+        ),
+        ("2001:db8::1", DE, "unknown: the POP's region"),
+    ];
+    for (client, backend, why) in cases {
+        assert_eq!(
+            pop.backend_of6(client.parse()?)?,
+            backend,
+            "{client}: {why}"
+        );
+    }
+    let (d32, d48) = pop.directories()?;
+    assert_eq!(
+        d32.get(&[0x2a, 0x01, 0x01, 0x03]),
+        Some(&255),
+        "the split /32: {d32:?}"
+    );
+    assert_eq!(
+        d48.get(&[0x2a, 0x01, 0x01, 0x03, 0, 6, 0, 0]),
+        Some(&255),
+        "{d48:?}"
+    );
+    assert!(
+        d48.contains_key(&[0x2a, 0x01, 0x01, 0x03, 0, 5, 0, 0]),
+        "{d48:?}"
+    );
+    assert_eq!(d32.len(), 256, "the /24's /32s, one of them split: {d32:?}");
+    assert_eq!(d48.len(), 2, "{d48:?}");
+
+    // A new database without the /48 and the /56: their entries go, the /24 answers.
+    pop.load(&[("2a01:100::/24", "BR"), ("2a01:101::/32", "US")])?;
+    for client in ["2a01:103:5::1", "2a01:103:6:100::1"] {
+        assert_eq!(
+            pop.backend_of6(client.parse()?)?,
+            BR,
+            "{client} after the reload"
+        );
+    }
+    let (d32, d48) = pop.directories()?;
+    assert_eq!(
+        d32.get(&[0x2a, 0x01, 0x01, 0x03]),
+        Some(&pop.class_of("BR")?),
+        "{d32:?}"
+    );
+    assert!(d48.is_empty(), "nothing split any more: {d48:?}");
+    Ok(())
 }
 
 /// Where MaxMind's test databases (GeoIP2-Country-Test) put 81.2.69.142, and two more of their

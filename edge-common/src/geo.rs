@@ -20,7 +20,29 @@ pub const MAX_COUNTRY_CLASS: u16 = 254;
 pub const GEO_V4_SLASH24_WORDS: u32 = (1 << 24) / 8;
 
 /// In the /24 table: this /24 holds prefixes longer than /24, so the IPv4 trie answers for it.
+/// In the IPv6 directories likewise: the next level (the /48 directory, then the trie) answers.
 pub const GEO_V4_DEEPER: u8 = 255;
+
+/// Entries of the IPv6 /32 directory (`GEO_V6_32`): IPv6 /32 -> country class, or
+/// `GEO_V4_DEEPER` when prefixes longer than /32 lie inside it (then the /48 directory answers,
+/// else the trie). Filled from prefixes of /20 to /32; a /32 with no entry is the trie's.
+pub const GEO_V6_32_ENTRIES: u32 = 1 << 18;
+/// Entries of the IPv6 /48 directory (`GEO_V6_48`): IPv6 /48 (inside a /32 marked deeper) ->
+/// country class, or `GEO_V4_DEEPER` when prefixes longer than /48 lie inside it. Filled from
+/// prefixes of /40 to /48; a /48 with no entry is the trie's.
+pub const GEO_V6_48_ENTRIES: u32 = 1 << 18;
+
+/// The /32 directory's key of an IPv6 address: its first 32 bits.
+#[inline(always)]
+pub const fn v6_slash32(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// The /48 directory's key of an IPv6 address: its first 48 bits, two zero bytes after.
+#[inline(always)]
+pub const fn v6_slash48(addr: &[u8; 16]) -> [u8; 8] {
+    [addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], 0, 0]
+}
 
 /// Where the /24 table keeps the class of IPv4 address `addr` (host order): the word's index,
 /// and the shift that brings the class to the word's low byte.

@@ -30,7 +30,10 @@ use aya_ebpf::{
 };
 use edge_common::{
     flow::{FLOW_RECOVERED, FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    geo::{embedded_ipv4, slash24_slot, AffinityValue, GEO_CLASSES, GEO_V4_DEEPER},
+    geo::{
+        embedded_ipv4, slash24_slot, v6_slash32, v6_slash48, AffinityValue, GEO_CLASSES,
+        GEO_V4_DEEPER,
+    },
     hash::flow_hash,
     limits::PORT_TRIES,
     pop::{POP_READY, POP_SNAT96},
@@ -45,8 +48,8 @@ use crate::{
     ctx::{ptr_at, Packet},
     debug_log, flow_table,
     maps::{
-        NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V4_SLASH24, GEO_V6, HALF_OPEN,
-        MAGLEV, POP_CONFIG, SCRATCH, SERVICES, SERVICE_PORTS, SERVICE_RINGS,
+        NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V4_SLASH24, GEO_V6, GEO_V6_32,
+        GEO_V6_48, HALF_OPEN, MAGLEV, POP_CONFIG, SCRATCH, SERVICES, SERVICE_PORTS, SERVICE_RINGS,
     },
     parse,
     stats::{self, Drop},
@@ -606,6 +609,24 @@ fn geo_class(scratch: *mut NewFlowScratch, client: &[u8; 16], v4: bool) -> u32 {
         }
         GEO_V4.get(&Key::new(32, v4)).map(|g| g.class)
     } else {
+        // The /32 directory, then the /48 one, then the trie (`geo_maps`): two hash lookups
+        // where a trie walk in a large database visits a node per prefix bit.
+        match GEO_V6_32.get_ptr(v6_slash32(client)) {
+            // SAFETY: a map value, valid for this run.
+            Some(class) if unsafe { *class } != GEO_V4_DEEPER => {
+                return u32::from(unsafe { *class })
+            }
+            Some(_) => {
+                if let Some(class) = GEO_V6_48.get_ptr(v6_slash48(client)) {
+                    // SAFETY: as above.
+                    let class = unsafe { *class };
+                    if class != GEO_V4_DEEPER {
+                        return u32::from(class);
+                    }
+                }
+            }
+            None => {}
+        }
         // SAFETY: this CPU's scratch slot.
         let key = unsafe { &mut (*scratch).geo_v6 };
         key.prefix_len = 128;
