@@ -68,14 +68,14 @@ fn synthetic(v4: u32, v6: u32) -> Result<Vec<(ipnet::IpNet, Country)>, Error> {
     Ok(entries)
 }
 
-/// Removes every entry of the hash map `name` (keys of type `K`, `u8` values).
-fn empty<K: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<(), Error> {
-    let Some(aya::maps::Map::HashMap(data)) = ebpf.map_mut(name) else {
-        return Err(format!("no hash map {name}").into());
+/// Clears every line of the IPv6 directory `name` (`lines` lines).
+fn empty(ebpf: &mut Ebpf, name: &str, lines: u32) -> Result<(), Error> {
+    let Some(aya::maps::Map::Array(data)) = ebpf.map_mut(name) else {
+        return Err(format!("no array {name}").into());
     };
-    let mut keys: Vec<K> = Vec::new();
-    edge_agent::map_batch::for_each::<K, u8>(data, |k, _| keys.push(*k))?;
-    edge_agent::map_batch::delete(data, &keys)?;
+    let indexes: Vec<u32> = (0..lines).collect();
+    let zero = vec![[0u64; edge_common::geo::V6_DIR_SLOTS]; lines as usize];
+    edge_agent::map_batch::update_array(data, &indexes, &zero)?;
     Ok(())
 }
 
@@ -341,8 +341,16 @@ fn main() -> Result<(), Error> {
     }
     // The same IPv6 SYNs (new connections: another source port) with the directories emptied:
     // what the trie alone costs them.
-    empty::<[u8; 4]>(&mut ebpf, names::GEO_V6_32)?;
-    empty::<[u8; 8]>(&mut ebpf, names::GEO_V6_48)?;
+    empty(
+        &mut ebpf,
+        names::GEO_V6_32,
+        edge_common::geo::GEO_V6_32_LINES,
+    )?;
+    empty(
+        &mut ebpf,
+        names::GEO_V6_48,
+        edge_common::geo::GEO_V6_48_LINES,
+    )?;
     let mut trie_total = 0u64;
     for i in 0..n {
         let net = (i * 7919) % V6_NETWORKS;

@@ -1,8 +1,8 @@
 //! Compiles a country database into the kernel's geo maps: prefix -> country class, in an LPM
 //! trie per family, and for IPv4 also a table of every /24 (one array load per SYN instead of a
 //! trie walk; the trie answers only inside a /24 that longer prefixes split). IPv6 gets two
-//! directories in hash maps, /32 and /48 (`v6_directories`), for the same reason: with 200,000
-//! IPv6 networks loaded, a SYN's trie walk cost 3.2 times an IPv4 SYN.
+//! directories, /32 and /48 (`v6_directories`), for the same reason: with 200,000 IPv6
+//! networks loaded, a SYN's trie walk cost 3.2 times an IPv4 SYN.
 //!
 //! A reload writes every prefix of the new database and then removes the ones it no longer has,
 //! so lookups keep answering (with the old or the new country) while it runs.
@@ -21,8 +21,8 @@ use aya::{
 };
 use edge_common::{
     geo::{
-        slash24_slot, GeoValue, GEO_V4_DEEPER, GEO_V4_SLASH24_WORDS, GEO_V6_32_ENTRIES,
-        GEO_V6_48_ENTRIES,
+        slash24_slot, v6_dir_line, v6_dir_slot, v6_key32, v6_key48, GeoValue, GEO_V4_DEEPER,
+        GEO_V4_SLASH24_WORDS, GEO_V6_32_LINES, GEO_V6_48_LINES, V6_DIR_SLOTS, V6_DIR_USED,
     },
     names,
 };
@@ -127,17 +127,27 @@ pub fn write(
         db.v6_prefixes()
             .map(|(net, c)| (net, value(classes, c).class)),
     );
-    write_directory(ebpf, names::GEO_V6_32, &directories.slash32)?;
-    write_directory(ebpf, names::GEO_V6_48, &directories.slash48)
+    write_directory(
+        ebpf,
+        names::GEO_V6_32,
+        GEO_V6_32_LINES,
+        &directories.slash32,
+    )?;
+    write_directory(
+        ebpf,
+        names::GEO_V6_48,
+        GEO_V6_48_LINES,
+        &directories.slash48,
+    )
 }
 
-/// The IPv6 directories: the /32s and /48s whose class a SYN can take from one hash lookup.
+/// The IPv6 directories: the /32s and /48s whose class a SYN can take from one load.
 #[derive(Debug, Default)]
 pub struct V6Directories {
-    /// /32 (its first 4 bytes) -> class, or `GEO_V4_DEEPER`.
-    pub slash32: HashMap<[u8; 4], u8>,
-    /// /48 (its first 6 bytes, 2 zero bytes after) -> class, or `GEO_V4_DEEPER`.
-    pub slash48: HashMap<[u8; 8], u8>,
+    /// /32 (`v6_key32`) -> class, or `GEO_V4_DEEPER`.
+    pub slash32: HashMap<u64, u8>,
+    /// /48 (`v6_key48`) -> class, or `GEO_V4_DEEPER`.
+    pub slash48: HashMap<u64, u8>,
 }
 
 /// Prefixes this long or longer are spread over the /32s they cover (at most 4,096 each);
@@ -149,19 +159,14 @@ const SLASH48_FROM: u8 = 40;
 /// The directories of `prefixes` (with their classes). A /32 holds the class of the longest
 /// prefix of /20 to /32 covering it, or `GEO_V4_DEEPER` if a longer prefix lies inside it; a
 /// /48 likewise from /40 to /48. Each entry answers as the trie would for every address in it,
-/// so any subset of the entries is correct: what has no entry, or what the maps' capacities
-/// leave out, goes to the trie. Classes above `MAX_COUNTRY_CLASS` cannot occur (`GeoClasses`
+/// so any subset of the entries is correct: what has no entry, or what the maps' lines have no
+/// room for, goes to the trie. Classes above `MAX_COUNTRY_CLASS` cannot occur (`GeoClasses`
 /// stops there) and are stored as unknown.
 pub fn v6_directories(prefixes: impl IntoIterator<Item = (Ipv6Net, u16)>) -> V6Directories {
     let mut prefixes: Vec<(Ipv6Net, u16)> = prefixes.into_iter().collect();
     // Shorter first, so that a longer prefix paints over the ones that cover it.
     prefixes.sort_by_key(|(net, _)| net.prefix_len());
     let mut d = V6Directories::default();
-    let slash32 = |n: u128| ((n >> 96) as u32).to_be_bytes();
-    let slash48 = |n: u128| {
-        let [a, b, c, d, e, f, ..] = n.to_be_bytes();
-        [a, b, c, d, e, f, 0, 0]
-    };
     for &(net, class) in &prefixes {
         let class = u8::try_from(class)
             .ok()
@@ -169,13 +174,15 @@ pub fn v6_directories(prefixes: impl IntoIterator<Item = (Ipv6Net, u16)>) -> V6D
             .unwrap_or(0);
         let (first, len) = (u128::from(net.network()), net.prefix_len());
         if (SLASH32_FROM..=32).contains(&len) {
-            for i in 0..1u128 << (32 - len) {
-                d.slash32.insert(slash32(first + (i << 96)), class);
+            let key = (first >> 96) as u64;
+            for i in 0..1u64 << (32 - len) {
+                d.slash32.insert(key + i, class);
             }
         }
         if (SLASH48_FROM..=48).contains(&len) {
-            for i in 0..1u128 << (48 - len) {
-                d.slash48.insert(slash48(first + (i << 80)), class);
+            let key = (first >> 80) as u64;
+            for i in 0..1u64 << (48 - len) {
+                d.slash48.insert(key + i, class);
             }
         }
     }
@@ -183,10 +190,10 @@ pub fn v6_directories(prefixes: impl IntoIterator<Item = (Ipv6Net, u16)>) -> V6D
     for &(net, _) in &prefixes {
         let (first, len) = (u128::from(net.network()), net.prefix_len());
         if len > 32 {
-            d.slash32.insert(slash32(first), GEO_V4_DEEPER);
+            d.slash32.insert((first >> 96) as u64, GEO_V4_DEEPER);
         }
         if len > 48 {
-            d.slash48.insert(slash48(first), GEO_V4_DEEPER);
+            d.slash48.insert((first >> 80) as u64, GEO_V4_DEEPER);
         }
     }
     d
@@ -196,8 +203,8 @@ pub fn v6_directories(prefixes: impl IntoIterator<Item = (Ipv6Net, u16)>) -> V6D
 /// trie answers.
 pub fn v6_directory_class(d: &V6Directories, addr: std::net::Ipv6Addr) -> Option<u8> {
     let a = addr.octets();
-    match *d.slash32.get(&edge_common::geo::v6_slash32(&a))? {
-        GEO_V4_DEEPER => match *d.slash48.get(&edge_common::geo::v6_slash48(&a))? {
+    match *d.slash32.get(&v6_key32(&a))? {
+        GEO_V4_DEEPER => match *d.slash48.get(&v6_key48(&a))? {
             GEO_V4_DEEPER => None,
             class => Some(class),
         },
@@ -205,59 +212,65 @@ pub fn v6_directory_class(d: &V6Directories, addr: std::net::Ipv6Addr) -> Option
     }
 }
 
-/// Makes the directory map `name` hold `entries`: stale keys removed first (their answers may
-/// be wrong for the new database; without them the trie answers), then what differs written,
-/// up to the map's capacity (what does not fit is left to the trie, and said).
-fn write_directory<K>(
+/// The lines of a directory of `lines` lines holding `entries`, and how many entries found
+/// their line full (left to the trie). Keys in order, so that the same database fills the
+/// same slots on every load.
+pub fn v6_directory_lines(
+    entries: &HashMap<u64, u8>,
+    lines: u32,
+) -> (Vec<[u64; V6_DIR_SLOTS]>, usize) {
+    let mut table = vec![[0u64; V6_DIR_SLOTS]; lines as usize];
+    let mut keys: Vec<(&u64, &u8)> = entries.iter().collect();
+    keys.sort_unstable();
+    let mut full = 0;
+    for (&key, &class) in keys {
+        let Some(line) = table.get_mut(v6_dir_line(key, lines) as usize) else {
+            continue;
+        };
+        match line.iter_mut().find(|slot| **slot & V6_DIR_USED == 0) {
+            Some(slot) => *slot = v6_dir_slot(key, class),
+            None => full += 1,
+        }
+    }
+    (table, full)
+}
+
+/// Makes the directory map `name` (of `lines` lines) hold `entries`: only the lines that
+/// differ from what the kernel's map holds are written (read back, as for the /24 table).
+fn write_directory(
     ebpf: &mut Ebpf,
     name: &'static str,
-    entries: &HashMap<K, u8>,
-) -> Result<(), GeoMapsError>
-where
-    K: aya::Pod + std::hash::Hash + Eq + Ord,
-{
+    lines: u32,
+    entries: &HashMap<u64, u8>,
+) -> Result<(), GeoMapsError> {
     let map = match ebpf
         .map_mut(name)
         .ok_or(GeoMapsError::MissingMap { name })?
     {
-        aya::maps::Map::HashMap(data) => data,
+        aya::maps::Map::Array(data) => data,
         _ => return Err(GeoMapsError::MissingMap { name }),
     };
     let err = |source| GeoMapsError::Map { name, source };
-    let mut held: HashMap<K, u8> = HashMap::new();
-    crate::map_batch::for_each::<K, u8>(map, |k, v| {
-        held.insert(*k, *v);
-    })
-    .map_err(err)?;
-    let stale: Vec<K> = held
-        .keys()
-        .filter(|k| !entries.contains_key(k))
-        .copied()
-        .collect();
-    crate::map_batch::delete(map, &stale).map_err(err)?;
-    let capacity = if name == names::GEO_V6_32 {
-        GEO_V6_32_ENTRIES
-    } else {
-        GEO_V6_48_ENTRIES
-    } as usize;
-    // Sorted, so that a database too large keeps the same entries on every load.
-    let mut wanted: Vec<(&K, &u8)> = entries.iter().collect();
-    wanted.sort_unstable_by_key(|(k, _)| **k);
-    if wanted.len() > capacity {
+    let (table, full) = v6_directory_lines(entries, lines);
+    if full > 0 {
         tracing::warn!(
             map = name,
-            entries = wanted.len(),
-            capacity,
-            "the IPv6 geo directory is full: the rest of its entries are left to the trie"
+            entries = entries.len(),
+            left_to_the_trie = full,
+            "IPv6 geo directory lines are full: their other prefixes are looked up in the trie"
         );
-        wanted.truncate(capacity);
     }
-    let (keys, values): (Vec<K>, Vec<u8>) = wanted
-        .into_iter()
-        .filter(|(k, v)| held.get(*k) != Some(*v))
-        .map(|(k, v)| (*k, *v))
-        .unzip();
-    crate::map_batch::update(map, &keys, &values).map_err(err)
+    let mut changed: Vec<(u32, [u64; V6_DIR_SLOTS])> = Vec::new();
+    crate::map_batch::for_each::<u32, [u64; V6_DIR_SLOTS]>(map, |&index, line| {
+        if let Some(new) = table.get(index as usize) {
+            if new != line {
+                changed.push((index, *new));
+            }
+        }
+    })
+    .map_err(err)?;
+    let (indexes, values): (Vec<u32>, Vec<[u64; V6_DIR_SLOTS]>) = changed.into_iter().unzip();
+    crate::map_batch::update_array(map, &indexes, &values).map_err(err)
 }
 
 /// The prefixes in a trie (keys that do not make a prefix are skipped: they cannot be ours).
@@ -481,6 +494,48 @@ mod tests {
             "{answered} answered, {trie} left to the trie, {split} split /32s, {} /48s",
             d.slash48.len()
         );
+        Ok(())
+    }
+
+    /// Every entry is in its line or counted as left out, and a lookup finds what was placed.
+    #[test]
+    fn directory_lines_hold_what_fits_and_count_the_rest() -> Result {
+        use std::collections::HashMap;
+
+        use edge_common::geo::{v6_dir_find, v6_dir_line};
+
+        use super::v6_directory_lines;
+
+        // 4 lines of 8 slots for 40 keys: some lines overflow.
+        let entries: HashMap<u64, u8> = (0..40u64)
+            .map(|k| (0x2a01_0000 + k * 7, (k % 250) as u8))
+            .collect();
+        let (table, full) = v6_directory_lines(&entries, 4);
+        let found = entries
+            .iter()
+            .filter(|(&key, &class)| {
+                let line = &table[v6_dir_line(key, 4) as usize];
+                match v6_dir_find(line, key) {
+                    Some(c) => {
+                        assert_eq!(c, class, "{key:x}");
+                        true
+                    }
+                    None => false,
+                }
+            })
+            .count();
+        assert_eq!(found, 32, "every slot used");
+        assert_eq!(full, 8, "the rest counted");
+        // Class 0 and 255 are values like any other.
+        let entries = HashMap::from([(1u64, 0u8), (2, 255)]);
+        let (table, full) = v6_directory_lines(&entries, 1 << 10);
+        assert_eq!(full, 0);
+        for (key, class) in entries {
+            assert_eq!(
+                v6_dir_find(&table[v6_dir_line(key, 1 << 10) as usize], key),
+                Some(class)
+            );
+        }
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use aya::maps::{lpm_trie::LpmTrie, HashMap as BpfHashMap};
+use aya::maps::{lpm_trie::LpmTrie, Array, HashMap as BpfHashMap};
 use aya::Ebpf;
 use edge_agent::{
     balancer::{self, GeoClasses, Inputs},
@@ -24,7 +24,10 @@ use edge_agent::{
     services::Reconciler,
     test_run::{lab_pop, test_run},
 };
-use edge_common::{names, FlowKey, FlowValue};
+use edge_common::{
+    geo::{V6_DIR_SLOTS, V6_DIR_USED},
+    names, FlowKey, FlowValue,
+};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
 
 type Error = Box<dyn std::error::Error>;
@@ -70,6 +73,9 @@ fn region_of(country: Country) -> Region {
     name.parse()
         .unwrap_or_else(|_| unreachable!("a fixed region name"))
 }
+
+/// An IPv6 directory's entries: key (`v6_key32`, `v6_key48`) -> class.
+type Directory = HashMap<u64, u8>;
 
 struct Pop {
     ebpf: Ebpf,
@@ -217,17 +223,22 @@ impl Pop {
             .collect())
     }
 
-    /// What the IPv6 directories hold.
-    #[allow(clippy::type_complexity, reason = "two maps' contents, used once")]
-    fn directories(&self) -> Result<(HashMap<[u8; 4], u8>, HashMap<[u8; 8], u8>), Error> {
-        let d32: BpfHashMap<_, [u8; 4], u8> =
-            BpfHashMap::try_from(self.ebpf.map(names::GEO_V6_32).ok_or("no GEO_V6_32")?)?;
-        let d48: BpfHashMap<_, [u8; 8], u8> =
-            BpfHashMap::try_from(self.ebpf.map(names::GEO_V6_48).ok_or("no GEO_V6_48")?)?;
-        Ok((
-            d32.iter().collect::<Result<_, _>>()?,
-            d48.iter().collect::<Result<_, _>>()?,
-        ))
+    /// What the IPv6 directories hold: key (`v6_key32`, `v6_key48`) -> class.
+    fn directories(&self) -> Result<(Directory, Directory), Error> {
+        let read = |name: &str| -> Result<Directory, Error> {
+            let lines: Array<_, [u64; V6_DIR_SLOTS]> =
+                Array::try_from(self.ebpf.map(name).ok_or("no IPv6 directory")?)?;
+            let mut held = HashMap::new();
+            for line in lines.iter() {
+                for slot in line? {
+                    if slot & V6_DIR_USED != 0 {
+                        held.insert(slot >> 16, slot as u8);
+                    }
+                }
+            }
+            Ok(held)
+        };
+        Ok((read(names::GEO_V6_32)?, read(names::GEO_V6_48)?))
     }
 
     /// The class the last database gave `country`, as the kernel's maps hold it.
@@ -350,20 +361,9 @@ fn ipv6_clients_reach_their_countrys_backend_whichever_level_answers() -> TestRe
         );
     }
     let (d32, d48) = pop.directories()?;
-    assert_eq!(
-        d32.get(&[0x2a, 0x01, 0x01, 0x03]),
-        Some(&255),
-        "the split /32: {d32:?}"
-    );
-    assert_eq!(
-        d48.get(&[0x2a, 0x01, 0x01, 0x03, 0, 6, 0, 0]),
-        Some(&255),
-        "{d48:?}"
-    );
-    assert!(
-        d48.contains_key(&[0x2a, 0x01, 0x01, 0x03, 0, 5, 0, 0]),
-        "{d48:?}"
-    );
+    assert_eq!(d32.get(&0x2a01_0103), Some(&255), "the split /32: {d32:?}");
+    assert_eq!(d48.get(&0x2a01_0103_0006), Some(&255), "{d48:?}");
+    assert!(d48.contains_key(&0x2a01_0103_0005), "{d48:?}");
     assert_eq!(d32.len(), 256, "the /24's /32s, one of them split: {d32:?}");
     assert_eq!(d48.len(), 2, "{d48:?}");
 
@@ -377,11 +377,7 @@ fn ipv6_clients_reach_their_countrys_backend_whichever_level_answers() -> TestRe
         );
     }
     let (d32, d48) = pop.directories()?;
-    assert_eq!(
-        d32.get(&[0x2a, 0x01, 0x01, 0x03]),
-        Some(&pop.class_of("BR")?),
-        "{d32:?}"
-    );
+    assert_eq!(d32.get(&0x2a01_0103), Some(&pop.class_of("BR")?), "{d32:?}");
     assert!(d48.is_empty(), "nothing split any more: {d48:?}");
     Ok(())
 }

@@ -23,25 +23,59 @@ pub const GEO_V4_SLASH24_WORDS: u32 = (1 << 24) / 8;
 /// In the IPv6 directories likewise: the next level (the /48 directory, then the trie) answers.
 pub const GEO_V4_DEEPER: u8 = 255;
 
-/// Entries of the IPv6 /32 directory (`GEO_V6_32`): IPv6 /32 -> country class, or
+/// Lines of the IPv6 /32 directory (`GEO_V6_32`): IPv6 /32 -> country class, or
 /// `GEO_V4_DEEPER` when prefixes longer than /32 lie inside it (then the /48 directory answers,
-/// else the trie). Filled from prefixes of /20 to /32; a /32 with no entry is the trie's.
-pub const GEO_V6_32_ENTRIES: u32 = 1 << 18;
-/// Entries of the IPv6 /48 directory (`GEO_V6_48`): IPv6 /48 (inside a /32 marked deeper) ->
-/// country class, or `GEO_V4_DEEPER` when prefixes longer than /48 lie inside it. Filled from
-/// prefixes of /40 to /48; a /48 with no entry is the trie's.
-pub const GEO_V6_48_ENTRIES: u32 = 1 << 18;
+/// else the trie). A line is one 64-byte cache line of `V6_DIR_SLOTS` slots (`v6_dir_slot`),
+/// the line of a key its hash (`v6_dir_line`): a lookup is one load, where a hash map's is two
+/// dependent ones (bucket, then element), each a cache miss in a large database. A key whose
+/// line is full has no entry: the trie answers for it. 2 MiB, 262,144 slots.
+pub const GEO_V6_32_LINES: u32 = 1 << 15;
+/// Lines of the IPv6 /48 directory (`GEO_V6_48`): IPv6 /48 (inside a /32 marked deeper) ->
+/// country class, or `GEO_V4_DEEPER` when prefixes longer than /48 lie inside it. 4 MiB,
+/// 524,288 slots.
+pub const GEO_V6_48_LINES: u32 = 1 << 16;
+/// Slots per directory line.
+pub const V6_DIR_SLOTS: usize = 8;
+/// In a directory slot: the slot is used (an all-zero slot is free).
+pub const V6_DIR_USED: u64 = 1 << 8;
 
 /// The /32 directory's key of an IPv6 address: its first 32 bits.
 #[inline(always)]
-pub const fn v6_slash32(addr: &[u8; 16]) -> [u8; 4] {
-    [addr[0], addr[1], addr[2], addr[3]]
+pub const fn v6_key32(addr: &[u8; 16]) -> u64 {
+    u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]) as u64
 }
 
-/// The /48 directory's key of an IPv6 address: its first 48 bits, two zero bytes after.
+/// The /48 directory's key of an IPv6 address: its first 48 bits.
 #[inline(always)]
-pub const fn v6_slash48(addr: &[u8; 16]) -> [u8; 8] {
-    [addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], 0, 0]
+pub const fn v6_key48(addr: &[u8; 16]) -> u64 {
+    u64::from_be_bytes([0, 0, addr[0], addr[1], addr[2], addr[3], addr[4], addr[5]])
+}
+
+/// The line of `key` in a directory of `lines` lines (a power of two): Fibonacci hashing, the
+/// top bits of the key times 2^64 / phi, which spreads runs of neighbouring prefixes evenly.
+#[inline(always)]
+pub const fn v6_dir_line(key: u64, lines: u32) -> u32 {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - lines.trailing_zeros())) as u32
+}
+
+/// A directory slot: `key` in bits 16..64, `V6_DIR_USED`, `class` in bits 0..8.
+#[inline(always)]
+pub const fn v6_dir_slot(key: u64, class: u8) -> u64 {
+    key << 16 | V6_DIR_USED | class as u64
+}
+
+/// The class a directory line holds for `key`, if any.
+#[inline(always)]
+pub fn v6_dir_find(line: &[u64; V6_DIR_SLOTS], key: u64) -> Option<u8> {
+    let mut i = 0;
+    while i < V6_DIR_SLOTS {
+        let slot = line[i];
+        if slot >> 16 == key && slot & V6_DIR_USED != 0 {
+            return Some(slot as u8);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Where the /24 table keeps the class of IPv4 address `addr` (host order): the word's index,

@@ -2,15 +2,15 @@
 //! rings) are set by the agent at load time; the sizes here are the defaults.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_NO_COMMON_LRU,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
     maps::lpm_trie::Key,
 };
 use edge_common::{
     geo::{
-        AffinityKey, AffinityValue, GeoValue, GEO_CLASSES, GEO_V4_SLASH24_WORDS, GEO_V6_32_ENTRIES,
-        GEO_V6_48_ENTRIES,
+        AffinityKey, AffinityValue, GeoValue, GEO_CLASSES, GEO_V4_SLASH24_WORDS, GEO_V6_32_LINES,
+        GEO_V6_48_LINES, V6_DIR_SLOTS,
     },
     limits::{
         DEFAULT_AFFINITY, DEFAULT_FLOWS, MAX_BACKENDS, MAX_GEO_PREFIXES, MAX_RINGS, MAX_SERVICES,
@@ -78,24 +78,14 @@ pub static GEO_V4_SLASH24: Array<u64, { GEO_V4_SLASH24_WORDS as usize }> = Array
 pub static GEO_V6: LpmTrie<[u8; 16], GeoValue, { MAX_GEO_PREFIXES as usize }> = LpmTrie::new();
 
 /// IPv6 /32 -> country class, or `GEO_V4_DEEPER` (ask `GEO_V6_48`): the trie's first level, as
-/// `GEO_V4_SLASH24` is IPv4's (`edge_common::geo::GEO_V6_32_ENTRIES`). Hash maps, not arrays:
-/// IPv6 is too sparse to index. Not preallocated: a database fills a fraction of the entries.
+/// `GEO_V4_SLASH24` is IPv4's. Lines of slots a key hashes to (`edge_common::geo::
+/// GEO_V6_32_LINES`): IPv6 is too sparse to index, and a hash map's lookup is two cache misses.
 #[btf_map]
-pub static GEO_V6_32: HashMap<
-    [u8; 4],
-    u8,
-    { GEO_V6_32_ENTRIES as usize },
-    { BPF_F_NO_PREALLOC as usize },
-> = HashMap::new();
+pub static GEO_V6_32: Array<[u64; V6_DIR_SLOTS], { GEO_V6_32_LINES as usize }> = Array::new();
 
 /// IPv6 /48 -> country class, or `GEO_V4_DEEPER` (ask `GEO_V6`).
 #[btf_map]
-pub static GEO_V6_48: HashMap<
-    [u8; 8],
-    u8,
-    { GEO_V6_48_ENTRIES as usize },
-    { BPF_F_NO_PREALLOC as usize },
-> = HashMap::new();
+pub static GEO_V6_48: Array<[u64; V6_DIR_SLOTS], { GEO_V6_48_LINES as usize }> = Array::new();
 
 /// `service_id * GEO_CLASSES + class` -> the ring new flows of that service from that country
 /// are picked from.

@@ -31,8 +31,8 @@ use aya_ebpf::{
 use edge_common::{
     flow::{FLOW_RECOVERED, FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     geo::{
-        embedded_ipv4, slash24_slot, v6_slash32, v6_slash48, AffinityValue, GEO_CLASSES,
-        GEO_V4_DEEPER,
+        embedded_ipv4, slash24_slot, v6_dir_find, v6_dir_line, v6_key32, v6_key48, AffinityValue,
+        GEO_CLASSES, GEO_V4_DEEPER, GEO_V6_32_LINES, GEO_V6_48_LINES,
     },
     hash::flow_hash,
     limits::PORT_TRIES,
@@ -609,22 +609,20 @@ fn geo_class(scratch: *mut NewFlowScratch, client: &[u8; 16], v4: bool) -> u32 {
         }
         GEO_V4.get(&Key::new(32, v4)).map(|g| g.class)
     } else {
-        // The /32 directory, then the /48 one, then the trie (`geo_maps`): two hash lookups
+        // The /32 directory, then the /48 one, then the trie (`geo_maps`): a cache line each,
         // where a trie walk in a large database visits a node per prefix bit.
-        match GEO_V6_32.get_ptr(v6_slash32(client)) {
-            // SAFETY: a map value, valid for this run.
-            Some(class) if unsafe { *class } != GEO_V4_DEEPER => {
-                return u32::from(unsafe { *class })
-            }
-            Some(_) => {
-                if let Some(class) = GEO_V6_48.get_ptr(v6_slash48(client)) {
-                    // SAFETY: as above.
-                    let class = unsafe { *class };
-                    if class != GEO_V4_DEEPER {
-                        return u32::from(class);
-                    }
+        let key32 = v6_key32(client);
+        let line = GEO_V6_32.get(v6_dir_line(key32, GEO_V6_32_LINES));
+        match line.and_then(|line| v6_dir_find(line, key32)) {
+            Some(GEO_V4_DEEPER) => {
+                let key48 = v6_key48(client);
+                let line = GEO_V6_48.get(v6_dir_line(key48, GEO_V6_48_LINES));
+                match line.and_then(|line| v6_dir_find(line, key48)) {
+                    Some(GEO_V4_DEEPER) | None => {}
+                    Some(class) => return u32::from(class),
                 }
             }
+            Some(class) => return u32::from(class),
             None => {}
         }
         // SAFETY: this CPU's scratch slot.
