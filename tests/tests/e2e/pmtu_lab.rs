@@ -14,9 +14,14 @@
 //! 1440), so the backend's segments are 1500-byte IPv6 packets (1480 after NAT64). Inside: the
 //! hub-mid link is 1280, narrower than the `overlay.mtu` of 1500 the POP clamps to.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
+use edge_agent::sixpn::{DeviceConfig, IpLink, PeerConfig, PrivateKey, WireguardGo};
 use edge_lab::{bpffs_pin_dir, pop_lab::start_agent, Lab, Topology};
+use ipnet::{IpNet, Ipv6Net};
 
 use super::common::{agent_bin, agent_json, tear_down, TestResult};
 
@@ -78,15 +83,20 @@ fn topology(label: &str) -> Topology {
 
 /// One backend serving `bulk` on the echo port of both VIPs; an overlay MTU of 1500.
 fn config() -> String {
+    config_on("ovl0", 1500)
+}
+
+/// The same with the overlay on `iface`, of `mtu` bytes.
+fn config_on(iface: &str, mtu: u16) -> String {
     let backend = format!("{{ name = \"be1\", addr = \"{BACKEND}\", port = 7007 }}");
     format!(
         r#"iface = "eth0"
 stats_log_secs = 0
 
 [overlay]
-iface = "ovl0"
+iface = "{iface}"
 addr = "{OVERLAY}"
-mtu = 1500
+mtu = {mtu}
 
 [health]
 enabled = false
@@ -298,6 +308,137 @@ fn overlay_path_mtu_reaches_the_client_translated() -> TestResult {
         "{drops}"
     );
     drop(agent);
+    tear_down(lab);
+    Ok(())
+}
+
+/// The overlay over WireGuard (an L3 device: no link header on the reply program's side): the
+/// POP and the hub are WireGuard peers over a veth underlay, the hub-mid link (1280) narrower
+/// than the tunnel's 1420 the POP clamps to. The hub's Packet Too Big comes back through the
+/// tunnel and reaches both clients translated.
+#[test]
+fn overlay_path_mtu_reaches_the_client_through_wireguard() -> TestResult {
+    let lab = Topology::new("pmtuw")
+        .ns("client")
+        .ns("pop")
+        .ns("hub")
+        .ns("mid")
+        .ns("be1")
+        .veth(("client", "eth0"), ("pop", "eth0"))
+        .veth(("pop", "ul0"), ("hub", "ul0"))
+        .veth(("hub", "n"), ("mid", "up"))
+        .veth(("mid", "b"), ("be1", "eth0"))
+        .tx_checksum_off("client", "eth0")
+        .sysctl("pop", "net.ipv4.ip_forward", "1")
+        .sysctl("pop", "net.ipv6.conf.all.forwarding", "1")
+        .sysctl("hub", "net.ipv6.conf.all.forwarding", "1")
+        .sysctl("mid", "net.ipv6.conf.all.forwarding", "1")
+        .addr("client", "eth0", "10.0.1.2/24")
+        .addr("client", "eth0", "2001:db8:1::2/64")
+        .addr("pop", "eth0", "10.0.1.1/24")
+        .addr("pop", "eth0", "2001:db8:1::1/64")
+        .addr("pop", "lo", &format!("{VIP4}/32"))
+        .addr("pop", "lo", &format!("{VIP6}/128"))
+        .addr("pop", "ul0", "fd00:50::1/64")
+        .addr("hub", "ul0", "fd00:50::2/64")
+        .addr("hub", "n", "fd00:ee:9::1/64")
+        .addr("mid", "up", "fd00:ee:9::2/64")
+        .addr("mid", "b", "fd00:ee:1:1::1/64")
+        .addr("be1", "eth0", &format!("{BACKEND}/64"))
+        .route("client", "default", "10.0.1.1")
+        .route("client", "default", "2001:db8:1::1")
+        .route("hub", "fd00:ee:1::/48", "fd00:ee:9::2")
+        .route("mid", "default", "fd00:ee:9::1")
+        .route("be1", "default", "fd00:ee:1:1::1")
+        .up()?;
+    lab.ns("hub")
+        .ip(&["link", "set", "dev", "n", "mtu", "1280"])?;
+    lab.ns("mid")
+        .ip(&["link", "set", "dev", "up", "mtu", "1280"])?;
+    let (pop_key, hub_key) = (PrivateKey::generate(), PrivateKey::generate());
+    let underlay = |last: u16| {
+        SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, last)),
+            51820,
+        )
+    };
+    let any: IpNet = "::/0".parse()?;
+    let tunnel = |ns: &str,
+                  n: u16,
+                  key: &PrivateKey,
+                  peer: &PrivateKey,
+                  to: SocketAddr,
+                  addr: &str|
+     -> Result<WireguardGo, Box<dyn std::error::Error>> {
+        let netns = lab.ns(ns).path();
+        let wg = WireguardGo::start(&lab.wg_ifname(n), Some(netns))?;
+        wg.uapi().set(&DeviceConfig {
+            private_key: Some(key.clone()),
+            listen_port: Some(51820),
+            replace_peers: true,
+            peers: vec![PeerConfig::new(peer.public_key(), Some(to), vec![any])],
+        })?;
+        let link = IpLink::new(Some(netns));
+        link.add_addr(wg.ifname(), IpNet::V6(addr.parse::<Ipv6Net>()?))?;
+        link.up(wg.ifname(), 1420)?;
+        Ok(wg)
+    };
+    let pop_wg = tunnel(
+        "pop",
+        1,
+        &pop_key,
+        &hub_key,
+        underlay(2),
+        &format!("{OVERLAY}/64"),
+    )?;
+    let hub_wg = tunnel("hub", 2, &hub_key, &pop_key, underlay(1), "fd00:ee::fe/64")?;
+    lab.ns("pop").ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:ee:1::/48",
+        "dev",
+        pop_wg.ifname(),
+    ])?;
+    let server = lab.ns("be1").spawn(
+        "bulk",
+        &[env!("CARGO_BIN_EXE_bulk"), "serve", "[::]:7007"],
+        &[],
+    )?;
+    server.wait_for_output("bulk ready", Duration::from_secs(10))?;
+    let agent = start_agent(
+        &lab,
+        &agent_bin(),
+        &config_on(pop_wg.ifname(), 1420),
+        &["--reset"],
+    )?;
+
+    let (bytes, complete) = transfer(&lab, "put", &format!("{VIP4}:7"), 10_000)?;
+    assert!(
+        complete,
+        "IPv4: {bytes} of 1 MiB arrived\nagent:\n{}",
+        agent.output_so_far()
+    );
+    assert_eq!(
+        route_mtu(&lab, "client", VIP4)?,
+        Some(1260),
+        "the IPv4 client learned 1280 - 20"
+    );
+    let (bytes, complete) = transfer(&lab, "put", &format!("[{VIP6}]:7"), 10_000)?;
+    assert!(complete, "IPv6: {bytes} of 1 MiB arrived");
+    assert_eq!(
+        route_mtu(&lab, "client", VIP6)?,
+        Some(1280),
+        "the IPv6 client, 1280"
+    );
+    let drops = drops(&lab)?;
+    eprintln!("wireguard: drops {drops}");
+    assert!(
+        drops["icmp_to_client"].as_u64().unwrap_or(0) >= 2,
+        "{drops}"
+    );
+    drop(agent);
+    drop((pop_wg, hub_wg));
     tear_down(lab);
     Ok(())
 }
