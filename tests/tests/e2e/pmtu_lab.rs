@@ -153,6 +153,8 @@ fn transfer(lab: &Lab, mode: &str, target: &str, timeout_ms: u32) -> Result<(u64
         .map_err(|e| format!("bulk {mode} {target}: {e}"))?;
     let doc: serde_json::Value = serde_json::from_str(out.stdout.trim())
         .map_err(|e| format!("bulk {mode} {target}: {e}: {}", out.stdout))?;
+    // The figures of the run, for the record.
+    eprintln!("bulk {mode} {target}: {doc}");
     Ok((
         doc["bytes"].as_u64().unwrap_or(0),
         doc["complete"].as_bool().unwrap_or(false),
