@@ -132,12 +132,6 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<u64, MapError> {
 /// Writes `values[i]` at index `indexes[i]` of an array map (the two slices pair up to the
 /// shorter one's length).
 pub fn update_array<V: Pod>(map: &MapData, indexes: &[u32], values: &[V]) -> Result<(), MapError> {
-    update(map, indexes, values)
-}
-
-/// Writes `values[i]` under `keys[i]` of a hash or array map (the two slices pair up to the
-/// shorter one's length).
-pub fn update<K: Pod, V: Pod>(map: &MapData, indexes: &[K], values: &[V]) -> Result<(), MapError> {
     let n = indexes.len().min(values.len());
     for (keys, values) in indexes[..n].chunks(CHUNK).zip(values[..n].chunks(CHUNK)) {
         let mut attr = BatchAttr {
