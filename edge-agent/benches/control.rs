@@ -27,6 +27,10 @@ use etherparse::PacketBuilder;
 type Error = Box<dyn std::error::Error>;
 
 const TABLE_SIZE: u32 = 4099;
+/// IPv4 /24s and IPv6 /48s of the synthetic country database.
+const V4_NETWORKS: u32 = 300_000;
+const V6_NETWORKS: u32 = 200_000;
+const VIP6: &str = "2001:db8:ff::10";
 const CHANGES: usize = 100;
 const COUNTRIES: [&str; 12] = [
     "BR", "AR", "US", "CA", "DE", "FR", "GB", "JP", "AU", "IN", "ZA", "SG",
@@ -64,6 +68,17 @@ fn synthetic(v4: u32, v6: u32) -> Result<Vec<(ipnet::IpNet, Country)>, Error> {
     Ok(entries)
 }
 
+/// Clears every line of the IPv6 directory `name` (`lines` lines).
+fn empty(ebpf: &mut Ebpf, name: &str, lines: u32) -> Result<(), Error> {
+    let Some(aya::maps::Map::Array(data)) = ebpf.map_mut(name) else {
+        return Err(format!("no array {name}").into());
+    };
+    let indexes: Vec<u32> = (0..lines).collect();
+    let zero = vec![[0u64; edge_common::geo::V6_DIR_SLOTS]; lines as usize];
+    edge_agent::map_batch::update_array(data, &indexes, &zero)?;
+    Ok(())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -76,9 +91,9 @@ fn memlock(ebpf: &Ebpf, names: &[&str]) -> u64 {
         .filter_map(|name| {
             let map = ebpf.map(name)?;
             let fd = match map {
-                aya::maps::Map::LpmTrie(data) | aya::maps::Map::Array(data) => {
-                    data.fd().as_fd().as_raw_fd()
-                }
+                aya::maps::Map::LpmTrie(data)
+                | aya::maps::Map::Array(data)
+                | aya::maps::Map::HashMap(data) => data.fd().as_fd().as_raw_fd(),
                 _ => return None,
             };
             let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
@@ -186,7 +201,7 @@ fn main() -> Result<(), Error> {
         max.as_secs_f64() * 1e3
     );
 
-    let entries = synthetic(300_000, 200_000)?;
+    let entries = synthetic(V4_NETWORKS, V6_NETWORKS)?;
     let mmdb = dir.join("countries.mmdb");
     let started = Instant::now();
     write_country_mmdb(&mmdb, &entries, "edgeProxy-Synthetic-Country")?;
@@ -201,7 +216,13 @@ fn main() -> Result<(), Error> {
     let compile = started.elapsed();
     let memory = memlock(
         &ebpf,
-        &[names::GEO_V4, names::GEO_V6, names::GEO_V4_SLASH24],
+        &[
+            names::GEO_V4,
+            names::GEO_V6,
+            names::GEO_V4_SLASH24,
+            names::GEO_V6_32,
+            names::GEO_V6_48,
+        ],
     );
     println!(
         "country database, {} networks ({} IPv4, {} IPv6), {} bytes as .mmdb:",
@@ -217,26 +238,34 @@ fn main() -> Result<(), Error> {
     let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
     let region: Region = "eu".parse()?;
     let de: Country = "DE".parse()?;
+    let backends: Vec<_> = (2..=4)
+        .map(|i| edge_agent::config::BackendConfig {
+            name: format!("be{i}"),
+            addr: Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i),
+            port: 8080,
+            weight: 1,
+            region: Some(region.clone()),
+            country: Some(de),
+            soft_limit: 10_000,
+            hard_limit: 100_000,
+            health_check: None,
+        })
+        .collect();
+    // One service per family, so that IPv6 clients' SYNs walk the IPv6 trie of the same
+    // database.
     let services = edge_agent::config::AgentConfig {
-        services: vec![edge_agent::config::ServiceConfig {
-            name: "web".into(),
-            vip: "198.18.0.10".parse()?,
-            port: 80,
-            backends: (2..=4)
-                .map(|i| edge_agent::config::BackendConfig {
-                    name: format!("be{i}"),
-                    addr: Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, i),
-                    port: 8080,
-                    weight: 1,
-                    region: Some(region.clone()),
-                    country: Some(de),
-                    soft_limit: 10_000,
-                    hard_limit: 100_000,
+        services: [("web", "198.18.0.10"), ("web6", VIP6)]
+            .into_iter()
+            .map(|(name, vip)| {
+                Ok::<_, Error>(edge_agent::config::ServiceConfig {
+                    name: name.into(),
+                    vip: vip.parse()?,
+                    port: 80,
+                    backends: backends.clone(),
                     health_check: None,
                 })
-                .collect(),
-            health_check: None,
-        }],
+            })
+            .collect::<Result<_, _>>()?,
         ..Default::default()
     };
     let (state, _) = services.snapshot();
@@ -258,7 +287,40 @@ fn main() -> Result<(), Error> {
     let n = 20_000u32;
     let mut syn_total = 0u64;
     let mut est_total = 0u64;
+    let mut syn6_total = 0u64;
+    let mut spread_total = 0u64;
+    let vip6: Ipv6Addr = VIP6.parse()?;
     for i in 0..n {
+        // Clients spread over the database's IPv6 /48s (`2400:<i >> 16>:<i & 0xffff>::/48`),
+        // interleaved with the IPv4 ones so that both meet the same cache state.
+        let net = (i * 7919) % V6_NETWORKS;
+        let client6 = Ipv6Addr::new(0x2400, (net >> 16) as u16, net as u16, 0, 0, 0, 0, 7);
+        let mut syn6 = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(client6.octets(), vip6.octets(), 64)
+            .tcp(40000, 80, 1, 64240)
+            .syn()
+            .write(&mut syn6, &[])?;
+        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        syn6_total += u64::from(test_run(program.fd()?, &syn6, 1)?.duration_ns);
+        // IPv4 clients spread over the database's /24s the same way: the /24 table's cache
+        // misses as the IPv6 directories' (the clients below stay within a few hundred KiB of
+        // it).
+        let net = (i * 7919) % V4_NETWORKS;
+        let spread = [
+            1 + (net / 65536) as u8,
+            (net / 256 % 256) as u8,
+            (net % 256) as u8,
+            7,
+        ];
+        let mut syn4 = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(spread, [198, 18, 0, 10], 64)
+            .tcp(40000, 80, 1, 64240)
+            .syn()
+            .write(&mut syn4, &[])?;
+        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        spread_total += u64::from(test_run(program.fd()?, &syn4, 1)?.duration_ns);
         // Clients spread over the database's IPv4 networks.
         let client = [1 + (i % 4) as u8, (i / 250) as u8, (i % 250) as u8, 7];
         let mut syn = Vec::new();
@@ -277,15 +339,63 @@ fn main() -> Result<(), Error> {
         syn_total += u64::from(test_run(program.fd()?, &syn, 1)?.duration_ns);
         est_total += u64::from(test_run(program.fd()?, &data, 1)?.duration_ns);
     }
-    let (syn_ns, est_ns) = (
+    // The same IPv6 SYNs (new connections: another source port) with the directories emptied:
+    // what the trie alone costs them.
+    empty(
+        &mut ebpf,
+        names::GEO_V6_32,
+        edge_common::geo::GEO_V6_32_LINES,
+    )?;
+    empty(
+        &mut ebpf,
+        names::GEO_V6_48,
+        edge_common::geo::GEO_V6_48_LINES,
+    )?;
+    let mut trie_total = 0u64;
+    for i in 0..n {
+        let net = (i * 7919) % V6_NETWORKS;
+        let client6 = Ipv6Addr::new(0x2400, (net >> 16) as u16, net as u16, 0, 0, 0, 0, 7);
+        let mut syn6 = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(client6.octets(), vip6.octets(), 64)
+            .tcp(40001, 80, 1, 64240)
+            .syn()
+            .write(&mut syn6, &[])?;
+        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        trie_total += u64::from(test_run(program.fd()?, &syn6, 1)?.duration_ns);
+    }
+    let trie_ns = trie_total as f64 / f64::from(n);
+    let (syn_ns, est_ns, syn6_ns, spread_ns) = (
         syn_total as f64 / f64::from(n),
         est_total as f64 / f64::from(n),
+        syn6_total as f64 / f64::from(n),
+        spread_total as f64 / f64::from(n),
     );
     println!("per packet with that database loaded (one-shot, distinct clients):");
     println!(
         "  SYN with geo lookup {syn_ns:.0} ns, the same flow's next packet {est_ns:.0} ns ({:.2}x)",
         syn_ns / est_ns
     );
+    println!(
+        "  IPv6 SYN with geo lookup, clients spread over the database {syn6_ns:.0} ns ({:.2}x \
+         the IPv4 SYN); an IPv4 SYN spread likewise {spread_ns:.0} ns (the IPv6 one {:.2}x it)",
+        syn6_ns / syn_ns,
+        syn6_ns / spread_ns
+    );
+    println!(
+        "  the same IPv6 SYNs with the trie alone (directories emptied) {trie_ns:.0} ns ({:.2}x \
+         the IPv4 SYN)",
+        trie_ns / syn_ns
+    );
+    let drops = {
+        let map = ebpf.map(names::DROP_STATS).ok_or("no DROP_STATS")?;
+        let map: aya::maps::PerCpuArray<_, edge_common::DropStats> =
+            aya::maps::PerCpuArray::try_from(map)?;
+        edge_agent::counters::sum_per_cpu(&map, 0)?
+    };
+    if drops.no_backend + drops.port_exhausted + drops.flow_insert > 0 {
+        return Err(format!("SYNs of the measurement were refused: {drops:?}").into());
+    }
     if let Some(path) = json_path {
         let doc = serde_json::json!({
             "state_change_p50_ms": p50.as_secs_f64() * 1e3,
@@ -295,6 +405,9 @@ fn main() -> Result<(), Error> {
             "geo_load_ms": compile.as_secs_f64() * 1e3,
             "geo_kernel_bytes": memory,
             "syn_geo_ns": syn_ns,
+            "syn_geo_v6_ns": syn6_ns,
+            "syn_geo_v4_spread_ns": spread_ns,
+            "syn_geo_v6_trie_only_ns": trie_ns,
             "established_ns": est_ns,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;

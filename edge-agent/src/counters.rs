@@ -223,6 +223,13 @@ impl Accumulate for DropStats {
         self.recovered += o.recovered;
         self.displaced += o.displaced;
         self.recovery_missed += o.recovery_missed;
+        self.icmp_to_backend += o.icmp_to_backend;
+        self.icmp_to_client += o.icmp_to_client;
+        self.icmp_no_flow += o.icmp_no_flow;
+        self.icmp_bad_quote += o.icmp_bad_quote;
+        self.icmp_out_of_window += o.icmp_out_of_window;
+        self.icmp_rate_limited += o.icmp_rate_limited;
+        self.icmp_untranslatable += o.icmp_untranslatable;
     }
 }
 
@@ -392,6 +399,11 @@ impl fmt::Display for NatReport {
             f,
             "\ndrops: no_backend {} port_exhausted {} flow_insert {} unsupported {} resize_failed {} redirect_failed {}; no_flow (passed to the kernel) {}; out_of_window FIN/RST (forwarded, not recorded) {}; recovered flows {}; half-open flows displaced {}; recoveries onto another port {}",
             d.no_backend, d.port_exhausted, d.flow_insert, d.unsupported, d.resize_failed, d.redirect_failed, d.no_flow, d.out_of_window, d.recovered, d.displaced, d.recovery_missed
+        )?;
+        writeln!(
+            f,
+            "icmp errors: to backends {} to clients {}; no flow (passed to the kernel) {}; refused: bad quote {} out of window {} rate limited {} untranslatable {}",
+            d.icmp_to_backend, d.icmp_to_client, d.icmp_no_flow, d.icmp_bad_quote, d.icmp_out_of_window, d.icmp_rate_limited, d.icmp_untranslatable
         )
     }
 }

@@ -42,6 +42,8 @@ pub const PINNED_MAPS: &[&str] = &[
     names::GEO_V4,
     names::GEO_V4_SLASH24,
     names::GEO_V6,
+    names::GEO_V6_32,
+    names::GEO_V6_48,
     names::SERVICE_RINGS,
     names::AFFINITY,
 ];

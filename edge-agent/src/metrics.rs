@@ -259,10 +259,25 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
                 ("recovered", d.recovered),
                 ("displaced", d.displaced),
                 ("recovery_missed", d.recovery_missed),
+                ("icmp_no_flow", d.icmp_no_flow),
+                ("icmp_bad_quote", d.icmp_bad_quote),
+                ("icmp_out_of_window", d.icmp_out_of_window),
+                ("icmp_rate_limited", d.icmp_rate_limited),
+                ("icmp_untranslatable", d.icmp_untranslatable),
             ]
             .into_iter()
             .map(|(reason, v)| (vec![reason.to_owned()], v))
             .collect(),
+        )?;
+        out.counters(
+            "edgeproxy_icmp_translated_total",
+            "ICMP errors about live flows translated and delivered, by destination (refusals are \
+             in edgeproxy_drops_total)",
+            &["to"],
+            vec![
+                (vec!["backend".to_owned()], d.icmp_to_backend),
+                (vec!["client".to_owned()], d.icmp_to_client),
+            ],
         )?;
         out.gauges(
             "edgeproxy_flow_table_entries",

@@ -131,6 +131,22 @@ pub const MAPS: &[MapDoc] = &[
         fields: &["class", "country"],
     },
     MapDoc {
+        name: names::GEO_V6_32,
+        kind: "array",
+        key: "u32 line (hash of the /32)",
+        value: "[u64; 8] slots: /32 << 16 | 256 (used) | class",
+        holds: "country class of IPv6 /32s (255: ask GEO_V6_48; none: GEO_V6)",
+        fields: &[],
+    },
+    MapDoc {
+        name: names::GEO_V6_48,
+        kind: "array",
+        key: "u32 line (hash of the /48)",
+        value: "[u64; 8] slots: /48 << 16 | 256 (used) | class",
+        holds: "country class of IPv6 /48s inside split /32s (255 or none: ask GEO_V6)",
+        fields: &[],
+    },
+    MapDoc {
         name: names::POP_CONFIG,
         kind: "array",
         key: "u32 0",

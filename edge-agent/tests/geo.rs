@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use aya::maps::{lpm_trie::LpmTrie, HashMap as BpfHashMap};
+use aya::maps::{lpm_trie::LpmTrie, Array, HashMap as BpfHashMap};
 use aya::Ebpf;
 use edge_agent::{
     balancer::{self, GeoClasses, Inputs},
@@ -24,7 +24,10 @@ use edge_agent::{
     services::Reconciler,
     test_run::{lab_pop, test_run},
 };
-use edge_common::{names, FlowKey, FlowValue};
+use edge_common::{
+    geo::{V6_DIR_SLOTS, V6_DIR_USED},
+    names, FlowKey, FlowValue,
+};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
 
 type Error = Box<dyn std::error::Error>;
@@ -70,6 +73,9 @@ fn region_of(country: Country) -> Region {
     name.parse()
         .unwrap_or_else(|_| unreachable!("a fixed region name"))
 }
+
+/// An IPv6 directory's entries: key (`v6_key32`, `v6_key48`) -> class.
+type Directory = HashMap<u64, u8>;
 
 struct Pop {
     ebpf: Ebpf,
@@ -217,6 +223,37 @@ impl Pop {
             .collect())
     }
 
+    /// What the IPv6 directories hold: key (`v6_key32`, `v6_key48`) -> class.
+    fn directories(&self) -> Result<(Directory, Directory), Error> {
+        let read = |name: &str| -> Result<Directory, Error> {
+            let lines: Array<_, [u64; V6_DIR_SLOTS]> =
+                Array::try_from(self.ebpf.map(name).ok_or("no IPv6 directory")?)?;
+            let mut held = HashMap::new();
+            for line in lines.iter() {
+                for slot in line? {
+                    if slot & V6_DIR_USED != 0 {
+                        held.insert(slot >> 16, slot as u8);
+                    }
+                }
+            }
+            Ok(held)
+        };
+        Ok((read(names::GEO_V6_32)?, read(names::GEO_V6_48)?))
+    }
+
+    /// The class the last database gave `country`, as the kernel's maps hold it.
+    fn class_of(&self, country: &str) -> Result<u8, Error> {
+        let v6: LpmTrie<_, [u8; 16], edge_common::geo::GeoValue> =
+            LpmTrie::try_from(self.ebpf.map(names::GEO_V6).ok_or("no GEO_V6")?)?;
+        for entry in v6.iter() {
+            let (_, value) = entry?;
+            if value.country == country.as_bytes() {
+                return Ok(u8::try_from(value.class)?);
+            }
+        }
+        Err(format!("no {country} in GEO_V6").into())
+    }
+
     fn expect(&mut self, cases: &[([u8; 4], u16, &str)]) -> TestResult {
         for &(client, backend, why) in cases {
             assert_eq!(self.backend_of(client)?, backend, "{client:?}: {why}");
@@ -279,6 +316,72 @@ fn a_reload_and_a_new_agent_leave_only_the_new_database() -> TestResult {
     ])
 }
 
+/// IPv6 prefixes at every level of the lookup: a /12 only the trie knows (shorter than the /32
+/// directory takes), a /24 spread over 256 /32s, a /32 inside it, a /48 in a /32 split by it, a
+/// /56 splitting a /48.
+const NESTED6: [(&str, &str); 5] = [
+    ("2a00::/12", "US"),
+    ("2a01:100::/24", "BR"),
+    ("2a01:101::/32", "US"),
+    ("2a01:103:5::/48", "GB"),
+    ("2a01:103:6:100::/56", "US"),
+];
+
+#[test]
+fn ipv6_clients_reach_their_countrys_backend_whichever_level_answers() -> TestResult {
+    let mut pop = Pop::new()?;
+    pop.load(&NESTED6)?;
+    let cases: [(&str, u16, &str); 8] = [
+        ("2a0f::1", US, "the /12: no directory entry, the trie"),
+        ("2a01:100:5::1", BR, "the /24, from the /32 directory"),
+        (
+            "2a01:101::1",
+            US,
+            "the /32 inside the /24, from the /32 directory",
+        ),
+        ("2a01:103:5::1", GB, "the /48, from the /48 directory"),
+        (
+            "2a01:103:7::1",
+            BR,
+            "the split /32's other /48s: the trie, then the /24",
+        ),
+        ("2a01:103:6:100::1", US, "the /56 splitting a /48: the trie"),
+        (
+            "2a01:103:6:200::1",
+            BR,
+            "that /48's rest: the trie, then the /24",
+        ),
+        ("2001:db8::1", DE, "unknown: the POP's region"),
+    ];
+    for (client, backend, why) in cases {
+        assert_eq!(
+            pop.backend_of6(client.parse()?)?,
+            backend,
+            "{client}: {why}"
+        );
+    }
+    let (d32, d48) = pop.directories()?;
+    assert_eq!(d32.get(&0x2a01_0103), Some(&255), "the split /32: {d32:?}");
+    assert_eq!(d48.get(&0x2a01_0103_0006), Some(&255), "{d48:?}");
+    assert!(d48.contains_key(&0x2a01_0103_0005), "{d48:?}");
+    assert_eq!(d32.len(), 256, "the /24's /32s, one of them split: {d32:?}");
+    assert_eq!(d48.len(), 2, "{d48:?}");
+
+    // A new database without the /48 and the /56: their entries go, the /24 answers.
+    pop.load(&[("2a01:100::/24", "BR"), ("2a01:101::/32", "US")])?;
+    for client in ["2a01:103:5::1", "2a01:103:6:100::1"] {
+        assert_eq!(
+            pop.backend_of6(client.parse()?)?,
+            BR,
+            "{client} after the reload"
+        );
+    }
+    let (d32, d48) = pop.directories()?;
+    assert_eq!(d32.get(&0x2a01_0103), Some(&pop.class_of("BR")?), "{d32:?}");
+    assert!(d48.is_empty(), "nothing split any more: {d48:?}");
+    Ok(())
+}
+
 /// Where MaxMind's test databases (GeoIP2-Country-Test) put 81.2.69.142, and two more of their
 /// networks, written by the project's writer with the aliases MaxMind's writers make
 /// (`::ffff:0:0/96`, `2002::/16`, `2001::/32` pointing at the IPv4 subtree).
@@ -310,6 +413,16 @@ fn clients_embedding_ipv4_are_classified_by_it_in_the_kernel_and_the_listing() -
         Some("GB"),
         "the written database must alias 6to4 to the IPv4 data"
     );
+    // And Teredo, by the server's address in bits 32..64: the answer the kernel must match.
+    let teredo: Ipv6Addr = "2001:0:5102:458e::9".parse()?;
+    let in_file = reader
+        .lookup(IpAddr::V6(teredo))?
+        .decode_path::<&str>(&maxminddb::path!["country", "iso_code"])?;
+    assert_eq!(
+        in_file,
+        Some("GB"),
+        "the written database must alias Teredo to the IPv4 data by the server's address"
+    );
 
     let mut pop = Pop::new()?;
     pop.load_db(&db)?;
@@ -318,16 +431,17 @@ fn clients_embedding_ipv4_are_classified_by_it_in_the_kernel_and_the_listing() -
     let cases: [(&str, u16, Option<&str>, &str); 7] = [
         ("2002:5102:458e::9", GB, Some("GB"), "6to4 of 81.2.69.142"),
         (
-            "2001:0:4136:e378:8000:63bf:aefd:ba71",
+            "2001:0:5102:458e::9",
             GB,
             Some("GB"),
-            "Teredo: client 81.2.69.142 inverted in the last 32 bits",
+            "Teredo with server 81.2.69.142 (bits 32..64), as MaxMind's alias answers it",
         ),
         (
-            "2001:0:5102:458e::9",
+            "2001:0:4136:e378:8000:63bf:aefd:ba71",
             DE,
             None,
-            "Teredo with server 81.2.69.142: the client is ~0.0.0.9 = 255.255.255.246, unknown",
+            "Teredo with server 65.54.227.120 (unknown): the client's own 81.2.69.142 in the \
+             last 32 bits does not classify it",
         ),
         ("2002:d8a0:5338::1", US, Some("US"), "6to4 of 216.160.83.56"),
         (

@@ -76,8 +76,10 @@ pub struct FlowValue {
     /// Reverse entries: the backend's ISN + 1, from its SYN-ACK (what the client's handshake
     /// ACK must acknowledge).
     pub seq: u32,
-    /// Reverse entries: the acknowledgment number of the backend's latest segment, the next
-    /// sequence number it expects from the client.
+    /// The acknowledgment number of this direction's latest segment: in a reverse entry the
+    /// backend's (the next sequence number it expects from the client), in a forward entry the
+    /// client's (how far it has received the backend's data). An ICMP error quoting a segment
+    /// of the other direction must quote a sequence number near it (issue 22).
     pub ack: u32,
     /// CLOCK_MONOTONIC_COARSE nanoseconds at creation and at the last packet, to within a
     /// kernel tick (the kernel programs scale jiffies; see `PopConfig::ns_per_jiffy`).

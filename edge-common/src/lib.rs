@@ -53,6 +53,8 @@ pub mod names {
     pub const GEO_V4: &str = "GEO_V4";
     pub const GEO_V4_SLASH24: &str = "GEO_V4_SLASH24";
     pub const GEO_V6: &str = "GEO_V6";
+    pub const GEO_V6_32: &str = "GEO_V6_32";
+    pub const GEO_V6_48: &str = "GEO_V6_48";
     pub const SERVICE_RINGS: &str = "SERVICE_RINGS";
     pub const AFFINITY: &str = "AFFINITY";
     /// The load-time global (`u8`) that turns the programs' debug records on.

@@ -182,6 +182,26 @@ pub struct DropStats {
     /// or a RST): dropped, and the source port marked as not the client's
     /// (`FLOW_TOMBSTONE`), so that the client's next packet tries the next one.
     pub recovery_missed: u64,
+    /// Not a drop: an ICMP or ICMPv6 error from the client side that quotes a live flow
+    /// (VIP -> client), translated and sent to the flow's backend over the overlay.
+    pub icmp_to_backend: u64,
+    /// Not a drop: an ICMPv6 error from the overlay that quotes a live flow (POP -> backend),
+    /// translated and sent to the flow's client (as ICMPv4 for an IPv4 client).
+    pub icmp_to_client: u64,
+    /// Not a drop: an ICMP error quoting a service's or the POP's translated address and port
+    /// that matches no established flow, passed to the kernel untouched.
+    pub icmp_no_flow: u64,
+    /// An ICMP error about a live flow that was refused: its quote is truncated (less than the
+    /// IP header and 8 bytes of TCP), or the error is not addressed to the quoted source.
+    pub icmp_bad_quote: u64,
+    /// An ICMP error about a live flow refused because the quoted sequence number is not near
+    /// what the flow's receiver last acknowledged (a blind forgery must guess it).
+    pub icmp_out_of_window: u64,
+    /// An ICMP error about a live flow refused by the per-flow limit (10 a second each way).
+    pub icmp_rate_limited: u64,
+    /// An ICMP error about a live flow whose type and code have no counterpart in the other
+    /// family (RFC 7915), refused.
+    pub icmp_untranslatable: u64,
 }
 
 #[cfg(feature = "user")]

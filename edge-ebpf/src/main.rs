@@ -13,6 +13,7 @@ mod ctx;
 mod debug_log;
 mod flow_table;
 mod forward;
+mod icmp;
 mod maps;
 mod next_hop;
 mod parse;

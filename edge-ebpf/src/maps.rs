@@ -8,7 +8,10 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use edge_common::{
-    geo::{AffinityKey, AffinityValue, GeoValue, GEO_CLASSES, GEO_V4_SLASH24_WORDS},
+    geo::{
+        AffinityKey, AffinityValue, GeoValue, GEO_CLASSES, GEO_V4_SLASH24_WORDS, GEO_V6_32_LINES,
+        GEO_V6_48_LINES, V6_DIR_SLOTS,
+    },
     limits::{
         DEFAULT_AFFINITY, DEFAULT_FLOWS, MAX_BACKENDS, MAX_GEO_PREFIXES, MAX_RINGS, MAX_SERVICES,
     },
@@ -73,6 +76,16 @@ pub static GEO_V4_SLASH24: Array<u64, { GEO_V4_SLASH24_WORDS as usize }> = Array
 /// Client IPv6 prefix -> country class.
 #[btf_map]
 pub static GEO_V6: LpmTrie<[u8; 16], GeoValue, { MAX_GEO_PREFIXES as usize }> = LpmTrie::new();
+
+/// IPv6 /32 -> country class, or `GEO_V4_DEEPER` (ask `GEO_V6_48`): the trie's first level, as
+/// `GEO_V4_SLASH24` is IPv4's. Lines of slots a key hashes to (`edge_common::geo::
+/// GEO_V6_32_LINES`): IPv6 is too sparse to index, and a hash map's lookup is two cache misses.
+#[btf_map]
+pub static GEO_V6_32: Array<[u64; V6_DIR_SLOTS], { GEO_V6_32_LINES as usize }> = Array::new();
+
+/// IPv6 /48 -> country class, or `GEO_V4_DEEPER` (ask `GEO_V6`).
+#[btf_map]
+pub static GEO_V6_48: Array<[u64; V6_DIR_SLOTS], { GEO_V6_48_LINES as usize }> = Array::new();
 
 /// `service_id * GEO_CLASSES + class` -> the ring new flows of that service from that country
 /// are picked from.

@@ -21,14 +21,14 @@ use aya_ebpf::{
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_TOMBSTONE, FLOW_V4_CLIENT, TCP_ACK, TCP_RST, TCP_SYN},
     pop::POP_READY,
-    FlowKey, PopConfig, IPPROTO_TCP,
+    FlowKey, FlowValue, PopConfig, IPPROTO_TCP,
 };
 use network_types::ip::Ipv6Hdr;
 
 use crate::{
     bytes, clock, csum,
     ctx::ptr_at,
-    debug_log, flow_table,
+    debug_log, flow_table, icmp,
     maps::{FLOWS, HALF_OPEN, POP_CONFIG},
     next_hop,
     stats::{self, Drop},
@@ -69,6 +69,14 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     let hash = crate::ctx::flow_hash(ctx);
     let l2 = L2;
     let tcp_off = l2 + Ipv6Hdr::LEN;
+    let Some(ip) = ptr_at::<_, Ipv6Hdr>(ctx, l2) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: bounds-checked.
+    if unsafe { (*ip).next_hdr } == icmp::IPPROTO_ICMPV6 {
+        // An error about a flow's POP -> backend packet goes to its client (`icmp::overlay`).
+        return Ok(icmp::overlay::error::<L2>(ctx.skb.skb));
+    }
     let (Some(ip), Some(hdr)) = (
         ptr_at::<_, Ipv6Hdr>(ctx, l2),
         ptr_at::<_, [u8; 20]>(ctx, tcp_off),
@@ -223,6 +231,33 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     if tcp_flags & TCP_SYN != 0 {
         tcp::clamp_mss(ctx, out_tcp, config.mss_clamp);
     }
+    let v4 = flags & FLOW_V4_CLIENT != 0;
+    let ip_header = if v4 { 20 } else { 40 };
+    deliver::<L2>(
+        ctx,
+        config,
+        v4,
+        entry,
+        payload_len.wrapping_add(ip_header),
+        now,
+        hash,
+    )
+}
+
+/// Sends a translated packet of `tot_len` bytes at the IP layer (VIP -> client, `entry`'s new
+/// addresses, IPv4-mapped when `v4`) out of the public interface: to its next hop, or, while
+/// the kernel has no neighbour entry for it, with the kernel's neighbour resolution. `hash` (0:
+/// none) is the flow hash it arrived with.
+#[inline(always)]
+pub fn deliver<const L2: usize>(
+    ctx: &TcContext,
+    config: &PopConfig,
+    v4: bool,
+    entry: *const FlowValue,
+    tot_len: u16,
+    now: u64,
+    hash: u32,
+) -> Result<i32, Drop> {
     if L2 == 0 {
         // An L3 overlay (WireGuard, TUN) delivers no link-layer header. Both ways out need
         // one: the next hop's is written into these 14 bytes, and the kernel's redirect_neigh
@@ -234,8 +269,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         }
     }
     crate::ctx::keep_flow_hash(ctx, hash);
-    let v4 = flags & FLOW_V4_CLIENT != 0;
-    let (ip_header, ether_type) = if v4 { (20, ETH_P_IP) } else { (40, ETH_P_IPV6) };
+    let ether_type = if v4 { ETH_P_IP } else { ETH_P_IPV6 };
     // SAFETY: the entry is valid for this run; its addresses are the packet's new ones.
     let hop = unsafe {
         next_hop::resolve(
@@ -243,7 +277,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
             v4,
             &raw const (*entry).new_src,
             &raw const (*entry).new_dst,
-            payload_len.wrapping_add(ip_header),
+            tot_len,
             now,
         )
     };

@@ -166,3 +166,33 @@ pub fn backend_from(backend_id: u32, bytes: usize, tcp_flags: u8, answered_befor
         }
     }
 }
+
+/// What became of an ICMP error about a translated flow (`icmp`).
+#[derive(Clone, Copy)]
+pub enum Icmp {
+    ToBackend,
+    ToClient,
+    NoFlow,
+    BadQuote,
+    OutOfWindow,
+    RateLimited,
+    Untranslatable,
+}
+
+#[inline(always)]
+pub fn icmp(event: Icmp) {
+    if let Some(d) = DROP_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            match event {
+                Icmp::ToBackend => (*d).icmp_to_backend += 1,
+                Icmp::ToClient => (*d).icmp_to_client += 1,
+                Icmp::NoFlow => (*d).icmp_no_flow += 1,
+                Icmp::BadQuote => (*d).icmp_bad_quote += 1,
+                Icmp::OutOfWindow => (*d).icmp_out_of_window += 1,
+                Icmp::RateLimited => (*d).icmp_rate_limited += 1,
+                Icmp::Untranslatable => (*d).icmp_untranslatable += 1,
+            }
+        }
+    }
+}

@@ -34,7 +34,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "sqlite3",
         "the sqlite3 CLI operators (and a state test) write routing.db with",
     ),
-    ("nftables", "nft: the kernel-NAT baseline of the benchmark"),
+    ("nftables", "nft: the kernel-NAT baseline of the benchmark, and the routers of pmtu_lab that send no ICMP errors"),
     ("haproxy", "the HAProxy baseline of the benchmark"),
     ("nginx", "the benchmark's HTTP backend"),
     ("wrk", "HTTP load in the benchmark"),

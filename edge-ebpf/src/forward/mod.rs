@@ -33,7 +33,10 @@ use edge_common::{
         FLOW_ENDED, FLOW_RECOVERED, FLOW_REVERSE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST,
         TCP_SYN,
     },
-    geo::{embedded_ipv4, slash24_slot, AffinityValue, GEO_CLASSES, GEO_V4_DEEPER},
+    geo::{
+        embedded_ipv4, slash24_slot, v6_dir_find, v6_dir_line, v6_key32, v6_key48, AffinityValue,
+        GEO_CLASSES, GEO_V4_DEEPER, GEO_V6_32_LINES, GEO_V6_48_LINES,
+    },
     hash::flow_hash,
     limits::PORT_TRIES,
     pop::{POP_READY, POP_SNAT96},
@@ -48,8 +51,8 @@ use crate::{
     ctx::{ptr_at, Packet},
     debug_log, flow_table,
     maps::{
-        NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V4_SLASH24, GEO_V6, HALF_OPEN,
-        MAGLEV, POP_CONFIG, SCRATCH, SERVICES, SERVICE_PORTS, SERVICE_RINGS,
+        NewFlowScratch, AFFINITY, BACKENDS, FLOWS, GEO_V4, GEO_V4_SLASH24, GEO_V6, GEO_V6_32,
+        GEO_V6_48, HALF_OPEN, MAGLEV, POP_CONFIG, SCRATCH, SERVICES, SERVICE_PORTS, SERVICE_RINGS,
     },
     parse,
     stats::{self, Drop},
@@ -111,10 +114,17 @@ fn candidate<C: Packet>(ctx: &C, packet: &parse::Packet) -> Result<Option<Candid
     };
     // SAFETY: bounds-checked.
     let dport = u16::from_be(unsafe { (*ports).dest });
-    match SERVICE_PORTS.get(u32::from(dport >> 6)) {
-        Some(word) if word & (1 << (dport & 63)) != 0 => Ok(Some(Candidate { config, v4 })),
-        _ => Ok(None),
+    if marked_port(dport) {
+        Ok(Some(Candidate { config, v4 }))
+    } else {
+        Ok(None)
     }
+}
+
+/// Whether some service has used TCP port `port` (host order): one array load.
+#[inline(always)]
+pub(crate) fn marked_port(port: u16) -> bool {
+    matches!(SERVICE_PORTS.get(u32::from(port >> 6)), Some(word) if word & (1 << (port & 63)) != 0)
 }
 
 /// The service a packet at any layout is addressed to (the slow path of `candidate`).
@@ -145,7 +155,7 @@ fn service_at<C: Packet>(ctx: &C, packet: &parse::Packet, v4: bool) -> Option<Se
 
 /// The service a flow key is addressed to.
 #[inline(always)]
-fn service_of(flow: &FlowKey) -> Option<ServiceValue> {
+pub(crate) fn service_of(flow: &FlowKey) -> Option<ServiceValue> {
     let mut key = MaybeUninit::<ServiceKey>::uninit();
     let k = key.as_mut_ptr();
     // SAFETY: `k` points at this frame's key; every field is written before it is read.
@@ -196,7 +206,7 @@ fn flow_for(
                     flags &= !(TCP_FIN | TCP_RST);
                     stats::out_of_window();
                 }
-                record(config, entry, flags, bytes);
+                record(config, entry, flags, seg.ack, bytes);
                 return Ok(Some(entry));
             }
         }
@@ -209,7 +219,7 @@ fn flow_for(
             if syn && (*entry).tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 flow_table::end_flow(&HALF_OPEN, key, entry);
             } else {
-                record(config, entry, seg.flags, bytes);
+                record(config, entry, seg.flags, seg.ack, bytes);
                 if seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_ACK {
                     return Ok(Some(entry));
                 }
@@ -273,14 +283,19 @@ fn flow_for(
     Ok(Some(entry))
 }
 
-/// Counts a client packet into its flow's forward entry.
+/// Counts a client packet into its flow's forward entry, and keeps its acknowledgment number:
+/// how far the client has received the backend's data, against which an ICMP error's quote of
+/// a backend segment is judged (`icmp::plausible`).
 ///
 /// # Safety
 /// `entry` is a flow-table entry, valid for this run.
 #[inline(always)]
-unsafe fn record(config: &PopConfig, entry: *mut FlowValue, tcp_flags: u8, bytes: usize) {
+unsafe fn record(config: &PopConfig, entry: *mut FlowValue, tcp_flags: u8, ack: u32, bytes: usize) {
     // SAFETY: the caller's entry.
     unsafe {
+        if tcp_flags & TCP_ACK != 0 {
+            (*entry).ack = ack;
+        }
         (*entry).tcp_flags |= tcp_flags;
         // Jiffy resolution is plenty for idle timeouts.
         (*entry).last_seen_ns = clock::now_ns(config);
@@ -601,6 +616,22 @@ fn geo_class(scratch: *mut NewFlowScratch, client: &[u8; 16], v4: bool) -> u32 {
         }
         GEO_V4.get(&Key::new(32, v4)).map(|g| g.class)
     } else {
+        // The /32 directory, then the /48 one, then the trie (`geo_maps`): a cache line each,
+        // where a trie walk in a large database visits a node per prefix bit.
+        let key32 = v6_key32(client);
+        let line = GEO_V6_32.get(v6_dir_line(key32, GEO_V6_32_LINES));
+        match line.and_then(|line| v6_dir_find(line, key32)) {
+            Some(GEO_V4_DEEPER) => {
+                let key48 = v6_key48(client);
+                let line = GEO_V6_48.get(v6_dir_line(key48, GEO_V6_48_LINES));
+                match line.and_then(|line| v6_dir_find(line, key48)) {
+                    Some(GEO_V4_DEEPER) | None => {}
+                    Some(class) => return u32::from(class),
+                }
+            }
+            Some(class) => return u32::from(class),
+            None => {}
+        }
         // SAFETY: this CPU's scratch slot.
         let key = unsafe { &mut (*scratch).geo_v6 };
         key.prefix_len = 128;

@@ -14,11 +14,13 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::TcContext,
 };
-use edge_common::{flow::TCP_SYN, FlowKey, FlowValue, PopConfig, IPPROTO_TCP};
+use edge_common::{flow::TCP_SYN, stats::L4Class, FlowKey, FlowValue, PopConfig, IPPROTO_TCP};
 use network_types::ip::Ipv6Hdr;
 
 use super::{candidate, flow_for, read_v4, scratch_key, Ports, V4Fields, ETH_LEN, V4_TCP, V6_TCP};
-use crate::{bytes, clock, csum, ctx::ptr_at, next_hop, parse, stats::Drop, tcp, tcp::Segment};
+use crate::{
+    bytes, clock, csum, ctx::ptr_at, icmp, next_hop, parse, stats::Drop, tcp, tcp::Segment,
+};
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -48,6 +50,10 @@ pub fn forward(ctx: &TcContext, frame_len: usize) -> (parse::Packet, Result<i32,
 
 #[inline(always)]
 fn translate(ctx: &TcContext, packet: &parse::Packet, frame_len: usize) -> Result<i32, Drop> {
+    if packet.l4 == L4Class::Icmp {
+        // An error about a flow goes to its backend (`icmp::client`); echo and the rest pass.
+        return Ok(icmp::client::tc(ctx, packet));
+    }
     let Some(matched) = candidate(ctx, packet)? else {
         return Ok(TC_ACT_OK);
     };
@@ -193,7 +199,7 @@ fn write_addresses_and_ports(ctx: &TcContext, flow: *mut FlowValue) -> Result<()
 /// Sends the translated packet to its next hop on the overlay, or up the stack when there is no
 /// complete answer (see `next_hop`).
 #[inline(always)]
-fn redirect(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop> {
+pub(crate) fn redirect(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop> {
     if config.overlay_l2_len == 0 {
         return Ok(TC_ACT_OK);
     }

@@ -2,16 +2,20 @@
 //! that the kernel routes the translated packet to the overlay and decrements its hop limit.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use edge_common::{flow::TCP_SYN, PopConfig, IPPROTO_TCP};
+use edge_common::{flow::TCP_SYN, stats::L4Class, PopConfig, IPPROTO_TCP};
 use network_types::ip::Ipv6Hdr;
 
 use super::{
     candidate, flow_for, read_v4, scratch_key, Ports, V4Fields, ETH_LEN, NAT46_GROWTH, V6_TCP,
 };
-use crate::{bytes, csum, ctx::ptr_at, parse, stats::Drop, tcp, tcp::Segment};
+use crate::{bytes, csum, ctx::ptr_at, icmp, parse, stats::Drop, tcp, tcp::Segment};
 
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, packet: &parse::Packet, frame_len: usize) -> Result<u32, Drop> {
+    if packet.l4 == L4Class::Icmp {
+        // An error about a flow goes to its backend (`icmp::client`); echo and the rest pass.
+        return Ok(icmp::client::xdp(ctx, packet));
+    }
     let Some(matched) = candidate(ctx, packet)? else {
         return Ok(xdp_action::XDP_PASS);
     };

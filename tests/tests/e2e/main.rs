@@ -20,6 +20,7 @@ mod maps_lab;
 mod metrics_lab;
 mod nat_lab;
 mod netlink_link_lab;
+mod pmtu_lab;
 mod pop_restarts;
 mod readiness;
 mod realistic_pop;
