@@ -213,31 +213,16 @@ const SLASH48_FROM: u8 = 40;
 /// so any subset of the entries is correct: what has no entry, or what the maps' lines have no
 /// room for, goes to the trie. Classes above `MAX_COUNTRY_CLASS` cannot occur (`GeoClasses`
 /// stops there) and are stored as unknown.
+///
+/// The splits are marked first, then prefixes are spread longest first into keys no longer
+/// prefix took: so the spreading may stop at any point and leave a correct subset, and it stops
+/// once a level holds as many entries as its map has slots (a database of many short prefixes,
+/// each spread over up to 4,096 keys, would otherwise cost the agent millions of entries at
+/// every load, all but the first few hundred thousand without a slot).
 pub fn v6_directories(prefixes: impl IntoIterator<Item = (Ipv6Net, u16)>) -> V6Directories {
     let mut prefixes: Vec<(Ipv6Net, u16)> = prefixes.into_iter().collect();
-    // Shorter first, so that a longer prefix paints over the ones that cover it.
-    prefixes.sort_by_key(|(net, _)| net.prefix_len());
+    prefixes.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
     let mut d = V6Directories::default();
-    for &(net, class) in &prefixes {
-        let class = u8::try_from(class)
-            .ok()
-            .filter(|&c| c != GEO_V4_DEEPER)
-            .unwrap_or(0);
-        let (first, len) = (u128::from(net.network()), net.prefix_len());
-        if (SLASH32_FROM..=32).contains(&len) {
-            let key = (first >> 96) as u64;
-            for i in 0..1u64 << (32 - len) {
-                d.slash32.insert(key + i, class);
-            }
-        }
-        if (SLASH48_FROM..=48).contains(&len) {
-            let key = (first >> 80) as u64;
-            for i in 0..1u64 << (48 - len) {
-                d.slash48.insert(key + i, class);
-            }
-        }
-    }
-    // Then the splits, over whatever class was painted.
     for &(net, _) in &prefixes {
         let (first, len) = (u128::from(net.network()), net.prefix_len());
         if len > 32 {
@@ -245,6 +230,27 @@ pub fn v6_directories(prefixes: impl IntoIterator<Item = (Ipv6Net, u16)>) -> V6D
         }
         if len > 48 {
             d.slash48.insert((first >> 80) as u64, GEO_V4_DEEPER);
+        }
+    }
+    let room32 = GEO_V6_32_LINES as usize * V6_DIR_SLOTS;
+    let room48 = GEO_V6_48_LINES as usize * V6_DIR_SLOTS;
+    for &(net, class) in &prefixes {
+        let class = u8::try_from(class)
+            .ok()
+            .filter(|&c| c != GEO_V4_DEEPER)
+            .unwrap_or(0);
+        let (first, len) = (u128::from(net.network()), net.prefix_len());
+        if (SLASH48_FROM..=48).contains(&len) && d.slash48.len() < room48 {
+            let key = (first >> 80) as u64;
+            for i in 0..1u64 << (48 - len) {
+                d.slash48.entry(key + i).or_insert(class);
+            }
+        }
+        if (SLASH32_FROM..=32).contains(&len) && d.slash32.len() < room32 {
+            let key = (first >> 96) as u64;
+            for i in 0..1u64 << (32 - len) {
+                d.slash32.entry(key + i).or_insert(class);
+            }
         }
     }
     d
