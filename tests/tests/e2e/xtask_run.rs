@@ -187,7 +187,7 @@ fn scenario(run: &mut Run) -> Result<String, Box<dyn std::error::Error>> {
         took(&event, "route withdrawn").ok_or_else(|| format!("no withdraw time: {event}"))?,
         took(&event, "clients moved").ok_or_else(|| format!("no move time: {event}"))?,
     );
-    // BFD at 100 ms x 3 against a 9 s hold time: well under the hold time.
+    // BFD at 300 ms x 3 against a 9 s hold time: well under the hold time.
     assert!(
         withdrawn < 5.0 && moved < 8.0,
         "expected BFD to move the route within seconds: {event}"

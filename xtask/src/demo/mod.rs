@@ -194,8 +194,11 @@ fn screen_loop(
                 }
             }
             for e in &mut events {
-                if !e.update(&seen, &observed).is_empty() && e.done() && terminal.is_none() {
-                    println!("event: {}", e.summary());
+                if !e.update(&seen, &observed).is_empty() && e.done() {
+                    message = format!("done: {}", e.act.describe());
+                    if terminal.is_none() {
+                        println!("event: {}", e.summary());
+                    }
                 }
             }
         }

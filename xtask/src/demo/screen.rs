@@ -79,7 +79,7 @@ fn header(m: &Model) -> Paragraph<'static> {
         Line::from(vec![
             Span::styled("edgeProxy v2 lab ", HEAD),
             Span::raw(format!(
-                "{} | up {:.0} s, world ready in {:.1} s | anycast {VIP}:{VIP_PORT} from {} POPs | state: {} | 6PN {SIXPN_PREFIX}",
+                "{} | up {:.0} s, ready in {:.1} s | anycast {VIP}:{VIP_PORT} from {} POPs | state: {} | 6PN {SIXPN_PREFIX}",
                 m.run_id,
                 m.started.elapsed().as_secs_f64(),
                 m.world_up_secs,
@@ -208,7 +208,7 @@ fn draw_pops(frame: &mut Frame, area: Rect, m: &Model) {
     ];
     let table = Table::new(rows, widths).header(Row::new(header).style(HEAD));
     let outer = block(
-        "POPs: BGP sessions with both ISPs' routers (BFD 100 ms x 3), and the routers' choice",
+        "POPs: BGP sessions with both ISPs' routers (BFD 300 ms x 3), and the routers' choice",
     );
     let inner = outer.inner(area);
     frame.render_widget(outer, area);
@@ -304,7 +304,7 @@ fn clients_table(m: &Model) -> Table<'static> {
         Constraint::Length(8),
         Constraint::Length(15),
         Constraint::Length(7),
-        Constraint::Length(40),
+        Constraint::Length(34),
         Constraint::Min(10),
     ];
     Table::new(rows, widths)
@@ -433,14 +433,7 @@ fn mesh_table(m: &Model) -> Table<'static> {
                     .reduce(f64::max)
                     .map_or_else(|| "-".to_owned(), age);
                 cells.extend([
-                    Cell::from(
-                        s["implementation"]
-                            .as_str()
-                            .unwrap_or("?")
-                            .chars()
-                            .take(24)
-                            .collect::<String>(),
-                    ),
+                    Cell::from(implementation(s["implementation"].as_str().unwrap_or("?"))),
                     Cell::from(Span::styled(
                         format!("{} peers, {fresh} live", peers.len()),
                         style,
@@ -458,9 +451,9 @@ fn mesh_table(m: &Model) -> Table<'static> {
         Constraint::Length(5),
         Constraint::Length(7),
         Constraint::Length(28),
-        Constraint::Length(25),
+        Constraint::Length(22),
         Constraint::Length(16),
-        Constraint::Length(16),
+        Constraint::Length(18),
         Constraint::Min(20),
     ];
     Table::new(rows, widths)
@@ -480,6 +473,15 @@ fn mesh_table(m: &Model) -> Table<'static> {
         .block(block(
             "6PN mesh: WireGuard peers the agents keep from the pops rows",
         ))
+}
+
+/// The WireGuard in use, short: the agent says why at length (`edge-agent wg show`).
+fn implementation(text: &str) -> String {
+    if text.contains("wireguard-go") {
+        "userspace wireguard-go".to_owned()
+    } else {
+        text.split(" (").next().unwrap_or(text).to_owned()
+    }
 }
 
 fn kib(bytes: u64) -> String {
