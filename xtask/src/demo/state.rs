@@ -15,6 +15,9 @@ const SCHEMA: &str = include_str!("../../../edge-agent/schema/edgeproxy.sql");
 
 pub fn init(db: &Path) -> anyhow::Result<()> {
     let conn = Connection::open(db).with_context(|| format!("creating {}", db.display()))?;
+    // The agents' journal mode (WAL: their readers and writers never block each other), set
+    // while no agent has the file open.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.execute_batch(SCHEMA)
         .context("applying edge-agent/schema/edgeproxy.sql")?;
     let now = unix_now();

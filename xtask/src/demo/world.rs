@@ -134,11 +134,18 @@ impl World {
             std::fs::write(&config, agent_config(&world.lab, i, &world.db, &geo))
                 .with_context(|| format!("writing {}", config.display()))?;
         }
-        // Hosts and POPs start together; each is waited for after.
+        // The first POP's agent alone, then the others together: agents opening a fresh state
+        // file at the same moment can fail with "database is locked" while one of them brings
+        // the schema up (seen here once in four starts), so one does it first.
         let mut pending = Vec::new();
         for (i, m) in members().iter().enumerate() {
             let role = if m.pop { "run" } else { "host" };
-            pending.push((i, world.spawn_agent(m.ns, role)?));
+            let p = world.spawn_agent(m.ns, role)?;
+            if i == 0 {
+                p.wait_for_output("edge-agent ready", Duration::from_secs(60))
+                    .with_context(|| format!("the agent of {} did not start", m.ns))?;
+            }
+            pending.push((i, p));
         }
         for (i, p) in pending {
             let m = &members()[i];
