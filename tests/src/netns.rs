@@ -114,6 +114,35 @@ impl NetNs {
         })
     }
 
+    /// Starts a detached thread that enters this namespace and runs `f`, for work that lives
+    /// as long as the lab (the demo's client probes). Its sockets stay in this namespace; the
+    /// thread ends when `f` returns, and `f` must return once the namespace is going away.
+    pub fn spawn_thread(
+        &self,
+        name: &str,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<()>> {
+        let file = File::open(&self.path).map_err(|e| LabError::io_path("open", &self.path, e))?;
+        let path = self.path.clone();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                // SAFETY: `file` is an open nsfs descriptor; setns(2) changes only this
+                // thread's network namespace.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    eprintln!(
+                        "edge_lab: setns {}: {}",
+                        path.display(),
+                        std::io::Error::last_os_error()
+                    );
+                    return;
+                }
+                drop(file);
+                f();
+            })
+            .map_err(|e| LabError::io_path("spawn a thread for", &self.path, e))
+    }
+
     /// Processes currently inside (zombies excluded).
     pub fn pids(&self) -> Vec<i32> {
         NsId::of(&self.path).map(pids_in_netns).unwrap_or_default()

@@ -21,8 +21,9 @@ struct Cli {
 enum Command {
     /// Install everything the build and the lab need (idempotent; `run` and `test` call it).
     Setup,
-    /// Without arguments: a self-contained lab showing live data-plane counters until Ctrl-C.
-    /// With arguments after `--`: run `edge-agent run <args>` on this host.
+    /// Without arguments: the v2 edge in one lab (two POPs in anycast, the 6PN mesh, shared
+    /// state, health, DNS) on one screen, with keys that break and restore it (docs/demo.md);
+    /// `q` or Ctrl-C removes it. With arguments after `--`: run `edge-agent run <args>` here.
     Run {
         /// Skip `setup` and the build (the test suite uses this after doing both).
         #[arg(long, hide = true)]
@@ -42,7 +43,7 @@ enum Command {
     },
     /// End-to-end benchmark: plain routing, nftables DNAT, HAProxy, a tokio proxy and edgeProxy
     /// in the same lab, one after the other; prints a table of ratios to plain routing and
-    /// writes it to target/bench/e2e.json.
+    /// writes it to target/bench/e2e.json, with a chart of it in target/bench/e2e.svg.
     Bench(bench::BenchArgs),
     /// Build the agent's container image with podman (`localhost/edge-agent:dev`).
     Container {

@@ -15,6 +15,7 @@
 //! every second, [`health`]) and `overlay` (throughput over the 6PN and through the data plane
 //! over it, beside plain WireGuard, [`overlay`]).
 
+mod chart;
 mod flood;
 mod health;
 mod lab;
@@ -64,6 +65,10 @@ pub struct BenchArgs {
     /// flood (new connections per second during a spoofed SYN flood, beside none).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
+    /// Measure nothing: draw the chart (target/bench/e2e.svg) of the last run's
+    /// target/bench/e2e.json again.
+    #[arg(long)]
+    chart_only: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +203,17 @@ impl ModeResult {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.chart_only {
+        let path = shell::workspace_root().join("target/bench/e2e.json");
+        let doc: Value = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?;
+        let svg = path.with_extension("svg");
+        chart::write_svg(&doc, &svg)?;
+        println!("written to {}", svg.display());
+        return Ok(());
+    }
     let modes: Vec<Mode> = if args.modes.is_empty() {
         Mode::ALL.to_vec()
     } else {
@@ -288,7 +304,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         print!("{}", render_table(&results, args.seconds, args.rounds));
         let path = shell::workspace_root().join("target/bench/e2e.json");
         write_json(&path, &results, args.seconds, args.rounds, elapsed)?;
-        println!("\nwritten to {}", path.display());
+        let svg = path.with_extension("svg");
+        chart::write_svg(&to_json(&results, args.seconds, args.rounds, elapsed), &svg)?;
+        println!("\nwritten to {} and {}", path.display(), svg.display());
     }
 
     let mut problems = Vec::new();
