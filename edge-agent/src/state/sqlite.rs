@@ -57,7 +57,32 @@ pub struct SqliteState {
     inner: Mutex<Inner>,
 }
 
+/// [`open_conn_once`], again while another process holds a lock it cannot wait for: agents
+/// starting together on one fresh file all switch it to WAL and create the schema, and SQLite
+/// answers those with `SQLITE_BUSY` at once, without its busy handler, rather than risk a
+/// deadlock.
 fn open_conn(path: &Path) -> Result<Connection, StateError> {
+    let started = std::time::Instant::now();
+    loop {
+        match open_conn_once(path) {
+            Err(StateError::Sqlite { source, .. })
+                if is_busy(&source) && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(20 + fastrand::u64(..30)));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn open_conn_once(path: &Path) -> Result<Connection, StateError> {
     let sqlite = |source| StateError::Sqlite {
         path: path.to_owned(),
         source,
