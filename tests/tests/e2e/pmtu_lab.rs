@@ -174,6 +174,21 @@ fn both(lab: &Lab, mode: &str, timeout_ms: u32) -> Result<[(u64, bool); 2], Stri
 }
 
 /// The route MTU `ns`'s kernel holds towards `dst` (a learned path MTU shows as `mtu N`).
+/// A 1 MiB transfer (`mode`) through `target` completes, and namespace `ns` then has path MTU
+/// `mtu` towards `dst`: what the translated error taught it.
+fn arrives_and_teaches(
+    lab: &Lab,
+    mode: &str,
+    target: &str,
+    (ns, dst, mtu): (&str, &str, u32),
+    what: &str,
+) -> TestResult {
+    let (bytes, complete) = transfer(lab, mode, target, 10_000)?;
+    assert!(complete, "{target}: {bytes} of 1 MiB arrived");
+    assert_eq!(route_mtu(lab, ns, dst)?, Some(mtu), "{what}");
+    Ok(())
+}
+
 fn route_mtu(lab: &Lab, ns: &str, dst: &str) -> Result<Option<u32>, Box<dyn std::error::Error>> {
     let out = lab.ns(ns).exec_ok(&["ip", "route", "get", dst])?;
     let mut words = out.stdout.split_whitespace();
@@ -222,24 +237,20 @@ fn client_side(name: &str, hook: &str) -> TestResult {
     );
     block_errors(&lab, "router", false)?;
 
-    let (bytes, complete) = transfer(&lab, "get", &format!("{VIP4}:7"), 10_000)?;
-    assert!(
-        complete,
-        "IPv4: {bytes} of 1 MiB arrived\nagent:\n{}",
-        agent.output_so_far()
-    );
-    assert_eq!(
-        route_mtu(&lab, "be1", OVERLAY)?,
-        Some(1420),
-        "the backend learned the IPv4 path's 1400 bytes plus NAT64's 20"
-    );
-    let (bytes, complete) = transfer(&lab, "get", &format!("[{VIP6}]:7"), 10_000)?;
-    assert!(complete, "IPv6: {bytes} of 1 MiB arrived");
-    assert_eq!(
-        route_mtu(&lab, "be1", OVERLAY)?,
-        Some(1280),
-        "and the IPv6 path's 1280"
-    );
+    arrives_and_teaches(
+        &lab,
+        "get",
+        &format!("{VIP4}:7"),
+        ("be1", OVERLAY, 1420),
+        "the backend learned the IPv4 path's 1400 bytes plus NAT64's 20",
+    )?;
+    arrives_and_teaches(
+        &lab,
+        "get",
+        &format!("[{VIP6}]:7"),
+        ("be1", OVERLAY, 1280),
+        "and the IPv6 path's 1280",
+    )?;
     let drops = drops(&lab)?;
     eprintln!("{hook}: stalled without errors {stalled:?}; drops {drops}");
     assert!(
@@ -285,24 +296,20 @@ fn overlay_path_mtu_reaches_the_client_translated() -> TestResult {
     );
     block_errors(&lab, "hub", false)?;
 
-    let (bytes, complete) = transfer(&lab, "put", &format!("{VIP4}:7"), 10_000)?;
-    assert!(
-        complete,
-        "IPv4: {bytes} of 1 MiB arrived\nagent:\n{}",
-        agent.output_so_far()
-    );
-    assert_eq!(
-        route_mtu(&lab, "client", VIP4)?,
-        Some(1260),
-        "the IPv4 client learned the overlay's 1280 less NAT46's 20"
-    );
-    let (bytes, complete) = transfer(&lab, "put", &format!("[{VIP6}]:7"), 10_000)?;
-    assert!(complete, "IPv6: {bytes} of 1 MiB arrived");
-    assert_eq!(
-        route_mtu(&lab, "client", VIP6)?,
-        Some(1280),
-        "the IPv6 client, 1280"
-    );
+    arrives_and_teaches(
+        &lab,
+        "put",
+        &format!("{VIP4}:7"),
+        ("client", VIP4, 1260),
+        "the IPv4 client learned the overlay's 1280 less NAT46's 20",
+    )?;
+    arrives_and_teaches(
+        &lab,
+        "put",
+        &format!("[{VIP6}]:7"),
+        ("client", VIP6, 1280),
+        "the IPv6 client, 1280",
+    )?;
     let drops = drops(&lab)?;
     eprintln!("overlay: stalled without errors {stalled:?}; drops {drops}");
     assert!(
@@ -415,24 +422,20 @@ fn overlay_path_mtu_reaches_the_client_through_wireguard() -> TestResult {
         &["--reset"],
     )?;
 
-    let (bytes, complete) = transfer(&lab, "put", &format!("{VIP4}:7"), 10_000)?;
-    assert!(
-        complete,
-        "IPv4: {bytes} of 1 MiB arrived\nagent:\n{}",
-        agent.output_so_far()
-    );
-    assert_eq!(
-        route_mtu(&lab, "client", VIP4)?,
-        Some(1260),
-        "the IPv4 client learned 1280 - 20"
-    );
-    let (bytes, complete) = transfer(&lab, "put", &format!("[{VIP6}]:7"), 10_000)?;
-    assert!(complete, "IPv6: {bytes} of 1 MiB arrived");
-    assert_eq!(
-        route_mtu(&lab, "client", VIP6)?,
-        Some(1280),
-        "the IPv6 client, 1280"
-    );
+    arrives_and_teaches(
+        &lab,
+        "put",
+        &format!("{VIP4}:7"),
+        ("client", VIP4, 1260),
+        "the IPv4 client learned 1280 - 20",
+    )?;
+    arrives_and_teaches(
+        &lab,
+        "put",
+        &format!("[{VIP6}]:7"),
+        ("client", VIP6, 1280),
+        "the IPv6 client, 1280",
+    )?;
     let drops = drops(&lab)?;
     eprintln!("wireguard: drops {drops}");
     assert!(
