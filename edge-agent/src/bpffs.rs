@@ -86,6 +86,14 @@ impl PinDir {
         self.maps().join(name)
     }
 
+    /// The pinned map `name`, for the CLI commands that read the running data plane.
+    pub fn open_map(&self, name: &str) -> anyhow::Result<aya::maps::MapData> {
+        let path = self.map(name);
+        aya::maps::MapData::from_pin(&path).map_err(|e| {
+            anyhow::anyhow!("opening {}: {e}; is the data plane loaded?", path.display())
+        })
+    }
+
     pub fn progs(&self) -> PathBuf {
         self.root.join("progs")
     }

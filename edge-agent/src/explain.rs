@@ -38,23 +38,17 @@ pub struct Explanation {
     pub picked: Option<String>,
 }
 
-fn open(pins: &PinDir, name: &'static str) -> anyhow::Result<MapData> {
-    let path = pins.map(name);
-    MapData::from_pin(&path)
-        .with_context(|| format!("opening {}; is the data plane loaded?", path.display()))
-}
-
 /// The geo value the tries give `addr` (a longest-prefix lookup, as the kernel's).
 fn classify(pins: &PinDir, addr: IpAddr) -> anyhow::Result<Option<GeoValue>> {
     Ok(match addr {
         IpAddr::V4(v4) => {
             let trie: LpmTrie<MapData, [u8; 4], GeoValue> =
-                LpmTrie::try_from(Map::LpmTrie(open(pins, names::GEO_V4)?))?;
+                LpmTrie::try_from(Map::LpmTrie(pins.open_map(names::GEO_V4)?))?;
             trie.get(&Key::new(32, v4.octets()), 0).ok()
         }
         IpAddr::V6(v6) => {
             let trie: LpmTrie<MapData, [u8; 16], GeoValue> =
-                LpmTrie::try_from(Map::LpmTrie(open(pins, names::GEO_V6)?))?;
+                LpmTrie::try_from(Map::LpmTrie(pins.open_map(names::GEO_V6)?))?;
             trie.get(&Key::new(128, v6.octets()), 0).ok()
         }
     })
@@ -80,12 +74,12 @@ pub fn explain(
     let country = geo.and_then(|g| std::str::from_utf8(&g.country).ok().map(str::to_owned));
 
     let services: HashMap<MapData, ServiceKey, ServiceValue> =
-        HashMap::try_from(Map::HashMap(open(pins, names::SERVICES)?))?;
+        HashMap::try_from(Map::HashMap(pins.open_map(names::SERVICES)?))?;
     let service = services
         .get(&service_key(vip.ip(), vip.port()), 0)
         .with_context(|| format!("no service on {vip} in the kernel"))?;
     let backends: Array<MapData, BackendValue> =
-        Array::try_from(Map::Array(open(pins, names::BACKENDS)?))?;
+        Array::try_from(Map::Array(pins.open_map(names::BACKENDS)?))?;
     let name = |id: u32| -> String {
         match backends.get(&id, 0) {
             Ok(b) if b.flags != 0 => {
@@ -95,7 +89,7 @@ pub fn explain(
         }
     };
     let affinity: HashMap<MapData, AffinityKey, AffinityValue> =
-        HashMap::try_from(Map::LruHashMap(open(pins, names::AFFINITY)?))?;
+        HashMap::try_from(Map::LruHashMap(pins.open_map(names::AFFINITY)?))?;
     let bound_to = affinity
         .get(
             &AffinityKey {
@@ -108,12 +102,12 @@ pub fn explain(
         .map(|v| name(v.backend_id));
 
     let pop: Array<MapData, PopConfig> =
-        Array::try_from(Map::Array(open(pins, names::POP_CONFIG)?))?;
+        Array::try_from(Map::Array(pins.open_map(names::POP_CONFIG)?))?;
     let ring_size = pop.get(&0, 0)?.ring_size.max(1);
     let pointers: Array<MapData, u32> =
-        Array::try_from(Map::Array(open(pins, names::SERVICE_RINGS)?))?;
+        Array::try_from(Map::Array(pins.open_map(names::SERVICE_RINGS)?))?;
     let ring = pointers.get(&(service.service_id * GEO_CLASSES + u32::from(class)), 0)?;
-    let rings: Array<MapData, u32> = Array::try_from(Map::Array(open(pins, names::MAGLEV)?))?;
+    let rings: Array<MapData, u32> = Array::try_from(Map::Array(pins.open_map(names::MAGLEV)?))?;
     let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
     for slot in 0..ring_size {
         let id = rings.get(&(ring * ring_size + slot), 0)?;

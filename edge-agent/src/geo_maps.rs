@@ -103,23 +103,17 @@ pub fn adopt(ebpf: &mut Ebpf) -> Result<(Written, GeoClasses), GeoMapsError> {
 /// The classes the pinned tries under `pins` hold, read without loading the programs (for the
 /// CLI).
 pub fn pinned_classes(pins: &crate::bpffs::PinDir) -> anyhow::Result<GeoClasses> {
-    let mut pairs = Vec::new();
-    for name in [names::GEO_V4, names::GEO_V6] {
-        let path = pins.map(name);
-        let data = MapData::from_pin(&path).map_err(|e| {
-            anyhow::anyhow!("opening {}: {e}; is the data plane loaded?", path.display())
-        })?;
-        if name == names::GEO_V4 {
-            let trie: LpmTrie<MapData, [u8; 4], GeoValue> =
-                LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
-            pairs.extend(trie.iter().filter_map(Result::ok).map(|(_, v)| v));
-        } else {
-            let trie: LpmTrie<MapData, [u8; 16], GeoValue> =
-                LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
-            pairs.extend(trie.iter().filter_map(Result::ok).map(|(_, v)| v));
-        }
-    }
-    Ok(GeoClasses::adopted(class_pairs(pairs.iter())))
+    let v4: LpmTrie<MapData, [u8; 4], GeoValue> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(pins.open_map(names::GEO_V4)?))?;
+    let v6: LpmTrie<MapData, [u8; 16], GeoValue> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(pins.open_map(names::GEO_V6)?))?;
+    let values: Vec<GeoValue> = v4
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(_, v)| v)
+        .chain(v6.iter().filter_map(Result::ok).map(|(_, v)| v))
+        .collect();
+    Ok(GeoClasses::adopted(class_pairs(values.iter())))
 }
 
 /// The distinct (class, country) pairs of trie values.
@@ -163,7 +157,7 @@ pub fn write(
         db.v4_prefixes()
             .map(|(net, c)| (net, value(classes, c).class)),
     );
-    write_slash24(ebpf, &table)?;
+    write_changed(ebpf, names::GEO_V4_SLASH24, &table)?;
     let v6 = db
         .v6_prefixes()
         .map(|(net, c)| (net, net.key(), value(classes, c)));
@@ -293,21 +287,13 @@ pub fn v6_directory_lines(
 }
 
 /// Makes the directory map `name` (of `lines` lines) hold `entries`: only the lines that
-/// differ from what the kernel's map holds are written (read back, as for the /24 table).
+/// differ from what the kernel's map holds are written.
 fn write_directory(
     ebpf: &mut Ebpf,
     name: &'static str,
     lines: u32,
     entries: &HashMap<u64, u8>,
 ) -> Result<(), GeoMapsError> {
-    let map = match ebpf
-        .map_mut(name)
-        .ok_or(GeoMapsError::MissingMap { name })?
-    {
-        aya::maps::Map::Array(data) => data,
-        _ => return Err(GeoMapsError::MissingMap { name }),
-    };
-    let err = |source| GeoMapsError::Map { name, source };
     let (table, full) = v6_directory_lines(entries, lines);
     if full > 0 {
         tracing::warn!(
@@ -317,17 +303,7 @@ fn write_directory(
             "IPv6 geo directory lines are full: their other prefixes are looked up in the trie"
         );
     }
-    let mut changed: Vec<(u32, [u64; V6_DIR_SLOTS])> = Vec::new();
-    crate::map_batch::for_each::<u32, [u64; V6_DIR_SLOTS]>(map, |&index, line| {
-        if let Some(new) = table.get(index as usize) {
-            if new != line {
-                changed.push((index, *new));
-            }
-        }
-    })
-    .map_err(err)?;
-    let (indexes, values): (Vec<u32>, Vec<[u64; V6_DIR_SLOTS]>) = changed.into_iter().unzip();
-    crate::map_batch::update_array(map, &indexes, &values).map_err(err)
+    write_changed(ebpf, name, &table)
 }
 
 /// The prefixes in a trie with their values (keys that do not make a prefix are skipped: they
@@ -381,11 +357,14 @@ pub fn slash24_class(table: &[u64], addr: Ipv4Addr) -> Option<u8> {
     Some((table.get(word as usize)? >> shift) as u8)
 }
 
-/// Writes the words of `table` that differ from what the kernel's table holds (read back
-/// rather than remembered: the pinned table may be a previous agent's, and a copy would cost
-/// the agent 16 MiB).
-fn write_slash24(ebpf: &mut Ebpf, table: &[u64]) -> Result<(), GeoMapsError> {
-    let name = names::GEO_V4_SLASH24;
+/// Writes the entries of the array map `name` that differ from `table` (read back rather than
+/// remembered: the pinned map may be a previous agent's, and a copy would cost the agent as much
+/// memory as the map).
+fn write_changed<V: aya::Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    table: &[V],
+) -> Result<(), GeoMapsError> {
     let map = match ebpf
         .map_mut(name)
         .ok_or(GeoMapsError::MissingMap { name })?
@@ -394,17 +373,17 @@ fn write_slash24(ebpf: &mut Ebpf, table: &[u64]) -> Result<(), GeoMapsError> {
         _ => return Err(GeoMapsError::MissingMap { name }),
     };
     let err = |source| GeoMapsError::Map { name, source };
-    let mut changed: Vec<(u32, u64)> = Vec::new();
-    crate::map_batch::for_each::<u32, u64>(map, |&index, &word| {
-        if let Some(&new) = table.get(index as usize) {
-            if new != word {
-                changed.push((index, new));
+    let mut changed: Vec<(u32, V)> = Vec::new();
+    crate::map_batch::for_each::<u32, V>(map, |&index, old| {
+        if let Some(new) = table.get(index as usize) {
+            if new != old {
+                changed.push((index, *new));
             }
         }
     })
     .map_err(err)?;
-    let (indexes, words): (Vec<u32>, Vec<u64>) = changed.into_iter().unzip();
-    crate::map_batch::update_array(map, &indexes, &words).map_err(err)
+    let (indexes, values): (Vec<u32>, Vec<V>) = changed.into_iter().unzip();
+    crate::map_batch::update_array(map, &indexes, &values).map_err(err)
 }
 
 /// Writes the `entries` whose value differs from what `written` says the trie holds, then

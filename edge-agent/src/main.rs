@@ -615,11 +615,8 @@ fn list_flows(
     limit: usize,
 ) -> anyhow::Result<()> {
     let open = |name| -> anyhow::Result<aya::maps::HashMap<_, FlowKey, FlowValue>> {
-        let path = pins.map(name);
-        let data = aya::maps::MapData::from_pin(&path)
-            .with_context(|| format!("opening {}; is the data plane loaded?", path.display()))?;
         Ok(aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(
-            data,
+            pins.open_map(name)?,
         ))?)
     };
     let now = flows::monotonic_ns();

@@ -53,12 +53,6 @@ pub struct BackendReport {
 /// A Maglev table: the client countries that use it, and each backend id's share of it.
 type Table = (String, BTreeMap<u32, f64>);
 
-fn open(pins: &PinDir, name: &'static str) -> anyhow::Result<MapData> {
-    let path = pins.map(name);
-    MapData::from_pin(&path)
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}; is the data plane loaded?", path.display()))
-}
-
 /// The state the running agent last read (from the file it keeps beside its status), or with
 /// no agent running, what one would read with `config`.
 pub fn state_of(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Snapshot> {
@@ -91,7 +85,7 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
     };
 
     let kernel_backends: Array<MapData, BackendValue> =
-        Array::try_from(Map::Array(open(pins, names::BACKENDS)?))?;
+        Array::try_from(Map::Array(pins.open_map(names::BACKENDS)?))?;
     let mut id_of: BTreeMap<(Ipv6Addr, u16), (u32, bool)> = BTreeMap::new();
     for id in 0..kernel_backends.len() {
         let b = kernel_backends.get(&id, 0)?;
@@ -103,7 +97,7 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
         }
     }
     let flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
-        HashMap::try_from(Map::LruHashMap(open(pins, names::FLOWS)?))?;
+        HashMap::try_from(Map::LruHashMap(pins.open_map(names::FLOWS)?))?;
     let (sweep, _) = crate::flows::sweep(
         &flows,
         crate::flows::Table::Established,
@@ -114,12 +108,12 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
 
     // Each service's distinct tables, the classes pointing at them, and their backend counts.
     let services: HashMap<MapData, ServiceKey, ServiceValue> =
-        HashMap::try_from(Map::HashMap(open(pins, names::SERVICES)?))?;
+        HashMap::try_from(Map::HashMap(pins.open_map(names::SERVICES)?))?;
     let pointers: Array<MapData, u32> =
-        Array::try_from(Map::Array(open(pins, names::SERVICE_RINGS)?))?;
-    let rings: Array<MapData, u32> = Array::try_from(Map::Array(open(pins, names::MAGLEV)?))?;
+        Array::try_from(Map::Array(pins.open_map(names::SERVICE_RINGS)?))?;
+    let rings: Array<MapData, u32> = Array::try_from(Map::Array(pins.open_map(names::MAGLEV)?))?;
     let pop: Array<MapData, PopConfig> =
-        Array::try_from(Map::Array(open(pins, names::POP_CONFIG)?))?;
+        Array::try_from(Map::Array(pins.open_map(names::POP_CONFIG)?))?;
     let ring_size = pop.get(&0, 0)?.ring_size;
     let mut tables: BTreeMap<String, Vec<Table>> = BTreeMap::new();
     for service in &state.services {
