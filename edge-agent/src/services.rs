@@ -488,6 +488,10 @@ impl Reconciler {
                 "a set has more members than the table has room for at 100 slots each; raise maglev.table_size"
             );
         }
+        if self.free.is_empty() && self.pinned_tables.is_empty() {
+            // No ring to take over nor to write: building the table would be for nothing.
+            return Ok(None);
+        }
         let table = self.table(members)?;
         if let Some(ring) = self.pinned_tables.remove(&table) {
             self.retiring.retain(|&(r, _)| r != ring);
