@@ -394,6 +394,20 @@ fn bird_routes_clients_to_a_pop_that_can_serve_them() -> TestResult {
 
 /// Brings up `topology` with BIRD in `router` (its config from `conf`), runs `scenario`, and
 /// tears everything down (with BIRD's log printed on failure).
+/// BIRD in namespace `ns` with config `conf` (written to the lab's log directory), and its
+/// control socket (for `birdc -s`), which the caller removes.
+pub(super) fn spawn_bird(lab: &Lab, ns: &str, conf: &str) -> Result<(LabProcess, String), Error> {
+    let conf_path = lab.log_dir().join("bird.conf");
+    std::fs::write(&conf_path, conf)?;
+    // A unix socket path has room for 107 bytes: not under the lab's log directory.
+    let socket = format!("/run/{}.bird.ctl", lab.ns(ns).name());
+    let conf_path = conf_path.to_str().ok_or("path")?;
+    let bird = lab
+        .ns(ns)
+        .spawn("bird", &["bird", "-f", "-c", conf_path, "-s", &socket], &[])?;
+    Ok((bird, socket))
+}
+
 pub(super) fn with_bird(
     topology: Topology,
     conf: fn(&Path) -> String,
@@ -401,22 +415,7 @@ pub(super) fn with_bird(
 ) -> TestResult {
     let lab = topology.up()?;
     let bird_log = lab.log_dir().join("bird.log");
-    let conf_path = lab.log_dir().join("bird.conf");
-    std::fs::write(&conf_path, conf(&bird_log))?;
-    // A unix socket path has room for 107 bytes: not under the lab's log directory.
-    let socket = format!("/run/{}.bird.ctl", lab.ns("router").name());
-    let bird = lab.ns("router").spawn(
-        "bird",
-        &[
-            "bird",
-            "-f",
-            "-c",
-            conf_path.to_str().ok_or("path")?,
-            "-s",
-            &socket,
-        ],
-        &[],
-    )?;
+    let (bird, socket) = spawn_bird(&lab, "router", &conf(&bird_log))?;
     let mut t = Bgp {
         lab,
         router: vec![bird],

@@ -288,11 +288,8 @@ next_hop_v6 = "2001:db8:99::2"
 /// BIRD in `rtr`, peering with the POP's agent (which connects) with graceful restart.
 fn start_bird(lab: &Lab) -> Result<(LabProcess, String), Error> {
     let log = lab.log_dir().join("bird.log");
-    let conf = lab.log_dir().join("bird.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"router id {ROUTER};
+    let conf = format!(
+        r#"router id {ROUTER};
 log "{}" all;
 protocol device {{ scan time 1; }}
 protocol bgp pop {{
@@ -306,16 +303,9 @@ protocol bgp pop {{
   ipv6 {{ import all; export none; }};
 }}
 "#,
-            log.display()
-        ),
-    )?;
-    // A unix socket path has room for 107 bytes: not under the lab's log directory.
-    let socket = format!("/run/{}.bird.ctl", lab.ns("rtr").name());
-    let conf = conf.to_string_lossy();
-    let bird = lab
-        .ns("rtr")
-        .spawn("bird", &["bird", "-f", "-c", &conf, "-s", &socket], &[])?;
-    Ok((bird, socket))
+        log.display()
+    );
+    super::bgp_lab::spawn_bird(lab, "rtr", &conf)
 }
 
 /// Checks a `geo-churn` summary: no failure, and every client on a backend its tier picks.
