@@ -334,11 +334,17 @@ fn connections_whose_flows_are_deleted_carry_on_on_the_same_backend() -> TestRes
         held["rechecked"], 100,
         "after their flows were deleted: {held}"
     );
+    // Each connection's flow is remade once, and once more for each candidate port a backend
+    // answered as not its own (a connection whose SYN found its first ports held walks them
+    // again): every remake past the hundredth is matched by such an answer.
     let doc = agent_json(&pins, &["status"])?;
-    assert_eq!(
-        doc["drops"]["recovered"].as_u64(),
-        Some(100),
-        "each connection's flow remade once: {}",
+    let (recovered, missed) = (
+        doc["drops"]["recovered"].as_u64().unwrap_or(0),
+        doc["drops"]["recovery_missed"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        recovered >= 100 && recovered - 100 <= missed,
+        "each connection's flow remade once, plus once per port answered as another's: {}",
         doc["drops"]
     );
     // Between the recheck's echoes the connections were established again.
