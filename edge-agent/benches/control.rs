@@ -12,14 +12,11 @@ use std::{
 
 use aya::Ebpf;
 use edge_agent::{
-    balancer::{self, GeoClasses, Inputs},
-    dataplane::{self, MapSizes},
-    geo::{write_country_mmdb, GeoDb},
-    geo_maps,
-    model::{Backend, BackendAddr, Country, Region, Service},
-    services::Reconciler,
-    state::{SqliteState, StateSource as _},
-    test_run::{lab_pop, test_run},
+    balancing::plan, balancing::plan::GeoClasses, balancing::plan::Inputs, dataplane::maps::geo,
+    dataplane::maps::services::Reconciler, dataplane::programs, dataplane::programs::MapSizes,
+    dataplane::test_run::lab_pop, dataplane::test_run::test_run, geo::write_country_mmdb,
+    geo::GeoDb, model::Backend, model::BackendAddr, model::Country, model::Region, model::Service,
+    state::SqliteState, state::StateSource as _,
 };
 use edge_common::names;
 use etherparse::PacketBuilder;
@@ -43,8 +40,8 @@ fn load() -> Result<Ebpf, Error> {
         maglev: 64 * TABLE_SIZE,
         affinity: 1 << 16,
     };
-    let mut ebpf = dataplane::load_object(None, sizes)?;
-    dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+    let mut ebpf = programs::load_object(None, sizes)?;
+    programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
     Ok(ebpf)
 }
 
@@ -75,7 +72,7 @@ fn empty(ebpf: &mut Ebpf, name: &str, lines: u32) -> Result<(), Error> {
     };
     let indexes: Vec<u32> = (0..lines).collect();
     let zero = vec![[0u64; edge_common::geo::V6_DIR_SLOTS]; lines as usize];
-    edge_agent::map_batch::update_array(data, &indexes, &zero)?;
+    edge_agent::dataplane::batch::update_array(data, &indexes, &zero)?;
     Ok(())
 }
 
@@ -146,7 +143,7 @@ fn state_latency(dir: &std::path::Path) -> Result<(Duration, Duration, Duration)
             health: &HashMap::new(),
             now_unix: 0,
         };
-        let plan = balancer::plan(&snapshot, &inputs, &|_| None);
+        let plan = plan::plan(&snapshot, &inputs, &|_| None);
         reconciler.apply(ebpf, &pop, &plan)?;
         Ok(())
     };
@@ -212,7 +209,7 @@ fn main() -> Result<(), Error> {
     let mut ebpf = load()?;
     let classes = GeoClasses::new(db.countries());
     let started = Instant::now();
-    geo_maps::write(&mut ebpf, &db, &classes, &mut geo_maps::Written::default())?;
+    geo::write(&mut ebpf, &db, &classes, &mut geo::Written::default())?;
     let compile = started.elapsed();
     let memory = memlock(
         &ebpf,
@@ -282,7 +279,7 @@ fn main() -> Result<(), Error> {
     reconciler.apply(
         &mut ebpf,
         &lab_pop(),
-        &balancer::plan(&state, &inputs, &|_| None),
+        &plan::plan(&state, &inputs, &|_| None),
     )?;
     let n = 20_000u32;
     let mut syn_total = 0u64;
@@ -301,7 +298,7 @@ fn main() -> Result<(), Error> {
             .tcp(40000, 80, 1, 64240)
             .syn()
             .write(&mut syn6, &[])?;
-        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let program = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         syn6_total += u64::from(test_run(program.fd()?, &syn6, 1)?.duration_ns);
         // IPv4 clients spread over the database's /24s the same way: the /24 table's cache
         // misses as the IPv6 directories' (the clients below stay within a few hundred KiB of
@@ -319,7 +316,7 @@ fn main() -> Result<(), Error> {
             .tcp(40000, 80, 1, 64240)
             .syn()
             .write(&mut syn4, &[])?;
-        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let program = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         spread_total += u64::from(test_run(program.fd()?, &syn4, 1)?.duration_ns);
         // Clients spread over the database's IPv4 networks.
         let client = [1 + (i % 4) as u8, (i / 250) as u8, (i % 250) as u8, 7];
@@ -335,7 +332,7 @@ fn main() -> Result<(), Error> {
             .tcp(40000, 80, 2, 64240)
             .ack(1)
             .write(&mut data, &[0; 64])?;
-        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let program = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         syn_total += u64::from(test_run(program.fd()?, &syn, 1)?.duration_ns);
         est_total += u64::from(test_run(program.fd()?, &data, 1)?.duration_ns);
     }
@@ -361,7 +358,7 @@ fn main() -> Result<(), Error> {
             .tcp(40001, 80, 1, 64240)
             .syn()
             .write(&mut syn6, &[])?;
-        let program = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let program = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         trie_total += u64::from(test_run(program.fd()?, &syn6, 1)?.duration_ns);
     }
     let trie_ns = trie_total as f64 / f64::from(n);
@@ -391,7 +388,7 @@ fn main() -> Result<(), Error> {
         let map = ebpf.map(names::DROP_STATS).ok_or("no DROP_STATS")?;
         let map: aya::maps::PerCpuArray<_, edge_common::DropStats> =
             aya::maps::PerCpuArray::try_from(map)?;
-        edge_agent::counters::sum_per_cpu(&map, 0)?
+        edge_agent::dataplane::maps::counters::sum_per_cpu(&map, 0)?
     };
     if drops.no_backend + drops.port_exhausted + drops.flow_insert > 0 {
         return Err(format!("SYNs of the measurement were refused: {drops:?}").into());

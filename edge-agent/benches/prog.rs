@@ -32,13 +32,10 @@ use aya::{
     Ebpf,
 };
 use edge_agent::{
-    agent::static_plan,
-    config::{AgentConfig, BackendConfig, ServiceConfig},
-    counters,
-    dataplane::{self, MapSizes},
-    flows::monotonic_ns,
-    services::{self, Reconciler},
-    test_run::{lab_pop, test_run},
+    agent::static_plan, config::AgentConfig, config::BackendConfig, config::ServiceConfig,
+    dataplane::maps::counters, dataplane::maps::flows::monotonic_ns, dataplane::maps::services,
+    dataplane::maps::services::Reconciler, dataplane::programs, dataplane::programs::MapSizes,
+    dataplane::test_run::lab_pop, dataplane::test_run::test_run,
 };
 use edge_common::{names, DropStats, FlowKey, FlowValue};
 use etherparse::{PacketBuilder, TcpOptionElement};
@@ -72,14 +69,14 @@ fn load_with(half_open: u32) -> Result<Ebpf, Error> {
         maglev: 2 * 8 * TABLE_SIZE,
         affinity: 1 << 16,
     };
-    let mut ebpf = dataplane::load_object(None, sizes)?;
-    dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+    let mut ebpf = programs::load_object(None, sizes)?;
+    programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
     for name in [
         names::XDP_BASELINE,
         names::XDP_FLOOR_HIT,
         names::XDP_FLOOR_INSERT,
     ] {
-        dataplane::xdp_program(&mut ebpf, name)?;
+        programs::xdp_program(&mut ebpf, name)?;
     }
     let backends: Vec<_> = (2..=4)
         .map(|i| BackendConfig {
@@ -206,10 +203,10 @@ fn key6(frame: &[u8]) -> Result<FlowKey, Error> {
 fn established6(ebpf: &mut Ebpf) -> Result<f64, Error> {
     let sport = 41000;
     let data = frame6(sport, false)?;
-    let prog = dataplane::xdp_program(ebpf, names::XDP_INGRESS)?.fd()?;
+    let prog = programs::xdp_program(ebpf, names::XDP_INGRESS)?.fd()?;
     test_run(prog, &frame6(sport, true)?, 1)?;
     establish_all(ebpf)?;
-    let prog = dataplane::xdp_program(ebpf, names::XDP_INGRESS)?.fd()?;
+    let prog = programs::xdp_program(ebpf, names::XDP_INGRESS)?.fd()?;
     let translated = test_run(prog, &data, 1)?.data_out;
     let client = key6(&data)?;
     let there = key6(&translated)?;
@@ -329,7 +326,7 @@ fn floor_insert(ebpf: &mut Ebpf) -> Result<f64, Error> {
 /// Mean ns per run of `program` on `frame`, repeated in-kernel (only for frames it leaves as
 /// they are).
 fn repeated(ebpf: &mut Ebpf, program: &'static str, frame: &[u8]) -> Result<f64, Error> {
-    let prog = dataplane::xdp_program(ebpf, program)?;
+    let prog = programs::xdp_program(ebpf, program)?;
     // Warm up caches.
     test_run(prog.fd()?, frame, 1000)?;
     Ok(f64::from(test_run(prog.fd()?, frame, REPEAT)?.duration_ns))
@@ -342,7 +339,7 @@ fn one_shots(
     frames: &[Vec<u8>],
     rounds: usize,
 ) -> Result<f64, Error> {
-    let prog = dataplane::xdp_program(ebpf, program)?;
+    let prog = programs::xdp_program(ebpf, program)?;
     let mut total = 0u64;
     for _ in 0..rounds {
         for frame in frames {
@@ -359,7 +356,7 @@ fn interleaved<const K: usize>(
     program: &'static str,
     kinds: &[Vec<Vec<u8>>; K],
 ) -> Result<[f64; K], Error> {
-    let prog = dataplane::xdp_program(ebpf, program)?;
+    let prog = programs::xdp_program(ebpf, program)?;
     let mut totals = [0u64; K];
     let frames = kinds.iter().map(Vec::len).min().unwrap_or(0);
     for i in 0..frames {
@@ -386,11 +383,11 @@ fn flood(tc: bool) -> Result<(f64, f64), Error> {
         .collect::<Result<_, _>>()?;
     let (filling, flooding) = frames.split_at(FLOOD_TABLE as usize / 2);
     let fd = if tc {
-        dataplane::tc_program(&mut ebpf, names::TC_FORWARD)?
+        programs::tc_program(&mut ebpf, names::TC_FORWARD)?
             .fd()?
             .try_clone()?
     } else {
-        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?
+        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?
             .fd()?
             .try_clone()?
     };

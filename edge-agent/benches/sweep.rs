@@ -12,10 +12,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _};
 use edge_agent::{
-    config::FlowConfig,
-    dataplane::{self, MapSizes},
-    flows::{self, Sweep},
-    map_batch,
+    config::FlowConfig, dataplane::batch, dataplane::maps::flows, dataplane::maps::flows::Sweep,
+    dataplane::programs, dataplane::programs::MapSizes,
 };
 use edge_common::{
     flow::{FLOW_REVERSE, TCP_ACK, TCP_SYN},
@@ -71,7 +69,7 @@ fn main() -> Result<(), Error> {
         flows: 1 << 20,
         ..MapSizes::default()
     };
-    let mut ebpf = dataplane::load_object(None, sizes)?;
+    let mut ebpf = programs::load_object(None, sizes)?;
     let mut table: BpfHashMap<_, FlowKey, FlowValue> =
         BpfHashMap::try_from(ebpf.map_mut(names::FLOWS).ok_or("no FLOWS")?)?;
     let overlay = [0xfd, 0, 0, 0xee, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -112,8 +110,7 @@ fn main() -> Result<(), Error> {
     }
     let fill_s = filled.elapsed().as_secs_f64();
     let config = FlowConfig::default();
-    let (copy_ms, copy_mb) =
-        measured(|| Ok(map_batch::entries::<FlowKey, FlowValue>(table.map())?))?;
+    let (copy_ms, copy_mb) = measured(|| Ok(batch::entries::<FlowKey, FlowValue>(table.map())?))?;
     let mut report = None;
     let (sweep_ms, sweep_mb) = measured(|| {
         let (r, listing) = flows::sweep(

@@ -10,12 +10,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    bpffs,
-    dns::DnsConfig,
-    health::{CheckSpec, HealthConfig},
-    metrics::MetricsConfig,
-    model::{Backend, BackendAddr, Country, Region, RejectedRow, Service, Snapshot},
-    register::RegisterConfig,
+    dataplane::pins, dns::DnsConfig, health::CheckSpec, health::HealthConfig,
+    metrics::MetricsConfig, model::Backend, model::BackendAddr, model::Country, model::Region,
+    model::RejectedRow, model::Service, model::Snapshot, register::RegisterConfig,
     state::corrosion::CorrosionConfig,
 };
 
@@ -205,7 +202,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             iface: None,
-            bpffs_root: PathBuf::from(bpffs::DEFAULT_ROOT),
+            bpffs_root: PathBuf::from(pins::DEFAULT_ROOT),
             xdp_mode: XdpMode::Auto,
             forward_hook: ForwardHook::Auto,
             stats_log_secs: 10,

@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex};
 use prometheus::{Encoder as _, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use serde::{Deserialize, Serialize};
 
-use crate::{bpffs::PinDir, counters};
+use crate::{dataplane::maps::counters, dataplane::pins::PinDir};
 
 /// The `[metrics]` section of the agent's config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -427,7 +427,7 @@ pub fn render(pins: &PinDir, view: &Mutex<AgentView>) -> prometheus::Result<Stri
         &[],
         vec![(vec![], view.rejected_rows)],
     )?;
-    let (sent, failed) = crate::backend_reset::totals();
+    let (sent, failed) = crate::dataplane::backend_reset::totals();
     out.counters(
         "edgeproxy_drain_resets_total",
         "RSTs the agent sent to backends for connections it ended (drain timeout), by result",
@@ -521,7 +521,7 @@ fn listeners(out: &Scrape) -> prometheus::Result<()> {
         "edgeproxy_log_lines_suppressed_total",
         "Warning and error lines not logged because the same line came too often",
         &[],
-        vec![(vec![], crate::log_limit::suppressed_total())],
+        vec![(vec![], crate::process::log_limit::suppressed_total())],
     )?;
     out.gauges(
         "edgeproxy_process_open_fds",

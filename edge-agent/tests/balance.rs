@@ -9,11 +9,11 @@ use aya::{
     Ebpf,
 };
 use edge_agent::{
-    balancer::{self, GeoClasses, Inputs},
-    dataplane::{self, MapSizes},
-    model::{Backend, BackendAddr, Region, Service, Snapshot},
-    services::{PopSettings, Reconciler},
-    test_run::{lab_pop, test_run},
+    balancing::plan, balancing::plan::GeoClasses, balancing::plan::Inputs,
+    dataplane::maps::services::PopSettings, dataplane::maps::services::Reconciler,
+    dataplane::programs, dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
+    dataplane::test_run::test_run, model::Backend, model::BackendAddr, model::Region,
+    model::Service, model::Snapshot,
 };
 use edge_common::{names, FlowKey, FlowValue};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
@@ -60,8 +60,8 @@ impl Lb {
             maglev: 64 * TABLE_SIZE,
             affinity: 1024,
         };
-        let mut ebpf = dataplane::load_object(None, sizes)?;
-        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let mut ebpf = programs::load_object(None, sizes)?;
+        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         let reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
         Ok(Lb {
             ebpf,
@@ -102,7 +102,7 @@ impl Lb {
             health: &HashMap::new(),
             now_unix: 0,
         };
-        let plan = balancer::plan(&state, &inputs, &|_| None);
+        let plan = plan::plan(&state, &inputs, &|_| None);
         let pop = PopSettings {
             affinity_ttl: self.affinity_ttl,
             ..lab_pop()
@@ -130,7 +130,7 @@ impl Lb {
             .tcp(port, 80, 1, 64240)
             .syn()
             .write(&mut frame, &[])?;
-        let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
+        let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
         let out = test_run(program.fd()?, &frame, 1)?;
         let packet = SlicedPacket::from_ethernet(&out.data_out)?;
         let Some(NetSlice::Ipv6(ip)) = packet.net else {
@@ -306,7 +306,7 @@ fn a_drain_timeout_ends_the_drained_backends_flows() -> TestResult {
         .ok_or("no flow to a")?;
     let map = lb.ebpf.map_mut(names::HALF_OPEN).ok_or("no HALF_OPEN")?;
     let flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
-    let removed = edge_agent::flows::remove_backend_flows(&flows, &[a_id].into())?;
+    let removed = edge_agent::dataplane::maps::flows::remove_backend_flows(&flows, &[a_id].into())?;
     assert_eq!(
         removed,
         2 * to_a,
@@ -330,16 +330,16 @@ fn expired_bindings_are_swept() -> TestResult {
         edge_common::geo::AffinityKey,
         edge_common::geo::AffinityValue,
     > = BpfHashMap::try_from(map)?;
-    let now = edge_agent::flows::monotonic_ns();
+    let now = edge_agent::dataplane::maps::flows::monotonic_ns();
     let ttl = Duration::from_secs(600);
     assert_eq!(
-        edge_agent::flows::expire_bindings(&bindings, ttl, now)?,
+        edge_agent::dataplane::maps::flows::expire_bindings(&bindings, ttl, now)?,
         0,
         "all fresh"
     );
     let later = now + 601 * 1_000_000_000;
     assert_eq!(
-        edge_agent::flows::expire_bindings(&bindings, ttl, later)?,
+        edge_agent::dataplane::maps::flows::expire_bindings(&bindings, ttl, later)?,
         50,
         "all past the TTL"
     );

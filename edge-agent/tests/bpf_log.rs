@@ -11,11 +11,10 @@ use std::{
 use aya::Ebpf;
 use aya_log::EbpfLogger;
 use edge_agent::{
-    agent::static_plan,
-    config::{AgentConfig, BackendConfig, ServiceConfig},
-    dataplane::{self, MapSizes},
-    services::{PopSettings, Reconciler},
-    test_run::{lab_pop, test_run},
+    agent::static_plan, config::AgentConfig, config::BackendConfig, config::ServiceConfig,
+    dataplane::maps::services::PopSettings, dataplane::maps::services::Reconciler,
+    dataplane::programs, dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
+    dataplane::test_run::test_run,
 };
 use edge_common::names;
 use etherparse::PacketBuilder;
@@ -56,9 +55,9 @@ fn load(debug_log: bool) -> Result<Ebpf, Error> {
         maglev: 2 * 8 * TABLE_SIZE,
         affinity: 1024,
     };
-    let mut ebpf = dataplane::load_object_with(None, sizes, debug_log)?;
-    dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-    dataplane::tc_program(&mut ebpf, names::TC_REPLY)?;
+    let mut ebpf = programs::load_object_with(None, sizes, debug_log)?;
+    programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+    programs::tc_program(&mut ebpf, names::TC_REPLY)?;
     let pop = PopSettings {
         overlay_addr: OVERLAY,
         port_max: 32_767,
@@ -129,7 +128,7 @@ fn run(debug_log: bool) -> Result<(Vec<String>, [u32; 2]), Error> {
     let mut ebpf = load(debug_log)?;
     let capture = Capture::default();
     let mut logger = EbpfLogger::init_with_logger(&mut ebpf, capture.clone())?;
-    let xdp = dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+    let xdp = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
     let xdp_size = xdp.info()?.size_translated().ok_or("no translated size")?;
     let frames = [
         // A new flow, then its second segment: an established flow writes nothing.
@@ -145,7 +144,7 @@ fn run(debug_log: bool) -> Result<(Vec<String>, [u32; 2]), Error> {
     for frame in frames {
         test_run(xdp.fd()?, &frame, 1)?;
     }
-    let tc = dataplane::tc_program(&mut ebpf, names::TC_REPLY)?;
+    let tc = programs::tc_program(&mut ebpf, names::TC_REPLY)?;
     let tc_size = tc.info()?.size_translated().ok_or("no translated size")?;
     test_run(tc.fd()?, &stray_reply()?, 1)?;
     logger.flush();

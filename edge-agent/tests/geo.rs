@@ -14,15 +14,11 @@ use std::{
 use aya::maps::{lpm_trie::LpmTrie, Array, HashMap as BpfHashMap};
 use aya::Ebpf;
 use edge_agent::{
-    balancer::{self, GeoClasses, Inputs},
-    config::FlowConfig,
-    dataplane::{self, MapSizes},
-    flows,
-    geo::{write_country_mmdb, GeoDb},
-    geo_maps,
-    model::{Backend, BackendAddr, Country, Region, Service, Snapshot},
-    services::Reconciler,
-    test_run::{lab_pop, test_run},
+    balancing::plan, balancing::plan::GeoClasses, balancing::plan::Inputs, config::FlowConfig,
+    dataplane::maps::flows, dataplane::maps::geo, dataplane::maps::services::Reconciler,
+    dataplane::programs, dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
+    dataplane::test_run::test_run, geo::write_country_mmdb, geo::GeoDb, model::Backend,
+    model::BackendAddr, model::Country, model::Region, model::Service, model::Snapshot,
 };
 use edge_common::{
     geo::{V6_DIR_SLOTS, V6_DIR_USED},
@@ -80,7 +76,7 @@ type Directory = HashMap<u64, u8>;
 struct Pop {
     ebpf: Ebpf,
     reconciler: Reconciler,
-    written: geo_maps::Written,
+    written: geo::Written,
     next_port: u16,
 }
 
@@ -92,13 +88,13 @@ impl Pop {
             maglev: 16 * TABLE_SIZE,
             affinity: 1024,
         };
-        let mut ebpf = dataplane::load_object(None, sizes)?;
-        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let mut ebpf = programs::load_object(None, sizes)?;
+        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         let reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
         Ok(Pop {
             ebpf,
             reconciler,
-            written: geo_maps::Written::default(),
+            written: geo::Written::default(),
             next_port: 20000,
         })
     }
@@ -117,7 +113,7 @@ impl Pop {
     /// Loads `db` and plans two services (an IPv4 and an IPv6 VIP) for its countries.
     fn load_db(&mut self, db: &GeoDb) -> TestResult {
         let classes = GeoClasses::new(db.countries());
-        geo_maps::write(&mut self.ebpf, db, &classes, &mut self.written)?;
+        geo::write(&mut self.ebpf, db, &classes, &mut self.written)?;
         let mut services = Vec::new();
         let mut backends = Vec::new();
         for (id, vip) in [("web", IpAddr::from(VIP)), ("web6", IpAddr::from(VIP6))] {
@@ -150,7 +146,7 @@ impl Pop {
             health: &HashMap::new(),
             now_unix: 0,
         };
-        let plan = balancer::plan(&state, &inputs, &|_| None);
+        let plan = plan::plan(&state, &inputs, &|_| None);
         self.reconciler.apply(&mut self.ebpf, &lab_pop(), &plan)?;
         Ok(())
     }
@@ -164,7 +160,7 @@ impl Pop {
             .tcp(self.next_port, 80, 1, 64240)
             .syn()
             .write(&mut frame, &[])?;
-        let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
+        let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
         let out = test_run(program.fd()?, &frame, 1)?;
         let Some(NetSlice::Ipv6(ip)) = SlicedPacket::from_ethernet(&out.data_out)?.net else {
             return Err(
@@ -183,7 +179,7 @@ impl Pop {
             .tcp(self.next_port, 80, 1, 64240)
             .syn()
             .write(&mut frame, &[])?;
-        let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
+        let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
         let out = test_run(program.fd()?, &frame, 1)?;
         let Some(NetSlice::Ipv6(ip)) = SlicedPacket::from_ethernet(&out.data_out)?.net else {
             return Err(format!("SYN from {client} not translated: verdict {}", out.retval).into());
@@ -304,7 +300,7 @@ fn a_reload_and_a_new_agent_leave_only_the_new_database() -> TestResult {
 
     // A new agent on the same (pinned) maps, with a database that has none of the old
     // prefixes: what the previous agent wrote must not answer any more.
-    pop.written = geo_maps::Written::default();
+    pop.written = geo::Written::default();
     // (US keeps a class, the one the old /8 was written with.)
     pop.load(&[("10.1.2.0/28", "BR"), ("10.3.0.0/16", "US")])?;
     pop.expect(&[

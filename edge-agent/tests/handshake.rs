@@ -9,10 +9,7 @@ mod nat_support;
 
 use std::net::IpAddr;
 
-use edge_agent::{
-    config::FlowConfig,
-    flows::{self, TcpState},
-};
+use edge_agent::{config::FlowConfig, dataplane::maps::flows, dataplane::maps::flows::TcpState};
 use edge_common::{
     flow::{FLOW_REVERSE, TCP_ACK, TCP_FIN, TCP_SYN},
     limits::PORT_TRIES,

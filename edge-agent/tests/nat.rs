@@ -12,10 +12,8 @@ use aya::{
     Ebpf,
 };
 use edge_agent::{
-    agent::static_plan,
-    config::{AgentConfig, FlowConfig},
-    flows::{self, TcpState},
-    map_batch,
+    agent::static_plan, config::AgentConfig, config::FlowConfig, dataplane::batch,
+    dataplane::maps::flows, dataplane::maps::flows::TcpState,
 };
 use edge_common::{
     flow::{FLOW_REVERSE, FLOW_V4_CLIENT, TCP_FIN, TCP_RST, TCP_SYN},
@@ -455,7 +453,7 @@ fn the_sweeper_walks_and_expires_a_table_larger_than_one_batch() -> TestResult {
         flows::Sweep::Count,
     )?;
     assert_eq!(report.entries, 10_000);
-    let deleted = map_batch::delete(flows.map(), &[key(1), key(3), key(1), key(4_097)])?;
+    let deleted = batch::delete(flows.map(), &[key(1), key(3), key(1), key(4_097)])?;
     assert_eq!(deleted, 3, "the repeated key was gone by its turn");
     let (report, _) = flows::sweep(
         &flows,

@@ -6,7 +6,7 @@ use aya::{
     maps::{MapData, PerCpuArray},
     Ebpf,
 };
-use edge_agent::{counters, dataplane, test_run::test_run};
+use edge_agent::{dataplane::maps::counters, dataplane::programs, dataplane::test_run::test_run};
 use edge_common::{names, Counters};
 use etherparse::PacketBuilder;
 
@@ -27,14 +27,14 @@ struct Harness {
 
 impl Harness {
     fn new() -> Result<Self, Box<dyn std::error::Error>> {
-        let mut ebpf = dataplane::load_object(None, dataplane::MapSizes::default())?;
-        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let mut ebpf = programs::load_object(None, programs::MapSizes::default())?;
+        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
         Ok(Harness { ebpf })
     }
 
     /// Runs `frame` once; checks the program left it unchanged and returns the verdict.
     fn run(&mut self, frame: &[u8]) -> Result<u32, Box<dyn std::error::Error>> {
-        let program = dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
+        let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
         let out = test_run(program.fd()?, frame, 1)?;
         assert_eq!(
             out.data_out, frame,
@@ -346,7 +346,7 @@ fn frames_truncated_at_every_length_pass_and_count_as_malformed() -> TestResult 
             let label = format!("{what} cut to {len} bytes");
             if len < 14 {
                 let before = h.snapshot()?;
-                let program = dataplane::xdp_program(&mut h.ebpf, names::XDP_INGRESS)?;
+                let program = programs::xdp_program(&mut h.ebpf, names::XDP_INGRESS)?;
                 let refused = test_run(program.fd()?, frame, 1).is_err();
                 assert!(
                     refused,

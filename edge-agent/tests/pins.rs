@@ -14,9 +14,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapInfo};
 use edge_agent::{
-    bpf_syscall::bpf,
-    bpffs::PinDir,
-    dataplane::{self, MapSizes},
+    dataplane::pins::PinDir, dataplane::programs, dataplane::programs::MapSizes,
+    dataplane::syscall::bpf,
 };
 use edge_common::{names, FlowValue, ServiceKey, ServiceValue};
 
@@ -102,7 +101,7 @@ fn a_pinned_map_of_another_shape_is_replaced_and_a_matching_one_kept() -> TestRe
         _pad: 0,
     };
     {
-        let mut ebpf = dataplane::load_object(Some(&pins.0), sizes(4096))?;
+        let mut ebpf = programs::load_object(Some(&pins.0), sizes(4096))?;
         let mut services: BpfHashMap<_, ServiceKey, ServiceValue> =
             BpfHashMap::try_from(ebpf.map_mut(names::SERVICES).ok_or("no SERVICES")?)?;
         services.insert(
@@ -119,7 +118,7 @@ fn a_pinned_map_of_another_shape_is_replaced_and_a_matching_one_kept() -> TestRe
     std::fs::remove_file(&flows_pin)?;
     pin_lru_hash(&flows_pin, 40, size_of::<FlowValue>() as u32, 4096)?;
 
-    let retired = dataplane::retire_mismatched_pins(&pins.0, sizes(4096))?;
+    let retired = programs::retire_mismatched_pins(&pins.0, sizes(4096))?;
     let names: Vec<&str> = retired.iter().map(|m| m.name).collect();
     assert_eq!(names, [names::FLOWS], "only the flow table: {retired:?}");
     assert_eq!(
@@ -127,7 +126,7 @@ fn a_pinned_map_of_another_shape_is_replaced_and_a_matching_one_kept() -> TestRe
         (40, 36)
     );
 
-    let ebpf = dataplane::load_object(Some(&pins.0), sizes(4096))?;
+    let ebpf = programs::load_object(Some(&pins.0), sizes(4096))?;
     assert_eq!(
         MapInfo::from_pin(&flows_pin)?.key_size(),
         36,
@@ -143,7 +142,7 @@ fn a_pinned_map_of_another_shape_is_replaced_and_a_matching_one_kept() -> TestRe
     drop(ebpf);
 
     // A new flow-table size takes effect the same way.
-    let retired = dataplane::retire_mismatched_pins(&pins.0, sizes(8192))?;
+    let retired = programs::retire_mismatched_pins(&pins.0, sizes(8192))?;
     assert_eq!(
         retired
             .iter()
@@ -151,10 +150,10 @@ fn a_pinned_map_of_another_shape_is_replaced_and_a_matching_one_kept() -> TestRe
             .collect::<Vec<_>>(),
         [(names::FLOWS, 4096, 8192)]
     );
-    dataplane::load_object(Some(&pins.0), sizes(8192))?;
+    programs::load_object(Some(&pins.0), sizes(8192))?;
     assert_eq!(MapInfo::from_pin(&flows_pin)?.max_entries(), 8192);
     assert!(
-        dataplane::retire_mismatched_pins(&pins.0, sizes(8192))?.is_empty(),
+        programs::retire_mismatched_pins(&pins.0, sizes(8192))?.is_empty(),
         "nothing left to replace"
     );
     Ok(())

@@ -6,10 +6,9 @@ use std::{collections::BTreeMap, net::Ipv6Addr};
 
 use aya::{maps::Array, Ebpf};
 use edge_agent::{
-    balancer::{BackendPlan, Member, Plan, ServicePlan},
-    dataplane::{self, MapSizes},
-    services::Reconciler,
-    test_run::lab_pop,
+    balancing::plan::BackendPlan, balancing::plan::Member, balancing::plan::Plan,
+    balancing::plan::ServicePlan, dataplane::maps::services::Reconciler, dataplane::programs,
+    dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
 };
 use edge_common::{geo::GEO_CLASSES, names, service::NO_BACKEND};
 
@@ -25,7 +24,7 @@ fn load(rings: u32) -> Result<Ebpf, Error> {
         maglev: rings * TABLE_SIZE,
         affinity: 64,
     };
-    Ok(dataplane::load_object(None, sizes)?)
+    Ok(programs::load_object(None, sizes)?)
 }
 
 fn addr(n: u16) -> Ipv6Addr {

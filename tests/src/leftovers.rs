@@ -260,7 +260,7 @@ mod tests {
     fn agent_files_are_named_as_the_lab_expects() {
         let run = crate::RunId::generate();
         let ns = crate::ns_name(&run, "bgp-popb");
-        let pins = edge_agent::bpffs::PinDir::new(crate::bpffs_pin_dir(&ns));
+        let pins = edge_agent::dataplane::pins::PinDir::new(crate::bpffs_pin_dir(&ns));
         for file in [
             pins.agent_status_file(),
             edge_agent::bgp::drain::marker(&pins),

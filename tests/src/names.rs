@@ -135,7 +135,7 @@ pub(crate) const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// Pin directories of lab agents start with this (`edgeproxy-` + `epl`).
 pub(crate) const BPFFS_PIN_PREFIX: &str = "edgeproxy-";
 
-/// Where agents write their status file and drain marker (`edge_agent::bpffs::PinDir::
+/// Where agents write their status file and drain marker (`edge_agent::dataplane::pins::PinDir::
 /// agent_status_file`): `<pin root with '/' as '_'>.json`, `.tmp` while it is written, `.drain`.
 pub const AGENT_RUN_DIR: &str = "/run/edgeproxy";
 /// Files of lab agents there start with this: [`bpffs_pin_dir`] spelt as the agent spells it,

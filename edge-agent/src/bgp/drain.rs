@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::bpffs::PinDir;
+use crate::dataplane::pins::PinDir;
 
 pub fn marker(pins: &PinDir) -> PathBuf {
     pins.agent_status_file().with_extension("drain")

@@ -29,8 +29,8 @@ use hickory_proto::rr::{
 };
 
 use crate::{
-    balancer::HealthView,
-    model::{BackendAddr, HealthStatus, Region, Snapshot},
+    balancing::plan::HealthView, model::BackendAddr, model::HealthStatus, model::Region,
+    model::Snapshot,
 };
 
 /// The zone's apex.

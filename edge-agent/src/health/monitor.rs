@@ -18,8 +18,8 @@ use super::{
     tracker::Tracker,
 };
 use crate::{
-    balancer::HealthView,
-    model::{BackendAddr, Health, HealthStatus, Snapshot},
+    balancing::plan::HealthView, model::BackendAddr, model::Health, model::HealthStatus,
+    model::Snapshot,
 };
 
 pub struct Monitor {

@@ -13,7 +13,7 @@ use ipnet::{IpNet, Ipv6Net};
 use super::{
     keys::PublicKey,
     plan::{Deployment, RegionNumbers},
-    uapi::{PeerConfig, PeerState},
+    wireguard::uapi::{PeerConfig, PeerState},
 };
 use crate::model::{HostRole, Snapshot};
 

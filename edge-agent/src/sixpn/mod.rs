@@ -2,18 +2,13 @@
 //! host's WireGuard keys, and the userspace WireGuard implementation used when the kernel has no
 //! `wireguard` module. See `docs/6pn.md`.
 
-pub mod host;
-pub mod kernel;
 pub mod keys;
 pub mod members;
-pub mod netlink_link;
-mod nlsock;
 pub mod node;
 pub mod plan;
-pub mod uapi;
-pub mod userspace;
+pub mod wireguard;
 
 pub use keys::{KeyError, PrivateKey, PublicKey};
 pub use plan::{Deployment, Location, PlanError, RegionNumbers};
-pub use uapi::{DeviceConfig, DeviceState, PeerConfig, PeerState, Uapi, UapiError};
-pub use userspace::{IpLink, UserspaceError, WireguardGo};
+pub use wireguard::uapi::{DeviceConfig, DeviceState, PeerConfig, PeerState, Uapi, UapiError};
+pub use wireguard::userspace::{IpLink, UserspaceError, WireguardGo};

@@ -13,14 +13,16 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{
-    kernel::{Implementation, KernelError, KernelWg},
     keys::{PrivateKey, PublicKey},
     members::{changes, Mesh},
-    netlink_link::{LinkError, NetlinkLink},
-    uapi::{DeviceConfig, DeviceState, Uapi},
-    userspace::{self, DEFAULT_MTU},
+    wireguard::{
+        kernel::{Implementation, KernelError, KernelWg},
+        uapi::{DeviceConfig, DeviceState, Uapi},
+        userspace::{self, DEFAULT_MTU},
+    },
 };
 use crate::model::{HostRole, Pop, Region, Snapshot};
+use crate::netlink::link::{LinkError, NetlinkLink};
 
 /// The `[sixpn]` section of the agent's config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

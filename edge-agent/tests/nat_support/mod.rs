@@ -12,12 +12,10 @@ use aya::{
     Ebpf,
 };
 use edge_agent::{
-    agent::static_plan,
-    config::{AgentConfig, BackendConfig, ServiceConfig},
-    counters,
-    dataplane::{self, MapSizes},
-    services::{PopSettings, Reconciler},
-    test_run::{lab_pop, test_run},
+    agent::static_plan, config::AgentConfig, config::BackendConfig, config::ServiceConfig,
+    dataplane::maps::counters, dataplane::maps::services::PopSettings,
+    dataplane::maps::services::Reconciler, dataplane::programs, dataplane::programs::MapSizes,
+    dataplane::test_run::lab_pop, dataplane::test_run::test_run,
 };
 use edge_common::{flow::FLOW_REVERSE, names, DropStats, FlowKey, FlowValue};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
@@ -135,10 +133,10 @@ impl Nat {
             maglev: 2 * 8 * TABLE_SIZE,
             affinity: 1024,
         };
-        let mut ebpf = dataplane::load_object(None, sizes)?;
-        dataplane::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        dataplane::tc_program(&mut ebpf, names::TC_FORWARD)?;
-        dataplane::tc_program(&mut ebpf, names::TC_REPLY)?;
+        let mut ebpf = programs::load_object(None, sizes)?;
+        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        programs::tc_program(&mut ebpf, names::TC_FORWARD)?;
+        programs::tc_program(&mut ebpf, names::TC_REPLY)?;
         let pop = PopSettings {
             overlay_addr: OVERLAY.parse()?,
             mss_clamp: MSS_CLAMP,
@@ -166,7 +164,7 @@ impl Nat {
     pub fn forward(&mut self, frame: &[u8]) -> Result<(Verdict, Vec<u8>), Error> {
         let (program, verdict): (_, fn(u32) -> Verdict) = match self.hook {
             Hook::Xdp => (
-                dataplane::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?.fd()?,
+                programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?.fd()?,
                 |r| match r {
                     1 => Verdict::Drop,
                     2 => Verdict::Pass,
@@ -174,7 +172,7 @@ impl Nat {
                 },
             ),
             Hook::Tc => (
-                dataplane::tc_program(&mut self.ebpf, names::TC_FORWARD)?.fd()?,
+                programs::tc_program(&mut self.ebpf, names::TC_FORWARD)?.fd()?,
                 |r| match r {
                     0 => Verdict::Pass,
                     2 => Verdict::Drop,
@@ -189,7 +187,7 @@ impl Nat {
 
     /// A backend's frame through the reply program.
     pub fn tc(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
-        let program = dataplane::tc_program(&mut self.ebpf, names::TC_REPLY)?;
+        let program = programs::tc_program(&mut self.ebpf, names::TC_REPLY)?;
         let out = test_run(program.fd()?, frame, 1)?;
         Ok((out.retval, out.data_out))
     }

@@ -73,7 +73,7 @@ fn clean_removes_what_a_crashed_run_left() -> Result<()> {
     let pinned = std::fs::create_dir(&pin_dir).is_ok();
     // What an agent of this namespace killed with SIGKILL leaves under /run/edgeproxy (named
     // by the agent's own code), and a socket a test put under /run.
-    let pins = edge_agent::bpffs::PinDir::new(&pin_dir);
+    let pins = edge_agent::dataplane::pins::PinDir::new(&pin_dir);
     let status = pins.agent_status_file();
     let drain = edge_agent::bgp::drain::marker(&pins);
     let run_file = Path::new("/run").join(format!("{ns}.bird.ctl"));

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::common::{agent_bin, counted, tear_down, TestResult};
-use edge_agent::bpffs::PinDir;
+use edge_agent::dataplane::pins::PinDir;
 use edge_lab::{bpffs_pin_dir, pop_lab, Lab, LabProcess, Topology};
 
 /// Part of the warning an agent logs when its pins are on a bpffs of its own.

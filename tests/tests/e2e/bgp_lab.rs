@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_agent::{bpffs::PinDir, counters};
+use edge_agent::{dataplane::maps::counters, dataplane::pins::PinDir};
 use edge_lab::{bpffs_pin_dir, Lab, LabProcess, Topology};
 
 use super::common::{agent_bin, tear_down, TestResult};

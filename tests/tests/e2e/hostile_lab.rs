@@ -44,7 +44,7 @@ const FLOOD_SOURCE: &str = "10.0.1.4";
 /// agent is a debug build: about 31 MB idle (25 MB of it the mapped binary), 49 MB at the
 /// attack's peak with the servers' caps; 135 MB without them.
 const RSS_BOUND_MB: u64 = 80;
-/// After the attack, the agent gives its freed memory back (`edge_agent::memory`, every 10 s):
+/// After the attack, the agent gives its freed memory back (`edge_agent::process::memory`, every 10 s):
 /// it must come back within this of its idle size.
 const RSS_RETURN_MB: u64 = 10;
 /// Malformed DNS messages reach a handful of hickory call sites, each allowed

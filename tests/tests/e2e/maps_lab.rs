@@ -1,7 +1,7 @@
 //! Every pinned map carries BTF that names its key and value fields, so `bpftool map dump`
 //! prints them by name; `edge-agent maps` lists them all.
 
-use edge_agent::pinned_maps::MAPS;
+use edge_agent::cli::maps::MAPS;
 use edge_lab::{
     bpffs_pin_dir,
     pop_lab::{agent_config, start_agent, topology},

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use edge_agent::maglev;
+use edge_agent::balancing::maglev;
 use edge_common::{hash::flow_hash, ipv4_mapped};
 use edge_lab::{
     bpffs_pin_dir,

@@ -2,10 +2,10 @@
 //! land on the right interface, twice over without error, only in the namespace the socket was
 //! opened in; and the WireGuard implementation check leaves nothing behind there.
 
-use edge_agent::sixpn::{
-    kernel::{Implementation, KernelError, KernelWg},
-    netlink_link::{LinkError, NetlinkLink},
-    userspace::DEFAULT_MTU,
+use edge_agent::{
+    netlink::link::LinkError, netlink::link::NetlinkLink, sixpn::wireguard::kernel::Implementation,
+    sixpn::wireguard::kernel::KernelError, sixpn::wireguard::kernel::KernelWg,
+    sixpn::wireguard::userspace::DEFAULT_MTU,
 };
 use edge_lab::Topology;
 use ipnet::IpNet;

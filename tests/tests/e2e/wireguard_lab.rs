@@ -9,10 +9,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use edge_agent::sixpn::{
-    userspace::{socket_path, DEFAULT_MTU},
-    Deployment, DeviceConfig, IpLink, PeerConfig, PrivateKey, RegionNumbers, UserspaceError,
-    WireguardGo,
+use edge_agent::{
+    sixpn::wireguard::userspace::socket_path, sixpn::wireguard::userspace::DEFAULT_MTU,
+    sixpn::Deployment, sixpn::DeviceConfig, sixpn::IpLink, sixpn::PeerConfig, sixpn::PrivateKey,
+    sixpn::RegionNumbers, sixpn::UserspaceError, sixpn::WireguardGo,
 };
 use edge_lab::{Lab, Topology};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};

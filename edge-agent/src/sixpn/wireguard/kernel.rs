@@ -3,7 +3,7 @@
 //!
 //! [`KernelWg`] configures a `wireguard` link with `WG_CMD_SET_DEVICE` and reads it back with
 //! `WG_CMD_GET_DEVICE` (include/uapi/linux/wireguard.h), taking and returning the same
-//! [`DeviceConfig`] and [`DeviceState`] as [`super::Uapi`], so a caller can hold either.
+//! [`DeviceConfig`] and [`DeviceState`] as [`super::uapi::Uapi`], so a caller can hold either.
 //! [`Implementation::detect`] says which one this kernel allows: the kernel's when a link of kind
 //! `wireguard` can be created, wireguard-go otherwise.
 
@@ -28,12 +28,14 @@ use netlink_packet_wireguard::{
 };
 use netlink_sys::protocols::NETLINK_GENERIC;
 
-pub use super::nlsock::NetlinkError;
-use super::{
-    keys::{PrivateKey, PublicKey},
-    netlink_link::NetlinkLink,
-    nlsock::{valid_ifname, NlSocket},
-    uapi::{DeviceConfig, DeviceState, PeerConfig, PeerState},
+use super::uapi::{DeviceConfig, DeviceState, PeerConfig, PeerState};
+pub use crate::netlink::socket::NetlinkError;
+use crate::{
+    netlink::{
+        link::NetlinkLink,
+        socket::{valid_ifname, NlSocket},
+    },
+    sixpn::keys::{PrivateKey, PublicKey},
 };
 
 /// The most bytes one `WG_CMD_SET_DEVICE` message gets before the rest of the peers go into the
@@ -127,7 +129,7 @@ impl KernelWg {
 pub enum Implementation {
     /// The kernel's: `wireguard` links configured by [`KernelWg`].
     Kernel,
-    /// wireguard-go ([`super::WireguardGo`]) over its UAPI socket; `reason` says why the kernel's
+    /// wireguard-go ([`super::userspace::WireguardGo`]) over its UAPI socket; `reason` says why the kernel's
     /// cannot be used.
     Userspace { reason: String },
 }

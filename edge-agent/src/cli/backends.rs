@@ -15,10 +15,8 @@ use edge_common::{
 use serde::Serialize;
 
 use crate::{
-    bpffs::PinDir,
-    config::{AgentConfig, StateKind},
-    model::{BackendAddr, HealthStatus, Snapshot},
-    services::service_key,
+    config::AgentConfig, config::StateKind, dataplane::maps::services::service_key,
+    dataplane::pins::PinDir, model::BackendAddr, model::HealthStatus, model::Snapshot,
     state::SqliteState,
 };
 
@@ -76,7 +74,7 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
     let state = state_of(config, pins)?;
     // The classes the kernel's tries hold, not a file's: the file on disk may not be the one
     // loaded.
-    let classes = crate::geo_maps::pinned_classes(pins)?;
+    let classes = crate::dataplane::maps::geo::pinned_classes(pins)?;
     let class_name = |class: u16| match class {
         0 => "unknown".to_owned(),
         c => classes
@@ -98,12 +96,12 @@ pub fn backends(config: &AgentConfig, pins: &PinDir) -> anyhow::Result<Vec<Backe
     }
     let flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
         HashMap::try_from(Map::LruHashMap(pins.open_map(names::FLOWS)?))?;
-    let (sweep, _) = crate::flows::sweep(
+    let (sweep, _) = crate::dataplane::maps::flows::sweep(
         &flows,
-        crate::flows::Table::Established,
+        crate::dataplane::maps::flows::Table::Established,
         &config.flows,
-        crate::flows::monotonic_ns(),
-        crate::flows::Sweep::Count,
+        crate::dataplane::maps::flows::monotonic_ns(),
+        crate::dataplane::maps::flows::Sweep::Count,
     )?;
 
     // Each service's distinct tables, the classes pointing at them, and their backend counts.

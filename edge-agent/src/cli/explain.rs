@@ -17,7 +17,7 @@ use edge_common::{
 };
 use serde::Serialize;
 
-use crate::{bpffs::PinDir, services::service_key};
+use crate::{dataplane::maps::services::service_key, dataplane::pins::PinDir};
 
 #[derive(Debug, Serialize)]
 pub struct Explanation {

@@ -13,7 +13,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use super::keys::{PrivateKey, PublicKey};
+use crate::sixpn::keys::{PrivateKey, PublicKey};
 
 /// How long one request may take; wireguard-go answers in microseconds, so a stall means a
 /// wedged daemon, which must not wedge the agent with it.

@@ -19,7 +19,7 @@ use edge_common::{
 };
 use serde::Serialize;
 
-use crate::{backend_reset::BackendReset, config::FlowConfig};
+use crate::{config::FlowConfig, dataplane::backend_reset::BackendReset};
 
 /// TCP state of a connection as the two directions' flags tell it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -68,7 +68,7 @@ impl TcpState {
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the kernel programs stamp flows with
-/// (jiffies, scaled by `kernel_clock`'s calibration).
+/// (jiffies, scaled by `dataplane::clock`'s calibration).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -128,7 +128,7 @@ pub fn client_ipv4(client: IpAddr) -> Result<Ipv4Addr, Ipv6Addr> {
 /// Fills each flow's `country` from the pinned geo tries under `pins` (the same longest-prefix
 /// lookup the kernel made for its SYN, by the same address: `client_ipv4`). Flows whose address
 /// is in no prefix stay `None`.
-pub fn classify(flows: &mut [Flow], pins: &crate::bpffs::PinDir) {
+pub fn classify(flows: &mut [Flow], pins: &crate::dataplane::pins::PinDir) {
     use aya::maps::{lpm_trie::LpmTrie, Map};
     let open = |name| MapData::from_pin(pins.map(name)).ok().map(Map::LpmTrie);
     let v4 = open(names::GEO_V4).and_then(|m| LpmTrie::try_from(m).ok());
@@ -207,7 +207,7 @@ pub fn sweep<T: Borrow<MapData>>(
     // foldhash (randomly seeded) rather than SipHash: a sweep of a few hundred thousand
     // entries spent most of its own time hashing them.
     let mut replies: foldhash::HashMap<FlowKey, ReplyHalf> = foldhash::HashMap::default();
-    crate::map_batch::for_each(map, |key: &FlowKey, value: &FlowValue| {
+    crate::dataplane::batch::for_each(map, |key: &FlowKey, value: &FlowValue| {
         if value.flags & FLOW_REVERSE == 0 {
             forward.push((*key, *value));
         } else {
@@ -291,7 +291,7 @@ pub fn sweep<T: Borrow<MapData>>(
         .collect();
     if mode == Sweep::Expire {
         // Keys another path removed meanwhile are counted as expired too: they are gone.
-        crate::map_batch::delete(map, &doomed)?;
+        crate::dataplane::batch::delete(map, &doomed)?;
         report.expired = doomed.len() as u64;
     }
     Ok((report, listing))
@@ -326,7 +326,7 @@ pub fn backend_flows_to_end<T: Borrow<MapData>>(
 ) -> Result<Ending, MapError> {
     let mut forward: Vec<(FlowKey, FlowValue)> = Vec::new();
     let mut replies: foldhash::HashMap<FlowKey, FlowValue> = foldhash::HashMap::default();
-    crate::map_batch::for_each(flows.map(), |key: &FlowKey, value: &FlowValue| {
+    crate::dataplane::batch::for_each(flows.map(), |key: &FlowKey, value: &FlowValue| {
         if !backends.contains(&value.backend_id) || value.flags & FLOW_ENDED != 0 {
             return;
         }
@@ -371,7 +371,7 @@ pub fn remove_backend_flows<T: Borrow<MapData>>(
     flows: &BpfHashMap<T, FlowKey, FlowValue>,
     backends: &std::collections::HashSet<u32>,
 ) -> Result<u64, MapError> {
-    crate::map_batch::delete_where::<FlowKey, FlowValue>(flows.map(), |v| {
+    crate::dataplane::batch::delete_where::<FlowKey, FlowValue>(flows.map(), |v| {
         backends.contains(&v.backend_id)
     })
 }
@@ -400,10 +400,12 @@ pub fn expire_bindings<T: Borrow<MapData>>(
     now_ns: u64,
 ) -> Result<u64, MapError> {
     let ttl_ns = ttl.as_nanos().min(u128::from(u64::MAX)) as u64;
-    crate::map_batch::delete_where::<edge_common::geo::AffinityKey, edge_common::geo::AffinityValue>(
-        bindings.map(),
-        |v| now_ns.saturating_sub(v.last_used_ns) >= ttl_ns,
-    )
+    crate::dataplane::batch::delete_where::<
+        edge_common::geo::AffinityKey,
+        edge_common::geo::AffinityValue,
+    >(bindings.map(), |v| {
+        now_ns.saturating_sub(v.last_used_ns) >= ttl_ns
+    })
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tracing_subscriber::layer::{Context, Layer};
 pub const BURST: u32 = 5;
 pub const WINDOW: Duration = Duration::from_secs(10);
 /// The target of the summary lines (which are not limited: one per call site and window).
-const TARGET: &str = "edge_agent::log_limit";
+const TARGET: &str = "edge_agent::process::log_limit";
 
 static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
 

@@ -21,9 +21,8 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::{
-    bpffs::{BpffsError, PinDir},
-    config::{ForwardHook, XdpMode},
-    object,
+    config::ForwardHook, config::XdpMode, dataplane::object, dataplane::pins::BpffsError,
+    dataplane::pins::PinDir,
 };
 
 /// Maps the agent pins, by the names the object declares.
@@ -161,7 +160,7 @@ impl Hook {
         match configured {
             ForwardHook::Xdp => Hook::Xdp,
             ForwardHook::Tc => Hook::Tc,
-            ForwardHook::Auto => match crate::netdev::driver(iface).as_deref() {
+            ForwardHook::Auto => match crate::dataplane::netdev::driver(iface).as_deref() {
                 Some("veth") => Hook::Tc,
                 _ => Hook::Xdp,
             },
@@ -383,7 +382,7 @@ pub fn start(pins: &PinDir, attach: &Attach<'_>) -> Result<DataPlane, DataPlaneE
     }
     pins.create()?;
     for iface in std::iter::once(attach.public_iface).chain(attach.overlay_iface) {
-        if crate::netdev::ifindex(iface).is_none() {
+        if crate::dataplane::netdev::ifindex(iface).is_none() {
             return Err(DataPlaneError::NoSuchInterface {
                 iface: iface.to_owned(),
             });

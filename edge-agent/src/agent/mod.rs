@@ -1,6 +1,8 @@
 //! The running agent: state in, plan computed, maps written; the flow table swept; signals
 //! handled. `main.rs` only parses the command line.
 
+pub mod host;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -13,22 +15,16 @@ use edge_common::{names, FlowKey, FlowValue};
 use tracing::{debug, info, warn};
 
 use crate::{
-    balancer::{self, GeoClasses, Inputs},
-    bpffs::PinDir,
-    config::{AgentConfig, StateKind},
-    counters,
-    dataplane::{self, Attach, DataPlane, MapSizes},
-    dns::{self, DnsServer, Zone},
-    flows,
-    geo::{GeoDb, GeoInForce, GeoRefusal, GeoSource, RegionTable},
-    geo_maps,
-    health::{checker::CheckResult, monitor::Monitor, passive::Sample},
-    listen::budget::Budget,
-    maglev,
-    model::{Country, Region, Snapshot},
-    netdev,
-    services::{PopSettings, Reconciler},
-    state::{corrosion::CorrosionState, SqliteState, StateSource as _, StateStore},
+    balancing::maglev, balancing::plan, balancing::plan::GeoClasses, balancing::plan::Inputs,
+    config::AgentConfig, config::StateKind, dataplane::maps::counters, dataplane::maps::flows,
+    dataplane::maps::geo, dataplane::maps::services::PopSettings,
+    dataplane::maps::services::Reconciler, dataplane::netdev, dataplane::pins::PinDir,
+    dataplane::programs, dataplane::programs::Attach, dataplane::programs::DataPlane,
+    dataplane::programs::MapSizes, dns, dns::DnsServer, dns::Zone, geo::GeoDb, geo::GeoInForce,
+    geo::GeoRefusal, geo::GeoSource, geo::RegionTable, health::checker::CheckResult,
+    health::monitor::Monitor, health::passive::Sample, listen::budget::Budget, model::Country,
+    model::Region, model::Snapshot, state::corrosion::CorrosionState, state::SqliteState,
+    state::StateSource as _, state::StateStore,
 };
 
 /// Everything the agent holds while it runs.
@@ -54,7 +50,7 @@ struct Balancing {
     reconciler: Reconciler,
     classes: GeoClasses,
     regions: RegionTable,
-    geo_written: geo_maps::Written,
+    geo_written: geo::Written,
     /// The country database the tries hold, for status and metrics.
     geo: GeoInForce,
     /// Live connections per backend id, from the last sweep.
@@ -71,13 +67,13 @@ struct Balancing {
     /// The raw socket drain-timeout RSTs go out through, opened at the first one needed
     /// (`Err`: it could not be, logged once; connections are then ended without telling the
     /// backends).
-    resetter: Option<Result<crate::backend_reset::Resetter, ()>>,
+    resetter: Option<Result<crate::dataplane::backend_reset::Resetter, ()>>,
     /// The rejections of the last read: each is logged once, not on every reload.
     rejected_seen: std::collections::HashSet<(&'static str, String, String)>,
     /// This POP's health view of the backends, and the checks that keep it.
     health: Monitor,
     /// The plan last written, so that an unchanged one is not written again.
-    last_plan: Option<balancer::Plan>,
+    last_plan: Option<plan::Plan>,
     /// The `internal.` zone's server (started with the runtime), its serial, and the records it
     /// serves.
     dns: Option<DnsServer>,
@@ -94,7 +90,7 @@ struct Balancing {
 impl Balancing {
     /// The `internal.` zone for the current state and health: what DNS serves and what
     /// `.internal` backend addresses resolve to.
-    fn zone(&self, config: &AgentConfig, health: &HashMap<String, balancer::HealthView>) -> Zone {
+    fn zone(&self, config: &AgentConfig, health: &HashMap<String, plan::HealthView>) -> Zone {
         dns::zone::build(
             &self.state,
             &dns::zone::ZoneInputs {
@@ -291,14 +287,14 @@ impl Agent {
             sizes,
             debug_log: config.bpf_debug_log,
         };
-        let mut dataplane = dataplane::start(&pins, &attach)
+        let mut dataplane = programs::start(&pins, &attach)
             .with_context(|| format!("starting the data plane on {iface}"))?;
         if config.bpf_debug_log {
             let _inside = runtime.enter();
-            crate::bpf_log::start(&mut dataplane.ebpf);
+            crate::dataplane::log::start(&mut dataplane.ebpf);
         }
         info!(iface, hook = dataplane.hook.name(), forward = ?dataplane.forward, reply = ?dataplane.reply, root = %pins.root().display(), "data plane running");
-        if crate::bpffs::hidden_from_host(pins.root()) {
+        if crate::dataplane::pins::hidden_from_host(pins.root()) {
             warn!(root = %pins.root().display(), "the pins are on a bpffs the host does not see (as under `ip netns exec`, which gives the agent a private /sys where it mounts a bpffs of its own): `edge-agent status`, `flows` and `backends` on the host cannot find them, and the data plane goes with this mount namespace instead of staying for the next agent; start the agent with `nsenter --net=/run/netns/<namespace> edge-agent run ...` instead");
         }
         let balancing = match pop {
@@ -306,7 +302,7 @@ impl Agent {
                 // What a previous agent left: its classes are the ones the pinned tables are
                 // filed under.
                 let (geo_written, classes) =
-                    geo_maps::adopt(&mut dataplane.ebpf).context("reading the pinned geo tries")?;
+                    geo::adopt(&mut dataplane.ebpf).context("reading the pinned geo tries")?;
                 let geo =
                     GeoInForce::pinned(geo_written.len(), classes.len(), crate::model::unix_now());
                 Some(Balancing {
@@ -419,9 +415,7 @@ impl Agent {
         let Some(b) = self.balancing.as_mut() else {
             return Ok(());
         };
-        if let Err(error) =
-            geo_maps::write(&mut self.dataplane.ebpf, &db, &next, &mut b.geo_written)
-        {
+        if let Err(error) = geo::write(&mut self.dataplane.ebpf, &db, &next, &mut b.geo_written) {
             // Partly written: the union's tables stay, so every class still has its table.
             warn!(%error, "writing the geo tries failed");
             return Ok(());
@@ -489,7 +483,7 @@ impl Agent {
                 .or_insert(started);
         }
         if let (Some(node), Some(store)) = (self.sixpn.as_mut(), b.source.as_ref()) {
-            crate::sixpn::host::apply(&**store, node, &state);
+            crate::agent::host::apply(&**store, node, &state);
         }
         b.state = state;
         b.state_read_at = Some(std::time::Instant::now());
@@ -500,7 +494,7 @@ impl Agent {
         match serde_json::to_vec(&b.state) {
             Ok(doc) => {
                 let path = self.pins.agent_state_file();
-                if let Err(error) = crate::bpffs::write_atomically(&path, &doc) {
+                if let Err(error) = crate::dataplane::pins::write_atomically(&path, &doc) {
                     debug!(%error, path = %path.display(), "writing the state for the CLI");
                 }
             }
@@ -567,7 +561,7 @@ impl Agent {
 
     /// Starts the BGP speaker where peers are configured.
     async fn start_bgp(&mut self) {
-        let forwarding_kept = self.dataplane.forward == dataplane::Attachment::Adopted;
+        let forwarding_kept = self.dataplane.forward == programs::Attachment::Adopted;
         match crate::bgp::Speaker::start_after(&self.config.bgp, forwarding_kept).await {
             Ok(speaker) => self.bgp = speaker,
             Err(error) => warn!(%error, "BGP is off"),
@@ -576,7 +570,7 @@ impl Agent {
     }
 
     /// [`Agent::apply`] with this POP's health view and the zone already computed.
-    fn apply_with(&mut self, health: &HashMap<String, balancer::HealthView>, zone: &Zone) {
+    fn apply_with(&mut self, health: &HashMap<String, plan::HealthView>, zone: &Zone) {
         let Some(b) = self.balancing.as_mut() else {
             return;
         };
@@ -598,7 +592,7 @@ impl Agent {
             health,
             now_unix: crate::model::unix_now(),
         };
-        let plan = balancer::plan(&b.state, &inputs, &|name| zone.resolve(name));
+        let plan = plan::plan(&b.state, &inputs, &|name| zone.resolve(name));
         if b.last_plan.as_ref() == Some(&plan) {
             self.announce(false);
             return;
@@ -817,7 +811,9 @@ impl Agent {
         });
         self.publish_metrics(b);
         let path = self.pins.agent_status_file();
-        if let Err(error) = crate::bpffs::write_atomically(&path, doc.to_string().as_bytes()) {
+        if let Err(error) =
+            crate::dataplane::pins::write_atomically(&path, doc.to_string().as_bytes())
+        {
             debug!(%error, path = %path.display(), "writing the agent status");
         }
     }
@@ -844,7 +840,7 @@ impl Agent {
             view.bgp_bfd_dropped = speaker.bfd_dropped();
         }
         for s in &b.state.services {
-            let key = crate::services::service_key(s.vip, s.port);
+            let key = crate::dataplane::maps::services::service_key(s.vip, s.port);
             view.services
                 .insert(flows::endpoint(&key.addr, key.port), s.id.clone());
         }
@@ -1015,7 +1011,7 @@ impl Agent {
             // The listeners' connection caps, within the open-files limit.
             let budget = Budget::plan(&self.config);
             // What bursts on them freed goes back to the kernel.
-            let _trimmer = crate::memory::spawn_trimmer(Duration::from_secs(10));
+            let _trimmer = crate::process::memory::spawn_trimmer(Duration::from_secs(10));
             self.start_dns(&budget).await;
             self.start_metrics(&budget).await;
             self.start_register_api(&budget).await;
@@ -1146,7 +1142,7 @@ fn state_backends_at(
 
 /// The plan for a configuration's services with no geo database and no load: what the packet
 /// tests and benchmarks load.
-pub fn static_plan(config: &AgentConfig) -> balancer::Plan {
+pub fn static_plan(config: &AgentConfig) -> plan::Plan {
     let (state, _) = config.snapshot();
     let region = config.region.clone();
     let region_of = |_: Country| region.clone();
@@ -1157,14 +1153,14 @@ pub fn static_plan(config: &AgentConfig) -> balancer::Plan {
         unknown_region: &config.region,
         classes: &GeoClasses::default(),
         active: &HashMap::new(),
-        health: &balancer::health_rows(&state, &config.pop_id),
+        health: &plan::health_rows(&state, &config.pop_id),
         now_unix: crate::model::unix_now(),
     };
-    balancer::plan(&state, &inputs, &|_| None)
+    plan::plan(&state, &inputs, &|_| None)
 }
 
 /// Ends the connections to backends whose drain timeout has run out, in both flow tables: each
-/// backend that still has a connection gets a RST for it first (`crate::backend_reset`), then
+/// backend that still has a connection gets a RST for it first (`crate::dataplane::backend_reset`), then
 /// the reverse halves go, the forward ones are marked ended, and the clients' next packets meet
 /// the POP's kernel's RST. One log line per sweep.
 fn end_drained<T: std::borrow::Borrow<aya::maps::MapData>>(
@@ -1173,7 +1169,7 @@ fn end_drained<T: std::borrow::Borrow<aya::maps::MapData>>(
     half_open: &aya::maps::HashMap<T, FlowKey, FlowValue>,
     over: &std::collections::HashSet<u32>,
 ) -> anyhow::Result<()> {
-    use crate::backend_reset::{Resetter, MAX_PER_SWEEP};
+    use crate::{dataplane::backend_reset::Resetter, dataplane::backend_reset::MAX_PER_SWEEP};
     let established = flows::backend_flows_to_end(table, over, MAX_PER_SWEEP, true)?;
     let half = flows::backend_flows_to_end(
         half_open,
@@ -1187,7 +1183,7 @@ fn end_drained<T: std::borrow::Borrow<aya::maps::MapData>>(
     }
     // Only from this POP's own sources: the entries are the kernel's, the packets the agent's.
     let (overlay, snat) = (b.pop.overlay_addr, b.pop.snat_prefix);
-    let ours = |r: &&crate::backend_reset::BackendReset| {
+    let ours = |r: &&crate::dataplane::backend_reset::BackendReset| {
         r.src == overlay || snat.is_some_and(|p| p.contains(&r.src))
     };
     let resets: Vec<_> = established
@@ -1205,16 +1201,16 @@ fn end_drained<T: std::borrow::Borrow<aya::maps::MapData>>(
     });
     let sent = match resetter {
         Ok(r) if !resets.is_empty() => r.send(&resets),
-        _ => crate::backend_reset::Sent {
+        _ => crate::dataplane::backend_reset::Sent {
             failed: resets.len() as u64,
             ..Default::default()
         },
     };
     let (ended_keys, ended): (Vec<FlowKey>, Vec<FlowValue>) =
         established.ended.iter().copied().unzip();
-    crate::map_batch::update(aya::maps::IterableMap::map(table), &ended_keys, &ended)?;
-    crate::map_batch::delete(aya::maps::IterableMap::map(table), &established.keys)?;
-    crate::map_batch::delete(aya::maps::IterableMap::map(half_open), &half.keys)?;
+    crate::dataplane::batch::update(aya::maps::IterableMap::map(table), &ended_keys, &ended)?;
+    crate::dataplane::batch::delete(aya::maps::IterableMap::map(table), &established.keys)?;
+    crate::dataplane::batch::delete(aya::maps::IterableMap::map(half_open), &half.keys)?;
     info!(
         entries,
         resets_sent = sent.sent,

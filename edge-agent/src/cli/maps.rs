@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::bpffs::PinDir;
+use crate::dataplane::pins::PinDir;
 use edge_common::names;
 
 /// One pinned map, described.

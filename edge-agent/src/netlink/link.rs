@@ -3,7 +3,7 @@
 //!
 //! [`NetlinkLink`] is what the agent should use: it needs no `ip` binary, reports the kernel's
 //! errno and extended-ack text instead of parsing stderr, and costs one syscall pair per change
-//! instead of a process. [`super::IpLink`] stays for callers that must act in a namespace they
+//! instead of a process. [`crate::sixpn::IpLink`] stays for callers that must act in a namespace they
 //! hold only as a path, without a thread inside it (the userspace lab test does that).
 //!
 //! The messages are those `ip` sends for `ip link set dev D mtu M up`, `ip addr replace A dev D
@@ -26,8 +26,8 @@ use netlink_packet_route::{
 };
 use netlink_sys::protocols::NETLINK_ROUTE;
 
-pub use super::nlsock::NetlinkError;
-use super::nlsock::{valid_ifname, NlSocket};
+pub use super::socket::NetlinkError;
+use super::socket::{valid_ifname, NlSocket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

@@ -9,7 +9,7 @@ use std::{
 use aya::programs::ProgramFd;
 use thiserror::Error;
 
-use crate::services::PopSettings;
+use crate::dataplane::maps::services::PopSettings;
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// Room for programs that grow the frame (`bpf_xdp_adjust_head` with a negative delta).
@@ -92,7 +92,7 @@ pub fn test_run(
         ..Default::default()
     };
     // SAFETY: the in/out buffers outlive the call and their sizes are given.
-    unsafe { crate::bpf_syscall::bpf(BPF_PROG_TEST_RUN, &mut attr) }
+    unsafe { crate::dataplane::syscall::bpf(BPF_PROG_TEST_RUN, &mut attr) }
         .map_err(TestRunError::Syscall)?;
     out.truncate(attr.data_size_out as usize);
     Ok(TestRunOutput {

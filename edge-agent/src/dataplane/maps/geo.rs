@@ -28,7 +28,7 @@ use edge_common::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::{balancer::GeoClasses, geo::GeoDb};
+use crate::{balancing::plan::GeoClasses, geo::GeoDb};
 
 /// What the geo tries hold, as this agent (or the one before it) wrote them.
 #[derive(Default)]
@@ -102,7 +102,7 @@ pub fn adopt(ebpf: &mut Ebpf) -> Result<(Written, GeoClasses), GeoMapsError> {
 
 /// The classes the pinned tries under `pins` hold, read without loading the programs (for the
 /// CLI).
-pub fn pinned_classes(pins: &crate::bpffs::PinDir) -> anyhow::Result<GeoClasses> {
+pub fn pinned_classes(pins: &crate::dataplane::pins::PinDir) -> anyhow::Result<GeoClasses> {
     let v4: LpmTrie<MapData, [u8; 4], GeoValue> =
         LpmTrie::try_from(aya::maps::Map::LpmTrie(pins.open_map(names::GEO_V4)?))?;
     let v6: LpmTrie<MapData, [u8; 16], GeoValue> =
@@ -374,7 +374,7 @@ fn write_changed<V: aya::Pod + PartialEq>(
     };
     let err = |source| GeoMapsError::Map { name, source };
     let mut changed: Vec<(u32, V)> = Vec::new();
-    crate::map_batch::for_each::<u32, V>(map, |&index, old| {
+    crate::dataplane::batch::for_each::<u32, V>(map, |&index, old| {
         if let Some(new) = table.get(index as usize) {
             if new != old {
                 changed.push((index, *new));
@@ -383,7 +383,7 @@ fn write_changed<V: aya::Pod + PartialEq>(
     })
     .map_err(err)?;
     let (indexes, values): (Vec<u32>, Vec<V>) = changed.into_iter().unzip();
-    crate::map_batch::update_array(map, &indexes, &values).map_err(err)
+    crate::dataplane::batch::update_array(map, &indexes, &values).map_err(err)
 }
 
 /// Writes the `entries` whose value differs from what `written` says the trie holds, then
@@ -440,7 +440,7 @@ mod tests {
     use ipnet::{IpNet, Ipv4Net};
 
     use super::{slash24_class, slash24_table, GEO_V4_DEEPER};
-    use crate::{balancer::GeoClasses, geo::GeoDb, model::Country};
+    use crate::{balancing::plan::GeoClasses, geo::GeoDb, model::Country};
 
     type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 

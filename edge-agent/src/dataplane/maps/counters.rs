@@ -11,7 +11,7 @@ use edge_common::{
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::bpffs::PinDir;
+use crate::dataplane::pins::PinDir;
 
 #[derive(Debug, Error)]
 pub enum CountersError {
@@ -269,24 +269,24 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
     let flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
         HashMap::try_from(flows_map).map_err(shape(names::FLOWS))?;
     let config = crate::config::FlowConfig::default();
-    let now = crate::flows::monotonic_ns();
-    let (sweep, _) = crate::flows::sweep(
+    let now = crate::dataplane::maps::flows::monotonic_ns();
+    let (sweep, _) = crate::dataplane::maps::flows::sweep(
         &flows,
-        crate::flows::Table::Established,
+        crate::dataplane::maps::flows::Table::Established,
         &config,
         now,
-        crate::flows::Sweep::Count,
+        crate::dataplane::maps::flows::Sweep::Count,
     )
     .map_err(|source| CountersError::Read { index: 0, source })?;
     report.flow_entries = sweep.entries;
     let half_open: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
         HashMap::try_from(open_map(pins, names::HALF_OPEN)?).map_err(shape(names::HALF_OPEN))?;
-    let (half_open, _) = crate::flows::sweep(
+    let (half_open, _) = crate::dataplane::maps::flows::sweep(
         &half_open,
-        crate::flows::Table::HalfOpen,
+        crate::dataplane::maps::flows::Table::HalfOpen,
         &config,
         now,
-        crate::flows::Sweep::Count,
+        crate::dataplane::maps::flows::Sweep::Count,
     )
     .map_err(|source| CountersError::Read { index: 0, source })?;
     report.half_open_entries = half_open.entries;
@@ -295,7 +295,7 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
         let s = sum_per_cpu(&service_stats, value.service_id)?;
         report.services.push(ServiceRow {
             service_id: value.service_id,
-            vip: crate::flows::endpoint(&key.addr, key.port),
+            vip: crate::dataplane::maps::flows::endpoint(&key.addr, key.port),
             packets: s.packets,
             bytes: s.bytes,
             new_flows: s.new_flows,
@@ -323,7 +323,7 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
         }
         report.backends.push(BackendRow {
             backend_id: id,
-            addr: crate::flows::endpoint(&value.addr, value.port),
+            addr: crate::dataplane::maps::flows::endpoint(&value.addr, value.port),
             active,
             eligible,
             active_flows,

@@ -33,9 +33,8 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::{
-    balancer::{Member, Plan},
-    kernel_clock::{self, KernelClock},
-    maglev,
+    balancing::maglev, balancing::plan::Member, balancing::plan::Plan, dataplane::clock,
+    dataplane::clock::KernelClock,
 };
 
 #[derive(Debug, Error)]
@@ -51,7 +50,7 @@ pub enum ServicesError {
     #[error("Maglev table: {0}")]
     Maglev(#[from] maglev::MaglevError),
     #[error("data-plane clock: {0}")]
-    Clock(#[from] kernel_clock::ClockError),
+    Clock(#[from] clock::ClockError),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ServicesError {
@@ -202,7 +201,7 @@ impl Reconciler {
             }
         }
         let pinned_tables = ring_contents(ebpf, &in_use, table_size)?;
-        let clock = kernel_clock::calibrate(ebpf)?;
+        let clock = clock::calibrate(ebpf)?;
         let now = Instant::now();
         let retiring = in_use.iter().map(|&r| (r, now)).collect();
         let free = (0..rings).filter(|r| !in_use.contains(r)).collect();
@@ -596,7 +595,7 @@ fn ring_contents(
         .iter()
         .map(|&r| (r, vec![NO_BACKEND; size as usize]))
         .collect();
-    crate::map_batch::for_each::<u32, u32>(map, |&index, &backend| {
+    crate::dataplane::batch::for_each::<u32, u32>(map, |&index, &backend| {
         if let Some(table) = tables.get_mut(&(index / size)) {
             if let Some(slot) = table.get_mut((index % size) as usize) {
                 *slot = backend;

@@ -14,8 +14,8 @@ use edge_common::names;
 use thiserror::Error;
 
 use crate::{
-    dataplane::{self, DataPlaneError},
-    test_run::{test_run, TestRunError},
+    dataplane::programs, dataplane::programs::DataPlaneError, dataplane::test_run::test_run,
+    dataplane::test_run::TestRunError,
 };
 
 /// The tick rates Linux is built with (`CONFIG_HZ` choices on x86 and arm64).
@@ -69,7 +69,7 @@ pub struct Sample {
 
 /// Reads both kernel clocks at one instant through the clock program.
 pub fn sample(ebpf: &mut Ebpf) -> Result<Sample, ClockError> {
-    let program = dataplane::xdp_program(ebpf, names::XDP_CLOCK)?;
+    let program = programs::xdp_program(ebpf, names::XDP_CLOCK)?;
     let out = test_run(program.fd().map_err(ClockError::Fd)?, &[0u8; 64], 1)?;
     let word = |at: usize| {
         out.data_out

@@ -55,7 +55,7 @@ fn failed(call: &'static str, io_error: io::Error) -> MapError {
 
 fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     // SAFETY: the buffers `attr` points at are the caller's and hold `count` keys (and values).
-    unsafe { crate::bpf_syscall::bpf(cmd, attr) }.map(|_| ())
+    unsafe { crate::dataplane::syscall::bpf(cmd, attr) }.map(|_| ())
 }
 
 /// Every entry of a hash map (plain or LRU; not per-CPU). Entries added or removed during the

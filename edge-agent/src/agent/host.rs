@@ -6,12 +6,9 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{bail, Context as _};
 use tracing::{info, warn};
 
-use super::node::Node;
+use crate::sixpn::node::Node;
 use crate::{
-    bpffs::PinDir,
-    config::AgentConfig,
-    model::HostRole,
-    state::{write, StateStore},
+    config::AgentConfig, dataplane::pins::PinDir, model::HostRole, state::write, state::StateStore,
 };
 
 pub fn run(config: AgentConfig) -> anyhow::Result<()> {
