@@ -2,6 +2,7 @@
 
 mod bench;
 mod container;
+mod cycles;
 mod demo;
 mod setup;
 mod shell;
@@ -45,6 +46,9 @@ enum Command {
     /// in the same lab, one after the other; prints a table of ratios to plain routing and
     /// writes it to target/bench/e2e.json, with a chart of it in target/bench/e2e.svg.
     Bench(bench::BenchArgs),
+    /// Fail if modules of the agent's library import each other in a cycle: among the crate
+    /// root's children, or among the children of any folder module (`test` runs it too).
+    Cycles(cycles::CyclesArgs),
     /// Build the agent's container image with podman (`localhost/edge-agent:dev`).
     Container {
         /// Skip `setup` (the test suite uses this after doing it).
@@ -90,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Bench(args) => bench::run(args),
+        Command::Cycles(args) => cycles::run(args),
         Command::Container { no_setup, agent } => {
             if !no_setup {
                 setup::run()?;

@@ -1,16 +1,18 @@
-//! `cargo xtask test`: setup, format and lint checks, then every test, then a check that the lab
-//! left nothing behind. `.ci/run` calls exactly this.
+//! `cargo xtask test`: setup, format, import-cycle and lint checks, then every test, then a check
+//! that the lab left nothing behind. `.ci/run` calls exactly this.
 
 use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context as _};
 
-use crate::{setup, shell};
+use crate::{cycles, setup, shell};
 
 pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     shell::run(shell::cargo().args(["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
+    // Before the lints and the builds: it reads the sources only, and a cycle is a layout error.
+    cycles::check(&cycles::default_src())?;
     shell::run(shell::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The kernel crate only builds for the BPF target, with nightly's build-std.
     shell::run(

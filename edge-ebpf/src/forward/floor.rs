@@ -4,9 +4,13 @@
 //! lookup; a SYN needs two inserts (its reply key, which is the port allocation, and its own).
 //! Both parse, read the IPv4 flow key and count exactly as `edge_xdp` does.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    macros::xdp,
+    programs::XdpContext,
+};
 
-use super::{read_v4, BPF_NOEXIST};
+use super::read_v4;
 use crate::{
     bytes,
     maps::{FLOWS, SCRATCH},

@@ -9,6 +9,10 @@
 //! client --c0-- router (BIRD) --ra-- popa (XDP eth0) --ovl0-- hub --b1-- bea
 //!                             --rb-- popb (XDP eth0) --ovl0-- hub --b2-- beb
 //! ```
+//!
+//! The lab itself ([`Bgp`], [`with_bird`], [`topology_with`]) is shared: the iBGP
+//! (`bgp_ibgp_lab`) and graceful-restart (`bgp_graceful_restart_lab`) tests run their own BIRD
+//! configuration in it, and the BFD, FRR and restart labs build on it.
 
 use std::{
     io::{Read as _, Write as _},
@@ -29,7 +33,7 @@ pub(super) const VIP4: &str = "198.18.7.10";
 pub(super) const VIP6: &str = "2001:db8:ff7::10";
 const MD5: &str = "edge-md5-secret";
 
-fn topology(label: &str) -> Topology {
+pub(super) fn topology(label: &str) -> Topology {
     topology_with(label, false)
 }
 
@@ -392,8 +396,6 @@ fn bird_routes_clients_to_a_pop_that_can_serve_them() -> TestResult {
     with_bird(topology("bgp"), bird_config, scenario)
 }
 
-/// Brings up `topology` with BIRD in `router` (its config from `conf`), runs `scenario`, and
-/// tears everything down (with BIRD's log printed on failure).
 /// BIRD in namespace `ns` with config `conf` (written to the lab's log directory), and its
 /// control socket (for `birdc -s`), which the caller removes.
 pub(super) fn spawn_bird(lab: &Lab, ns: &str, conf: &str) -> Result<(LabProcess, String), Error> {
@@ -408,6 +410,8 @@ pub(super) fn spawn_bird(lab: &Lab, ns: &str, conf: &str) -> Result<(LabProcess,
     Ok((bird, socket))
 }
 
+/// Brings up `topology` with BIRD in `router` (its config from `conf`), runs `scenario`, and
+/// tears everything down (with BIRD's log printed on failure).
 pub(super) fn with_bird(
     topology: Topology,
     conf: fn(&Path) -> String,
@@ -619,264 +623,5 @@ fn scenario(t: &mut Bgp) -> TestResult {
         withdraw < closed,
         "withdraw (line {withdraw}) after the close (line {closed}):\n{log}"
     );
-    Ok(())
-}
-
-/// BIRD inside POP A's AS, as a route reflector would be: iBGP, with the next hop resolved
-/// recursively (through the connected routes `protocol direct` brings) as across a real AS.
-fn ibgp_bird_config(log: &Path) -> String {
-    format!(
-        r#"router id 10.0.9.1;
-log "{}" all;
-protocol device {{ scan time 1; }}
-protocol direct {{ ipv4; ipv6; }}
-protocol kernel k4 {{ ipv4 {{ export where source != RTS_DEVICE; }}; }}
-protocol kernel k6 {{ ipv6 {{ export where source != RTS_DEVICE; }}; }}
-protocol bgp popa {{
-  local 10.0.10.1 as 65001;
-  neighbor 10.0.10.2 as 65001;
-  passive on;
-  hold time 9;
-  error wait time 1, 2;
-  debug {{ states, routes, events }};
-  ipv4 {{ import all; export none; }};
-  ipv6 {{ import all; export none; }};
-}}
-"#,
-        log.display()
-    )
-}
-
-#[test]
-fn bird_installs_routes_from_a_pop_in_its_own_as() -> TestResult {
-    with_bird(topology("ibgp"), ibgp_bird_config, ibgp_scenario)
-}
-
-fn ibgp_scenario(t: &mut Bgp) -> TestResult {
-    t.start_backend('a')?;
-    t.start_agent_with(
-        'a',
-        "asn = 65001\n\n[[bgp.peers]]\naddress = \"10.0.10.1\"\nasn = 65001\nlocal_pref = 200\nnext_hop_v6 = \"2001:db8:10::2\"\n",
-    )?;
-    let start = Instant::now();
-    let (routes4, routes6) = loop {
-        let r4 = t.birdc(&["show", "route", "for", VIP4, "all"])?;
-        let r6 = t.birdc(&["show", "route", "for", VIP6, "all"])?;
-        if r4.contains("BGP.") && r6.contains("BGP.") {
-            println!(
-                "ibgp: both VIPs in BIRD after {} ms",
-                start.elapsed().as_millis()
-            );
-            break (r4, r6);
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            return Err(format!(
-                "expected both VIPs from the iBGP session in BIRD, saw:\n{r4}\n{r6}\n{}",
-                t.birdc(&["show", "protocols", "all", "popa"])?
-            )
-            .into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    for (vip, r) in [(VIP4, &routes4), (VIP6, &routes6)] {
-        assert!(
-            r.contains("BGP.local_pref: 200"),
-            "{vip}: expected the POP's LOCAL_PREF 200, saw:\n{r}"
-        );
-        let path = r
-            .lines()
-            .find_map(|l| l.split_once("BGP.as_path:"))
-            .map(|(_, p)| p.trim());
-        assert_eq!(
-            path,
-            Some(""),
-            "{vip}: expected an empty AS_PATH inside the AS, saw:\n{r}"
-        );
-    }
-    // Accepted and installed: the router's kernel sends clients to POP A, and they are served.
-    t.wait_route(
-        "iBGP routes in the router's kernel",
-        Duration::from_secs(5),
-        |c| c == Some('a'),
-    )?;
-    assert_eq!(t.echo_both()?, 'a');
-    let status = t.cli('a', &["status", "--output", "json"])?;
-    let doc: serde_json::Value = serde_json::from_slice(&status.stdout)?;
-    let session = &doc["agent"]["bgp"]["sessions"][0];
-    assert_eq!(
-        session["internal"], true,
-        "expected the session shown as internal: {session}"
-    );
-    Ok(())
-}
-
-/// BIRD as a graceful-restart helper (RFC 4724) for POP A over eBGP.
-fn gr_bird_config(log: &Path) -> String {
-    format!(
-        r#"router id 10.0.9.1;
-log "{}" all;
-protocol device {{ scan time 1; }}
-protocol kernel k4 {{ ipv4 {{ export all; }}; }}
-protocol kernel k6 {{ ipv6 {{ export all; }}; }}
-protocol bgp popa {{
-  local 10.0.10.1 as 65000;
-  neighbor 10.0.10.2 as 65001;
-  passive on;
-  hold time 9;
-  error wait time 1, 2;
-  graceful restart on;
-  debug {{ states, routes, events, packets }};
-  ipv4 {{ import all; export none; }};
-  ipv6 {{ import all; export none; }};
-}}
-"#,
-        log.display()
-    )
-}
-
-#[test]
-fn bird_keeps_a_restarting_pops_routes() -> TestResult {
-    with_bird(topology("gr"), gr_bird_config, gr_scenario)
-}
-
-/// POP A's graceful-restart state in `edge-agent status --output json`, once `ready` holds
-/// (the status file is written every second).
-fn gr_status(
-    t: &Bgp,
-    ready: impl Fn(&serde_json::Value) -> bool,
-) -> Result<serde_json::Value, Error> {
-    let start = Instant::now();
-    loop {
-        let status = t.cli('a', &["status", "--output", "json"])?;
-        let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-        let gr = doc["agent"]["bgp"]["sessions"][0]["graceful_restart"].clone();
-        if ready(&gr) || start.elapsed() > Duration::from_secs(5) {
-            return Ok(gr);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn gr_scenario(t: &mut Bgp) -> TestResult {
-    const BGP: &str = "asn = 65001\ngraceful_restart_secs = 30\n\n[[bgp.peers]]\naddress = \"10.0.10.1\"\nasn = 65000\nnext_hop_v6 = \"2001:db8:10::2\"\n";
-    t.start_backend('a')?;
-    t.start_agent_with('a', BGP)?;
-    let start = Instant::now();
-    while !t.birdc(&["show", "route", "for", VIP4])?.contains("[popa")
-        || !t.birdc(&["show", "route", "for", VIP6])?.contains("[popa")
-    {
-        if start.elapsed() > Duration::from_secs(30) {
-            return Err("expected both VIPs in BIRD within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let eor = |gr: &serde_json::Value| {
-        gr["end_of_rib_received"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-    };
-    let gr = gr_status(t, eor)?;
-    assert_eq!(gr["negotiated"], true, "expected GR negotiated: {gr}");
-    assert_eq!(gr["restart_time"], 30, "{gr}");
-    assert_eq!(gr["forwarding_state"], false, "a fresh data plane: {gr}");
-    assert_eq!(
-        gr["end_of_rib_sent"],
-        serde_json::json!(["ipv4", "ipv6"]),
-        "{gr}"
-    );
-    assert!(eor(&gr), "expected BIRD's End-of-RIB: {gr}");
-
-    // SIGKILL: no withdraw, no NOTIFICATION. The restarted agent adopts the pinned data plane.
-    let log_before = std::fs::read_to_string(&t.bird_log)?.len();
-    let socket = t.socket.clone();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (samples, restarted) = std::thread::scope(|s| -> Result<_, Error> {
-        let poller = s.spawn(|| {
-            let mut samples = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let out = |args: &[&str]| {
-                    Command::new("birdc")
-                        .arg("-s")
-                        .arg(&socket)
-                        .args(args)
-                        .output()
-                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                        .unwrap_or_default()
-                };
-                let r4 = out(&["show", "route", "for", VIP4]);
-                let r6 = out(&["show", "route", "for", VIP6]);
-                let proto = out(&["show", "protocols", "all", "popa"]);
-                samples.push((
-                    r4.contains("[popa") && r6.contains("[popa"),
-                    proto.contains("Neighbor graceful restart active"),
-                    format!("{r4}{r6}"),
-                ));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            samples
-        });
-        let agent = t.agents[0].take().ok_or("no agent")?;
-        std::thread::sleep(Duration::from_millis(500));
-        agent.signal(libc::SIGKILL)?;
-        agent.wait_exit(Duration::from_secs(10))?;
-        let killed = Instant::now();
-        std::thread::sleep(Duration::from_millis(1_000));
-        let result = t.start_agent_with('a', BGP);
-        let restarted = killed.elapsed();
-        // Until the new session has sent its End-of-RIB and BIRD has dropped the stale flags.
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            let log = std::fs::read_to_string(&t.bird_log).unwrap_or_default();
-            if log[log_before.min(log.len())..].contains("Neighbor graceful restart done") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let samples = poller.join().map_err(|_| "the poller panicked")?;
-        result?;
-        Ok((samples, restarted))
-    })?;
-    println!(
-        "gr: agent back {} ms after SIGKILL; {} samples of BIRD's RIB, {} during the restart",
-        restarted.as_millis(),
-        samples.len(),
-        samples.iter().filter(|s| s.1).count()
-    );
-    if let Some(gap) = samples.iter().find(|s| !s.0) {
-        return Err(format!(
-            "expected both VIPs in BIRD throughout, one sample had:\n{}",
-            gap.2
-        )
-        .into());
-    }
-    assert!(
-        samples.iter().any(|s| s.1),
-        "expected BIRD to hold the routes as stale (graceful restart active) for a while"
-    );
-    assert!(
-        samples.last().is_some_and(|s| !s.1),
-        "expected the restart over (routes refreshed) at the end"
-    );
-    let log = std::fs::read_to_string(&t.bird_log)?;
-    let log = &log[log_before..];
-    let at = |what: &str| {
-        log.find(what)
-            .ok_or_else(|| format!("expected BIRD to log {what:?}:\n{log}"))
-    };
-    let (detected, got_eor, done) = (
-        at("Neighbor graceful restart detected")?,
-        at("Got END-OF-RIB")?,
-        at("Neighbor graceful restart done")?,
-    );
-    assert!(
-        detected < got_eor && got_eor <= done,
-        "expected detected < End-of-RIB <= done, saw {detected} {got_eor} {done}:\n{log}"
-    );
-    let gr = gr_status(t, |gr| gr["forwarding_state"] == true && eor(gr))?;
-    assert_eq!(gr["forwarding_state"], true, "an adopted data plane: {gr}");
-    assert_eq!(gr["negotiated"], true, "{gr}");
-    assert_eq!(t.echo_both()?, 'a');
     Ok(())
 }

@@ -4,6 +4,8 @@
 mod agent_lifecycle;
 mod attack_lab;
 mod bfd_lab;
+mod bgp_graceful_restart_lab;
+mod bgp_ibgp_lab;
 mod bgp_lab;
 mod bpf_log_lab;
 mod cli_lab;

@@ -1,6 +1,7 @@
 //! Starting and stopping each balancer in the lb namespace.
 
 use std::{
+    fmt,
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -72,6 +73,12 @@ impl Mode {
     /// Whether the VIP goes on the lb's `lo`.
     pub fn has_vip(self) -> bool {
         self != Mode::Plain
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

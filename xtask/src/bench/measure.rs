@@ -1,0 +1,175 @@
+//! One mode of the end-to-end section: its lab, backend and balancer up, the path probed, then
+//! echo, iperf3 and wrk run from the client, each outcome kept (a failed test fails its metric,
+//! not the whole run).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use super::{
+    check_stop,
+    cpu::background_busy,
+    lab,
+    lab::CLIENT,
+    load,
+    metric::{Metric, ModeResult},
+    modes::{self, Inputs, Mode},
+    NOISY, SETTLE,
+};
+
+/// A failed request is not a served one: above this share of errors, a wrk rate is discarded.
+const MAX_WRK_ERROR_RATIO: f64 = 0.01;
+
+pub(super) fn measure_mode(
+    mode: Mode,
+    seconds: u64,
+    inputs: &Inputs<'_>,
+    run_ids: &mut Vec<String>,
+) -> ModeResult {
+    let mut result = ModeResult {
+        mode,
+        error: None,
+        values: Vec::new(),
+        notes: Vec::new(),
+        background_busy: None,
+        samples: Vec::new(),
+    };
+    if let Err(e) = measure_into(&mut result, seconds, inputs, run_ids) {
+        result.error = Some(format!("{e:#}"));
+    }
+    result
+}
+
+fn measure_into(
+    result: &mut ModeResult,
+    seconds: u64,
+    inputs: &Inputs<'_>,
+    run_ids: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let mode = result.mode;
+    let lab = lab::topology(mode.has_vip())
+        .up()
+        .context("bringing up the lab")?;
+    let run_id = lab.run_id().to_string();
+    run_ids.push(run_id.clone());
+    println!("bench: {mode}: lab run {run_id} up");
+    // Declared after the lab, so dropped before it: processes stop before their namespaces go.
+    let _backends = lab::start_backends(&lab, inputs.tools).context("starting the backend")?;
+    let balancer = modes::start(mode, &lab, inputs).with_context(|| format!("starting {mode}"))?;
+    let client = lab.ns(CLIENT);
+    let target = mode.target();
+    load::probe(client, target, Duration::from_secs(15), &|| {
+        balancer.check_alive()
+    })
+    .with_context(|| format!("HTTP and echo from client to {target} through {mode}"))?;
+    println!("bench: {mode}: path client -> {target} -> backend works");
+    std::thread::sleep(SETTLE);
+    result.background_busy = background_busy(Duration::from_secs(1));
+    if let Some(busy) = result.background_busy {
+        println!(
+            "bench: {mode}: CPUs {:.0}% busy with the lab idle{}",
+            busy * 100.0,
+            if busy > NOISY {
+                " - other work is running: figures will be skewed"
+            } else {
+                ""
+            }
+        );
+        if busy > NOISY {
+            result.notes.push(format!(
+                "CPUs were {:.0}% busy with the lab idle: something else was running",
+                busy * 100.0
+            ));
+        }
+    }
+
+    // Before each test: stop if asked to, fail the mode if its balancer died, let the last
+    // test's connections settle.
+    let step = || -> anyhow::Result<()> {
+        check_stop()?;
+        balancer
+            .check_alive()
+            .with_context(|| format!("{mode} died during the run"))?;
+        std::thread::sleep(SETTLE);
+        Ok(())
+    };
+
+    step()?;
+    match load::echo(client, &inputs.tools.echo_client, target) {
+        Ok(echo) => {
+            println!(
+                "bench: {mode}: echo {} round trips: p50 {:.1} us, p99 {:.1} us",
+                echo.samples, echo.p50_us, echo.p99_us
+            );
+            result.values.push((Metric::EchoP50, Ok(echo.p50_us)));
+            result.values.push((Metric::EchoP99, Ok(echo.p99_us)));
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            result.values.push((Metric::EchoP50, Err(e.clone())));
+            result.values.push((Metric::EchoP99, Err(e)));
+        }
+    }
+
+    let mut retransmits = Vec::new();
+    for (metric, streams) in [(Metric::Iperf1, 1), (Metric::Iperf4, 4)] {
+        step()?;
+        let value = load::iperf3(client, target, streams, seconds).and_then(|r| {
+            println!(
+                "bench: {mode}: iperf3 {streams} stream(s): {:.2} Gbit/s, {} retransmits",
+                r.gbps, r.retransmits
+            );
+            retransmits.push(format!("{} ({streams} stream(s))", r.retransmits));
+            if r.gbps <= 0.0 {
+                bail!("iperf3 moved no data");
+            }
+            Ok(r.gbps)
+        });
+        result
+            .values
+            .push((metric, value.map_err(|e| format!("{e:#}"))));
+    }
+    // Drops on the path show up as retransmissions; veth forwarding has some in every mode.
+    if !retransmits.is_empty() {
+        result
+            .notes
+            .push(format!("iperf3 retransmits: {}", retransmits.join(", ")));
+    }
+
+    for (metric, close) in [(Metric::HttpKeepAlive, false), (Metric::HttpClose, true)] {
+        step()?;
+        let value =
+            load::wrk(client, target, close, seconds).and_then(|w| {
+                println!(
+                "bench: {mode}: wrk {}: {:.0} req/s ({} requests, {} socket errors, {} non-2xx)",
+                if close { "Connection: close" } else { "keep-alive" },
+                w.requests_per_sec,
+                w.requests,
+                w.socket_errors,
+                w.non_2xx
+            );
+                let errors = w.socket_errors + w.non_2xx;
+                if w.error_ratio() > MAX_WRK_ERROR_RATIO || w.requests == 0 {
+                    bail!(
+                        "{errors} of {} requests failed (socket errors or non-2xx)",
+                        w.requests
+                    );
+                }
+                if errors > 0 {
+                    result.notes.push(format!(
+                        "{}: {errors} of {} requests failed",
+                        metric.label(),
+                        w.requests
+                    ));
+                }
+                Ok(w.requests_per_sec)
+            });
+        result
+            .values
+            .push((metric, value.map_err(|e| format!("{e:#}"))));
+    }
+    balancer
+        .check_alive()
+        .with_context(|| format!("{mode} died during the run"))?;
+    Ok(())
+}
