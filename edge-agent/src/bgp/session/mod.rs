@@ -81,7 +81,7 @@ pub struct PeerStatus {
     pub established_count: u64,
     pub graceful_restart: GrStatus,
     /// The BFD session with this peer, when configured.
-    pub bfd: Option<super::bfd::BfdStatus>,
+    pub bfd: Option<super::bfd::status::BfdStatus>,
 }
 
 /// Graceful restart (RFC 4724) on the current or last session.
