@@ -12,7 +12,7 @@
 
 mod conn;
 mod established;
-mod retry;
+pub mod retry;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},

@@ -31,7 +31,7 @@ pub fn check_id(what: &str, id: &str) -> Result<(), String> {
 /// as it is (RFC 1035 2.3.1: letters, digits and `-`, no `-` at either end, at most 63), not
 /// something that becomes one: `..`, `-` or `a.b` are refused. Case is kept, but names are
 /// case-insensitive, so two ids that differ only in case are one name: the API refuses the
-/// second ([`super::owners::registration_conflict`]) and the validator rejects it.
+/// second ([`crate::state::owners::registration_conflict`]) and the validator rejects it.
 pub fn check_registration_id(id: &str) -> Result<(), String> {
     let ok = (1..=63).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')

@@ -121,7 +121,7 @@ impl<'i> SnapshotBuilder<'i> {
     }
 
     /// A builder that knows what the source's previous snapshot held (see
-    /// [`super::owners`]): sources keep the [`Incumbents`] of the snapshot they last handed
+    /// [`crate::state::owners`]): sources keep the [`Incumbents`] of the snapshot they last handed
     /// out and pass them here.
     pub fn with_incumbents(incumbents: &'i Incumbents) -> Self {
         SnapshotBuilder {
@@ -151,7 +151,7 @@ impl<'i> SnapshotBuilder<'i> {
         }
     }
 
-    /// A `services` row, columns as in [`columns::SERVICES`].
+    /// A `services` row, columns as in [`super::columns::SERVICES`].
     pub fn service(&mut self, cells: &[Cell<'_>]) {
         match service_row(cells) {
             Ok(row) => self.services.push(row),
@@ -163,7 +163,7 @@ impl<'i> SnapshotBuilder<'i> {
         }
     }
 
-    /// A `backends` row, columns as in [`columns::BACKENDS`].
+    /// A `backends` row, columns as in [`super::columns::BACKENDS`].
     pub fn backend(&mut self, cells: &[Cell<'_>]) {
         match backend_row(cells) {
             Ok(row) => {
@@ -183,7 +183,7 @@ impl<'i> SnapshotBuilder<'i> {
         }
     }
 
-    /// A `settings` row, columns as in [`columns::SETTINGS`].
+    /// A `settings` row, columns as in [`super::columns::SETTINGS`].
     pub fn setting(&mut self, cells: &[Cell<'_>]) {
         match setting_row(cells) {
             Ok((k, v)) => {
@@ -196,7 +196,7 @@ impl<'i> SnapshotBuilder<'i> {
         }
     }
 
-    /// A `pops` row, columns as in [`columns::POPS`].
+    /// A `pops` row, columns as in [`super::columns::POPS`].
     pub fn pop(&mut self, cells: &[Cell<'_>]) {
         match pop_row(cells) {
             Ok(p) => self.pops.push(p),
@@ -207,7 +207,7 @@ impl<'i> SnapshotBuilder<'i> {
         }
     }
 
-    /// A `health` row, columns as in [`columns::HEALTH`].
+    /// A `health` row, columns as in [`super::columns::HEALTH`].
     pub fn health(&mut self, cells: &[Cell<'_>]) {
         match health_row(cells) {
             Ok(h) => self.health.push(h),
