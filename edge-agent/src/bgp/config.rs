@@ -107,7 +107,7 @@ pub struct PeerConfig {
     /// BFD with this peer (RFC 5880/5881): `bfd = true` (300 ms x 3) or a `[bgp.peers.bfd]`
     /// table with `min_tx_ms`, `min_rx_ms` (down to 100) and `multiplier`. When an Up session
     /// goes down, the BGP session is closed as on hold timer expiry.
-    pub bfd: Option<super::bfd::BfdSetting>,
+    pub bfd: Option<super::bfd::config::BfdSetting>,
 }
 
 /// The longest `shutdown_pause_ms`: the agent waits 3 s for its sessions to close on SIGTERM.
@@ -208,7 +208,11 @@ impl BgpConfig {
                 ));
             }
             peer.md5_key()?;
-            if let Some(bfd) = peer.bfd.as_ref().and_then(super::bfd::BfdSetting::config) {
+            if let Some(bfd) = peer
+                .bfd
+                .as_ref()
+                .and_then(super::bfd::config::BfdSetting::config)
+            {
                 bfd.validate()
                     .map_err(|e| format!("bgp peer {}: {e}", peer.address))?;
             }

@@ -43,7 +43,7 @@ pub struct Speaker {
     shutdown: watch::Sender<bool>,
     peers: Vec<Arc<Mutex<PeerStatus>>>,
     /// Each peer's BFD state (none without BFD), shown with its session.
-    bfd_status: Vec<Arc<Mutex<Option<bfd::BfdStatus>>>>,
+    bfd_status: Vec<Arc<Mutex<Option<bfd::status::BfdStatus>>>>,
     bfd: bfd::Bfd,
     tasks: Vec<JoinHandle<()>>,
     listeners: Vec<JoinHandle<()>>,
@@ -95,7 +95,7 @@ impl Speaker {
             .collect();
         let (mut bfd_peers, mut bfd_slots, mut bfd_of) = (Vec::new(), Vec::new(), Vec::new());
         for (peer, slot) in config.peers.iter().zip(&bfd_status) {
-            let on = peer.bfd.as_ref().and_then(bfd::BfdSetting::config);
+            let on = peer.bfd.as_ref().and_then(bfd::config::BfdSetting::config);
             bfd_of.push(on.map(|_| bfd_peers.len()));
             if let Some(c) = on {
                 bfd_peers.push(bfd::PeerBfd {

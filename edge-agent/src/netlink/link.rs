@@ -26,8 +26,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::protocols::NETLINK_ROUTE;
 
-pub use super::socket::NetlinkError;
-use super::socket::{valid_ifname, NlSocket};
+use super::socket::{valid_ifname, NetlinkError, NlSocket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

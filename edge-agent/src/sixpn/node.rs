@@ -16,7 +16,8 @@ use super::{
     keys::{PrivateKey, PublicKey},
     members::{changes, Mesh},
     wireguard::{
-        kernel::{Implementation, KernelError, KernelWg},
+        choice::Implementation,
+        kernel::{KernelError, KernelWg},
         uapi::{DeviceConfig, DeviceState, Uapi},
         userspace::{self, DEFAULT_MTU},
     },

@@ -5,7 +5,7 @@
 //! may have changed ([`StateSource`]). The local file ([`SqliteState`]) is the embedded default;
 //! a Corrosion source plugs in beside it: it feeds the rows of its subscriptions, in the column
 //! order of [`validate::columns`], through the same [`validate::SnapshotBuilder`], and sends the
-//! statements of [`write`] through Corrosion's transactions API. Who keeps a VIP, an endpoint
+//! statements of [`write`](mod@write) through Corrosion's transactions API. Who keeps a VIP, an endpoint
 //! or a DNS name that rows contend for is [`owners`]' rule; sources remember what their last
 //! snapshot held ([`owners::Incumbents`]) for it.
 

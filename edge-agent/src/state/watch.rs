@@ -32,7 +32,7 @@ use tokio::{sync::Notify, time::Instant};
 use tracing::{debug, warn};
 
 use super::{
-    sqlite::{file_id, FileId},
+    sqlite::open::{file_id, FileId},
     ChangeFuture, Changes, StateError,
 };
 

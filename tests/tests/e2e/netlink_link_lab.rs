@@ -3,7 +3,7 @@
 //! opened in; and the WireGuard implementation check leaves nothing behind there.
 
 use edge_agent::{
-    netlink::link::LinkError, netlink::link::NetlinkLink, sixpn::wireguard::kernel::Implementation,
+    netlink::link::LinkError, netlink::link::NetlinkLink, sixpn::wireguard::choice::Implementation,
     sixpn::wireguard::kernel::KernelError, sixpn::wireguard::kernel::KernelWg,
     sixpn::wireguard::userspace::DEFAULT_MTU,
 };
