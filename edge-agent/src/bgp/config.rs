@@ -9,9 +9,6 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-/// The graceful-shutdown community of RFC 8326, added while a POP drains.
-pub const GRACEFUL_SHUTDOWN: (u16, u16) = (65535, 0);
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BgpConfig {

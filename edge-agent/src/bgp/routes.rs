@@ -9,7 +9,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use super::{config::GRACEFUL_SHUTDOWN, wire::RouteAttrs};
+use super::wire::{RouteAttrs, GRACEFUL_SHUTDOWN};
 
 /// Prefix -> attributes: what every session should have announced.
 pub type Rib = BTreeMap<IpNet, RouteAttrs>;

@@ -14,7 +14,8 @@ use bgpkit_parser::models::{
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 
-use super::config::GRACEFUL_SHUTDOWN;
+/// The graceful-shutdown community of RFC 8326, added while a POP drains.
+pub const GRACEFUL_SHUTDOWN: (u16, u16) = (65535, 0);
 
 pub const HEADER_LEN: usize = 19;
 /// Without the extended message capability (RFC 8654), which this speaker does not offer.

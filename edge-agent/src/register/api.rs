@@ -432,7 +432,7 @@ async fn list(State(api): State<Arc<ApiState>>, Query(q): Query<ListQuery>) -> J
                     id: b.id.clone(),
                     app: b.service.clone(),
                     region: b.region.to_string(),
-                    address: write::address_text(&b.addr),
+                    address: validate::address_text(&b.addr),
                     port: b.port,
                     weight: b.weight,
                     expires_at: lease.expires_at(),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{validate, StateError};
 use crate::{
     health::CheckSpec,
-    model::{Backend, BackendAddr, Health, Pop, Service},
+    model::{Backend, Health, Pop, Service},
 };
 
 /// A statement parameter.
@@ -128,14 +128,6 @@ fn invalid(table: &'static str, key: &str) -> impl FnOnce(String) -> StateError 
     move |reason| StateError::Invalid { table, key, reason }
 }
 
-/// The address column's text: an IPv6 address or a `.internal` name.
-pub fn address_text(addr: &BackendAddr) -> String {
-    match addr {
-        BackendAddr::Ip(ip) => ip.to_string(),
-        BackendAddr::Name(name) => name.clone(),
-    }
-}
-
 /// `created_at` is set when the row is first written, and kept by every later write: who
 /// keeps a contested VIP goes by it ([`super::owners`]). A row from before the column keeps 0
 /// (not known) rather than look new.
@@ -194,7 +186,7 @@ fn backend_params(b: &Backend, now: i64) -> Vec<Param> {
         b.service.as_str().into(),
         b.region.as_str().into(),
         b.country.code().into(),
-        address_text(&b.addr).into(),
+        validate::address_text(&b.addr).into(),
         b.port.into(),
         b.weight.into(),
         b.soft_limit.into(),

@@ -33,7 +33,7 @@ use self::row::{plan_row, Planned};
 use super::{
     sqlite::unix_now,
     validate::{self, show, Cell},
-    write::{self, address_text, Stmt},
+    write::{self, Stmt},
     SqliteState, StateError,
 };
 use crate::model::{BackendAddr, Health, Service};
@@ -267,7 +267,7 @@ pub fn plan_v1(
         report.imported.push(ImportedRow {
             id: p.backend.id,
             service: p.backend.service,
-            address: address_text(&p.backend.addr),
+            address: validate::address_text(&p.backend.addr),
             notes: p.notes,
         });
     }

@@ -91,7 +91,7 @@ impl<'a> PopAddresses<'a> {
         match pop {
             Some(pop) => Err(format!(
                 "address {} is POP {pop}'s own: the POP would forward flows to itself",
-                crate::state::write::address_text(addr)
+                super::fields::address_text(addr)
             )),
             None => Ok(()),
         }

@@ -3,7 +3,7 @@
 use std::net::Ipv6Addr;
 
 use super::cells::{show, MAX_ID_LEN};
-use crate::model::{Country, Region};
+use crate::model::{BackendAddr, Country, Region};
 
 /// Ids are keys in logs, CLI arguments and DNS names: short, printable, no spaces, and with a
 /// letter or digit, since a DNS label is made of those (`.`, `..` or `-` would name nothing).
@@ -129,5 +129,13 @@ mod tests {
                 Err(reason) => assert!(reason.contains("not a DNS label"), "{reason:?}"),
             }
         }
+    }
+}
+
+/// The address column's text (what [`backends`](super::backends) reads back): an IPv6 address or a `.internal` name.
+pub fn address_text(addr: &BackendAddr) -> String {
+    match addr {
+        BackendAddr::Ip(ip) => ip.to_string(),
+        BackendAddr::Name(name) => name.clone(),
     }
 }

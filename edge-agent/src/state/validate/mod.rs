@@ -29,7 +29,7 @@ pub use backends::{
 };
 pub(crate) use cells::{found, key_text};
 pub use cells::{show, Cell};
-pub use fields::{check_id, check_overlay_ip, check_registration_id};
+pub use fields::{address_text, check_id, check_overlay_ip, check_registration_id};
 pub(crate) use fields::{parse_country, parse_region};
 pub use health::{check_health, status_str, MAX_REASON};
 pub use pops::{check_endpoint, check_pop, check_public_key};
