@@ -24,4 +24,6 @@ pub mod spec;
 pub mod tracker;
 pub mod writer;
 
-pub use self::spec::{CheckKind, CheckSpec, HealthConfig, Profile, Timing};
+pub use self::spec::{HealthConfig, Profile, Timing};
+// Where they were before `model` took them: callers outside the agent still name them so.
+pub use crate::model::{CheckKind, CheckSpec};

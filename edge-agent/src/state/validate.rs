@@ -14,10 +14,9 @@ use std::{
 use rusqlite::types::ValueRef;
 
 use super::owners::{self, Claim, Incumbents, Standing};
-use crate::health::CheckSpec;
 use crate::model::{
-    dns_label, Backend, BackendAddr, Country, Health, HealthStatus, HostRole, Lease, Pop, Region,
-    RejectedRow, Service, Snapshot,
+    dns_label, Backend, BackendAddr, CheckSpec, Country, Health, HealthStatus, HostRole, Lease,
+    Pop, Region, RejectedRow, Service, Snapshot,
 };
 
 /// The columns a source selects from each table, in the order the row parsers expect.
