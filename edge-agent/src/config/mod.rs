@@ -2,8 +2,9 @@
 //!
 //! The file's shape is [`AgentConfig`]. A section that one part of the agent reads is defined
 //! by that part (`[flows]` by the flow table, `[maglev]` by the Maglev tables, `[health]` by the
-//! checks...) and re-exported here, so that those parts never reach up into the configuration;
-//! the sections no single part owns are in `sections`, the configured services in `services`.
+//! checks...), so that those parts never reach up into the configuration; the ones that used to
+//! be defined here are re-exported under their old paths. The sections no single part owns are
+//! in `sections`, the configured services in `services`.
 
 mod listeners;
 mod load;
