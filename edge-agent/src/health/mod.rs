@@ -25,5 +25,6 @@ pub mod tracker;
 pub mod writer;
 
 pub use self::spec::{HealthConfig, Profile, Timing};
-// Where they were before `model` took them: callers outside the agent still name them so.
+// Their path before `model` took them, still used by the registration API, the CLI and the e2e
+// tests.
 pub use crate::model::{CheckKind, CheckSpec};
