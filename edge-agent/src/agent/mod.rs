@@ -1009,7 +1009,7 @@ impl Agent {
                 None => None,
             };
             // The listeners' connection caps, within the open-files limit.
-            let budget = Budget::plan(&self.config);
+            let budget = Budget::plan(self.config.listener_demand());
             // What bursts on them freed goes back to the kernel.
             let _trimmer = crate::process::memory::spawn_trimmer(Duration::from_secs(10));
             self.start_dns(&budget).await;

@@ -1,11 +1,11 @@
 //! [`GeoDb`]: the prefixes of a country database, per address family, as the kernel's LPM
 //! tries will hold them.
 
-use std::{collections::BTreeSet, fs, net::IpAddr, path::Path};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{csv, mmdb, normalize, GeoError, MMDB_METADATA_MARKER};
+use super::{normalize, GeoError};
 use crate::model::Country;
 
 /// Which kind of file a [`GeoDb`] came from.
@@ -75,37 +75,6 @@ impl Default for GeoDb {
 }
 
 impl GeoDb {
-    /// Loads a MaxMind DB or a `prefix,country` CSV file. The format follows the extension
-    /// (`.mmdb`, `.csv`); otherwise a file with the MaxMind metadata marker in its last
-    /// 128 KiB is a MaxMind DB and a UTF-8 text file a CSV.
-    ///
-    /// All or nothing: any unreadable, corrupt or invalid part of the file is an error, and
-    /// so is a file without a single classified network (most likely the wrong file, and
-    /// loading it would turn geo routing off).
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, GeoError> {
-        let path = path.as_ref();
-        let bytes = read(path)?;
-        match sniff(path, &bytes) {
-            Some(Format::Mmdb) => mmdb::parse(path, bytes),
-            Some(Format::Csv) => csv::parse(path, &bytes),
-            None => Err(GeoError::UnknownFormat {
-                path: path.to_owned(),
-            }),
-        }
-    }
-
-    /// Loads a MaxMind DB whatever the file is called.
-    pub fn load_mmdb(path: impl AsRef<Path>) -> Result<Self, GeoError> {
-        let path = path.as_ref();
-        mmdb::parse(path, read(path)?)
-    }
-
-    /// Loads a `prefix,country` CSV whatever the file is called.
-    pub fn load_csv(path: impl AsRef<Path>) -> Result<Self, GeoError> {
-        let path = path.as_ref();
-        csv::parse(path, &read(path)?)
-    }
-
     /// A database from prefixes in memory. IPv4-mapped IPv6 prefixes count as IPv4; a prefix
     /// with host bits set, one inside `::/96`, or the same prefix twice with different
     /// countries is an error naming the entry's index.
@@ -184,40 +153,6 @@ impl GeoDb {
 
     pub fn info(&self) -> &GeoDbInfo {
         &self.info
-    }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, GeoError> {
-    fs::read(path).map_err(|source| GeoError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-enum Format {
-    Mmdb,
-    Csv,
-}
-
-fn sniff(path: &Path, bytes: &[u8]) -> Option<Format> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if ext.eq_ignore_ascii_case("mmdb") {
-        return Some(Format::Mmdb);
-    }
-    if ext.eq_ignore_ascii_case("csv") {
-        return Some(Format::Csv);
-    }
-    // The format spec puts the metadata in the last 128 KiB.
-    let tail = &bytes[bytes.len().saturating_sub(128 * 1024)..];
-    if tail
-        .windows(MMDB_METADATA_MARKER.len())
-        .any(|w| w == MMDB_METADATA_MARKER)
-    {
-        Some(Format::Mmdb)
-    } else if std::str::from_utf8(bytes).is_ok() {
-        Some(Format::Csv)
-    } else {
-        None
     }
 }
 

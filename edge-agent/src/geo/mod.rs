@@ -27,6 +27,7 @@ mod classes;
 mod csv;
 mod db;
 mod in_force;
+mod load;
 mod mmdb;
 mod regions;
 mod writer;

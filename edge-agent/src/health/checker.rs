@@ -176,7 +176,7 @@ async fn check_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::spec::CheckSpec;
+    use crate::model::CheckSpec;
 
     #[tokio::test]
     async fn targets_are_checked_and_replaced() -> std::io::Result<()> {

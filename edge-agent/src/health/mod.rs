@@ -24,4 +24,7 @@ pub mod spec;
 pub mod tracker;
 pub mod writer;
 
-pub use self::spec::{CheckKind, CheckSpec, HealthConfig, Profile, Timing};
+pub use self::spec::{HealthConfig, Profile, Timing};
+// Their path before `model` took them, still used by the registration API, the CLI and the e2e
+// tests.
+pub use crate::model::{CheckKind, CheckSpec};

@@ -14,8 +14,10 @@ use std::{
 use hyper::Method;
 use tokio::net::TcpStream;
 
-use super::spec::{parse_status_range, CheckKind, CheckSpec};
-use crate::http_client;
+use crate::{
+    http_client,
+    model::{parse_status_range, CheckKind, CheckSpec},
+};
 
 /// Where and how to check.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,8 +10,6 @@
 
 use tracing::{info, warn};
 
-use crate::config::AgentConfig;
-
 /// Files kept for everything but the listeners, beyond the health checks' own share: BPF maps
 /// and programs, the state database and its watcher, Corrosion, BGP, 6PN, logs, and headroom.
 const BASE_RESERVE: u64 = 256;
@@ -69,6 +67,14 @@ pub fn open_files() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
 }
 
+/// What the configuration asks of the files: the listeners' connection caps summed, and the
+/// health checks that may run at once (see `AgentConfig::listener_demand`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub connections: u64,
+    pub health_checks: u64,
+}
+
 /// The connection caps the listeners get.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Budget {
@@ -104,8 +110,9 @@ impl Budget {
         ((f64::from(cap) * self.factor) as u32).clamp(MIN_CAP.min(cap), cap)
     }
 
-    /// The budget for `config`'s listeners under this process's limit (raised first), logged.
-    pub fn plan(config: &AgentConfig) -> Self {
+    /// The budget for the listeners `demand` describes under this process's limit (raised
+    /// first), logged.
+    pub fn plan(demand: Demand) -> Self {
         let limit = raise_nofile()
             .or_else(|error| {
                 warn!(%error, "raising the open-files limit to the hard one");
@@ -118,16 +125,8 @@ impl Budget {
                     hard: 1024,
                 }
             });
-        let mut wanted =
-            u64::from(config.register.limits.max_connections) * config.register.listen.len() as u64;
-        if config.metrics.listen.is_some() {
-            wanted += u64::from(config.metrics.limits.max_connections);
-        }
-        if config.dns.enabled {
-            let addresses = config.dns.addresses(config.overlay.addr).len() as u64;
-            wanted += u64::from(config.dns.tcp_limits.max_connections) * addresses;
-        }
-        let reserve = BASE_RESERVE + PER_CHECK * config.health.concurrency as u64;
+        let wanted = demand.connections;
+        let reserve = BASE_RESERVE + PER_CHECK * demand.health_checks;
         let budget = Budget::fit(limit.soft, open_files(), reserve, wanted);
         if budget.factor < 1.0 {
             warn!(

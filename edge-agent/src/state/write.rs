@@ -6,10 +6,7 @@
 use serde::Serialize;
 
 use super::{validate, StateError};
-use crate::{
-    health::CheckSpec,
-    model::{Backend, Health, Pop, Service},
-};
+use crate::model::{Backend, CheckSpec, Health, Pop, Service};
 
 /// A statement parameter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

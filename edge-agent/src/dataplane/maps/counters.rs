@@ -268,7 +268,7 @@ pub fn nat_report(pins: &PinDir) -> Result<NatReport, CountersError> {
     }
     let flows: HashMap<MapData, edge_common::FlowKey, edge_common::FlowValue> =
         HashMap::try_from(flows_map).map_err(shape(names::FLOWS))?;
-    let config = crate::config::FlowConfig::default();
+    let config = crate::dataplane::maps::flows::FlowConfig::default();
     let now = crate::dataplane::maps::flows::monotonic_ns();
     let (sweep, _) = crate::dataplane::maps::flows::sweep(
         &flows,

@@ -9,10 +9,7 @@ use super::{
     columns,
     fields::{check_id, check_overlay_ip, parse_country, parse_overlay_ip, parse_region},
 };
-use crate::{
-    health::CheckSpec,
-    model::{dns_label, Backend, BackendAddr, HostRole, Lease, Pop},
-};
+use crate::model::{dns_label, Backend, BackendAddr, CheckSpec, HostRole, Lease, Pop};
 
 pub const MAX_WEIGHT: u32 = 1000;
 

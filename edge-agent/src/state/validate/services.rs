@@ -7,7 +7,7 @@ use super::{
     columns,
     fields::check_id,
 };
-use crate::{health::CheckSpec, model::Service};
+use crate::model::{CheckSpec, Service};
 
 pub fn check_vip(ip: IpAddr) -> Result<(), String> {
     let bad = match ip {

@@ -1,6 +1,8 @@
 //! The flow table seen from user space: TCP state derived from both directions' flags, expiry,
 //! per-backend active-flow counts, and listings for `edge-agent flows`.
 
+mod config;
+
 use std::{
     borrow::Borrow,
     collections::BTreeMap,
@@ -19,7 +21,8 @@ use edge_common::{
 };
 use serde::Serialize;
 
-use crate::{config::FlowConfig, dataplane::backend_reset::BackendReset};
+pub use self::config::FlowConfig;
+use crate::dataplane::backend_reset::BackendReset;
 
 /// TCP state of a connection as the two directions' flags tell it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

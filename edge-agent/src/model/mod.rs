@@ -1,11 +1,13 @@
 //! The control-plane state as the agent uses it, whatever its source (config file, SQLite file,
 //! Corrosion): validated values only. Sources turn rows into these and reject what does not fit.
 
+mod check;
+
 use std::{fmt, net::IpAddr, net::Ipv6Addr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::CheckSpec;
+pub use self::check::{parse_status_range, CheckKind, CheckSpec};
 
 /// An ISO 3166-1 alpha-2 country code, upper case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
