@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{
-    bgp_lab::{topology_with, with_bird, Bgp},
+    anycast_lab::{topology_with, with_bird, Bgp},
     common::TestResult,
     restart_lab::{Bird, Router, POP_B},
 };

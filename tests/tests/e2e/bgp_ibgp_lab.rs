@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    bgp_lab::{topology, with_bird, Bgp, VIP4, VIP6},
+    anycast_lab::{topology, with_bird, Bgp, VIP4, VIP6},
     common::TestResult,
 };
 

@@ -13,7 +13,7 @@ use std::{
 use edge_lab::Topology;
 
 use super::{
-    bgp_lab::{topology_with, Bgp, VIP4, VIP6},
+    anycast_lab::{topology_with, Bgp, VIP4, VIP6},
     common::{tear_down, TestResult},
     restart_lab::{restarts_under_load, Router, Sample},
 };

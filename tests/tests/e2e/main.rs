@@ -2,6 +2,7 @@
 //! `cargo xtask test` builds (`EDGE_AGENT_BIN`, `EDGE_XTASK_BIN`).
 
 mod agent_lifecycle;
+mod anycast_lab;
 mod attack_lab;
 mod bfd_lab;
 mod bgp_graceful_restart_lab;

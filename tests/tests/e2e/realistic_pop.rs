@@ -305,7 +305,7 @@ protocol bgp pop {{
 "#,
         log.display()
     );
-    super::bgp_lab::spawn_bird(lab, "rtr", &conf)
+    super::anycast_lab::spawn_bird(lab, "rtr", &conf)
 }
 
 /// Checks a `geo-churn` summary: no failure, and every client on a backend its tier picks.

@@ -16,7 +16,7 @@ use std::{
 use edge_lab::bpffs_pin_dir;
 
 use super::{
-    bgp_lab::{Bgp, VIP4, VIP6},
+    anycast_lab::{Bgp, VIP4, VIP6},
     common::{agent_bin, agent_json, TestResult},
 };
 
@@ -377,8 +377,8 @@ pub(super) fn pop_a_gr(extra_peer: &str) -> String {
 
 #[test]
 fn bird_keeps_pop_a_through_ten_restarts_under_load() -> TestResult {
-    super::bgp_lab::with_bird(
-        super::bgp_lab::topology_with("grload", false),
+    super::anycast_lab::with_bird(
+        super::anycast_lab::topology_with("grload", false),
         bird_config,
         |t| {
             let bird = Bird {
