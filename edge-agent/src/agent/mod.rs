@@ -2,6 +2,7 @@
 //! handled. `main.rs` only parses the command line.
 
 pub mod host;
+pub mod status;
 
 use std::{
     collections::HashMap,
@@ -778,42 +779,54 @@ impl Agent {
             return;
         };
         let state = match &b.source {
-            Some(source) => serde_json::json!({
-                "source": source.describe(),
-                "stale_secs": source.staleness().map(|d| d.as_secs_f64()),
-                "detail": source.detail(),
-            }),
-            None => serde_json::json!({"source": "the config file's services", "stale_secs": 0.0}),
-        };
-        let doc = serde_json::json!({
-            "pid": std::process::id(),
-            "written_at": crate::model::unix_now(),
-            "state": state,
-            "rejected_rows": b.rejected_rows,
-            "geo": b.geo,
-            "state_read_secs_ago": b.state_read_at.map(|t| t.elapsed().as_secs_f64()),
-            "health": {
-                "checking": b.health.checking(),
-                "checks": b.health.checks,
-                "transitions": b.health.transitions,
+            Some(source) => status::StateStatus {
+                source: source.describe(),
+                stale_secs: source.staleness().map(|d| d.as_secs_f64()),
+                detail: Some(source.detail()),
             },
-            "dns": b.dns.as_ref().map(|d| d.local.clone()),
-            "sixpn": self.sixpn.as_ref().map(crate::sixpn::node::Node::status),
-            "bgp": self.bgp.as_ref().map(|speaker| {
-                let (sessions, vips) = speaker.status();
-                serde_json::json!({
-                    "draining_since": crate::bgp::drain::since(&self.pins),
-                    "sessions": sessions,
-                    "vips": vips,
-                    "bfd_dropped": speaker.bfd_dropped(),
-                })
+            None => status::StateStatus {
+                source: "the config file's services".to_owned(),
+                stale_secs: Some(0.0),
+                detail: None,
+            },
+        };
+        let doc = status::AgentStatus {
+            pid: std::process::id(),
+            role: None,
+            written_at: crate::model::unix_now(),
+            pop: Some(status::PopStatus {
+                state,
+                rejected_rows: b.rejected_rows,
+                geo: b.geo.clone(),
+                state_read_secs_ago: b.state_read_at.map(|t| t.elapsed().as_secs_f64()),
+                health: status::ChecksStatus {
+                    checking: b.health.checking(),
+                    checks: b.health.checks,
+                    transitions: b.health.transitions,
+                },
+                dns: b.dns.as_ref().map(|d| d.local.clone()),
+                bgp: self.bgp.as_ref().map(|speaker| {
+                    let (sessions, vips) = speaker.status();
+                    status::BgpStatus {
+                        draining_since: crate::bgp::drain::since(&self.pins),
+                        sessions: sessions
+                            .iter()
+                            .filter_map(|s| status::BgpSession::of(s).ok())
+                            .collect(),
+                        vips: vips.iter().map(status::BgpVip::from).collect(),
+                        bfd_dropped: speaker
+                            .bfd_dropped()
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect(),
+                    }
+                }),
             }),
-        });
+            sixpn: self.sixpn.as_ref().map(crate::sixpn::node::Node::status),
+        };
         self.publish_metrics(b);
         let path = self.pins.agent_status_file();
-        if let Err(error) =
-            crate::dataplane::pins::write_atomically(&path, doc.to_string().as_bytes())
-        {
+        if let Err(error) = doc.write_to(&path) {
             debug!(%error, path = %path.display(), "writing the agent status");
         }
     }
