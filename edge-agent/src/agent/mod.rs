@@ -33,7 +33,7 @@ pub struct Agent {
     /// Taken by `run`.
     runtime: Option<tokio::runtime::Runtime>,
     /// What the agent publishes for `/metrics`, refreshed every second.
-    metrics_view: Arc<std::sync::Mutex<crate::metrics::AgentView>>,
+    metrics_view: tokio::sync::watch::Sender<Arc<crate::metrics::AgentView>>,
     config: AgentConfig,
     config_path: Option<PathBuf>,
     pins: PinDir,
@@ -340,7 +340,7 @@ impl Agent {
         };
         let mut agent = Agent {
             runtime: Some(runtime),
-            metrics_view: Arc::default(),
+            metrics_view: tokio::sync::watch::channel(Arc::default()).0,
             config,
             config_path,
             pins,
@@ -879,9 +879,8 @@ impl Agent {
                 },
             );
         }
-        let mut shared = self.metrics_view.lock().unwrap_or_else(|e| e.into_inner());
-        view.start_time_seconds = shared.start_time_seconds;
-        *shared = view;
+        view.start_time_seconds = self.metrics_view.borrow().start_time_seconds;
+        self.metrics_view.send_replace(Arc::new(view));
     }
 
     /// Serves `/metrics` where configured.
@@ -890,10 +889,11 @@ impl Agent {
             return;
         };
         self.metrics_view
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .start_time_seconds = crate::model::unix_now() as f64;
-        let app = crate::metrics::router(self.pins.clone(), Arc::clone(&self.metrics_view));
+            .send_replace(Arc::new(crate::metrics::AgentView {
+                start_time_seconds: crate::model::unix_now() as f64,
+                ..crate::metrics::AgentView::default()
+            }));
+        let app = crate::metrics::router(self.pins.clone(), self.metrics_view.subscribe());
         let limits = &self.config.metrics.limits;
         let limits = limits.with_cap(budget.cap(limits.max_connections));
         match crate::listen::http::start("metrics", addr, limits, app).await {
