@@ -23,19 +23,19 @@ pub fn run(pins: &PinDir, output: Output) -> anyhow::Result<()> {
     let running = age.is_some_and(|a| a <= FRESH_SECS);
     match output {
         Output::Json => {
-            let doc = serde_json::json!({
-                "agent_running": running,
-                "agent": agent,
-                "bpffs_root": pins.root(),
-                "attached": attached
+            let doc = StatusDoc {
+                agent_running: running,
+                agent: agent.as_ref(),
+                bpffs_root: pins.root(),
+                attached: attached
                     .iter()
-                    .map(|(iface, hook)| serde_json::json!({"iface": iface, "hook": hook}))
-                    .collect::<Vec<_>>(),
-                "counters": snapshot.classes,
-                "services": nat.services,
-                "backends": nat.backends,
-                "drops": nat.drops,
-            });
+                    .map(|(iface, hook)| Attached { iface, hook })
+                    .collect(),
+                counters: &snapshot.classes,
+                services: &nat.services,
+                backends: &nat.backends,
+                drops: &nat.drops,
+            };
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Output::Table => {
@@ -64,6 +64,27 @@ pub fn run(pins: &PinDir, output: Output) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `status --output json`.
+#[derive(serde::Serialize)]
+struct StatusDoc<'a> {
+    agent_running: bool,
+    /// The status file, as the agent wrote it.
+    agent: Option<&'a AgentStatus>,
+    bpffs_root: &'a std::path::Path,
+    attached: Vec<Attached<'a>>,
+    counters: &'a [counters::ClassCounters],
+    services: &'a [counters::ServiceRow],
+    backends: &'a [counters::BackendRow],
+    drops: &'a edge_common::DropStats,
+}
+
+/// An interface the data plane is attached to, and the hook.
+#[derive(serde::Serialize)]
+struct Attached<'a> {
+    iface: &'a str,
+    hook: &'a str,
 }
 
 /// The agent's part of the table: who it is and where its state comes from, then its BGP
