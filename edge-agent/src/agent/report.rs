@@ -226,3 +226,102 @@ pub async fn log_stats(pins: PinDir, every: Duration, health: Option<HealthRx>, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, time::Instant};
+
+    use super::*;
+    use crate::{
+        agent::{
+            fixtures::{backend, service, TestResult},
+            health::BackendChecks,
+            inputs::StateInput,
+            status::ChecksStatus,
+        },
+        model::Snapshot,
+    };
+
+    /// A reporter over channels holding what the tasks would have published.
+    fn reporter() -> Result<Reporter, Box<dyn std::error::Error>> {
+        let state = Arc::new(StateInput {
+            snapshot: Arc::new(Snapshot {
+                services: vec![service("web", "192.0.2.10")?],
+                backends: vec![backend("be1", 1)?, backend("be2", 2)?],
+                ..Snapshot::default()
+            }),
+            read_at: Instant::now(),
+            rejected_rows: 2,
+            draining_since: HashMap::new(),
+            orphan_health: Vec::new(),
+        });
+        let health = HealthReport {
+            state: Some(Arc::clone(&state)),
+            checks: ChecksStatus {
+                checking: 2,
+                checks: 17,
+                transitions: 1,
+            },
+            backends: HashMap::from([(
+                "be1".to_owned(),
+                BackendChecks {
+                    status: HealthStatus::Down,
+                    srtt_us: Some(1500),
+                    checks: 9,
+                    failures: 3,
+                },
+            )]),
+            ..HealthReport::default()
+        };
+        let sources = Sources {
+            store: None,
+            state: watch::channel(Some(state)).1,
+            health: watch::channel(Arc::new(health)).1,
+            geo: watch::channel(GeoInForce::default()).1,
+            bgp: None,
+            sixpn: None,
+            dns: Some(vec!["[fd00::53]:53".parse()?]),
+        };
+        let view = watch::channel(Arc::new(AgentView {
+            start_time_seconds: 1234.0,
+            ..AgentView::default()
+        }))
+        .0;
+        Ok(Reporter::new(PinDir::new("/nonexistent"), sources, view))
+    }
+
+    #[test]
+    fn the_status_says_what_the_tasks_last_published() -> TestResult {
+        let status = reporter()?.status();
+        assert_eq!(status.pid, std::process::id());
+        assert_eq!(status.role, None);
+        let pop = status.pop.ok_or("a POP's status")?;
+        assert_eq!(pop.state.source, "the config file's services");
+        assert_eq!(pop.state.stale_secs, Some(0.0));
+        assert_eq!(pop.rejected_rows, 2);
+        assert_eq!(pop.health.checks, 17);
+        assert!(pop.state_read_secs_ago.is_some_and(|s| s < 60.0));
+        assert_eq!(pop.dns.map(|d| d.len()), Some(1));
+        assert_eq!(pop.bgp, None);
+        assert_eq!(status.sixpn, None);
+        Ok(())
+    }
+
+    #[test]
+    fn the_metrics_view_joins_the_state_to_the_health_checks() -> TestResult {
+        let view = reporter()?.view();
+        assert_eq!(view.start_time_seconds, 1234.0, "kept across refreshes");
+        assert_eq!(view.state_source, "config");
+        assert_eq!((view.health_checks, view.rejected_rows), (17, 2));
+        let be1 = view.backends.get("be1").ok_or("be1")?;
+        assert_eq!(
+            (be1.status, be1.checks, be1.failures, be1.addr.as_str()),
+            ("down", 9, 3, "[fd00::1]:8080")
+        );
+        assert_eq!(be1.rtt_seconds, Some(0.0015));
+        let be2 = view.backends.get("be2").ok_or("be2")?;
+        assert_eq!((be2.status, be2.checks), ("unknown", 0), "never checked");
+        assert_eq!(view.services.values().collect::<Vec<_>>(), ["web"]);
+        Ok(())
+    }
+}
