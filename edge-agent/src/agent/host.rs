@@ -91,19 +91,14 @@ pub fn apply(store: &dyn StateStore, node: &mut Node, snap: &crate::model::Snaps
 }
 
 fn write_status(path: &std::path::Path, node: &Node) {
-    let doc = serde_json::json!({
-        "pid": std::process::id(),
-        "role": "host",
-        "written_at": crate::model::unix_now(),
-        "sixpn": node.status(),
-    });
-    let tmp = path.with_extension("tmp");
-    let written = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&tmp, doc.to_string()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(error) = written {
+    let doc = super::status::AgentStatus {
+        pid: std::process::id(),
+        role: Some(HostRole::Host),
+        written_at: crate::model::unix_now(),
+        pop: None,
+        sixpn: Some(node.status()),
+    };
+    if let Err(error) = doc.write_to(path) {
         warn!(%error, "writing the host status");
     }
 }

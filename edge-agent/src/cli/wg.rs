@@ -1,62 +1,63 @@
 //! `edge-agent wg show|rotate-key|down`: the 6PN WireGuard device as the running agent reports it,
 //! a key rotation published through the state, and removing the interface the agent leaves up.
 
+use std::fmt::Write as _;
+
 use anyhow::Context as _;
 
 use super::Output;
-use crate::{config::AgentConfig, dataplane::pins::PinDir, model::unix_now};
+use crate::{
+    agent::status::AgentStatus, config::AgentConfig, dataplane::pins::PinDir, model::unix_now,
+    sixpn::node::SixpnStatus,
+};
 
 pub fn show(pins: &PinDir, output: Output) -> anyhow::Result<()> {
-    let doc = std::fs::read(pins.agent_status_file())
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .map(|a| a["sixpn"].clone())
-        .filter(|s| !s.is_null())
+    let sixpn = AgentStatus::read(pins)
+        .and_then(|a| a.sixpn)
         .context("no running agent with [sixpn] enabled (its status file says nothing of 6PN)")?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-        Output::Table => print_sixpn(&doc),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&sixpn)?),
+        Output::Table => print!("{}", sixpn_table(&sixpn)),
     }
     Ok(())
 }
 
-pub fn print_sixpn(s: &serde_json::Value) {
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
-    println!(
+/// The device (implementation, address, key, port), the rows left out, and each peer.
+pub fn sixpn_table(s: &SixpnStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "6PN {} ({}): address {}, public key {}, port {}",
-        text(&s["ifname"]),
-        text(&s["implementation"]),
-        text(&s["address"]),
-        text(&s["public_key"]),
-        s["listen_port"]
+        s.ifname,
+        s.implementation,
+        s.address.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        s.public_key,
+        s.listen_port
     );
-    for p in s["problems"].as_array().into_iter().flatten() {
-        println!("  left out: {}", text(p));
+    for p in &s.problems {
+        let _ = writeln!(out, "  left out: {p}");
     }
-    println!(
+    let _ = writeln!(
+        out,
         "  {:<46} {:<40} {:>14} {:>12} {:>12}  allowed IPs",
         "peer", "endpoint", "handshake", "rx bytes", "tx bytes"
     );
-    for p in s["peers"].as_array().into_iter().flatten() {
-        let handshake = p["last_handshake_secs_ago"]
-            .as_f64()
+    for p in &s.peers {
+        let handshake = p
+            .last_handshake_secs_ago
             .map_or_else(|| "never".to_owned(), |a| format!("{a:.0} s ago"));
-        let ips: Vec<String> = p["allowed_ips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(text)
-            .collect();
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<46} {:<40} {:>14} {:>12} {:>12}  {}",
-            text(&p["public_key"]),
-            text(&p["endpoint"]),
+            p.public_key,
+            p.endpoint.as_deref().unwrap_or("-"),
             handshake,
-            p["rx_bytes"].as_u64().unwrap_or(0),
-            p["tx_bytes"].as_u64().unwrap_or(0),
-            ips.join(", ")
+            p.rx_bytes,
+            p.tx_bytes,
+            p.allowed_ips.join(", ")
         );
     }
+    out
 }
 
 /// Writes a new key beside the old one, moves it in place, and publishes its public half in
@@ -100,4 +101,56 @@ pub fn down(config: &AgentConfig) -> anyhow::Result<()> {
         println!("no interface {ifname}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sixpn::node::SixpnPeerStatus;
+
+    #[test]
+    fn the_sixpn_table_reads_the_typed_status() -> Result<(), Box<dyn std::error::Error>> {
+        let status = SixpnStatus {
+            implementation: "kernel (generic netlink)".to_owned(),
+            ifname: "6pn0".to_owned(),
+            id: "pop-a".to_owned(),
+            address: Some("fdaa:0:1::1".parse()?),
+            public_key: "KEY-A".to_owned(),
+            listen_port: 51820,
+            error: None,
+            problems: vec!["pop-c: no key".to_owned()],
+            peers: vec![SixpnPeerStatus {
+                public_key: "KEY-B".to_owned(),
+                endpoint: None,
+                allowed_ips: vec!["fdaa:0:2::/48".to_owned(), "10.50.2.1/32".to_owned()],
+                last_handshake_secs_ago: Some(4.4),
+                rx_bytes: 100,
+                tx_bytes: 200,
+            }],
+        };
+        let text = sixpn_table(&status);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "6PN 6pn0 (kernel (generic netlink)): address fdaa:0:1::1, public key KEY-A, port 51820"
+        );
+        assert_eq!(lines[1], "  left out: pop-c: no key");
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            [
+                "KEY-B",
+                "-",
+                "4",
+                "s",
+                "ago",
+                "100",
+                "200",
+                "fdaa:0:2::/48,",
+                "10.50.2.1/32"
+            ]
+        );
+        let never = SixpnStatus::default();
+        assert!(sixpn_table(&never).starts_with("6PN  (): address -, public key , port 0\n"));
+        Ok(())
+    }
 }

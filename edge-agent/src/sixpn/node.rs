@@ -303,40 +303,74 @@ impl Node {
     }
 
     /// For `edge-agent status` and `wg`: the implementation, this host, and each peer.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> SixpnStatus {
         let state = self.device.get();
         let now = SystemTime::now();
-        let peers: Vec<serde_json::Value> = match &state {
+        let peers = match &state {
             Ok(s) => s
                 .peers
                 .iter()
-                .map(|p| {
-                    serde_json::json!({
-                        "public_key": p.public_key.to_string(),
-                        "endpoint": p.endpoint.map(|e| e.to_string()),
-                        "allowed_ips": p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                        "last_handshake_secs_ago": p.last_handshake
-                            .and_then(|t| now.duration_since(t).ok())
-                            .map(|d: Duration| d.as_secs_f64()),
-                        "rx_bytes": p.rx_bytes,
-                        "tx_bytes": p.tx_bytes,
-                    })
+                .map(|p| SixpnPeerStatus {
+                    public_key: p.public_key.to_string(),
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    allowed_ips: p.allowed_ips.iter().map(ToString::to_string).collect(),
+                    last_handshake_secs_ago: p
+                        .last_handshake
+                        .and_then(|t| now.duration_since(t).ok())
+                        .map(|d: Duration| d.as_secs_f64()),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
                 })
                 .collect(),
             Err(_) => Vec::new(),
         };
-        serde_json::json!({
-            "implementation": self.device.implementation(),
-            "ifname": self.config.ifname,
-            "id": self.id,
-            "address": self.address,
-            "public_key": self.public_key().to_string(),
-            "listen_port": self.config.listen_port,
-            "error": state.err().map(|e| e.to_string()),
-            "problems": self.problems.iter().map(|(w, y)| format!("{w}: {y}")).collect::<Vec<_>>(),
-            "peers": peers,
-        })
+        SixpnStatus {
+            implementation: self.device.implementation(),
+            ifname: self.config.ifname.clone(),
+            id: self.id.clone(),
+            address: self.address,
+            public_key: self.public_key().to_string(),
+            listen_port: self.config.listen_port,
+            error: state.err().map(|e| e.to_string()),
+            problems: self
+                .problems
+                .iter()
+                .map(|(w, y)| format!("{w}: {y}"))
+                .collect(),
+            peers,
+        }
     }
+}
+
+/// This host in the mesh as the status file carries it (`edge-agent status`, `wg show`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SixpnStatus {
+    /// Kernel or wireguard-go, and why.
+    pub implementation: String,
+    pub ifname: String,
+    /// This member's row in `pops`.
+    pub id: String,
+    /// Its 6PN address, once the state gave it one.
+    pub address: Option<Ipv6Addr>,
+    pub public_key: String,
+    pub listen_port: u16,
+    /// Why the device could not be read (no peers are listed then).
+    pub error: Option<String>,
+    /// Rows left out of the mesh, and why.
+    pub problems: Vec<String>,
+    pub peers: Vec<SixpnPeerStatus>,
+}
+
+/// One WireGuard peer as the device reports it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SixpnPeerStatus {
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// `None` before the first handshake.
+    pub last_handshake_secs_ago: Option<f64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 /// `edge-agent wg down`: deletes the 6PN interface (wireguard-go exits with it). The agent

@@ -103,6 +103,14 @@ pub(crate) fn parse_country(s: &str) -> Result<Country, String> {
     s.parse()
 }
 
+/// The address column's text (what [`backends`](super::backends) reads back): an IPv6 address or a `.internal` name.
+pub fn address_text(addr: &BackendAddr) -> String {
+    match addr {
+        BackendAddr::Ip(ip) => ip.to_string(),
+        BackendAddr::Name(name) => name.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,13 +137,5 @@ mod tests {
                 Err(reason) => assert!(reason.contains("not a DNS label"), "{reason:?}"),
             }
         }
-    }
-}
-
-/// The address column's text (what [`backends`](super::backends) reads back): an IPv6 address or a `.internal` name.
-pub fn address_text(addr: &BackendAddr) -> String {
-    match addr {
-        BackendAddr::Ip(ip) => ip.to_string(),
-        BackendAddr::Name(name) => name.clone(),
     }
 }
