@@ -104,7 +104,16 @@ fn out_and_back(
 ) -> Result<Duration, Error> {
     sicken()?;
     let out = wait_eligible(lab, n, false, Duration::from_secs(5))?;
-    let report = backend_report(lab, n)?;
+    // The kernel is written as soon as health decides; the running agent's state file, which
+    // `backends` reads, follows on its next write (each second).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let report = loop {
+        let report = backend_report(lab, n)?;
+        if report["health"] == "down" || Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(report["health"], "down", "{report}");
     let why = report["health_reason"].as_str().unwrap_or_default();
     assert!(
