@@ -11,9 +11,8 @@ use aya::{
 use edge_agent::{
     balancing::plan, balancing::plan::GeoClasses, balancing::plan::Inputs,
     dataplane::maps::services::PopSettings, dataplane::maps::services::Reconciler,
-    dataplane::programs, dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
-    dataplane::test_run::test_run, model::Backend, model::BackendAddr, model::Region,
-    model::Service, model::Snapshot,
+    dataplane::programs, dataplane::programs::MapSizes, model::Backend, model::BackendAddr,
+    model::Region, model::Service, model::Snapshot, testing::lab_pop, testing::test_run,
 };
 use edge_common::{names, FlowKey, FlowValue};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
@@ -131,7 +130,7 @@ impl Lb {
             .syn()
             .write(&mut frame, &[])?;
         let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-        let out = test_run(program.fd()?, &frame, 1)?;
+        let out = test_run(program, &frame, 1)?;
         let packet = SlicedPacket::from_ethernet(&out.data_out)?;
         let Some(NetSlice::Ipv6(ip)) = packet.net else {
             return Err(format!(

@@ -13,8 +13,7 @@ use aya_log::EbpfLogger;
 use edge_agent::{
     agent::static_plan, config::AgentConfig, config::BackendConfig, config::ServiceConfig,
     dataplane::maps::services::PopSettings, dataplane::maps::services::Reconciler,
-    dataplane::programs, dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
-    dataplane::test_run::test_run,
+    dataplane::programs, dataplane::programs::MapSizes, testing::lab_pop, testing::test_run,
 };
 use edge_common::names;
 use etherparse::PacketBuilder;
@@ -142,11 +141,11 @@ fn run(debug_log: bool) -> Result<(Vec<String>, [u32; 2]), Error> {
         client4(40_002, 82, false)?,
     ];
     for frame in frames {
-        test_run(xdp.fd()?, &frame, 1)?;
+        test_run(xdp, &frame, 1)?;
     }
     let tc = programs::tc_program(&mut ebpf, names::TC_REPLY)?;
     let tc_size = tc.info()?.size_translated().ok_or("no translated size")?;
-    test_run(tc.fd()?, &stray_reply()?, 1)?;
+    test_run(tc, &stray_reply()?, 1)?;
     logger.flush();
     let lines = capture.0.lock().map_err(|e| e.to_string())?.clone();
     Ok((lines, [xdp_size, tc_size]))

@@ -16,9 +16,9 @@ use aya::Ebpf;
 use edge_agent::{
     balancing::plan, balancing::plan::GeoClasses, balancing::plan::Inputs, config::FlowConfig,
     dataplane::maps::flows, dataplane::maps::geo, dataplane::maps::services::Reconciler,
-    dataplane::programs, dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
-    dataplane::test_run::test_run, geo::write_country_mmdb, geo::GeoDb, model::Backend,
+    dataplane::programs, dataplane::programs::MapSizes, geo::GeoDb, model::Backend,
     model::BackendAddr, model::Country, model::Region, model::Service, model::Snapshot,
+    testing::lab_pop, testing::mmdb_writer::write_country_mmdb, testing::test_run,
 };
 use edge_common::{
     geo::{V6_DIR_SLOTS, V6_DIR_USED},
@@ -161,7 +161,7 @@ impl Pop {
             .syn()
             .write(&mut frame, &[])?;
         let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-        let out = test_run(program.fd()?, &frame, 1)?;
+        let out = test_run(program, &frame, 1)?;
         let Some(NetSlice::Ipv6(ip)) = SlicedPacket::from_ethernet(&out.data_out)?.net else {
             return Err(
                 format!("SYN from {client:?} not translated: verdict {}", out.retval).into(),
@@ -180,7 +180,7 @@ impl Pop {
             .syn()
             .write(&mut frame, &[])?;
         let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-        let out = test_run(program.fd()?, &frame, 1)?;
+        let out = test_run(program, &frame, 1)?;
         let Some(NetSlice::Ipv6(ip)) = SlicedPacket::from_ethernet(&out.data_out)?.net else {
             return Err(format!("SYN from {client} not translated: verdict {}", out.retval).into());
         };

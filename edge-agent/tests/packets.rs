@@ -6,7 +6,7 @@ use aya::{
     maps::{MapData, PerCpuArray},
     Ebpf,
 };
-use edge_agent::{dataplane::maps::counters, dataplane::programs, dataplane::test_run::test_run};
+use edge_agent::{dataplane::maps::counters, dataplane::programs, testing::test_run};
 use edge_common::{names, Counters};
 use etherparse::PacketBuilder;
 
@@ -35,7 +35,7 @@ impl Harness {
     /// Runs `frame` once; checks the program left it unchanged and returns the verdict.
     fn run(&mut self, frame: &[u8]) -> Result<u32, Box<dyn std::error::Error>> {
         let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-        let out = test_run(program.fd()?, frame, 1)?;
+        let out = test_run(program, frame, 1)?;
         assert_eq!(
             out.data_out, frame,
             "a classify-only program must not change the frame"
@@ -347,7 +347,7 @@ fn frames_truncated_at_every_length_pass_and_count_as_malformed() -> TestResult 
             if len < 14 {
                 let before = h.snapshot()?;
                 let program = programs::xdp_program(&mut h.ebpf, names::XDP_INGRESS)?;
-                let refused = test_run(program.fd()?, frame, 1).is_err();
+                let refused = test_run(program, frame, 1).is_err();
                 assert!(
                     refused,
                     "{label}: the kernel should refuse a frame without an Ethernet header"

@@ -8,7 +8,7 @@ use aya::{maps::Array, Ebpf};
 use edge_agent::{
     balancing::plan::BackendPlan, balancing::plan::Member, balancing::plan::Plan,
     balancing::plan::ServicePlan, dataplane::maps::services::Reconciler, dataplane::programs,
-    dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
+    dataplane::programs::MapSizes, testing::lab_pop,
 };
 use edge_common::{geo::GEO_CLASSES, names, service::NO_BACKEND};
 

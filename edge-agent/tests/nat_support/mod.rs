@@ -15,7 +15,7 @@ use edge_agent::{
     agent::static_plan, config::AgentConfig, config::BackendConfig, config::ServiceConfig,
     dataplane::maps::counters, dataplane::maps::services::PopSettings,
     dataplane::maps::services::Reconciler, dataplane::programs, dataplane::programs::MapSizes,
-    dataplane::test_run::lab_pop, dataplane::test_run::test_run,
+    testing::lab_pop, testing::test_run,
 };
 use edge_common::{flow::FLOW_REVERSE, names, DropStats, FlowKey, FlowValue};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
@@ -162,33 +162,36 @@ impl Nat {
 
     /// A client frame through this test's forward program.
     pub fn forward(&mut self, frame: &[u8]) -> Result<(Verdict, Vec<u8>), Error> {
-        let (program, verdict): (_, fn(u32) -> Verdict) = match self.hook {
-            Hook::Xdp => (
-                programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?.fd()?,
-                |r| match r {
+        let (out, verdict) = match self.hook {
+            Hook::Xdp => {
+                let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
+                let out = test_run(program, frame, 1)?;
+                let verdict = match out.retval {
                     1 => Verdict::Drop,
                     2 => Verdict::Pass,
                     other => Verdict::Other(other),
-                },
-            ),
-            Hook::Tc => (
-                programs::tc_program(&mut self.ebpf, names::TC_FORWARD)?.fd()?,
-                |r| match r {
+                };
+                (out, verdict)
+            }
+            Hook::Tc => {
+                let program = programs::tc_program(&mut self.ebpf, names::TC_FORWARD)?;
+                let out = test_run(program, frame, 1)?;
+                let verdict = match out.retval {
                     0 => Verdict::Pass,
                     2 => Verdict::Drop,
                     TC_ACT_REDIRECT => Verdict::Redirect,
                     other => Verdict::Other(other),
-                },
-            ),
+                };
+                (out, verdict)
+            }
         };
-        let out = test_run(program, frame, 1)?;
-        Ok((verdict(out.retval), out.data_out))
+        Ok((verdict, out.data_out))
     }
 
     /// A backend's frame through the reply program.
     pub fn tc(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
         let program = programs::tc_program(&mut self.ebpf, names::TC_REPLY)?;
-        let out = test_run(program.fd()?, frame, 1)?;
+        let out = test_run(program, frame, 1)?;
         Ok((out.retval, out.data_out))
     }
 

@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, time::Duration, time::Instant};
 
-use edge_agent::{geo::write_country_mmdb, model::BackendAddr};
+use edge_agent::{model::BackendAddr, testing::mmdb_writer::write_country_mmdb};
 use edge_lab::{
     bpffs_pin_dir,
     pop_lab::{backend_addr, start_agent, topology, OVERLAY, VIP4},

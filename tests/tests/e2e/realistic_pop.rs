@@ -17,8 +17,8 @@ use std::{
 };
 
 use edge_agent::{
-    geo::write_country_mmdb,
     model::{Backend, BackendAddr, Country, Service},
+    testing::mmdb_writer::write_country_mmdb,
 };
 use edge_lab::{
     bpffs_pin_dir,
