@@ -7,17 +7,17 @@
 
 use std::time::Instant;
 
-use edge_agent::bgp::fuzz;
+use edge_agent::testing::bgp_fuzz;
 
 const MESSAGES: usize = 1_000_000;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let corpus = fuzz::corpus();
+    let corpus = bgp_fuzz::corpus();
     let mut rng = fastrand::Rng::with_seed(2385);
     let start = Instant::now();
     let mut bytes = 0usize;
     for i in 0..MESSAGES {
-        bytes += fuzz::mutate(&mut rng, &corpus[i % corpus.len()]).len();
+        bytes += bgp_fuzz::mutate(&mut rng, &corpus[i % corpus.len()]).len();
     }
     let mutate_only = start.elapsed();
 
@@ -25,16 +25,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut framed, mut header_errors, mut incomplete) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     for i in 0..MESSAGES {
-        let m = fuzz::mutate(&mut rng, &corpus[i % corpus.len()]);
-        match std::panic::catch_unwind(|| fuzz::check(&m)) {
+        let m = bgp_fuzz::mutate(&mut rng, &corpus[i % corpus.len()]);
+        match std::panic::catch_unwind(|| bgp_fuzz::check(&m)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("message {i}: {e}").into()),
             Err(_) => return Err(format!("message {i} panicked the decoder: {m:02x?}").into()),
         }
-        match fuzz::expect(&m) {
-            fuzz::Expect::Body(_) => framed += 1,
-            fuzz::Expect::Header(_) => header_errors += 1,
-            fuzz::Expect::Incomplete => incomplete += 1,
+        match bgp_fuzz::expect(&m) {
+            bgp_fuzz::Expect::Body(_) => framed += 1,
+            bgp_fuzz::Expect::Header(_) => header_errors += 1,
+            bgp_fuzz::Expect::Incomplete => incomplete += 1,
         }
     }
     let checked = start.elapsed();

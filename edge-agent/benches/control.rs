@@ -14,9 +14,9 @@ use aya::Ebpf;
 use edge_agent::{
     balancing::plan, balancing::plan::GeoClasses, balancing::plan::Inputs, dataplane::maps::geo,
     dataplane::maps::services::Reconciler, dataplane::programs, dataplane::programs::MapSizes,
-    dataplane::test_run::lab_pop, dataplane::test_run::test_run, geo::write_country_mmdb,
     geo::GeoDb, model::Backend, model::BackendAddr, model::Country, model::Region, model::Service,
-    state::SqliteState, state::StateSource as _,
+    state::SqliteState, state::StateSource as _, testing::lab_pop,
+    testing::mmdb_writer::write_country_mmdb, testing::test_run,
 };
 use edge_common::names;
 use etherparse::PacketBuilder;
@@ -299,7 +299,7 @@ fn main() -> Result<(), Error> {
             .syn()
             .write(&mut syn6, &[])?;
         let program = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        syn6_total += u64::from(test_run(program.fd()?, &syn6, 1)?.duration_ns);
+        syn6_total += test_run(program, &syn6, 1)?.duration.as_nanos() as u64;
         // IPv4 clients spread over the database's /24s the same way: the /24 table's cache
         // misses as the IPv6 directories' (the clients below stay within a few hundred KiB of
         // it).
@@ -317,7 +317,7 @@ fn main() -> Result<(), Error> {
             .syn()
             .write(&mut syn4, &[])?;
         let program = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        spread_total += u64::from(test_run(program.fd()?, &syn4, 1)?.duration_ns);
+        spread_total += test_run(program, &syn4, 1)?.duration.as_nanos() as u64;
         // Clients spread over the database's IPv4 networks.
         let client = [1 + (i % 4) as u8, (i / 250) as u8, (i % 250) as u8, 7];
         let mut syn = Vec::new();
@@ -333,8 +333,8 @@ fn main() -> Result<(), Error> {
             .ack(1)
             .write(&mut data, &[0; 64])?;
         let program = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        syn_total += u64::from(test_run(program.fd()?, &syn, 1)?.duration_ns);
-        est_total += u64::from(test_run(program.fd()?, &data, 1)?.duration_ns);
+        syn_total += test_run(program, &syn, 1)?.duration.as_nanos() as u64;
+        est_total += test_run(program, &data, 1)?.duration.as_nanos() as u64;
     }
     // The same IPv6 SYNs (new connections: another source port) with the directories emptied:
     // what the trie alone costs them.
@@ -359,7 +359,7 @@ fn main() -> Result<(), Error> {
             .syn()
             .write(&mut syn6, &[])?;
         let program = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        trie_total += u64::from(test_run(program.fd()?, &syn6, 1)?.duration_ns);
+        trie_total += test_run(program, &syn6, 1)?.duration.as_nanos() as u64;
     }
     let trie_ns = trie_total as f64 / f64::from(n);
     let (syn_ns, est_ns, syn6_ns, spread_ns) = (

@@ -35,7 +35,7 @@ use edge_agent::{
     agent::static_plan, config::AgentConfig, config::BackendConfig, config::ServiceConfig,
     dataplane::maps::counters, dataplane::maps::flows::monotonic_ns, dataplane::maps::services,
     dataplane::maps::services::Reconciler, dataplane::programs, dataplane::programs::MapSizes,
-    dataplane::test_run::lab_pop, dataplane::test_run::test_run,
+    testing::lab_pop, testing::test_run, testing::FrameProgram,
 };
 use edge_common::{names, DropStats, FlowKey, FlowValue};
 use etherparse::{PacketBuilder, TcpOptionElement};
@@ -203,10 +203,10 @@ fn key6(frame: &[u8]) -> Result<FlowKey, Error> {
 fn established6(ebpf: &mut Ebpf) -> Result<f64, Error> {
     let sport = 41000;
     let data = frame6(sport, false)?;
-    let prog = programs::xdp_program(ebpf, names::XDP_INGRESS)?.fd()?;
+    let prog = programs::xdp_program(ebpf, names::XDP_INGRESS)?;
     test_run(prog, &frame6(sport, true)?, 1)?;
     establish_all(ebpf)?;
-    let prog = programs::xdp_program(ebpf, names::XDP_INGRESS)?.fd()?;
+    let prog = programs::xdp_program(ebpf, names::XDP_INGRESS)?;
     let translated = test_run(prog, &data, 1)?.data_out;
     let client = key6(&data)?;
     let there = key6(&translated)?;
@@ -328,8 +328,8 @@ fn floor_insert(ebpf: &mut Ebpf) -> Result<f64, Error> {
 fn repeated(ebpf: &mut Ebpf, program: &'static str, frame: &[u8]) -> Result<f64, Error> {
     let prog = programs::xdp_program(ebpf, program)?;
     // Warm up caches.
-    test_run(prog.fd()?, frame, 1000)?;
-    Ok(f64::from(test_run(prog.fd()?, frame, REPEAT)?.duration_ns))
+    test_run(prog, frame, 1000)?;
+    Ok(test_run(prog, frame, REPEAT)?.duration.as_nanos() as f64)
 }
 
 /// Mean ns per call of `program` over `frames` in turn, `rounds` times, one run per call.
@@ -343,7 +343,7 @@ fn one_shots(
     let mut total = 0u64;
     for _ in 0..rounds {
         for frame in frames {
-            total += u64::from(test_run(prog.fd()?, frame, 1)?.duration_ns);
+            total += test_run(prog, frame, 1)?.duration.as_nanos() as u64;
         }
     }
     Ok(total as f64 / (frames.len() * rounds) as f64)
@@ -361,7 +361,7 @@ fn interleaved<const K: usize>(
     let frames = kinds.iter().map(Vec::len).min().unwrap_or(0);
     for i in 0..frames {
         for (total, kind) in totals.iter_mut().zip(kinds) {
-            *total += u64::from(test_run(prog.fd()?, &kind[i], 1)?.duration_ns);
+            *total += test_run(prog, &kind[i], 1)?.duration.as_nanos() as u64;
         }
     }
     Ok(totals.map(|t| t as f64 / frames.max(1) as f64))
@@ -382,24 +382,14 @@ fn flood(tc: bool) -> Result<(f64, f64), Error> {
         })
         .collect::<Result<_, _>>()?;
     let (filling, flooding) = frames.split_at(FLOOD_TABLE as usize / 2);
-    let fd = if tc {
-        programs::tc_program(&mut ebpf, names::TC_FORWARD)?
-            .fd()?
-            .try_clone()?
+    let flooded = &flooding[FLOOD_TABLE as usize..];
+    let (empty, full) = if tc {
+        let prog = programs::tc_program(&mut ebpf, names::TC_FORWARD)?;
+        (mean_ns(prog, filling)?, mean_ns(prog, flooded)?)
     } else {
-        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?
-            .fd()?
-            .try_clone()?
+        let prog = programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        (mean_ns(prog, filling)?, mean_ns(prog, flooded)?)
     };
-    let mean = |frames: &[Vec<u8>]| -> Result<f64, Error> {
-        let mut total = 0u64;
-        for frame in frames {
-            total += u64::from(test_run(&fd, frame, 1)?.duration_ns);
-        }
-        Ok(total as f64 / frames.len() as f64)
-    };
-    let empty = mean(filling)?;
-    let full = mean(&flooding[FLOOD_TABLE as usize..])?;
     let map = ebpf.map(names::DROP_STATS).ok_or("no DROP_STATS")?;
     let drops: PerCpuArray<_, DropStats> = PerCpuArray::try_from(map)?;
     let drops = counters::sum_per_cpu(&drops, 0)?;
@@ -407,6 +397,15 @@ fn flood(tc: bool) -> Result<(f64, f64), Error> {
         return Err(format!("SYNs of the flood were refused: {drops:?}").into());
     }
     Ok((empty, full))
+}
+
+/// Mean ns per call of `prog` over `frames`, one run per call.
+fn mean_ns(prog: &impl FrameProgram, frames: &[Vec<u8>]) -> Result<f64, Error> {
+    let mut total = 0u64;
+    for frame in frames {
+        total += test_run(prog, frame, 1)?.duration.as_nanos() as u64;
+    }
+    Ok(total as f64 / frames.len() as f64)
 }
 
 fn client(i: u16) -> [u8; 4] {

@@ -19,3 +19,5 @@ pub mod process;
 pub mod register;
 pub mod sixpn;
 pub mod state;
+#[cfg(feature = "test-support")]
+pub mod testing;

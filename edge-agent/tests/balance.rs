@@ -2,6 +2,8 @@
 //! (weights, soft and hard limits, draining) written by its reconciler, then thousands of SYNs
 //! run through the XDP program and counted per backend from the output frames.
 
+mod support;
+
 use std::{collections::HashMap, net::Ipv6Addr, time::Duration};
 
 use aya::{
@@ -11,15 +13,11 @@ use aya::{
 use edge_agent::{
     balancing::plan, balancing::plan::GeoClasses, balancing::plan::Inputs,
     dataplane::maps::services::PopSettings, dataplane::maps::services::Reconciler,
-    dataplane::programs, dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
-    dataplane::test_run::test_run, model::Backend, model::BackendAddr, model::Region,
-    model::Service, model::Snapshot,
+    dataplane::programs::MapSizes, model::Backend, model::BackendAddr, model::Region,
+    model::Service, model::Snapshot, testing::lab_pop,
 };
 use edge_common::{names, FlowKey, FlowValue};
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
-
-type Error = Box<dyn std::error::Error>;
-type TestResult = Result<(), Error>;
+use support::{Error, TestResult};
 
 const TABLE_SIZE: u32 = 4099;
 const VIP: [u8; 4] = [198, 18, 0, 10];
@@ -60,9 +58,7 @@ impl Lb {
             maglev: 64 * TABLE_SIZE,
             affinity: 1024,
         };
-        let mut ebpf = programs::load_object(None, sizes)?;
-        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        let reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
+        let (ebpf, reconciler) = support::serving(sizes, TABLE_SIZE)?;
         Ok(Lb {
             ebpf,
             reconciler,
@@ -124,30 +120,20 @@ impl Lb {
 
     /// Runs one SYN and returns the backend it went to (last address group).
     fn syn(&mut self, client: [u8; 4], port: u16) -> Result<u16, Error> {
-        let mut frame = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4(client, VIP, 64)
-            .tcp(port, 80, 1, 64240)
-            .syn()
-            .write(&mut frame, &[])?;
-        let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-        let out = test_run(program.fd()?, &frame, 1)?;
-        let packet = SlicedPacket::from_ethernet(&out.data_out)?;
-        let Some(NetSlice::Ipv6(ip)) = packet.net else {
+        let out = support::xdp(&mut self.ebpf, &support::syn4_from(client, VIP, port)?)?;
+        let Some(backend) = support::ipv6_destination(&out)? else {
             return Err(format!(
                 "SYN from port {port} not translated: verdict {}",
                 out.retval
             )
             .into());
         };
-        Ok(Ipv6Addr::from(ip.header().destination()).segments()[7])
+        Ok(backend.segments()[7])
     }
 
     /// The flows the SYNs made: half-open ones (these tests send no handshake ACKs).
     fn flows(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
-        let map = self.ebpf.map_mut(names::HALF_OPEN).ok_or("no HALF_OPEN")?;
-        let flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
-        Ok(flows.iter().collect::<Result<_, _>>()?)
+        support::flow_entries(&self.ebpf, names::HALF_OPEN)
     }
 }
 
@@ -304,8 +290,7 @@ fn a_drain_timeout_ends_the_drained_backends_flows() -> TestResult {
         .find(|(_, v)| v.new_dst[15] == 1 && v.flags & edge_common::flow::FLOW_REVERSE == 0)
         .map(|(_, v)| v.backend_id)
         .ok_or("no flow to a")?;
-    let map = lb.ebpf.map_mut(names::HALF_OPEN).ok_or("no HALF_OPEN")?;
-    let flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
+    let flows = support::flow_table(&mut lb.ebpf, names::HALF_OPEN)?;
     let removed = edge_agent::dataplane::maps::flows::remove_backend_flows(&flows, &[a_id].into())?;
     assert_eq!(
         removed,

@@ -15,7 +15,10 @@ use std::{
 
 use bgpkit_parser::models::{AsnLength, BgpMessage};
 use bytes::BytesMut;
-use edge_agent::bgp::{fuzz, open, routes::Inputs, wire, BgpConfig, PeerConfig, Speaker};
+use edge_agent::{
+    bgp::{open, routes::Inputs, wire, BgpConfig, PeerConfig, Speaker},
+    testing::bgp_fuzz,
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -24,29 +27,29 @@ use tokio::{
 
 #[test]
 fn mutated_messages_never_panic_and_get_the_right_notification() {
-    let corpus = fuzz::corpus();
+    let corpus = bgp_fuzz::corpus();
     assert!(corpus.len() >= 10);
     for m in &corpus {
-        fuzz::check(m).unwrap();
+        bgp_fuzz::check(m).unwrap();
         assert!(
-            matches!(fuzz::expect(m), fuzz::Expect::Body(_)),
+            matches!(bgp_fuzz::expect(m), bgp_fuzz::Expect::Body(_)),
             "corpus message not valid"
         );
     }
     let mut rng = fastrand::Rng::with_seed(7);
     let (mut decoded, mut notified) = (0, 0);
     for i in 0..50_000 {
-        let m = fuzz::mutate(&mut rng, &corpus[i % corpus.len()]);
-        let outcome = std::panic::catch_unwind(|| fuzz::check(&m));
+        let m = bgp_fuzz::mutate(&mut rng, &corpus[i % corpus.len()]);
+        let outcome = std::panic::catch_unwind(|| bgp_fuzz::check(&m));
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("message {i}: {e}"),
             Err(_) => panic!("message {i} panicked the decoder: {m:02x?}"),
         }
-        match fuzz::expect(&m) {
-            fuzz::Expect::Body(_) => decoded += 1,
-            fuzz::Expect::Header(_) => notified += 1,
-            fuzz::Expect::Incomplete => {}
+        match bgp_fuzz::expect(&m) {
+            bgp_fuzz::Expect::Body(_) => decoded += 1,
+            bgp_fuzz::Expect::Header(_) => notified += 1,
+            bgp_fuzz::Expect::Incomplete => {}
         }
     }
     // The mutations reach both the header checks and the body decoders.

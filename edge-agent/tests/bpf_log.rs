@@ -3,6 +3,8 @@
 //! default), the same packets write nothing and the verifier has removed the logging code.
 //! Needs root, as `cargo xtask test` runs.
 
+mod support;
+
 use std::{
     net::{IpAddr, Ipv6Addr},
     sync::{Arc, Mutex},
@@ -13,16 +15,12 @@ use aya_log::EbpfLogger;
 use edge_agent::{
     agent::static_plan, config::AgentConfig, config::BackendConfig, config::ServiceConfig,
     dataplane::maps::services::PopSettings, dataplane::maps::services::Reconciler,
-    dataplane::programs, dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
-    dataplane::test_run::test_run,
+    dataplane::programs, dataplane::programs::MapSizes, testing::lab_pop,
 };
 use edge_common::names;
 use etherparse::PacketBuilder;
+use support::{Error, MAC_CLIENT, MAC_POP};
 
-type Error = Box<dyn std::error::Error>;
-
-const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-const MAC_POP: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 const CLIENT4: [u8; 4] = [198, 51, 100, 7];
 const VIP4: [u8; 4] = [198, 18, 0, 10];
 const OVERLAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, 1);
@@ -55,8 +53,7 @@ fn load(debug_log: bool) -> Result<Ebpf, Error> {
         maglev: 2 * 8 * TABLE_SIZE,
         affinity: 1024,
     };
-    let mut ebpf = programs::load_object_with(None, sizes, debug_log)?;
-    programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+    let mut ebpf = support::load_with(sizes, debug_log)?;
     programs::tc_program(&mut ebpf, names::TC_REPLY)?;
     let pop = PopSettings {
         overlay_addr: OVERLAY,
@@ -142,11 +139,11 @@ fn run(debug_log: bool) -> Result<(Vec<String>, [u32; 2]), Error> {
         client4(40_002, 82, false)?,
     ];
     for frame in frames {
-        test_run(xdp.fd()?, &frame, 1)?;
+        support::xdp(&mut ebpf, &frame)?;
     }
     let tc = programs::tc_program(&mut ebpf, names::TC_REPLY)?;
     let tc_size = tc.info()?.size_translated().ok_or("no translated size")?;
-    test_run(tc.fd()?, &stray_reply()?, 1)?;
+    support::tc(&mut ebpf, names::TC_REPLY, &stray_reply()?)?;
     logger.flush();
     let lines = capture.0.lock().map_err(|e| e.to_string())?.clone();
     Ok((lines, [xdp_size, tc_size]))

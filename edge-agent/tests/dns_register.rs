@@ -2,17 +2,15 @@
 //! status codes, and 10,000 random or malformed inputs to each that leave them answering;
 //! registrations that try to take what other rows hold, and the deletion of expired ones.
 
-use std::{net::Ipv6Addr, str::FromStr, sync::Arc, time::Duration};
+mod support;
+
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use axum::{body::Body, http::Request};
 use edge_agent::{
     dns::{zone, DnsServer},
-    model::{Backend, BackendAddr, Service, Snapshot},
-    register::{
-        api::{router, ApiState, ThisPop},
-        reaper,
-    },
-    state::SqliteState,
+    model::BackendAddr,
+    register::reaper,
 };
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
@@ -21,38 +19,7 @@ use hickory_proto::{
 use tokio::net::UdpSocket;
 use tower::ServiceExt as _;
 
-type Error = Box<dyn std::error::Error>;
-
-fn backend(id: &str, region: &str, last: u16) -> Result<Backend, Error> {
-    Ok(Backend {
-        id: id.into(),
-        service: "web".into(),
-        region: region.parse()?,
-        country: "BR".parse()?,
-        addr: BackendAddr::Ip(Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, last)),
-        port: 8080,
-        weight: 1,
-        soft_limit: 10,
-        hard_limit: 20,
-        draining: false,
-        enabled: true,
-        check: None,
-        lease: None,
-    })
-}
-
-fn snapshot() -> Result<Snapshot, Error> {
-    Ok(Snapshot {
-        services: vec![Service {
-            id: "web".into(),
-            vip: "198.18.0.10".parse()?,
-            port: 80,
-            check: None,
-        }],
-        backends: vec![backend("be1", "sa", 1)?, backend("be2", "us", 2)?],
-        ..Snapshot::default()
-    })
-}
+use support::{register::*, Error};
 
 async fn ask(
     socket: &UdpSocket,
@@ -184,83 +151,6 @@ async fn dns_answers_refuses_and_survives_garbage() -> Result<(), Error> {
     Ok(())
 }
 
-const TOKEN: &str = "0123456789abcdef-token";
-
-struct Api {
-    router: axum::Router,
-    store: Arc<SqliteState>,
-    /// What the API sees as the agent's last read state.
-    snapshot: tokio::sync::watch::Sender<Arc<Snapshot>>,
-    _dir: std::path::PathBuf,
-}
-
-impl Api {
-    /// Hands the API the store's state, as the agent does after each change.
-    fn refresh(&self) -> Result<(), Error> {
-        let (snap, _) = self.store.snapshot()?;
-        self.snapshot.send_replace(Arc::new(snap));
-        Ok(())
-    }
-}
-
-/// This POP: its overlay address and SNAT prefix are no backend's.
-const THIS_POP: &str = "pop-a";
-const POP_OVERLAY: &str = "fd00:0:0:ff::1";
-const POP_SNAT: &str = "fd00:0:0:ee::/96";
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-fn api(name: &str) -> Result<Api, Error> {
-    let dir = std::env::temp_dir().join(format!("edge-api-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let store = Arc::new(SqliteState::open(dir.join("routing.db"))?);
-    let snap = snapshot()?;
-    for s in &snap.services {
-        store.upsert_service(s)?;
-    }
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    let state = Arc::new(ApiState {
-        token: TOKEN.into(),
-        store: Arc::clone(&store) as Arc<dyn edge_agent::state::StateStore>,
-        snapshot: rx,
-        default_heartbeat_secs: 10,
-        pop: ThisPop::new(THIS_POP, POP_OVERLAY.parse().ok(), POP_SNAT.parse().ok()),
-    });
-    Ok(Api {
-        router: router(state),
-        store,
-        snapshot: tx,
-        _dir: dir,
-    })
-}
-
-async fn call(
-    api: &Api,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> Result<(u16, String), Error> {
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(t) = token {
-        request = request.header("authorization", format!("Bearer {t}"));
-    }
-    let response = api
-        .router
-        .clone()
-        .oneshot(request.body(Body::from(body.to_owned()))?)
-        .await?;
-    let status = response.status().as_u16();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await?;
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-const GOOD: &str = r#"{"id":"web-host7-8080","app":"web","region":"sa","address":"fd00:0:0:7::2","port":8080,"heartbeat_secs":2,"metadata":{"v":"1.2"}}"#;
-
 #[tokio::test]
 async fn registration_api_statuses() -> Result<(), Error> {
     let api = api("statuses")?;
@@ -389,52 +279,6 @@ async fn random_bodies_leave_the_api_answering() -> Result<(), Error> {
     let (s, answer) = call(&api, "POST", "/v1/registrations", Some(TOKEN), GOOD).await?;
     assert_eq!(s, 201, "{answer}");
     Ok(())
-}
-
-/// Log lines, captured for the test's thread.
-#[derive(Clone, Default)]
-struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let me = self.clone();
-        tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_writer(move || me.clone())
-                .with_ansi(false)
-                .finish(),
-        )
-    }
-
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-fn registration(id: &str, address: &str) -> String {
-    serde_json::json!({
-        "id": id, "app": "web", "region": "sa", "address": address, "port": 8080,
-        "heartbeat_secs": 2,
-    })
-    .to_string()
 }
 
 #[tokio::test]

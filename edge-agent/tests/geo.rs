@@ -6,6 +6,8 @@
 //! IPv6 clients that embed an IPv4 address (6to4, Teredo, IPv4-mapped) are classified by it,
 //! in the kernel and in `edge-agent flows`' listing alike.
 
+mod support;
+
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv6Addr},
@@ -16,18 +18,15 @@ use aya::Ebpf;
 use edge_agent::{
     balancing::plan, balancing::plan::GeoClasses, balancing::plan::Inputs, config::FlowConfig,
     dataplane::maps::flows, dataplane::maps::geo, dataplane::maps::services::Reconciler,
-    dataplane::programs, dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
-    dataplane::test_run::test_run, geo::write_country_mmdb, geo::GeoDb, model::Backend,
-    model::BackendAddr, model::Country, model::Region, model::Service, model::Snapshot,
+    dataplane::programs::MapSizes, geo::GeoDb, model::Backend, model::BackendAddr, model::Country,
+    model::Region, model::Service, model::Snapshot, testing::lab_pop,
+    testing::mmdb_writer::write_country_mmdb,
 };
 use edge_common::{
     geo::{V6_DIR_SLOTS, V6_DIR_USED},
     names, FlowKey, FlowValue,
 };
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
-
-type Error = Box<dyn std::error::Error>;
-type TestResult = Result<(), Error>;
+use support::{Error, TestResult};
 
 const TABLE_SIZE: u32 = 1021;
 const VIP: [u8; 4] = [198, 18, 0, 10];
@@ -88,9 +87,7 @@ impl Pop {
             maglev: 16 * TABLE_SIZE,
             affinity: 1024,
         };
-        let mut ebpf = programs::load_object(None, sizes)?;
-        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        let reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
+        let (ebpf, reconciler) = support::serving(sizes, TABLE_SIZE)?;
         Ok(Pop {
             ebpf,
             reconciler,
@@ -154,37 +151,24 @@ impl Pop {
     /// The backend a new connection from `client` goes to.
     fn backend_of(&mut self, client: [u8; 4]) -> Result<u16, Error> {
         self.next_port += 1;
-        let mut frame = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4(client, VIP, 64)
-            .tcp(self.next_port, 80, 1, 64240)
-            .syn()
-            .write(&mut frame, &[])?;
-        let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-        let out = test_run(program.fd()?, &frame, 1)?;
-        let Some(NetSlice::Ipv6(ip)) = SlicedPacket::from_ethernet(&out.data_out)?.net else {
+        let frame = support::syn4_from(client, VIP, self.next_port)?;
+        let out = support::xdp(&mut self.ebpf, &frame)?;
+        let Some(backend) = support::ipv6_destination(&out)? else {
             return Err(
                 format!("SYN from {client:?} not translated: verdict {}", out.retval).into(),
             );
         };
-        Ok(Ipv6Addr::from(ip.header().destination()).segments()[7])
+        Ok(backend.segments()[7])
     }
 
     /// The backend a new connection from IPv6 `client` to the IPv6 VIP goes to.
     fn backend_of6(&mut self, client: Ipv6Addr) -> Result<u16, Error> {
         self.next_port += 1;
-        let mut frame = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv6(client.octets(), VIP6, 64)
-            .tcp(self.next_port, 80, 1, 64240)
-            .syn()
-            .write(&mut frame, &[])?;
-        let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-        let out = test_run(program.fd()?, &frame, 1)?;
-        let Some(NetSlice::Ipv6(ip)) = SlicedPacket::from_ethernet(&out.data_out)?.net else {
+        let frame = support::syn6_from(client, VIP6, self.next_port)?;
+        let out = support::xdp(&mut self.ebpf, &frame)?;
+        let Some(dst) = support::ipv6_destination(&out)? else {
             return Err(format!("SYN from {client} not translated: verdict {}", out.retval).into());
         };
-        let dst = Ipv6Addr::from(ip.header().destination());
         if dst.octets() == VIP6 {
             return Err(format!("SYN from {client} passed untranslated").into());
         }

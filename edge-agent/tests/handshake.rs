@@ -5,7 +5,7 @@
 //! are gone is remade as its SYN made it. Needs root.
 
 #[macro_use]
-mod nat_support;
+mod support;
 
 use std::net::IpAddr;
 
@@ -16,7 +16,7 @@ use edge_common::{
     FlowKey, FlowValue,
 };
 use etherparse::PacketBuilder;
-use nat_support::*;
+use support::nat::*;
 
 /// The backend's segment to the client of the translated SYN `syn` (backend ISN 9000).
 fn from_backend(syn: &Seen, seq: u32, ack: u32, payload: &[u8]) -> Result<Vec<u8>, Error> {

@@ -3,7 +3,7 @@
 //! checked with `etherparse` (headers and checksums). Needs root, as `cargo xtask test` runs.
 
 #[macro_use]
-mod nat_support;
+mod support;
 
 use std::{net::IpAddr, time::Duration};
 
@@ -20,7 +20,7 @@ use edge_common::{
     ipv4_mapped, names, FlowKey, FlowValue,
 };
 use etherparse::PacketBuilder;
-use nat_support::*;
+use support::nat::*;
 
 fn ipv4_syn_and_data_are_translated_to_ipv6(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;

@@ -2,15 +2,19 @@
 //! out and the counter it must move. Frames are built and checked with `etherparse`, a parser
 //! independent of the one under test. Needs root (CAP_BPF), as `cargo xtask test` runs.
 
+mod support;
+
 use aya::{
     maps::{MapData, PerCpuArray},
     Ebpf,
 };
-use edge_agent::{dataplane::maps::counters, dataplane::programs, dataplane::test_run::test_run};
+use edge_agent::{
+    dataplane::maps::counters, dataplane::programs, dataplane::programs::MapSizes,
+    testing::test_run,
+};
 use edge_common::{names, Counters};
 use etherparse::PacketBuilder;
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use support::{Error, TestResult};
 
 const XDP_PASS: u32 = 2;
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -26,16 +30,15 @@ struct Harness {
 }
 
 impl Harness {
-    fn new() -> Result<Self, Box<dyn std::error::Error>> {
-        let mut ebpf = programs::load_object(None, programs::MapSizes::default())?;
-        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
-        Ok(Harness { ebpf })
+    fn new() -> Result<Self, Error> {
+        Ok(Harness {
+            ebpf: support::load(MapSizes::default())?,
+        })
     }
 
     /// Runs `frame` once; checks the program left it unchanged and returns the verdict.
-    fn run(&mut self, frame: &[u8]) -> Result<u32, Box<dyn std::error::Error>> {
-        let program = programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?;
-        let out = test_run(program.fd()?, frame, 1)?;
+    fn run(&mut self, frame: &[u8]) -> Result<u32, Error> {
+        let out = support::xdp(&mut self.ebpf, frame)?;
         assert_eq!(
             out.data_out, frame,
             "a classify-only program must not change the frame"
@@ -43,7 +46,7 @@ impl Harness {
         Ok(out.retval)
     }
 
-    fn snapshot(&self) -> Result<counters::Snapshot, Box<dyn std::error::Error>> {
+    fn snapshot(&self) -> Result<counters::Snapshot, Error> {
         let map = self
             .ebpf
             .map(names::STATS_MAP)
@@ -95,7 +98,7 @@ impl Harness {
     }
 }
 
-type Frame = Result<Vec<u8>, Box<dyn std::error::Error>>;
+type Frame = Result<Vec<u8>, Error>;
 
 fn ipv4_tcp() -> Frame {
     let mut v = Vec::new();
@@ -346,8 +349,9 @@ fn frames_truncated_at_every_length_pass_and_count_as_malformed() -> TestResult 
             let label = format!("{what} cut to {len} bytes");
             if len < 14 {
                 let before = h.snapshot()?;
+                // The program is there (loaded by the harness): only the run may be refused.
                 let program = programs::xdp_program(&mut h.ebpf, names::XDP_INGRESS)?;
-                let refused = test_run(program.fd()?, frame, 1).is_err();
+                let refused = test_run(program, frame, 1).is_err();
                 assert!(
                     refused,
                     "{label}: the kernel should refuse a frame without an Ethernet header"

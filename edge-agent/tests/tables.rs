@@ -2,18 +2,18 @@
 //! the plan the pinned maps already hold (nothing), and who gets the last rings when they run
 //! out (the services already serving, never a newcomer in their place).
 
+mod support;
+
 use std::{collections::BTreeMap, net::Ipv6Addr};
 
 use aya::{maps::Array, Ebpf};
 use edge_agent::{
     balancing::plan::BackendPlan, balancing::plan::Member, balancing::plan::Plan,
-    balancing::plan::ServicePlan, dataplane::maps::services::Reconciler, dataplane::programs,
-    dataplane::programs::MapSizes, dataplane::test_run::lab_pop,
+    balancing::plan::ServicePlan, dataplane::maps::services::Reconciler,
+    dataplane::programs::MapSizes, testing::lab_pop,
 };
 use edge_common::{geo::GEO_CLASSES, names, service::NO_BACKEND};
-
-type Error = Box<dyn std::error::Error>;
-type TestResult = Result<(), Error>;
+use support::{Error, TestResult};
 
 const TABLE_SIZE: u32 = 251;
 
@@ -24,7 +24,7 @@ fn load(rings: u32) -> Result<Ebpf, Error> {
         maglev: rings * TABLE_SIZE,
         affinity: 64,
     };
-    Ok(programs::load_object(None, sizes)?)
+    support::maps(sizes)
 }
 
 fn addr(n: u16) -> Ipv6Addr {

@@ -62,6 +62,10 @@ pub enum LabError {
     #[error("process `{name}` (pid {pid}) has already exited")]
     Exited { name: String, pid: u32 },
 
+    /// An agent configuration could not be written as TOML.
+    #[error("writing an agent configuration: {0}")]
+    AgentConfig(#[from] toml::ser::Error),
+
     /// Some objects could not be removed.
     #[error("cleanup left {} object(s) behind:\n{}", failures.len(), failures.join("\n"))]
     Cleanup { failures: Vec<String> },

@@ -12,6 +12,7 @@
 //!
 //! Everything here needs root, `ip` (iproute2) and `nsenter` (util-linux).
 
+pub mod agent_config;
 mod capture;
 mod cmd;
 mod error;
@@ -30,6 +31,7 @@ mod validate;
 #[cfg(test)]
 mod lab_tests;
 
+pub use agent_config::AgentConfig;
 pub use cmd::CmdOutput;
 pub use error::{LabError, Result};
 pub use lab::Lab;

@@ -9,7 +9,10 @@
 
 use std::{path::Path, time::Duration};
 
-use crate::{bpffs_pin_dir, Lab, LabProcess, Result, Topology};
+use crate::{
+    agent_config::{AgentConfig, Service},
+    bpffs_pin_dir, Lab, LabProcess, Result, Topology,
+};
 
 pub const VIP4: &str = "198.18.0.10";
 pub const VIP6: &str = "2001:db8:ff::10";
@@ -68,50 +71,33 @@ pub fn topology(label: &str, backends: usize) -> Topology {
     t
 }
 
-/// An agent configuration serving echo on both VIPs (port 7) from `backends` backends, with
-/// `extra` TOML appended.
-pub fn agent_config(backends: usize, extra: &str) -> String {
-    let list: Vec<String> = (1..=backends)
-        .map(|n| {
-            format!(
-                "{{ name = \"be{n}\", addr = \"{}\", port = {BACKEND_PORT} }}",
-                backend_addr(n)
-            )
+/// An agent configuration serving echo on both VIPs (port 7) from `backends` backends.
+pub fn agent_config(backends: usize) -> AgentConfig {
+    let echo = |name: &str, vip: &str| {
+        (1..=backends).fold(Service::new(name, vip, 7), |service, n| {
+            service.backend(&format!("be{n}"), &backend_addr(n), BACKEND_PORT)
         })
-        .collect();
-    let list = list.join(", ");
-    format!(
-        r#"iface = "eth0"
-stats_log_secs = 0
+    };
+    AgentConfig::pop()
+        .overlay("ovl0", OVERLAY)
+        .max_flows(65_536)
+        .table_size(TABLE_SIZE)
+        .max_services(8)
+        // Spread every connection by its 5-tuple; tests of client affinity set their own TTL.
+        .affinity_ttl_secs(0)
+        .service(echo("echo4", VIP4))
+        .service(echo("echo6", VIP6))
+}
 
-[overlay]
-iface = "ovl0"
-addr = "{OVERLAY}"
-
-[flows]
-max_entries = 65536
-
-[maglev]
-table_size = {TABLE_SIZE}
-max_services = 8
-
-# Spread every connection by its 5-tuple; tests of client affinity write their own config.
-[affinity]
-ttl_secs = 0
-
-[[services]]
-name = "echo4"
-vip = "{VIP4}"
-port = 7
-backends = [{list}]
-
-[[services]]
-name = "echo6"
-vip = "{VIP6}"
-port = 7
-backends = [{list}]
-{extra}"#
-    )
+/// An agent of this lab whose services and backends come from the state database `db`:
+/// region `eu`, the overlay on `ovl0`, 65536 flows, 8 services.
+pub fn state_agent_config(db: &Path) -> AgentConfig {
+    AgentConfig::pop()
+        .region("eu")
+        .overlay("ovl0", OVERLAY)
+        .max_flows(65_536)
+        .max_services(8)
+        .state_database(db)
 }
 
 /// Starts `echo_server` (the `echo-server` binary) in every backend namespace.

@@ -11,7 +11,6 @@
 pub mod bfd;
 pub mod config;
 pub mod drain;
-pub mod fuzz;
 pub mod md5;
 pub mod metrics;
 pub mod open;

@@ -2,21 +2,21 @@
 //! (a single load; the CLOCK_MONOTONIC_COARSE helper costs about 14 ns of every packet) and
 //! turn it into nanoseconds with the tick length and offset measured here, so that their stamps
 //! and the agent's `flows::monotonic_ns` are one clock. The `edge_clock` program reads both
-//! kernel clocks at one instant; `BPF_PROG_TEST_RUN` runs it on demand.
+//! kernel clocks at one instant; `BPF_PROG_TEST_RUN` (aya's [`TestRun`]) runs it on demand.
 
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
-use aya::Ebpf;
+use aya::{
+    programs::{ProgramError, TestRun as _, TestRunOptions},
+    Ebpf,
+};
 use edge_common::names;
 use thiserror::Error;
 
-use crate::{
-    dataplane::programs, dataplane::programs::DataPlaneError, dataplane::test_run::test_run,
-    dataplane::test_run::TestRunError,
-};
+use crate::{dataplane::programs, dataplane::programs::DataPlaneError};
 
 /// The tick rates Linux is built with (`CONFIG_HZ` choices on x86 and arm64).
 const KNOWN_HZ: [u64; 4] = [100, 250, 300, 1000];
@@ -31,10 +31,8 @@ const PATIENCE: Duration = Duration::from_secs(2);
 pub enum ClockError {
     #[error("the clock program: {0}")]
     Program(#[from] DataPlaneError),
-    #[error("the clock program has no file descriptor: {0}")]
-    Fd(#[source] aya::programs::ProgramError),
     #[error("running the clock program: {0}")]
-    Run(#[from] TestRunError),
+    Run(#[source] ProgramError),
     #[error("the clock program returned {0} bytes, not 16")]
     Short(usize),
     #[error("jiffies advanced {ticks} in {PATIENCE:?}: no usable kernel tick")]
@@ -70,13 +68,21 @@ pub struct Sample {
 /// Reads both kernel clocks at one instant through the clock program.
 pub fn sample(ebpf: &mut Ebpf) -> Result<Sample, ClockError> {
     let program = programs::xdp_program(ebpf, names::XDP_CLOCK)?;
-    let out = test_run(program.fd().map_err(ClockError::Fd)?, &[0u8; 64], 1)?;
+    // The program writes over the frame in place, so the frame out is the frame's size.
+    let mut frame = [0u8; 64];
+    let run = program
+        .test_run(TestRunOptions {
+            data_in: Some(&[0u8; 64]),
+            data_out: Some(&mut frame),
+            ..TestRunOptions::default()
+        })
+        .map_err(ClockError::Run)?;
+    let out = frame.get(..run.data_size_out as usize).unwrap_or(&frame);
     let word = |at: usize| {
-        out.data_out
-            .get(at..at + 8)
+        out.get(at..at + 8)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_ne_bytes)
-            .ok_or(ClockError::Short(out.data_out.len()))
+            .ok_or(ClockError::Short(out.len()))
     };
     Ok(Sample {
         jiffies: word(0)?,

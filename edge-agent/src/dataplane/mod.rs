@@ -12,4 +12,3 @@ pub mod object;
 pub mod pins;
 pub mod programs;
 pub mod syscall;
-pub mod test_run;

@@ -1,5 +1,6 @@
-//! The `bpf(2)` call itself, for the commands aya 0.14 has no wrapper for (`BPF_PROG_TEST_RUN`,
-//! the batch map operations; the tests' maps of another agent's shape).
+//! The `bpf(2)` call itself, for the commands aya 0.14 has no wrapper for (the batch map
+//! operations; the tests' maps of another agent's shape). `BPF_PROG_TEST_RUN` is aya's
+//! `TestRun`.
 
 use std::{io, mem::size_of};
 

@@ -17,8 +17,11 @@
 //!   caller keeps the database it had, since a half-read database would silently send part of
 //!   the world to the wrong region.
 //! - [`RegionTable`] is v1's country -> region table, overridable from config.
-//! - [`write_country_mmdb`] writes a MaxMind DB, so tests can build databases with chosen
-//!   prefixes and the benchmarks one of realistic size, without shipping a licensed database.
+//! - `writer` writes a MaxMind DB, so tests can build databases with chosen prefixes and the
+//!   benchmarks one of realistic size, without shipping a licensed database. It lives here
+//!   because it shares the loader's normalization and de-duplication, but only the tests and the
+//!   `test-support` feature build it (reached as `edge_agent::testing::mmdb_writer`): the agent
+//!   never writes a database.
 //!
 //! [`GeoDb::lookup`] is a plain longest-prefix match in userspace: the reference the kernel's
 //! answers are checked against, not a fast path.
@@ -30,7 +33,8 @@ mod in_force;
 mod load;
 mod mmdb;
 mod regions;
-mod writer;
+#[cfg(any(test, feature = "test-support"))]
+pub(crate) mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -47,7 +51,6 @@ pub use in_force::{GeoInForce, GeoRefusal, GeoSource};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use regions::{RegionTable, DEFAULT_REGION};
 use thiserror::Error;
-pub use writer::{encode_country_mmdb, write_country_mmdb, MmdbSummary};
 
 /// The marker that starts a MaxMind DB's metadata section (the format spec, "Database
 /// Metadata"); it sits in the last 128 KiB of every such file.

@@ -13,7 +13,7 @@ use maxminddb::{path, Reader};
 
 use super::{
     mmdb,
-    writer::{encode, Layout},
+    writer::{encode, encode_country_mmdb, write_country_mmdb, Layout},
     *,
 };
 use crate::model::Country;

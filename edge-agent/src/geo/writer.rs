@@ -1,7 +1,8 @@
 //! A MaxMind DB writer for country databases (format 2.0,
 //! <https://maxmind.github.io/MaxMind-DB/>), so that tests can build databases with the
 //! prefixes they need and the benchmarks one of realistic size; no licensed database has to be
-//! shipped or downloaded.
+//! shipped or downloaded. Only tests and the `test-support` feature build it (see
+//! `crate::testing`): the agent reads databases, it never writes one.
 //!
 //! The output is laid out as MaxMind's own writers lay out GeoLite2-Country: an IPv6 tree
 //! (`ip_version` 6) with IPv4 at `::/96`, `::ffff:0:0/96` pointing at the same subtree, and

@@ -180,7 +180,7 @@ fn stop(agent: LabProcess) -> Result<String, Box<dyn std::error::Error>> {
 fn a_status_file_goes_with_its_agent_or_with_the_lab() -> TestResult {
     // An agent with services: only such an agent writes a status file.
     let lab = pop_lab::topology("status", 1).up()?;
-    let config = pop_lab::agent_config(1, "");
+    let config = pop_lab::agent_config(1).to_toml()?;
     let start = |args: &[&str]| pop_lab::start_agent(&lab, &agent_bin(), &config, args);
     let status = PinDir::new(bpffs_pin_dir(lab.ns("pop").name())).agent_status_file();
 

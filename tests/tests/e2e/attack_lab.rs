@@ -8,10 +8,9 @@ use std::{path::Path, time::Duration};
 use edge_lab::{
     bpffs_pin_dir,
     pop_lab::{
-        agent_config, spawn_echo_load, spawn_echo_load_until, start_agent, topology, BACKEND_PORT,
-        CLIENT4, VIP4,
+        agent_config, spawn_echo_load, spawn_echo_load_until, start_agent, topology, CLIENT4, VIP4,
     },
-    Lab, LabProcess,
+    AgentConfig, Lab, LabProcess,
 };
 
 use super::common::{agent_bin, agent_json, echo_backends, summary, tear_down, TestResult};
@@ -23,18 +22,16 @@ const SPOOFED: &str = "100.64.0.0/10";
 const CLOSED_TIMEOUT_SECS: u64 = 2;
 
 /// A small flow table, fast expiry, and connection limits a flood of counted SYNs would hit.
-fn config() -> String {
-    agent_config(BACKENDS, "")
-        .replace(
-            "max_entries = 65536",
-            &format!(
-                "max_entries = 4096\nclosed_timeout_secs = {CLOSED_TIMEOUT_SECS}\nsweep_interval_secs = 1"
-            ),
-        )
-        .replace(
-            &format!("port = {BACKEND_PORT} }}"),
-            &format!("port = {BACKEND_PORT}, soft_limit = 500, hard_limit = 1000 }}"),
-        )
+fn config() -> AgentConfig {
+    let mut config = agent_config(BACKENDS)
+        .max_flows(4096)
+        .closed_timeout_secs(CLOSED_TIMEOUT_SECS)
+        .sweep_interval_secs(1);
+    for backend in config.services.iter_mut().flat_map(|s| &mut s.backends) {
+        backend.soft_limit = Some(500);
+        backend.hard_limit = Some(1000);
+    }
+    config
 }
 
 fn lab(label: &str) -> Result<Lab, Box<dyn std::error::Error>> {
@@ -71,7 +68,7 @@ fn backends(pins: &Path) -> Result<Vec<(bool, u64)>, Box<dyn std::error::Error>>
 fn a_spoofed_syn_flood_resets_nothing_and_locks_no_one_out() -> TestResult {
     let lab = lab("flood")?;
     let _servers = echo_backends(&lab, BACKENDS)?;
-    let agent = start_agent(&lab, &agent_bin(), &config(), &["--reset"])?;
+    let agent = start_agent(&lab, &agent_bin(), &config().to_toml()?, &["--reset"])?;
     let pins = bpffs_pin_dir(lab.ns("pop").name());
     let echo_load = env!("CARGO_BIN_EXE_echo-load").as_ref();
     let go = lab.log_dir().join("go");
@@ -181,7 +178,7 @@ fn a_spoofed_syn_flood_resets_nothing_and_locks_no_one_out() -> TestResult {
 fn a_blind_rst_ends_no_connection_and_a_real_one_does() -> TestResult {
     let lab = lab("blindrst")?;
     let _servers = echo_backends(&lab, BACKENDS)?;
-    let agent = start_agent(&lab, &agent_bin(), &config(), &["--reset"])?;
+    let agent = start_agent(&lab, &agent_bin(), &config().to_toml()?, &["--reset"])?;
     let pins = bpffs_pin_dir(lab.ns("pop").name());
     let echo_load = env!("CARGO_BIN_EXE_echo-load");
     let go = lab.log_dir().join("go");
@@ -292,10 +289,7 @@ fn connections_whose_flows_are_deleted_carry_on_on_the_same_backend() -> TestRes
     let lab = lab("lostflows")?;
     let _servers = echo_backends(&lab, BACKENDS)?;
     // Closed flows stay listed long enough to compare the placement after the load ends.
-    let config = config().replace(
-        &format!("closed_timeout_secs = {CLOSED_TIMEOUT_SECS}"),
-        "closed_timeout_secs = 60",
-    );
+    let config = config().closed_timeout_secs(60).to_toml()?;
     let agent = start_agent(&lab, &agent_bin(), &config, &["--reset"])?;
     let pins = bpffs_pin_dir(lab.ns("pop").name());
     let echo_load = env!("CARGO_BIN_EXE_echo-load").as_ref();

@@ -31,7 +31,7 @@ fn connect(lab: &Lab) -> Result<(u64, u64), Error> {
 }
 
 fn adopting_agent(lab: &Lab, extra: &[&str]) -> Result<LabProcess, Error> {
-    let agent = start_agent(lab, &agent_bin(), &agent_config(1, ""), extra)?;
+    let agent = start_agent(lab, &agent_bin(), &agent_config(1).to_toml()?, extra)?;
     // Its log (stderr) is read on its own thread: it may trail the ready line (stdout).
     if agent
         .wait_for_output("adopted the pinned link", Duration::from_secs(5))
@@ -64,7 +64,12 @@ fn bpf_debug_log_shows_new_flows_only_when_switched_on() -> TestResult {
     let lab = topology("bpflog", 1).up()?;
     let _servers = echo_backends(&lab, 1)?;
 
-    let plain = start_agent(&lab, &agent_bin(), &agent_config(1, ""), &["--reset"])?;
+    let plain = start_agent(
+        &lab,
+        &agent_bin(),
+        &agent_config(1).to_toml()?,
+        &["--reset"],
+    )?;
     assert_silent(&lab, &plain, "default agent")?;
     drop(plain);
 

@@ -52,7 +52,12 @@ fn column(table: &str, start: &dyn Fn(&str) -> bool, col: usize) -> BTreeSet<Str
 fn json_output_agrees_with_the_tables() -> TestResult {
     let lab = topology("cli", 2).up()?;
     let _servers = echo_backends(&lab, 2)?;
-    let agent = start_agent(&lab, &agent_bin(), &agent_config(2, ""), &["--reset"])?;
+    let agent = start_agent(
+        &lab,
+        &agent_bin(),
+        &agent_config(2).to_toml()?,
+        &["--reset"],
+    )?;
     let load = spawn_echo_load(
         &lab,
         env!("CARGO_BIN_EXE_echo-load").as_ref(),

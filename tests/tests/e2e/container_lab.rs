@@ -64,7 +64,7 @@ fn the_agent_serves_from_a_container_and_restarts_without_resets() -> TestResult
     let _servers = echo_backends(&lab, 2)?;
     let dir = lab.log_dir().to_path_buf();
     let config = dir.join("agent.toml");
-    std::fs::write(&config, agent_config(2, ""))?;
+    std::fs::write(&config, agent_config(2).to_toml()?)?;
     let pins = bpffs_pin_dir(lab.ns("pop").name());
     let name = format!("edge-agent-{}", lab.run_id());
     let container = Container(name.clone());

@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_lab::{bpffs_pin_dir, Lab, LabProcess, Topology};
+use edge_lab::{
+    agent_config::{Corrosion, Dns, Health},
+    bpffs_pin_dir, AgentConfig, Lab, LabProcess, Topology,
+};
 
 use super::common::{agent_bin, tear_down, TestResult};
 
@@ -135,14 +138,23 @@ fn transaction(lab: &Lab, i: usize, stmts: serde_json::Value) -> Result<(), Erro
 }
 
 fn agent(lab: &Lab, i: usize) -> Result<LabProcess, Error> {
-    let config = format!(
-        "iface = \"eth0\"\nstats_log_secs = 0\nregion = \"eu\"\npop_id = \"pop{i}\"\n\n\
-         [overlay]\niface = \"ovl0\"\naddr = \"fd00:ee:{i}::1\"\n\n[flows]\nmax_entries = 65536\n\n\
-         [maglev]\nmax_services = 8\ntable_size = 16381\n\n[dns]\nenabled = false\n\n\
-         [health]\nprofile = \"fast\"\nwrite_interval_secs = 1\n\n\
-         [state]\nsource = \"corrosion\"\n\n[state.corrosion]\napi = \"http://{}\"\nmax_backoff_ms = 500\n",
-        api(i)
-    );
+    let config = AgentConfig::pop()
+        .region("eu")
+        .pop_id(&format!("pop{i}"))
+        .overlay("ovl0", &format!("fd00:ee:{i}::1"))
+        .max_flows(65_536)
+        .max_services(8)
+        .table_size(16381)
+        .dns(Dns::off())
+        .health(Health {
+            write_interval_secs: Some(1),
+            ..Health::profile("fast")
+        })
+        .corrosion_state(Corrosion {
+            api: Some(format!("http://{}", api(i))),
+            max_backoff_ms: Some(500),
+        })
+        .to_toml()?;
     let path = lab.log_dir().join(format!("agent{i}.toml"));
     std::fs::write(&path, config)?;
     let pins = bpffs_pin_dir(lab.ns(&format!("pop{i}")).name());

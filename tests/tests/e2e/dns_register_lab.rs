@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use edge_agent::model::{BackendAddr, Pop};
 use edge_lab::{
-    pop_lab::{backend_addr, start_agent, topology, BACKEND_PORT, OVERLAY, VIP4},
+    pop_lab::{
+        backend_addr, start_agent, state_agent_config, topology, BACKEND_PORT, OVERLAY, VIP4,
+    },
     Lab, LabProcess,
 };
 
@@ -126,13 +128,11 @@ fn dns_answers_from_state_and_registrations_come_and_go() -> TestResult {
         state.upsert_backend(&lab_backend(&format!("be{n}"), "web", region, "US", addr)?)?;
     }
     drop(state);
-    let config = format!(
-        "iface = \"eth0\"\nstats_log_secs = 0\nregion = \"eu\"\npop_id = \"pop1\"\n\n\
-         [overlay]\niface = \"ovl0\"\naddr = \"{OVERLAY}\"\n\n[flows]\nmax_entries = 65536\n\n\
-         [maglev]\nmax_services = 8\n\n[affinity]\nttl_secs = 0\n\n[state]\ndatabase = \"{}\"\n\n\
-         [register]\nlisten = [\"[{OVERLAY}]:7070\"]\ntoken = \"{TOKEN}\"\n",
-        db.display()
-    );
+    let config = state_agent_config(&db)
+        .pop_id("pop1")
+        .affinity_ttl_secs(0)
+        .register(&[&format!("[{OVERLAY}]:7070")], TOKEN)
+        .to_toml()?;
     let agent = start_agent(&lab, &agent_bin(), &config, &["--reset"])?;
     wait_eligible(&lab, 2, true, Duration::from_secs(5))?;
     wait_eligible(&lab, 3, true, Duration::from_secs(5))?;

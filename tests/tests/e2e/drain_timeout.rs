@@ -14,7 +14,9 @@ use edge_agent::{
 };
 use edge_lab::{
     bpffs_pin_dir,
-    pop_lab::{backend_addr, spawn_echo_load_until, start_agent, topology, OVERLAY, VIP4, VIP6},
+    pop_lab::{
+        backend_addr, spawn_echo_load_until, start_agent, state_agent_config, topology, VIP4, VIP6,
+    },
 };
 
 use super::common::{agent_bin, agent_json, echo_backends, lab_backend, tear_down, TestResult};
@@ -55,12 +57,11 @@ fn a_drain_timeout_ends_only_the_drained_backends_connections() -> TestResult {
         }
     }
     drop(state);
-    let config = format!(
-        "iface = \"eth0\"\nstats_log_secs = 0\nregion = \"eu\"\n\n[overlay]\niface = \"ovl0\"\naddr = \"{OVERLAY}\"\n\n\
-         [flows]\nmax_entries = 65536\nsweep_interval_secs = 1\ndrain_timeout_secs = 1\n\n\
-         [maglev]\nmax_services = 8\n\n[affinity]\nttl_secs = 0\n\n[state]\ndatabase = \"{}\"\n",
-        db.display()
-    );
+    let config = state_agent_config(&db)
+        .sweep_interval_secs(1)
+        .drain_timeout_secs(1)
+        .affinity_ttl_secs(0)
+        .to_toml()?;
     let agent = start_agent(&lab, &agent_bin(), &config, &["--reset"])?;
     // The recheck starts once the drain timeout has ended be1's connections (`go`): a
     // connection whose flow goes while its client waits for an echo gets no RST (the client

@@ -6,10 +6,10 @@
 
 use std::{collections::BTreeMap, time::Duration, time::Instant};
 
-use edge_agent::{geo::write_country_mmdb, model::BackendAddr};
+use edge_agent::{model::BackendAddr, testing::mmdb_writer::write_country_mmdb};
 use edge_lab::{
     bpffs_pin_dir,
-    pop_lab::{backend_addr, start_agent, topology, OVERLAY, VIP4},
+    pop_lab::{backend_addr, start_agent, state_agent_config, topology, VIP4},
     Lab,
 };
 
@@ -172,30 +172,7 @@ fn clients_land_where_v1s_tiers_say() -> TestResult {
         )?)?;
     }
     drop(state);
-    let config = format!(
-        r#"iface = "eth0"
-stats_log_secs = 0
-region = "eu"
-
-[overlay]
-iface = "ovl0"
-addr = "{OVERLAY}"
-
-[flows]
-max_entries = 65536
-
-[maglev]
-max_services = 8
-
-[geo]
-database = "{}"
-
-[state]
-database = "{}"
-"#,
-        geo.display(),
-        db.display()
-    );
+    let config = state_agent_config(&db).geo_database(&geo).to_toml()?;
     let agent = start_agent(&lab, &agent_bin(), &config, &["--reset"])?;
     assert!(
         agent.output_so_far().contains("geo database loaded"),

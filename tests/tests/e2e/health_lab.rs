@@ -4,6 +4,7 @@
 //! times measured are printed (run with `--nocapture` to see them).
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -11,8 +12,9 @@ use std::{
 
 use edge_agent::{health::CheckSpec, model::BackendAddr};
 use edge_lab::{
+    agent_config::{Health, Passive},
     bpffs_pin_dir,
-    pop_lab::{backend_addr, start_agent, topology, BACKEND_PORT, OVERLAY, VIP4},
+    pop_lab::{backend_addr, start_agent, state_agent_config, topology, BACKEND_PORT, VIP4},
     Lab, LabProcess,
 };
 
@@ -42,13 +44,12 @@ fn write_state(lab: &Lab, checks: &[&str]) -> Result<PathBuf, Error> {
     Ok(db)
 }
 
-fn config(db: &Path, health: &str) -> String {
-    format!(
-        "iface = \"eth0\"\nstats_log_secs = 0\nregion = \"eu\"\npop_id = \"pop1\"\n\n\
-         [overlay]\niface = \"ovl0\"\naddr = \"{OVERLAY}\"\n\n[flows]\nmax_entries = 65536\n\n\
-         [maglev]\nmax_services = 8\n\n[affinity]\nttl_secs = 0\n\n[state]\ndatabase = \"{}\"\n\n{health}",
-        db.display()
-    )
+fn config(db: &Path, health: Health) -> Result<String, Error> {
+    Ok(state_agent_config(db)
+        .pop_id("pop1")
+        .affinity_ttl_secs(0)
+        .health(health)
+        .to_toml()?)
 }
 
 /// `edge-agent backends --output json`: the operator's view, health rows included.
@@ -141,12 +142,22 @@ fn each_check_kind_takes_its_backend_out_and_brings_it_back() -> TestResult {
             r#"{"type":"command","name":"flag"}"#,
         ],
     )?;
-    let health = format!(
-        "[health]\nprofile = \"fast\"\n\n[health.passive]\nenabled = false\n\n\
-         [health.commands]\nflag = [\"/bin/sh\", \"-c\", \"test ! -e {}\"]\n",
-        flag.display()
-    );
-    let agent = start_agent(&lab, &agent_bin(), &config(&db, &health), &["--reset"])?;
+    let health = Health {
+        passive: Some(Passive {
+            enabled: Some(false),
+            ..Passive::default()
+        }),
+        commands: BTreeMap::from([(
+            "flag".to_owned(),
+            vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                format!("test ! -e {}", flag.display()),
+            ],
+        )]),
+        ..Health::profile("fast")
+    };
+    let agent = start_agent(&lab, &agent_bin(), &config(&db, health)?, &["--reset"])?;
     for n in 1..=4 {
         wait_eligible(&lab, n, true, Duration::from_secs(5))?;
     }
@@ -282,11 +293,17 @@ fn drop_syns(lab: &Lab, on: bool) -> Result<(), Error> {
 /// Time from the SYN drop to the backend leaving, with `passive` on or off, under a stream of
 /// new clients.
 fn syn_drop_detection(lab: &Lab, db: &Path, passive: bool) -> Result<Duration, Error> {
-    let health = format!(
-        "[health]\ninterval_ms = 1000\ntimeout_ms = 500\nfall = 3\nrise = 1\n\n\
-         [health.passive]\nenabled = {passive}\ninterval_ms = 50\nsyn_deadline_ms = 300\n"
-    );
-    let agent = start_agent(lab, &agent_bin(), &config(db, &health), &[])?;
+    let health = Health {
+        fall: Some(3),
+        rise: Some(1),
+        passive: Some(Passive {
+            enabled: Some(passive),
+            interval_ms: Some(50),
+            syn_deadline_ms: Some(300),
+        }),
+        ..Health::every(1000, 500)
+    };
+    let agent = start_agent(lab, &agent_bin(), &config(db, health)?, &[])?;
     wait_eligible(lab, 1, true, Duration::from_secs(10))?;
     let load = spawn_churn(lab, 40, 8)?;
     std::thread::sleep(Duration::from_millis(500));
@@ -349,8 +366,8 @@ fn a_slow_backend_gets_a_smaller_share_before_any_check_fails() -> TestResult {
     let _fast = health_server(&lab, 1, &["--http", "[::]:8081"])?;
     let _slow = health_server(&lab, 2, &["--http", "[::]:8081", "--delay-ms", "100"])?;
     let db = write_state(&lab, &checks)?;
-    let health = "[health]\ninterval_ms = 500\ntimeout_ms = 500\n";
-    let agent = start_agent(&lab, &agent_bin(), &config(&db, health), &["--reset"])?;
+    let health = Health::every(500, 500);
+    let agent = start_agent(&lab, &agent_bin(), &config(&db, health)?, &["--reset"])?;
     for n in 1..=2 {
         wait_eligible(&lab, n, true, Duration::from_secs(5))?;
     }

@@ -21,7 +21,8 @@ use std::{
 
 use edge_agent::model::BackendAddr;
 use edge_lab::{
-    pop_lab::{backend_addr, start_agent_under, topology, OVERLAY, VIP4},
+    agent_config::{Dns, Health},
+    pop_lab::{backend_addr, start_agent_under, state_agent_config, topology, VIP4},
     Lab,
 };
 
@@ -176,15 +177,17 @@ fn slow_clients_junk_dns_and_a_registration_flood_starve_nothing() -> Result<(),
         .up()?;
     let _servers = echo_backends(&lab, 2)?;
     let db = state_db(&lab)?;
-    let config = format!(
-        "iface = \"eth0\"\nstats_log_secs = 0\nregion = \"eu\"\npop_id = \"pop1\"\n\n\
-         [overlay]\niface = \"ovl0\"\naddr = \"{OVERLAY}\"\n\n[flows]\nmax_entries = 65536\n\n\
-         [maglev]\nmax_services = 8\n\n[affinity]\nttl_secs = 0\n\n[state]\ndatabase = \"{}\"\n\n\
-         [register]\nlisten = [\"{POP4}:{API_PORT}\"]\ntoken = \"{TOKEN}\"\n\n\
-         [dns]\nlisten = [\"{POP4}:53\"]\non_overlay = false\n\n\
-         [health]\ninterval_ms = 500\ntimeout_ms = 1000\n",
-        db.display()
-    );
+    let config = state_agent_config(&db)
+        .pop_id("pop1")
+        .affinity_ttl_secs(0)
+        .register(&[&format!("{POP4}:{API_PORT}")], TOKEN)
+        .dns(Dns {
+            listen: vec![format!("{POP4}:53")],
+            on_overlay: Some(false),
+            ..Dns::default()
+        })
+        .health(Health::every(500, 1000))
+        .to_toml()?;
     let nofile = unit_nofile()?;
     let limit = format!("--nofile={nofile}");
     let agent = start_agent_under(

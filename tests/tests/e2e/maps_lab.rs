@@ -13,7 +13,12 @@ use super::common::{agent_bin, echo_backends, tear_down, TestResult};
 fn every_pinned_map_has_btf_with_named_fields() -> TestResult {
     let lab = topology("maps", 1).up()?;
     let _servers = echo_backends(&lab, 1)?;
-    let agent = start_agent(&lab, &agent_bin(), &agent_config(1, ""), &["--reset"])?;
+    let agent = start_agent(
+        &lab,
+        &agent_bin(),
+        &agent_config(1).to_toml()?,
+        &["--reset"],
+    )?;
     let pins = bpffs_pin_dir(lab.ns("pop").name());
     let out = std::process::Command::new(agent_bin())
         .arg("--bpffs-root")

@@ -19,7 +19,12 @@ fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
 fn a_scrape_passes_promtool_and_counts_the_traffic() -> TestResult {
     let lab = topology("metrics", 2).up()?;
     let _servers = echo_backends(&lab, 2)?;
-    let agent = start_agent(&lab, &agent_bin(), &agent_config(2, ""), &["--reset"])?;
+    let agent = start_agent(
+        &lab,
+        &agent_bin(),
+        &agent_config(2).to_toml()?,
+        &["--reset"],
+    )?;
     wait_eligible(&lab, 1, true, Duration::from_secs(5))?;
     let (ok, failed) = churn(&lab, 100, 2)?;
     assert_eq!((ok, failed), (200, 0));

@@ -11,6 +11,7 @@ use std::{
 use edge_agent::balancing::maglev;
 use edge_common::{hash::flow_hash, ipv4_mapped};
 use edge_lab::{
+    agent_config::Health,
     bpffs_pin_dir,
     pop_lab::{
         agent_config, backend_addr, spawn_echo_load, start_agent, topology, OVERLAY, TABLE_SIZE,
@@ -56,7 +57,7 @@ fn thousand_connections(name: &str, args: &[&str], hook: &str) -> TestResult {
     // No active checks: the split is predicted from equal weights, and health checks weigh
     // backends by their probes' round trip (halving one whose probe took twice as long, as one
     // can on a loaded CI machine), which would change the table while the connections open.
-    let config = agent_config(BACKENDS, "\n[health]\nenabled = false\n");
+    let config = agent_config(BACKENDS).health(Health::off()).to_toml()?;
     let agent = start_agent(&lab, &agent_bin(), &config, &argv)?;
     let doc = agent_json(&bpffs_pin_dir(lab.ns("pop").name()), &["status"])?;
     assert_eq!(

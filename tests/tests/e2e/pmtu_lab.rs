@@ -20,7 +20,12 @@ use std::{
 };
 
 use edge_agent::sixpn::{DeviceConfig, IpLink, PeerConfig, PrivateKey, WireguardGo};
-use edge_lab::{bpffs_pin_dir, pop_lab::start_agent, Lab, Topology};
+use edge_lab::{
+    agent_config::{Health, Service},
+    bpffs_pin_dir,
+    pop_lab::start_agent,
+    AgentConfig, Lab, Topology,
+};
 use ipnet::{IpNet, Ipv6Net};
 
 use super::common::{agent_bin, agent_json, tear_down, TestResult};
@@ -82,38 +87,20 @@ fn topology(label: &str) -> Topology {
 }
 
 /// One backend serving `bulk` on the echo port of both VIPs; an overlay MTU of 1500.
-fn config() -> String {
+fn config() -> edge_lab::Result<String> {
     config_on("ovl0", 1500)
 }
 
 /// The same with the overlay on `iface`, of `mtu` bytes.
-fn config_on(iface: &str, mtu: u16) -> String {
-    let backend = format!("{{ name = \"be1\", addr = \"{BACKEND}\", port = 7007 }}");
-    format!(
-        r#"iface = "eth0"
-stats_log_secs = 0
-
-[overlay]
-iface = "{iface}"
-addr = "{OVERLAY}"
-mtu = {mtu}
-
-[health]
-enabled = false
-
-[[services]]
-name = "bulk4"
-vip = "{VIP4}"
-port = 7
-backends = [{backend}]
-
-[[services]]
-name = "bulk6"
-vip = "{VIP6}"
-port = 7
-backends = [{backend}]
-"#
-    )
+fn config_on(iface: &str, mtu: u16) -> edge_lab::Result<String> {
+    let bulk = |name: &str, vip: &str| Service::new(name, vip, 7).backend("be1", BACKEND, 7007);
+    AgentConfig::pop()
+        .overlay(iface, OVERLAY)
+        .overlay_mtu(mtu)
+        .health(Health::off())
+        .service(bulk("bulk4", VIP4))
+        .service(bulk("bulk6", VIP6))
+        .to_toml()
 }
 
 /// Drops the ICMP errors `ns` itself sends (a router that does not report), or lets them go.
@@ -220,7 +207,7 @@ fn client_side(name: &str, hook: &str) -> TestResult {
     let agent = start_agent(
         &lab,
         &agent_bin(),
-        &config(),
+        &config()?,
         &["--reset", "--forward-hook", hook],
     )?;
 
@@ -286,7 +273,7 @@ fn overlay_path_mtu_reaches_the_client_translated() -> TestResult {
         &[],
     )?;
     server.wait_for_output("bulk ready", Duration::from_secs(10))?;
-    let agent = start_agent(&lab, &agent_bin(), &config(), &["--reset"])?;
+    let agent = start_agent(&lab, &agent_bin(), &config()?, &["--reset"])?;
 
     block_errors(&lab, "hub", true)?;
     let stalled = both(&lab, "put", 1500)?;
@@ -418,7 +405,7 @@ fn overlay_path_mtu_reaches_the_client_through_wireguard() -> TestResult {
     let agent = start_agent(
         &lab,
         &agent_bin(),
-        &config_on(pop_wg.ifname(), 1420),
+        &config_on(pop_wg.ifname(), 1420)?,
         &["--reset"],
     )?;
 

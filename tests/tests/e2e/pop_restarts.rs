@@ -316,7 +316,7 @@ fn a_sighup_to_another_country_list_steers_no_client_astray() -> TestResult {
     let mut pop = RealisticPop::up("geo-hup", MaxServices::Default)?;
     // Without affinity: a client's binding would keep it on its first backend whatever its
     // class says, and hide a misclassification.
-    pop.config = pop.config.replace("ttl_secs = 300", "ttl_secs = 0");
+    pop.config = std::mem::take(&mut pop.config).affinity_ttl_secs(0);
     let agent = pop.start(&["--reset"])?;
     let go = pop.lab.log_dir().join("go");
     let churn = pop.churn(&go)?;
@@ -364,7 +364,7 @@ fn a_first_start_on_a_corrupt_geo_file_refuses_to_run() -> TestResult {
     let pop = RealisticPop::up("geo-first", MaxServices::Default)?;
     std::fs::write(&pop.geo, b"not a country database")?;
     let config = pop.lab.log_dir().join("agent.toml");
-    std::fs::write(&config, &pop.config)?;
+    std::fs::write(&config, pop.config.to_toml()?)?;
     let started = Instant::now();
     let out = pop.lab.ns("pop").exec(&[
         &agent_bin().to_string_lossy(),

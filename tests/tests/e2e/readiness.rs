@@ -17,7 +17,7 @@ fn the_agent_tells_systemd_when_it_is_ready_and_stopping() -> TestResult {
     let socket = UnixDatagram::bind(&socket_path)?;
     socket.set_read_timeout(Some(Duration::from_secs(30)))?;
     let config = lab.log_dir().join("agent.toml");
-    std::fs::write(&config, agent_config(1, ""))?;
+    std::fs::write(&config, agent_config(1).to_toml()?)?;
     let pins = bpffs_pin_dir(lab.ns("pop").name());
     let agent = lab.ns("pop").spawn(
         "agent",

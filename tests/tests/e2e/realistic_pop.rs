@@ -17,13 +17,14 @@ use std::{
 };
 
 use edge_agent::{
-    geo::write_country_mmdb,
     model::{Backend, BackendAddr, Country, Service},
+    testing::mmdb_writer::write_country_mmdb,
 };
 use edge_lab::{
+    agent_config::{Bgp, BgpPeer, Health},
     bpffs_pin_dir,
     pop_lab::{backend_addr, start_agent, topology, BACKEND_PORT, OVERLAY, VIP4, VIP6},
-    Lab, LabProcess,
+    AgentConfig, Lab, LabProcess,
 };
 
 use super::common::{agent_bin, TestResult};
@@ -90,7 +91,7 @@ pub struct RealisticPop {
     pub lab: Lab,
     pub pins: PathBuf,
     pub geo: PathBuf,
-    pub config: String,
+    pub config: AgentConfig,
     /// BIRD's control socket (`birdc -s`).
     pub bird_socket: String,
     bird: Bird,
@@ -147,48 +148,32 @@ impl RealisticPop {
         let geo = lab.log_dir().join("countries.mmdb");
         write_database(&geo, &[])?;
         let state = state_database(&lab)?;
-        let tables = match max_services {
-            MaxServices::Default => String::new(),
+        let config = AgentConfig::pop()
+            .region("eu")
+            .overlay("ovl0", OVERLAY)
+            .affinity_ttl_secs(300)
+            .health(Health {
+                enabled: Some(true),
+                interval_ms: Some(500),
+                ..Health::default()
+            })
+            .geo_database(&geo)
+            .state_database(&state)
+            .bgp(Bgp {
+                asn: Some(65001),
+                graceful_restart_secs: Some(30),
+                peers: vec![BgpPeer {
+                    address: ROUTER.to_owned(),
+                    asn: 65000,
+                    next_hop_v6: Some("2001:db8:99::2".to_owned()),
+                }],
+            });
+        let config = match max_services {
+            MaxServices::Default => config,
             // A fresh start builds 72 tables (each service one per backend country, one per
             // region of countries without a backend, one for the rest): 80 rings leave 8.
-            MaxServices::Tight => "max_services = 40\n".to_owned(),
+            MaxServices::Tight => config.max_services(40),
         };
-        let config = format!(
-            r#"iface = "eth0"
-stats_log_secs = 0
-region = "eu"
-
-[overlay]
-iface = "ovl0"
-addr = "{OVERLAY}"
-
-[maglev]
-{tables}
-[affinity]
-ttl_secs = 300
-
-[health]
-enabled = true
-interval_ms = 500
-
-[geo]
-database = "{}"
-
-[state]
-database = "{}"
-
-[bgp]
-asn = 65001
-graceful_restart_secs = 30
-
-[[bgp.peers]]
-address = "{ROUTER}"
-asn = 65000
-next_hop_v6 = "2001:db8:99::2"
-"#,
-            geo.display(),
-            state.display()
-        );
         let (bird, bird_socket) = start_bird(&lab)?;
         Ok(RealisticPop {
             pins: bpffs_pin_dir(lab.ns("pop").name()),
@@ -238,7 +223,12 @@ next_hop_v6 = "2001:db8:99::2"
 
     /// Starts an agent on this POP (`--reset` for a first start).
     pub fn start(&self, args: &[&str]) -> Result<LabProcess, Error> {
-        Ok(start_agent(&self.lab, &agent_bin(), &self.config, args)?)
+        Ok(start_agent(
+            &self.lab,
+            &agent_bin(),
+            &self.config.to_toml()?,
+            args,
+        )?)
     }
 
     /// 200 long-lived connections over both `hold` services, held until `go` exists, then

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use edge_lab::{
+    agent_config::Service,
     bpffs_pin_dir,
     pop_lab::{agent_config, backend_addr, spawn_echo_load, start_agent, topology, VIP4},
 };
@@ -18,19 +19,9 @@ fn sigkill_and_restart_under_load_resets_nothing() -> TestResult {
     let lab = topology("restart", BACKENDS).up()?;
     let _servers = echo_backends(&lab, BACKENDS)?;
     // iperf3's control and data connections must meet the same server: one backend.
-    let config = agent_config(
-        BACKENDS,
-        &format!(
-            r#"
-[[services]]
-name = "iperf"
-vip = "{VIP4}"
-port = 5201
-backends = [{{ name = "be1", addr = "{}", port = 5201 }}]
-"#,
-            backend_addr(1)
-        ),
-    );
+    let config = agent_config(BACKENDS)
+        .service(Service::new("iperf", VIP4, 5201).backend("be1", &backend_addr(1), 5201))
+        .to_toml()?;
     let iperf_server = lab.ns("be1").spawn(
         "iperf3-server",
         &["iperf3", "-s", "-p", "5201", "--forceflush"],

@@ -27,7 +27,10 @@ use edge_agent::{
     sixpn::{Deployment, RegionNumbers},
     state::SqliteState,
 };
-use edge_lab::{bpffs_pin_dir, Lab, LabProcess, Topology};
+use edge_lab::{
+    agent_config::{Dns, Health, Passive, Sixpn},
+    bpffs_pin_dir, AgentConfig, Lab, LabProcess, Topology,
+};
 
 use super::common::{agent_bin, lab_backend, tear_down, web_state, TestResult};
 
@@ -131,33 +134,45 @@ impl Mesh {
     fn config(&self, i: usize, db: &std::path::Path) -> Result<String, Error> {
         let m = &MEMBERS[i];
         let key = self.lab.log_dir().join(format!("{}.key", m.ns));
-        let sixpn = format!(
-            "[sixpn]\nenabled = true\nid = \"{}\"\nhost_number = {}\nifname = \"{}\"\nlisten_port = {PORT}\n\
-             endpoint = \"[{}]:{PORT}\"\nkey_file = \"{}\"\nkeepalive_secs = 5\nipv4 = \"{}/16\"\n",
-            m.ns,
-            m.number,
-            self.lab.wg_ifname(i as u16),
-            underlay(i),
-            key.display(),
-            v1_addr(i)
-        );
-        let common = format!(
-            "pop_id = \"{}\"\nregion = \"{}\"\nstats_log_secs = 0\n\n[state]\ndatabase = \"{}\"\n\n\
-             [dns]\nenabled = false\n\n[metrics]\n\n",
-            m.ns,
-            m.region,
-            db.display()
-        );
-        Ok(if m.pop {
-            format!(
-                "iface = \"eth0\"\n{common}[overlay]\niface = \"{}\"\naddr = \"{}\"\n\n[flows]\nmax_entries = 65536\n\n\
-                 [maglev]\nmax_services = 4\n\n[affinity]\nttl_secs = 0\n\n[health.passive]\nenabled = false\n\n{sixpn}",
-                self.lab.wg_ifname(i as u16),
-                addr(m)?
-            )
+        let sixpn = Sixpn {
+            enabled: Some(true),
+            id: Some(m.ns.to_owned()),
+            host_number: Some(m.number),
+            ifname: Some(self.lab.wg_ifname(i as u16)),
+            listen_port: Some(PORT),
+            endpoint: Some(format!("[{}]:{PORT}", underlay(i))),
+            key_file: Some(key),
+            keepalive_secs: Some(5),
+            ipv4: Some(format!("{}/16", v1_addr(i))),
+        };
+        let common = AgentConfig::default()
+            .pop_id(m.ns)
+            .region(m.region)
+            .stats_log_secs(0)
+            .state_database(db)
+            .dns(Dns::off())
+            .metrics()
+            .sixpn(sixpn);
+        let config = if m.pop {
+            AgentConfig {
+                iface: Some("eth0".to_owned()),
+                ..common
+            }
+            .overlay(&self.lab.wg_ifname(i as u16), &addr(m)?.to_string())
+            .max_flows(65_536)
+            .max_services(4)
+            .affinity_ttl_secs(0)
+            .health(Health {
+                passive: Some(Passive {
+                    enabled: Some(false),
+                    ..Passive::default()
+                }),
+                ..Health::default()
+            })
         } else {
-            format!("{common}{sixpn}")
-        })
+            common
+        };
+        Ok(config.to_toml()?)
     }
 
     fn start(&mut self, i: usize, db: &std::path::Path) -> Result<(), Error> {

@@ -17,7 +17,7 @@ fn table_swaps_keep_every_established_flow() -> TestResult {
     let agent = start_agent(
         &lab,
         &agent_bin(),
-        &agent_config(BACKENDS, ""),
+        &agent_config(BACKENDS).to_toml()?,
         &["--reset"],
     )?;
 
@@ -26,13 +26,18 @@ fn table_swaps_keep_every_established_flow() -> TestResult {
     load.wait_for_output("holding 300", Duration::from_secs(60))?;
 
     // New weights for every backend, and be3 drained: every table is rebuilt and swapped.
-    let config = agent_config(BACKENDS, "")
-        .replace("port = 7007 }", "port = 7007, weight = 5 }")
-        .replacen("weight = 5 }", "weight = 1 }", 1)
-        .replace(
-            "addr = \"fd00:ee:1:3::2\", port = 7007, weight = 5",
-            "addr = \"fd00:ee:1:3::2\", port = 7007, weight = 0",
-        );
+    // Weight 5 for every backend but echo4's be1 (1) and be3 (0, drained).
+    let mut config = agent_config(BACKENDS);
+    for (i, service) in config.services.iter_mut().enumerate() {
+        for (n, backend) in (1..).zip(&mut service.backends) {
+            backend.weight = Some(match (i, n) {
+                (_, 3) => 0,
+                (0, 1) => 1,
+                _ => 5,
+            });
+        }
+    }
+    let config = config.to_toml()?;
     std::fs::write(lab.log_dir().join("agent.toml"), config)?;
     agent.signal(libc::SIGHUP)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

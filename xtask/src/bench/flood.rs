@@ -7,7 +7,7 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context as _};
-use edge_lab::pop_lab::{agent_config, start_agent, topology, CLIENT4, OVERLAY, SNAT_PREFIX, VIP4};
+use edge_lab::pop_lab::{agent_config, start_agent, topology, CLIENT4, SNAT_PREFIX, VIP4};
 use serde_json::{json, Value};
 
 use crate::shell;
@@ -77,17 +77,14 @@ impl Pop {
             .up()?;
         let servers =
             edge_lab::pop_lab::start_backends(&lab, BACKENDS, &tools.join("echo-server"))?;
-        let mut config = agent_config(BACKENDS, "");
+        let mut config = agent_config(BACKENDS);
         if let Source::Prefix = source {
-            config = config.replace(
-                &format!("addr = \"{OVERLAY}\""),
-                &format!("addr = \"{OVERLAY}\"\nsnat_prefix = \"{SNAT_PREFIX}\""),
-            );
+            config = config.snat_prefix(SNAT_PREFIX);
         }
         let agent = start_agent(
             &lab,
             agent_bin,
-            &config,
+            &config.to_toml()?,
             &["--reset", "--forward-hook", hook],
         )?;
         Ok(Pop {

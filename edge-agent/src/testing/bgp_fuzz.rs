@@ -1,4 +1,4 @@
-//! Mutation fuzzing of the message decoder, shared by its test (a bounded run) and
+//! Mutation fuzzing of the BGP message decoder, shared by its test (a bounded run) and
 //! `cargo xtask bench` (a million messages): valid messages of every type, mutated, must
 //! decode or give the NOTIFICATION the RFC names, never panic.
 //!
@@ -9,7 +9,7 @@ use bgpkit_parser::models::AsnLength;
 use bytes::BytesMut;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{
+use crate::bgp::{
     open,
     wire::{self, RouteAttrs, Speaking},
 };

@@ -1,32 +1,26 @@
-//! The harness of the full-NAT packet tests (`nat.rs`, `handshake.rs`): the data plane loaded
-//! with private maps that the agent's own reconciler fills, frames through
-//! `BPF_PROG_TEST_RUN`, and an independent parser (`etherparse`) that checks every output
-//! frame's headers and checksums.
-
-#![allow(dead_code, reason = "each test file uses its own part of the harness")]
+//! The full-NAT packet tests' part of the harness (`nat.rs`, `handshake.rs`, `icmp.rs`): the
+//! data plane filled by the agent's own reconciler with two services and a port without
+//! backends, client and backend frames, and an independent parser (`etherparse`) that checks
+//! every output frame's headers and checksums.
 
 use std::net::{IpAddr, Ipv6Addr};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData},
     Ebpf,
 };
 use edge_agent::{
     agent::static_plan, config::AgentConfig, config::BackendConfig, config::ServiceConfig,
-    dataplane::maps::counters, dataplane::maps::services::PopSettings,
-    dataplane::maps::services::Reconciler, dataplane::programs, dataplane::programs::MapSizes,
-    dataplane::test_run::lab_pop, dataplane::test_run::test_run,
+    dataplane::maps::services::PopSettings, dataplane::maps::services::Reconciler,
+    dataplane::programs, dataplane::programs::MapSizes, testing::lab_pop,
 };
 use edge_common::{flow::FLOW_REVERSE, names, DropStats, FlowKey, FlowValue};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 
-pub type TestResult = Result<(), Box<dyn std::error::Error>>;
-pub type Error = Box<dyn std::error::Error>;
+pub use super::{Error, TestResult, MAC_CLIENT, MAC_POP};
 
 pub const TC_ACT_REDIRECT: u32 = 7;
 pub const TC_ACT_SHOT: u32 = 2;
-pub const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-pub const MAC_POP: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 pub const CLIENT4: [u8; 4] = [198, 51, 100, 7];
 pub const VIP4: [u8; 4] = [198, 18, 0, 10];
 pub const CLIENT6: &str = "2001:db8:1::7";
@@ -133,8 +127,7 @@ impl Nat {
             maglev: 2 * 8 * TABLE_SIZE,
             affinity: 1024,
         };
-        let mut ebpf = programs::load_object(None, sizes)?;
-        programs::xdp_program(&mut ebpf, names::XDP_INGRESS)?;
+        let (mut ebpf, mut reconciler) = super::serving(sizes, TABLE_SIZE)?;
         programs::tc_program(&mut ebpf, names::TC_FORWARD)?;
         programs::tc_program(&mut ebpf, names::TC_REPLY)?;
         let pop = PopSettings {
@@ -148,7 +141,6 @@ impl Nat {
             services: services()?,
             ..AgentConfig::default()
         };
-        let mut reconciler = Reconciler::recover(&mut ebpf, TABLE_SIZE)?;
         let applied = reconciler.apply(&mut ebpf, &pop, &static_plan(&config))?;
         assert_eq!(applied.services, 3, "services applied: {applied:?}");
         assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
@@ -162,17 +154,14 @@ impl Nat {
 
     /// A client frame through this test's forward program.
     pub fn forward(&mut self, frame: &[u8]) -> Result<(Verdict, Vec<u8>), Error> {
-        let (program, verdict): (_, fn(u32) -> Verdict) = match self.hook {
-            Hook::Xdp => (
-                programs::xdp_program(&mut self.ebpf, names::XDP_INGRESS)?.fd()?,
-                |r| match r {
-                    1 => Verdict::Drop,
-                    2 => Verdict::Pass,
-                    other => Verdict::Other(other),
-                },
-            ),
+        let (out, verdict): (_, fn(u32) -> Verdict) = match self.hook {
+            Hook::Xdp => (super::xdp(&mut self.ebpf, frame)?, |r| match r {
+                1 => Verdict::Drop,
+                2 => Verdict::Pass,
+                other => Verdict::Other(other),
+            }),
             Hook::Tc => (
-                programs::tc_program(&mut self.ebpf, names::TC_FORWARD)?.fd()?,
+                super::tc(&mut self.ebpf, names::TC_FORWARD, frame)?,
                 |r| match r {
                     0 => Verdict::Pass,
                     2 => Verdict::Drop,
@@ -181,42 +170,35 @@ impl Nat {
                 },
             ),
         };
-        let out = test_run(program, frame, 1)?;
         Ok((verdict(out.retval), out.data_out))
     }
 
     /// A backend's frame through the reply program.
     pub fn tc(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), Error> {
-        let program = programs::tc_program(&mut self.ebpf, names::TC_REPLY)?;
-        let out = test_run(program.fd()?, frame, 1)?;
+        let out = super::tc(&mut self.ebpf, names::TC_REPLY, frame)?;
         Ok((out.retval, out.data_out))
     }
 
     /// The table of established connections.
     pub fn flows(&mut self) -> Result<BpfHashMap<&mut MapData, FlowKey, FlowValue>, Error> {
-        let map = self.ebpf.map_mut(names::FLOWS).ok_or("no FLOWS map")?;
-        Ok(BpfHashMap::try_from(map)?)
+        super::flow_table(&mut self.ebpf, names::FLOWS)
     }
 
     /// The table of connections whose handshake is not complete.
     pub fn half_open(&mut self) -> Result<BpfHashMap<&mut MapData, FlowKey, FlowValue>, Error> {
-        let map = self
-            .ebpf
-            .map_mut(names::HALF_OPEN)
-            .ok_or("no HALF_OPEN map")?;
-        Ok(BpfHashMap::try_from(map)?)
+        super::flow_table(&mut self.ebpf, names::HALF_OPEN)
     }
 
     /// Every entry of both tables.
     pub fn entries(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
         let mut all = self.established()?;
-        all.extend(self.half_open()?.iter().collect::<Result<Vec<_>, _>>()?);
+        all.extend(super::flow_entries(&self.ebpf, names::HALF_OPEN)?);
         Ok(all)
     }
 
     /// The entries of `FLOWS` only.
     pub fn established(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
-        Ok(self.flows()?.iter().collect::<Result<Vec<_>, _>>()?)
+        super::flow_entries(&self.ebpf, names::FLOWS)
     }
 
     /// Full handshakes of IPv4 clients from each of `ports`: (port, translated SYN).
@@ -258,12 +240,7 @@ impl Nat {
     }
 
     pub fn drops(&self) -> Result<DropStats, Error> {
-        let map = self
-            .ebpf
-            .map(names::DROP_STATS)
-            .ok_or("no DROP_STATS map")?;
-        let map: PerCpuArray<&MapData, DropStats> = PerCpuArray::try_from(map)?;
-        Ok(counters::sum_per_cpu(&map, 0)?)
+        super::drops(&self.ebpf)
     }
 }
 
