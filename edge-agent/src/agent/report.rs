@@ -185,15 +185,28 @@ impl Reporter {
         }
     }
 
-    /// Writes now, then every second until the drain.
+    /// Writes now, then every second until the drain. With BGP, each of the announcer's
+    /// reports (once a second) is written as it comes, so that sessions and BFD in the file are
+    /// never older than a second; the tick only covers a silent announcer.
     pub async fn run(self, mut drain: Drain) {
         self.write();
         let second = Duration::from_secs(1);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + second / 2, second);
+        let mut bgp = self.sources.bgp.clone();
         loop {
+            let bgp_changed = async {
+                match bgp.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = drain.signaled() => break,
                 _ = tick.tick() => self.write(),
+                true = bgp_changed => {
+                    self.write();
+                    tick.reset();
+                }
             }
         }
     }

@@ -346,7 +346,16 @@ fn malformed(t: &mut Bgp) -> TestResult {
     println!("bfd: flood {}", report.trim());
     let agent = t.agents[0].as_ref().ok_or("no agent")?;
     assert!(agent.is_running(), "the agent died under the flood");
-    let after = agent_bgp(t)?;
+    // The counters reach the status file through the announce task's report and the status
+    // writer, each once a second: read until two readings agree.
+    let mut after = agent_bgp(t)?;
+    for _ in 0..5 {
+        let again = agent_bgp(t)?;
+        if again["bfd_dropped"] == after["bfd_dropped"] {
+            break;
+        }
+        after = again;
+    }
     let dropped = &after["bfd_dropped"];
     let counted: u64 = [
         "version",
