@@ -90,6 +90,19 @@ impl ModeResult {
             .map(|(_, v)| v)
     }
 
+    /// The lowest and highest of the rounds' values, when there was more than one round: how
+    /// far apart runs of the same code land says how much of a line is the machine's placement
+    /// of the work rather than the program.
+    pub(super) fn spread(&self, metric: Metric) -> Option<(f64, f64)> {
+        let (_, values) = self.samples.iter().find(|(m, _)| *m == metric)?;
+        if values.len() < 2 {
+            return None;
+        }
+        let min = values.iter().copied().reduce(f64::min)?;
+        let max = values.iter().copied().reduce(f64::max)?;
+        Some((min, max))
+    }
+
     pub(super) fn failed(&self) -> bool {
         self.error.is_some() || self.values.iter().any(|(_, v)| v.is_err())
     }

@@ -26,10 +26,16 @@ fn cell(results: &[ModeResult], r: &ModeResult, metric: Metric) -> String {
         _ if r.error.is_some() && r.value(metric).is_none() => "FAILED".into(),
         None => "-".into(),
         Some(Err(_)) => "error".into(),
-        Some(Ok(v)) => match ratio(results, r, metric) {
-            Some(q) => format!("{} ({q:.2})", metric.format(*v)),
-            None => metric.format(*v),
-        },
+        Some(Ok(v)) => {
+            let mut text = match ratio(results, r, metric) {
+                Some(q) => format!("{} ({q:.2})", metric.format(*v)),
+                None => metric.format(*v),
+            };
+            if let Some((min, max)) = r.spread(metric) {
+                text.push_str(&format!(" [{}-{}]", metric.format(min), metric.format(max)));
+            }
+            text
+        }
     }
 }
 
@@ -44,7 +50,7 @@ pub(super) fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) ->
         rows.push(row);
     }
     let mut out = format!(
-        "end-to-end, value (ratio to plain), {}{seconds} s per iperf3/wrk test, \
+        "end-to-end, value (ratio to plain) [lowest-highest round], {}{seconds} s per iperf3/wrk test, \
          wrk {} threads x {} connections, echo {} x {} B round trips:\n",
         if rounds > 1 {
             format!("median of {rounds} rounds, ")
@@ -112,6 +118,11 @@ pub(super) fn to_json(
                         Some(Ok(v)) => json!({
                             "value": v,
                             "ratio_to_plain": ratio(results, r, metric),
+                            "spread": r.spread(metric).map(|(min, max)| json!({
+                                "min": min,
+                                "max": max,
+                                "max_over_min": if min > 0.0 { Some(max / min) } else { None },
+                            })),
                             "rounds": r
                                 .samples
                                 .iter()
@@ -246,7 +257,7 @@ mod tests {
                 ],
                 notes: vec![],
                 background_busy: Some(0.02),
-                samples: vec![(Metric::Iperf1, vec![10.0])],
+                samples: vec![(Metric::Iperf1, vec![9.0, 10.0, 12.5])],
             },
             ModeResult {
                 mode: Mode::Haproxy,
@@ -275,7 +286,7 @@ mod tests {
     fn table_shows_values_ratios_and_failures() {
         let results = sample();
         let table = render_table(&results, 5, 1);
-        assert!(table.contains("10.00 (1.00)"), "{table}");
+        assert!(table.contains("10.00 (1.00) [9.00-12.50]"), "{table}");
         assert!(table.contains("5.00 (0.50)"), "{table}");
         assert!(table.contains("50.0 (1.25)"), "{table}");
         assert!(table.contains("FAILED: edgeproxy: agent exited"), "{table}");
@@ -303,5 +314,9 @@ mod tests {
             Some("agent exited")
         );
         assert!(doc.pointer("/failed_modes/haproxy").is_some());
+        assert_eq!(
+            iperf.pointer("/modes/plain/spread/max_over_min"),
+            Some(&json!(12.5 / 9.0))
+        );
     }
 }
