@@ -223,7 +223,7 @@ impl Drop for Lab {
             let survivors = ns.kill_all();
             if !survivors.is_empty() {
                 eprintln!(
-                    "edge_lab: processes {survivors:?} survived SIGKILL in {}",
+                    "edge_tests: processes {survivors:?} survived SIGKILL in {}",
                     ns.name()
                 );
             }
@@ -231,7 +231,7 @@ impl Drop for Lab {
         self.namespaces.clear();
         // Whatever lab agents created outside the namespaces under this run's name.
         if let Err(e) = clean(Some(self.run.as_str())) {
-            eprintln!("edge_lab: {e}");
+            eprintln!("edge_tests: {e}");
         }
     }
 }

@@ -53,12 +53,12 @@ impl LogDir {
 impl Drop for LogDir {
     fn drop(&mut self) {
         if std::env::var_os(KEEP_LOGS_ENV).is_some() || std::thread::panicking() {
-            eprintln!("edge_lab: logs kept in {}", self.path.display());
+            eprintln!("edge_tests: logs kept in {}", self.path.display());
             return;
         }
         if let Err(e) = fs::remove_dir_all(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("edge_lab: could not remove {}: {e}", self.path.display());
+                eprintln!("edge_tests: could not remove {}: {e}", self.path.display());
             }
         }
     }

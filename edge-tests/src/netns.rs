@@ -131,7 +131,7 @@ impl NetNs {
                 // thread's network namespace.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     eprintln!(
-                        "edge_lab: setns {}: {}",
+                        "edge_tests: setns {}: {}",
                         path.display(),
                         std::io::Error::last_os_error()
                     );
@@ -165,12 +165,12 @@ impl Drop for NetNs {
         let survivors = self.kill_all();
         if !survivors.is_empty() {
             eprintln!(
-                "edge_lab: processes {survivors:?} still in {} after SIGKILL",
+                "edge_tests: processes {survivors:?} still in {} after SIGKILL",
                 self.name
             );
         }
         if let Err(e) = run_ok(&["ip", "netns", "del", &self.name]) {
-            eprintln!("edge_lab: {e}");
+            eprintln!("edge_tests: {e}");
         }
     }
 }

@@ -224,7 +224,7 @@ impl Drop for LabProcess {
         // Also reaches group members that outlived a leader which obeyed SIGTERM.
         let _ = self.signal_group(libc::SIGKILL);
         if let Err(e) = self.reap() {
-            eprintln!("edge_lab: {e}");
+            eprintln!("edge_tests: {e}");
         }
     }
 }

@@ -116,7 +116,7 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(is_alive(me));
         assert!(netns_of(me).is_some());
-        assert!(cmdline(me).contains("edge_lab"));
+        assert!(cmdline(me).contains("edge_tests"));
         assert!(!other_pids().contains(&me));
     }
 

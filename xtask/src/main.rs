@@ -4,6 +4,8 @@ mod bench;
 mod container;
 mod cycles;
 mod demo;
+#[cfg(test)]
+mod layout;
 mod setup;
 mod shell;
 mod test;
@@ -103,7 +105,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Lab { command } => match command {
             LabCommand::Clean => {
-                let removed = edge_lab::clean_all().context("cleaning lab leftovers")?;
+                let removed = edge_tests::clean_all().context("cleaning lab leftovers")?;
                 if removed.is_empty() {
                     println!("nothing left behind by lab runs");
                 } else {
@@ -112,7 +114,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             LabCommand::Leftovers => {
-                let found = edge_lab::find_leftovers(None);
+                let found = edge_tests::find_leftovers(None);
                 if found.is_empty() {
                     println!("nothing left behind by lab runs");
                 } else {

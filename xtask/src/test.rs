@@ -36,12 +36,12 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     let xtask = std::env::current_exe().context("locating the xtask binary")?;
 
     // Lab agents create it for their status files; a suite that found none leaves none.
-    let agent_dir = Path::new(edge_lab::AGENT_RUN_DIR);
+    let agent_dir = Path::new(edge_tests::AGENT_RUN_DIR);
     let had_agent_dir = agent_dir.exists();
-    let before = edge_lab::find_leftovers(None);
+    let before = edge_tests::find_leftovers(None);
     if !before.is_empty() {
         println!("note: an earlier run left lab objects behind; removing them first:\n{before}");
-        edge_lab::clean_all().context("cleaning earlier lab leftovers")?;
+        edge_tests::clean_all().context("cleaning earlier lab leftovers")?;
     }
     shell::run(
         shell::cargo()
@@ -68,7 +68,7 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
              Corrosion is in no package registry, see docs/corrosion.md)"
         ),
     }
-    let left = edge_lab::find_leftovers(None);
+    let left = edge_tests::find_leftovers(None);
     if !left.is_empty() {
         bail!("the test suite left lab objects behind (`cargo xtask lab clean` removes them):\n{left}");
     }

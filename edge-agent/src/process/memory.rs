@@ -1,7 +1,7 @@
 //! Gives the heap a burst freed back to the kernel. glibc's malloc returns memory only from the
 //! top of each arena; what a burst of connections, queries and requests freed below a live
 //! allocation stays in the process (issue 18 saw an agent grow from 60 to 230 MB and never
-//! shrink). Measured in the hostile lab (`tests/tests/e2e/hostile_lab.rs`, debug build): after
+//! shrink). Measured in the hostile lab (`edge-tests/tests/e2e/hostile_lab.rs`, debug build): after
 //! the attack the main arena held 26 MB of which 1.2 MB were in use; `malloc_trim(0)`, which
 //! also releases free pages inside an arena, took the agent from 51 to 35 MB. `M_ARENA_MAX=1`
 //! saved only 3 MB there (the agent's runtime is single-threaded; its few blocking threads are

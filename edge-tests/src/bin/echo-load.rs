@@ -190,7 +190,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    edge_lab::raise_nofile();
+    edge_tests::raise_nofile();
     let mut sizes = Stream::new(args.seed);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.connections {

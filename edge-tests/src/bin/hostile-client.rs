@@ -436,7 +436,7 @@ async fn http_flood(flags: &Flags) -> Result<String, Error> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    edge_lab::raise_nofile();
+    edge_tests::raise_nofile();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.split_first() {
         Some((mode, rest)) => match Flags::parse(rest) {

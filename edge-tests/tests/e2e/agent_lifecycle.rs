@@ -10,12 +10,12 @@ use std::{
 
 use super::common::{agent_bin, counted, tear_down, TestResult};
 use edge_agent::dataplane::pins::PinDir;
-use edge_lab::{bpffs_pin_dir, pop_lab, Lab, LabProcess, Topology};
+use edge_tests::{bpffs_pin_dir, pop_lab, Lab, LabProcess, Topology};
 
 /// Part of the warning an agent logs when its pins are on a bpffs of its own.
 const HIDDEN_PINS: &str = "the pins are on a bpffs the host does not see";
 
-fn lab() -> edge_lab::Result<Lab> {
+fn lab() -> edge_tests::Result<Lab> {
     Topology::new("life")
         .ns("client")
         .ns("pop")

@@ -16,7 +16,7 @@ use std::{
 };
 
 use edge_agent::{dataplane::maps::counters, dataplane::pins::PinDir};
-use edge_lab::{bpffs_pin_dir, Lab, LabProcess, Topology};
+use edge_tests::{bpffs_pin_dir, Lab, LabProcess, Topology};
 
 use super::common::{agent_bin, tear_down, TestResult};
 

@@ -5,7 +5,7 @@
 
 use std::{path::Path, time::Duration};
 
-use edge_lab::{
+use edge_tests::{
     bpffs_pin_dir,
     pop_lab::{
         agent_config, spawn_echo_load, spawn_echo_load_until, start_agent, topology, CLIENT4, VIP4,

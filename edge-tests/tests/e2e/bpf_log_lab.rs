@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use edge_agent::cli::maps::MAPS;
-use edge_lab::{
+use edge_tests::{
     bpffs_pin_dir,
     pop_lab::{agent_config, backend_addr, start_agent, topology, BACKEND_PORT, CLIENT4, VIP4},
     Lab, LabProcess,

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
-use edge_lab::{
+use edge_tests::{
     bpffs_pin_dir,
     pop_lab::{agent_config, spawn_echo_load, start_agent, topology},
 };

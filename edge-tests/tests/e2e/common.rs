@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_lab::{
+use edge_tests::{
     bpffs_pin_dir,
     pop_lab::{backend_addr, BACKEND_PORT, VIP4},
     Lab,
@@ -68,16 +68,19 @@ pub fn counted(pins: &Path, ip: &str, proto: &str, verdict: &str) -> Result<u64,
 
 /// Removes `lab` and asserts its run left nothing behind (namespace, interface, WireGuard
 /// socket, process, bpffs pin, agent status file).
-pub fn tear_down(lab: edge_lab::Lab) {
+pub fn tear_down(lab: edge_tests::Lab) {
     let run = lab.run_id().to_string();
     drop(lab);
-    let left = edge_lab::find_leftovers(Some(&run));
+    let left = edge_tests::find_leftovers(Some(&run));
     assert!(left.is_empty(), "run {run} left objects behind:\n{left}");
 }
 
 /// Starts the `echo-server` of this package in backends `be1`..`be<n>` of a POP lab.
-pub fn echo_backends(lab: &edge_lab::Lab, n: usize) -> edge_lab::Result<Vec<edge_lab::LabProcess>> {
-    edge_lab::pop_lab::start_backends(lab, n, env!("CARGO_BIN_EXE_echo-server").as_ref())
+pub fn echo_backends(
+    lab: &edge_tests::Lab,
+    n: usize,
+) -> edge_tests::Result<Vec<edge_tests::LabProcess>> {
+    edge_tests::pop_lab::start_backends(lab, n, env!("CARGO_BIN_EXE_echo-server").as_ref())
 }
 
 type Error = Box<dyn std::error::Error>;
@@ -183,7 +186,7 @@ pub fn web_state(lab: &Lab, vip: &str) -> Result<(edge_agent::state::SqliteState
 
 /// Waits for `load` (a load generator that ends with a JSON summary line) to exit and returns
 /// that line parsed; an error with the line if it failed, or with its output if it printed none.
-pub fn summary(load: &edge_lab::LabProcess, what: &str) -> Result<serde_json::Value, Error> {
+pub fn summary(load: &edge_tests::LabProcess, what: &str) -> Result<serde_json::Value, Error> {
     let status = load.wait_exit(Duration::from_secs(120))?;
     let out = load.output_so_far();
     let line = out

@@ -4,7 +4,7 @@
 
 use std::{process::Command, time::Duration, time::Instant};
 
-use edge_lab::{
+use edge_tests::{
     bpffs_pin_dir,
     pop_lab::{agent_config, spawn_echo_load, topology},
 };

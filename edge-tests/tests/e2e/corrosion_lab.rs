@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_lab::{
+use edge_tests::{
     agent_config::{Corrosion, Dns, Health},
     bpffs_pin_dir, AgentConfig, Lab, LabProcess, Topology,
 };

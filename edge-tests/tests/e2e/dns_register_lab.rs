@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use edge_agent::model::{BackendAddr, Pop};
-use edge_lab::{
+use edge_tests::{
     pop_lab::{
         backend_addr, start_agent, state_agent_config, topology, BACKEND_PORT, OVERLAY, VIP4,
     },
@@ -236,7 +236,7 @@ fn dns_answers_from_state_and_registrations_come_and_go() -> TestResult {
     // The operator sees which state source the running agent uses, and that it is current.
     let out = std::process::Command::new(agent_bin())
         .arg("--bpffs-root")
-        .arg(edge_lab::bpffs_pin_dir(lab.ns("pop").name()))
+        .arg(edge_tests::bpffs_pin_dir(lab.ns("pop").name()))
         .args(["status", "--output", "json"])
         .output()?;
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;

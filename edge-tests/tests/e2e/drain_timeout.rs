@@ -12,7 +12,7 @@ use edge_agent::{
     model::{BackendAddr, Service},
     state::SqliteState,
 };
-use edge_lab::{
+use edge_tests::{
     bpffs_pin_dir,
     pop_lab::{
         backend_addr, spawn_echo_load_until, start_agent, state_agent_config, topology, VIP4, VIP6,
@@ -22,7 +22,7 @@ use edge_lab::{
 use super::common::{agent_bin, agent_json, echo_backends, lab_backend, tear_down, TestResult};
 
 /// The echo connections backend `n`'s kernel holds (any state but listening and closed).
-fn backend_sockets(lab: &edge_lab::Lab, n: usize) -> Result<usize, Box<dyn std::error::Error>> {
+fn backend_sockets(lab: &edge_tests::Lab, n: usize) -> Result<usize, Box<dyn std::error::Error>> {
     let out = lab.ns(&format!("be{n}")).exec_ok(&[
         "ss",
         "-Htn",

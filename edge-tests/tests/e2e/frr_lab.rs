@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use edge_lab::Topology;
+use edge_tests::Topology;
 
 use super::{
     anycast_lab::{topology_with, Bgp, VIP4, VIP6},
@@ -166,10 +166,10 @@ fn with_frr(
 
 /// zebra first (bgpd and bfdd talk through it), then bfdd and bgpd; ready once bgpd answers.
 fn start_frr(
-    lab: &edge_lab::Lab,
+    lab: &edge_tests::Lab,
     dir: &Path,
     bfd: FrrBfd,
-) -> Result<Vec<edge_lab::LabProcess>, Error> {
+) -> Result<Vec<edge_tests::LabProcess>, Error> {
     let d = dir.to_str().ok_or("path")?;
     std::fs::write(dir.join("zebra.conf"), "hostname router\n")?;
     std::fs::write(dir.join("bfdd.conf"), BFDD_CONFIG)?;

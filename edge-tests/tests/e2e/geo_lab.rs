@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, time::Duration, time::Instant};
 
 use edge_agent::{model::BackendAddr, testing::mmdb_writer::write_country_mmdb};
-use edge_lab::{
+use edge_tests::{
     bpffs_pin_dir,
     pop_lab::{backend_addr, start_agent, state_agent_config, topology, VIP4},
     Lab,
@@ -222,7 +222,7 @@ fn clients_land_where_v1s_tiers_say() -> TestResult {
     sqlite(&db, &format!(".read {}", script.display()))?;
     // Counted one by one (status); logged a few at a time, with a count of the rest: a log
     // line per bad row is a log flood anyone who can write a row could cause.
-    let pins = edge_lab::bpffs_pin_dir(lab.ns("pop").name());
+    let pins = edge_tests::bpffs_pin_dir(lab.ns("pop").name());
     let rejected = || -> Result<u64, String> {
         let doc = agent_json(&pins, &["status"])?;
         Ok(doc["agent"]["rejected_rows"].as_u64().unwrap_or(0))

@@ -11,7 +11,7 @@ use std::{
 };
 
 use edge_agent::{health::CheckSpec, model::BackendAddr};
-use edge_lab::{
+use edge_tests::{
     agent_config::{Health, Passive},
     bpffs_pin_dir,
     pop_lab::{backend_addr, start_agent, state_agent_config, topology, BACKEND_PORT, VIP4},

@@ -20,7 +20,7 @@ use std::{
 };
 
 use edge_agent::model::BackendAddr;
-use edge_lab::{
+use edge_tests::{
     agent_config::{Dns, Health},
     pop_lab::{backend_addr, start_agent_under, state_agent_config, topology, VIP4},
     Lab,

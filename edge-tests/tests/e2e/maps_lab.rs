@@ -2,7 +2,7 @@
 //! prints them by name; `edge-agent maps` lists them all.
 
 use edge_agent::cli::maps::MAPS;
-use edge_lab::{
+use edge_tests::{
     bpffs_pin_dir,
     pop_lab::{agent_config, start_agent, topology},
 };

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edge_lab::pop_lab::{agent_config, backend_addr, start_agent, topology, BACKEND_PORT};
+use edge_tests::pop_lab::{agent_config, backend_addr, start_agent, topology, BACKEND_PORT};
 
 use super::common::{agent_bin, churn, echo_backends, tear_down, wait_eligible, TestResult};
 

@@ -10,7 +10,7 @@ use std::{
 
 use edge_agent::balancing::maglev;
 use edge_common::{hash::flow_hash, ipv4_mapped};
-use edge_lab::{
+use edge_tests::{
     agent_config::Health,
     bpffs_pin_dir,
     pop_lab::{

@@ -7,7 +7,7 @@ use edge_agent::{
     sixpn::wireguard::kernel::KernelError, sixpn::wireguard::kernel::KernelWg,
     sixpn::wireguard::userspace::DEFAULT_MTU,
 };
-use edge_lab::Topology;
+use edge_tests::Topology;
 use ipnet::IpNet;
 
 use super::common::{tear_down, TestResult};

@@ -20,7 +20,7 @@ use std::{
 };
 
 use edge_agent::sixpn::{DeviceConfig, IpLink, PeerConfig, PrivateKey, WireguardGo};
-use edge_lab::{
+use edge_tests::{
     agent_config::{Health, Service},
     bpffs_pin_dir,
     pop_lab::start_agent,
@@ -87,12 +87,12 @@ fn topology(label: &str) -> Topology {
 }
 
 /// One backend serving `bulk` on the echo port of both VIPs; an overlay MTU of 1500.
-fn config() -> edge_lab::Result<String> {
+fn config() -> edge_tests::Result<String> {
     config_on("ovl0", 1500)
 }
 
 /// The same with the overlay on `iface`, of `mtu` bytes.
-fn config_on(iface: &str, mtu: u16) -> edge_lab::Result<String> {
+fn config_on(iface: &str, mtu: u16) -> edge_tests::Result<String> {
     let bulk = |name: &str, vip: &str| Service::new(name, vip, 7).backend("be1", BACKEND, 7007);
     AgentConfig::pop()
         .overlay(iface, OVERLAY)

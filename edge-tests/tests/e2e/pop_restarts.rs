@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_lab::pop_lab::{backend_addr, VIP4, VIP6};
+use edge_tests::pop_lab::{backend_addr, VIP4, VIP6};
 
 use super::{
     common::{agent_bin, agent_json, summary, TestResult},
@@ -114,7 +114,7 @@ fn restarts_lose_nothing(
 /// agent's readiness.
 fn restart_n_times(
     pop: &RealisticPop,
-    agent: &mut edge_lab::LabProcess,
+    agent: &mut edge_tests::LabProcess,
     before_each: &impl Fn(&RealisticPop) -> TestResult,
 ) -> Result<Vec<u128>, Box<dyn std::error::Error>> {
     let mut downtimes = Vec::new();
@@ -321,8 +321,9 @@ fn a_sighup_to_another_country_list_steers_no_client_astray() -> TestResult {
     let go = pop.lab.log_dir().join("go");
     let churn = pop.churn(&go)?;
     std::thread::sleep(Duration::from_millis(500));
-    let loaded =
-        |agent: &edge_lab::LabProcess| agent.output_so_far().matches("geo database loaded").count();
+    let loaded = |agent: &edge_tests::LabProcess| {
+        agent.output_so_far().matches("geo database loaded").count()
+    };
     for round in 0..3 {
         // "AA"/"AB" sort before every other country: they would shift every class by two.
         let extra: &[&str] = if round % 2 == 0 { &["AA", "AB"] } else { &[] };

@@ -3,7 +3,7 @@
 
 use std::{os::unix::net::UnixDatagram, time::Duration};
 
-use edge_lab::{
+use edge_tests::{
     bpffs_pin_dir,
     pop_lab::{agent_config, topology},
 };

@@ -20,7 +20,7 @@ use edge_agent::{
     model::{Backend, BackendAddr, Country, Service},
     testing::mmdb_writer::write_country_mmdb,
 };
-use edge_lab::{
+use edge_tests::{
     agent_config::{Bgp, BgpPeer, Health},
     bpffs_pin_dir,
     pop_lab::{backend_addr, start_agent, topology, BACKEND_PORT, OVERLAY, VIP4, VIP6},
@@ -235,7 +235,7 @@ impl RealisticPop {
     /// echoed once more.
     pub fn hold(&self, go: &Path) -> Result<LabProcess, Error> {
         let echo_load = env!("CARGO_BIN_EXE_echo-load").as_ref();
-        let held = edge_lab::pop_lab::spawn_echo_load_until(
+        let held = edge_tests::pop_lab::spawn_echo_load_until(
             &self.lab,
             echo_load,
             200,

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_lab::bpffs_pin_dir;
+use edge_tests::bpffs_pin_dir;
 
 use super::{
     anycast_lab::{Bgp, VIP4, VIP6},
@@ -52,7 +52,7 @@ const RESTARTS: usize = 10;
 /// Runs the restarts; `pop_a` is POP A's `[bgp]` (with `graceful_restart_secs`), ending with
 /// [`IPERF_SERVICE`].
 pub(super) fn restarts_under_load(t: &mut Bgp, router: &dyn Router, pop_a: &str) -> TestResult {
-    edge_lab::raise_nofile();
+    edge_tests::raise_nofile();
     t.start_backend('a')?;
     t.start_backend('b')?;
     let iperf_server = t.lab.ns("bea").spawn(

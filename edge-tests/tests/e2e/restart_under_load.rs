@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use edge_lab::{
+use edge_tests::{
     agent_config::Service,
     bpffs_pin_dir,
     pop_lab::{agent_config, backend_addr, spawn_echo_load, start_agent, topology, VIP4},

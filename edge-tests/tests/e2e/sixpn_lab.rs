@@ -27,7 +27,7 @@ use edge_agent::{
     sixpn::{Deployment, RegionNumbers},
     state::SqliteState,
 };
-use edge_lab::{
+use edge_tests::{
     agent_config::{Dns, Health, Passive, Sixpn},
     bpffs_pin_dir, AgentConfig, Lab, LabProcess, Topology,
 };

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use edge_lab::pop_lab::{agent_config, spawn_echo_load, start_agent, topology};
+use edge_tests::pop_lab::{agent_config, spawn_echo_load, start_agent, topology};
 
 use super::common::{agent_bin, echo_backends, tear_down, TestResult};
 

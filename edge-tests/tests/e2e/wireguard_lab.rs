@@ -14,7 +14,7 @@ use edge_agent::{
     sixpn::Deployment, sixpn::DeviceConfig, sixpn::IpLink, sixpn::PeerConfig, sixpn::PrivateKey,
     sixpn::RegionNumbers, sixpn::UserspaceError, sixpn::WireguardGo,
 };
-use edge_lab::{Lab, Topology};
+use edge_tests::{Lab, Topology};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::common::{tear_down, TestResult};

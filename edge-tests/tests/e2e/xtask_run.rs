@@ -138,7 +138,7 @@ fn demo_world_routes_clients_home_fails_over_and_ctrl_c_removes_everything() -> 
         "xtask run should confirm the teardown:\n{}",
         run.seen.join("\n")
     );
-    let left = edge_lab::find_leftovers(Some(&run_id));
+    let left = edge_tests::find_leftovers(Some(&run_id));
     assert!(left.is_empty(), "run {run_id} left objects behind:\n{left}");
     Ok(())
 }

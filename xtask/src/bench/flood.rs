@@ -7,7 +7,7 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context as _};
-use edge_lab::pop_lab::{agent_config, start_agent, topology, CLIENT4, SNAT_PREFIX, VIP4};
+use edge_tests::pop_lab::{agent_config, start_agent, topology, CLIENT4, SNAT_PREFIX, VIP4};
 use serde_json::{json, Value};
 
 use crate::shell;
@@ -27,7 +27,7 @@ struct Rates {
     drops: String,
 }
 
-fn churn(lab: &edge_lab::Lab, tools: &Path) -> anyhow::Result<(f64, u64)> {
+fn churn(lab: &edge_tests::Lab, tools: &Path) -> anyhow::Result<(f64, u64)> {
     let churn = tools.join("tcp-churn");
     let target = format!("{VIP4}:7");
     let seconds = SECONDS.to_string();
@@ -63,9 +63,9 @@ enum Source {
 
 /// A POP lab with the agent on `hook`, and the drop counters it reports.
 struct Pop {
-    lab: edge_lab::Lab,
-    _servers: Vec<edge_lab::LabProcess>,
-    agent: edge_lab::LabProcess,
+    lab: edge_tests::Lab,
+    _servers: Vec<edge_tests::LabProcess>,
+    agent: edge_tests::LabProcess,
 }
 
 impl Pop {
@@ -76,7 +76,7 @@ impl Pop {
             .route("pop", SPOOFED, CLIENT4)
             .up()?;
         let servers =
-            edge_lab::pop_lab::start_backends(&lab, BACKENDS, &tools.join("echo-server"))?;
+            edge_tests::pop_lab::start_backends(&lab, BACKENDS, &tools.join("echo-server"))?;
         let mut config = agent_config(BACKENDS);
         if let Source::Prefix = source {
             config = config.snat_prefix(SNAT_PREFIX);
@@ -95,7 +95,7 @@ impl Pop {
     }
 
     fn drops(&self, agent_bin: &Path) -> String {
-        let pins = edge_lab::bpffs_pin_dir(self.lab.ns("pop").name());
+        let pins = edge_tests::bpffs_pin_dir(self.lab.ns("pop").name());
         std::process::Command::new(agent_bin)
             .arg("--bpffs-root")
             .arg(&pins)

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use edge_lab::{
+use edge_tests::{
     pop_lab::{backend_addr, start_agent, topology, OVERLAY, VIP4},
     LabProcess,
 };

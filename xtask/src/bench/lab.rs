@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use edge_lab::{Lab, LabProcess, NetNs, Topology};
+use edge_tests::{Lab, LabProcess, NetNs, Topology};
 
 use super::load;
 

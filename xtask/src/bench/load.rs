@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use edge_lab::NetNs;
+use edge_tests::NetNs;
 
 use super::lab::{exec_bounded, ECHO_PORT, HTTP_BODY, HTTP_PORT, IPERF_PORT};
 use serde_json::Value;

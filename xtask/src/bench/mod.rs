@@ -277,7 +277,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     for id in &run_ids {
-        let left = edge_lab::find_leftovers(Some(id));
+        let left = edge_tests::find_leftovers(Some(id));
         if !left.is_empty() {
             problems.push(format!(
                 "lab run {id} left objects behind (remove with `cargo xtask lab clean`):\n{left}"
@@ -285,10 +285,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if !problems.is_empty() {
-        if std::env::var_os(edge_lab::KEEP_LOGS_ENV).is_none() {
+        if std::env::var_os(edge_tests::KEEP_LOGS_ENV).is_none() {
             eprintln!(
                 "bench: rerun with {}=1 to keep each lab's configs and process logs",
-                edge_lab::KEEP_LOGS_ENV
+                edge_tests::KEEP_LOGS_ENV
             );
         }
         bail!("the bench had failures:\n- {}", problems.join("\n- "));

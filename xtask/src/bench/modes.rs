@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
-use edge_lab::{Lab, LabProcess};
+use edge_tests::{Lab, LabProcess};
 
 use super::lab::{
     self, wait_ready, Tools, BACKEND_OVERLAY_V6, BACKEND_V4, LB, LB_OVERLAY_V6, PORTS, VIP,
@@ -271,7 +271,7 @@ fn edgeproxy(lab: &Lab, agent: &Path, hook: &str) -> anyhow::Result<Balancer> {
     std::fs::write(&config, agent_config(hook))
         .with_context(|| format!("writing {}", config.display()))?;
     // Under the run's name, so that the lab's teardown (and `find_leftovers`) covers the pins.
-    let pins = edge_lab::bpffs_pin_dir(ns.name());
+    let pins = edge_tests::bpffs_pin_dir(ns.name());
     let process = ns.spawn(
         "edge-agent",
         &[

@@ -72,7 +72,7 @@ pub fn run(agent: &Path, duration: Option<Duration>) -> anyhow::Result<()> {
         drop(world);
         result
     });
-    let left = edge_lab::find_leftovers(Some(&run_id));
+    let left = edge_tests::find_leftovers(Some(&run_id));
     if !left.is_empty() {
         bail!("the lab left objects behind:\n{left}");
     }

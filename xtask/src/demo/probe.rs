@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_lab::Lab;
+use edge_tests::Lab;
 
 use super::{
     plan::{CLIENTS, ISPS, POPS, VIP, VIP_PORT},

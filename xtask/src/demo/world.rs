@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use edge_lab::{bpffs_pin_dir, Lab, LabProcess, Topology};
+use edge_tests::{bpffs_pin_dir, Lab, LabProcess, Topology};
 
 use super::plan::{
     self, members, sixpn_addr, underlay, BACKENDS, BACKEND_PORT, CLIENTS, ISPS, POPS, VIP, WG_PORT,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use edge_lab::{bpffs_pin_dir, Lab, LabProcess};
+use edge_tests::{bpffs_pin_dir, Lab, LabProcess};
 use serde_json::Value;
 
 use super::{

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use edge_lab::NetNs;
+use edge_tests::NetNs;
 
 use super::{
     results::{Line, Results, Test},

@@ -51,7 +51,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use edge_lab::{bpffs_pin_dir, Lab, LabProcess};
+use edge_tests::{bpffs_pin_dir, Lab, LabProcess};
 
 use crate::{
     bench::{

@@ -4,7 +4,7 @@
 use std::{net::IpAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{bail, Context as _};
-use edge_lab::{Lab, LabProcess};
+use edge_tests::{Lab, LabProcess};
 
 use super::{
     alive,

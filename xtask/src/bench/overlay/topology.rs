@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::bail;
-use edge_lab::{Lab, Topology};
+use edge_tests::{Lab, Topology};
 
 use super::run_with_input;
 
