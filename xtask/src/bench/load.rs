@@ -105,6 +105,9 @@ pub struct Iperf {
     pub gbps: f64,
     /// TCP retransmissions the sender saw (a sign of drops on the path).
     pub retransmits: f64,
+    /// Each stream's receiver-side Gbit/s, in the order iperf3 lists them: how evenly the
+    /// streams shared the path (several streams land on CPUs by their hash).
+    pub per_stream_gbps: Vec<f64>,
 }
 
 pub fn iperf3(client: &NetNs, target: IpAddr, streams: u32, seconds: u64) -> anyhow::Result<Iperf> {
@@ -144,9 +147,21 @@ pub fn parse_iperf3(text: &str) -> anyhow::Result<Iperf> {
         .pointer("/end/sum_sent/retransmits")
         .and_then(Value::as_f64)
         .unwrap_or(0.0);
+    let per_stream_gbps = doc
+        .pointer("/end/streams")
+        .and_then(Value::as_array)
+        .map(|streams| {
+            streams
+                .iter()
+                .filter_map(|s| s.pointer("/receiver/bits_per_second")?.as_f64())
+                .map(|b| b / 1e9)
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Iperf {
         gbps: bps / 1e9,
         retransmits,
+        per_stream_gbps,
     })
 }
 
@@ -307,6 +322,9 @@ mod tests {
                 .is_ok_and(|r| close(r.gbps, 3.852_083_180_265_301) && r.retransmits == 49.0),
             "{got:?}"
         );
+        let streams = got.map(|r| r.per_stream_gbps).unwrap_or_default();
+        assert_eq!(streams.len(), 4, "{streams:?}");
+        assert!(close(streams[0], 0.958_854_128_565_227), "{streams:?}");
     }
 
     #[test]

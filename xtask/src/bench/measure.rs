@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 
 use super::{
     check_stop,
-    cpu::background_busy,
+    cpu::{background_busy, describe, PerCpu},
     lab,
     lab::CLIENT,
     load,
@@ -114,11 +114,27 @@ fn measure_into(
     let mut retransmits = Vec::new();
     for (metric, streams) in [(Metric::Iperf1, 1), (Metric::Iperf4, 4)] {
         step()?;
+        let before = PerCpu::sample();
         let value = load::iperf3(client, target, streams, seconds).and_then(|r| {
+            let cpus = before
+                .as_ref()
+                .zip(PerCpu::sample())
+                .map(|(a, b)| describe(&a.shares_until(&b)))
+                .unwrap_or_default();
+            let per_stream: Vec<String> =
+                r.per_stream_gbps.iter().map(|g| format!("{g:.2}")).collect();
             println!(
-                "bench: {mode}: iperf3 {streams} stream(s): {:.2} Gbit/s, {} retransmits",
-                r.gbps, r.retransmits
+                "bench: {mode}: iperf3 {streams} stream(s): {:.2} Gbit/s ({}), {} retransmits; {cpus}",
+                r.gbps,
+                per_stream.join(" + "),
+                r.retransmits
             );
+            if streams > 1 {
+                result.notes.push(format!(
+                    "{streams} streams: {} Gbit/s; {cpus}",
+                    per_stream.join(" + ")
+                ));
+            }
             retransmits.push(format!("{} ({streams} stream(s))", r.retransmits));
             if r.gbps <= 0.0 {
                 bail!("iperf3 moved no data");
