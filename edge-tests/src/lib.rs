@@ -27,6 +27,7 @@ mod process;
 mod procfs;
 mod topology;
 mod validate;
+mod wire_hash;
 
 #[cfg(test)]
 mod lab_tests;
@@ -44,6 +45,7 @@ pub use names::{
 pub use netns::NetNs;
 pub use process::LabProcess;
 pub use topology::{End, Topology};
+pub use wire_hash::{hash_like_a_nic, WireHash};
 
 /// Raises this process's open-files limit to its hard maximum: the lab's load generators hold
 /// thousands of sockets, more than the usual soft limit of 1024.

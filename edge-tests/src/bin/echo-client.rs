@@ -1,5 +1,6 @@
-//! `echo-client ADDR [COUNT [WARMUP [SIZE]]]`: round-trip latency through a TCP echo service,
-//! for `cargo xtask bench`.
+//! `echo-client ADDR [COUNT [WARMUP [SIZE [LOCAL_PORT]]]]`: round-trip latency through a TCP echo
+//! service, for `cargo xtask bench`. LOCAL_PORT fixes the connection's source port, so that runs
+//! through different balancers are the same connection (and land on the same CPUs).
 //!
 //! One connection; SIZE-byte messages (default 64) are ping-ponged WARMUP times (default 1000,
 //! not measured: caches, the flow table and the scheduler settle), then COUNT times (default
@@ -34,7 +35,7 @@ where
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(addr) = args.first() else {
-        return Err("usage: echo-client ADDR [COUNT [WARMUP [SIZE]]]".into());
+        return Err("usage: echo-client ADDR [COUNT [WARMUP [SIZE [LOCAL_PORT]]]]".into());
     };
     let addr: SocketAddr = addr.parse().map_err(|e| format!("address {addr}: {e}"))?;
     let count: usize = arg(&args, 1, 20_000)?;
@@ -44,8 +45,8 @@ fn run() -> Result<(), String> {
         return Err("COUNT and SIZE must be positive".into());
     }
 
-    let mut stream =
-        TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    let local_port: u16 = arg(&args, 4, 0)?;
+    let mut stream = connect(addr, local_port).map_err(|e| format!("connect {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     // A broken path must fail the run, not hang it.
     stream
@@ -99,6 +100,27 @@ fn run() -> Result<(), String> {
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A connection to `addr` from `local_port` (0: any).
+fn connect(addr: SocketAddr, local_port: u16) -> std::io::Result<TcpStream> {
+    if local_port == 0 {
+        return TcpStream::connect_timeout(&addr, TIMEOUT);
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    let unspecified: std::net::IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    socket.bind(&SocketAddr::new(unspecified, local_port).into())?;
+    socket.connect_timeout(&addr.into(), TIMEOUT)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 mod cleanup;
 mod processes;
 mod traffic;
+mod wire_hash;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

@@ -39,7 +39,7 @@ pub const PORTS: [(&str, u16); 3] = [
 pub const HTTP_BODY: &str = "edgeproxy bench\n";
 
 /// The three namespaces. `with_vip` puts the VIP on the lb's `lo` as a /32, for the modes where
-/// a process or the kernel's NAT on lb owns it.
+/// a process or the kernel's NAT on lb owns it; without, the backend owns it and lb routes it.
 pub fn topology(with_vip: bool) -> Topology {
     let mut t = Topology::new("bench")
         .ns(CLIENT)
@@ -77,6 +77,13 @@ pub fn topology(with_vip: bool) -> Topology {
     }
     if with_vip {
         t = t.addr(LB, "lo", &format!("{VIP}/32"));
+    } else {
+        // Plain routing to the same address the balancers answer on.
+        t = t.addr(BACKEND, "lo", &format!("{VIP}/32")).route(
+            LB,
+            &format!("{VIP}/32"),
+            &BACKEND_V4.to_string(),
+        );
     }
     t
 }

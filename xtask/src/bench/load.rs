@@ -110,12 +110,22 @@ pub struct Iperf {
     pub per_stream_gbps: Vec<f64>,
 }
 
-pub fn iperf3(client: &NetNs, target: IpAddr, streams: u32, seconds: u64) -> anyhow::Result<Iperf> {
+/// `cport`: the first client port of the streams (iperf3 gives the next ones to the others), so
+/// that every mode of a round runs the same connections.
+pub fn iperf3(
+    client: &NetNs,
+    target: IpAddr,
+    streams: u32,
+    seconds: u64,
+    cport: u16,
+) -> anyhow::Result<Iperf> {
     let out = exec_bounded(
         client,
         Duration::from_secs(seconds) + SLACK,
         &[
             "iperf3",
+            "--cport",
+            &cport.to_string(),
             "--client",
             &target.to_string(),
             "--port",
@@ -260,7 +270,13 @@ pub struct Echo {
     pub p99_us: f64,
 }
 
-pub fn echo(client: &NetNs, echo_client: &Path, target: IpAddr) -> anyhow::Result<Echo> {
+/// `local_port`: the connection's source port, the same in every mode of a round.
+pub fn echo(
+    client: &NetNs,
+    echo_client: &Path,
+    target: IpAddr,
+    local_port: u16,
+) -> anyhow::Result<Echo> {
     let addr = SocketAddr::new(target, ECHO_PORT).to_string();
     let out = exec_bounded(
         client,
@@ -271,6 +287,7 @@ pub fn echo(client: &NetNs, echo_client: &Path, target: IpAddr) -> anyhow::Resul
             &ECHO_COUNT.to_string(),
             &ECHO_WARMUP.to_string(),
             &ECHO_SIZE.to_string(),
+            &local_port.to_string(),
         ],
     )?;
     parse_echo(&out)

@@ -20,8 +20,16 @@ use super::{
 /// A failed request is not a served one: above this share of errors, a wrk rate is discarded.
 const MAX_WRK_ERROR_RATIO: f64 = 0.01;
 
+/// The first of round `round`'s client ports (iperf3's one stream, then its four, then the echo
+/// connection): the same in every mode of the round, others in the next round, so that rounds
+/// sample different placements of the connections on the CPUs and every mode meets each of them.
+pub(super) fn iperf_ports(round: u32) -> u16 {
+    40_000 + (round % 1000) as u16 * 8
+}
+
 pub(super) fn measure_mode(
     mode: Mode,
+    round: u32,
     seconds: u64,
     inputs: &Inputs<'_>,
     run_ids: &mut Vec<String>,
@@ -34,7 +42,7 @@ pub(super) fn measure_mode(
         background_busy: None,
         samples: Vec::new(),
     };
-    if let Err(e) = measure_into(&mut result, seconds, inputs, run_ids) {
+    if let Err(e) = measure_into(&mut result, iperf_ports(round), seconds, inputs, run_ids) {
         result.error = Some(format!("{e:#}"));
     }
     result
@@ -42,6 +50,7 @@ pub(super) fn measure_mode(
 
 fn measure_into(
     result: &mut ModeResult,
+    cport: u16,
     seconds: u64,
     inputs: &Inputs<'_>,
     run_ids: &mut Vec<String>,
@@ -56,6 +65,12 @@ fn measure_into(
     // Declared after the lab, so dropped before it: processes stop before their namespaces go.
     let _backends = lab::start_backends(&lab, inputs.tools).context("starting the backend")?;
     let balancer = modes::start(mode, &lab, inputs).with_context(|| format!("starting {mode}"))?;
+    // The client and the backend stand for other machines: what they send reaches the lb as
+    // from a wire, hashed by the lb on receipt. What the lb sends on keeps the hash its own
+    // stack or data plane gives it, as that is part of the mode under test.
+    let _wire_hash =
+        edge_tests::hash_like_a_nic(&[(lab.ns(CLIENT), "eth0"), (lab.ns(lab::BACKEND), "eth0")])
+            .context("hashing received packets by their own tuple, as a NIC does")?;
     let client = lab.ns(CLIENT);
     let target = mode.target();
     load::probe(client, target, Duration::from_secs(15), &|| {
@@ -95,7 +110,7 @@ fn measure_into(
     };
 
     step()?;
-    match load::echo(client, &inputs.tools.echo_client, target) {
+    match load::echo(client, &inputs.tools.echo_client, target, cport + 5) {
         Ok(echo) => {
             println!(
                 "bench: {mode}: echo {} round trips: p50 {:.1} us, p99 {:.1} us",
@@ -112,10 +127,10 @@ fn measure_into(
     }
 
     let mut retransmits = Vec::new();
-    for (metric, streams) in [(Metric::Iperf1, 1), (Metric::Iperf4, 4)] {
+    for (metric, streams, cport) in [(Metric::Iperf1, 1, cport), (Metric::Iperf4, 4, cport + 1)] {
         step()?;
         let before = PerCpu::sample();
-        let value = load::iperf3(client, target, streams, seconds).and_then(|r| {
+        let value = load::iperf3(client, target, streams, seconds, cport).and_then(|r| {
             let cpus = before
                 .as_ref()
                 .zip(PerCpu::sample())

@@ -195,7 +195,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             } else {
                 println!("\nbench: === {mode} ===");
             }
-            let result = measure_mode(mode, args.seconds, &inputs, &mut run_ids);
+            let result = measure_mode(mode, round, args.seconds, &inputs, &mut run_ids);
             if let Some(e) = &result.error {
                 eprintln!("bench: {mode} FAILED: {e}");
             }

@@ -62,12 +62,11 @@ impl Mode {
         matches!(self, Mode::EdgeProxy | Mode::EdgeProxyXdp)
     }
 
-    /// Where the client sends its traffic.
+    /// Where the client sends its traffic: the VIP in every mode (in `plain` the backend owns
+    /// it and the lb routes to it), so that every mode's connections have the same addresses
+    /// and ports, and a NIC-like receive hash places them on the same CPUs (`lab.rs`).
     pub fn target(self) -> IpAddr {
-        match self {
-            Mode::Plain => IpAddr::V4(BACKEND_V4),
-            _ => IpAddr::V4(VIP),
-        }
+        IpAddr::V4(VIP)
     }
 
     /// Whether the VIP goes on the lb's `lo`.
