@@ -243,6 +243,16 @@ pub(super) fn host_death(t: &mut Bgp, router: &dyn Router, pop_b: &str) -> TestR
     let agent = t.agents[0].take().ok_or("no agent")?;
     agent.signal(libc::SIGTERM)?;
     agent.wait_exit(Duration::from_secs(10))?;
+    // The router's BFD session with the stopped agent lasts its detection time (300 ms); a new
+    // agent whose session came up within it lost that session when BFD went down (seen once,
+    // with the agent connected 282 ms after the stop).
+    let start = Instant::now();
+    while router.bfd_up() {
+        if start.elapsed() > Duration::from_secs(5) {
+            return Err("the router's BFD session outlived the stopped agent by 5 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     t.start_agent_with('a', &pop_a(false))?;
     wait_popa(router, false, Duration::from_secs(30))?;
     // Keepalives at hold / 3: let a few pass so the measure starts from a steady session.
