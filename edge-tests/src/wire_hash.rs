@@ -66,10 +66,11 @@ struct LinkCreateAttr {
     expected_revision: u64,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T, what: &str) -> Result<OwnedFd> {
-    // SAFETY: `attr` is a live, initialised bpf_attr prefix of the size passed; the kernel
-    // reads only that many bytes (a shorter attr is zero-extended) and returns a new fd.
-    let fd = unsafe {
+/// bpf(2) with `attr`, a bpf_attr prefix: the kernel reads only the size passed (a shorter attr
+/// is zero-extended) and may write results back into it.
+fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T, what: &str) -> Result<libc::c_long> {
+    // SAFETY: `attr` is a live, initialised value of the size passed.
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
@@ -77,12 +78,18 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T, what: &str) -> Result<OwnedFd> {
             std::mem::size_of::<T>() as libc::c_uint,
         )
     };
-    if fd < 0 {
+    if rc < 0 {
         return Err(LabError::io(
             what.to_owned(),
             std::io::Error::last_os_error(),
         ));
     }
+    Ok(rc)
+}
+
+/// A bpf(2) command that returns a new descriptor.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T, what: &str) -> Result<OwnedFd> {
+    let fd = sys_bpf(cmd, attr, what)?;
     // SAFETY: a non-negative return of these commands is a new descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -105,7 +112,7 @@ pub fn hash_like_a_nic(senders: &[(&NetNs, &str)]) -> Result<WireHash> {
         ..ProgLoadAttr::default()
     };
     load.prog_name[..9].copy_from_slice(b"wire_hash");
-    let prog = bpf(BPF_PROG_LOAD, &mut load, "loading the wire-hash program")?;
+    let prog = bpf_fd(BPF_PROG_LOAD, &mut load, "loading the wire-hash program")?;
     let prog_fd = std::os::fd::AsRawFd::as_raw_fd(&prog) as u32;
     let mut links = Vec::new();
     for (ns, ifname) in senders {
@@ -126,7 +133,7 @@ pub fn hash_like_a_nic(senders: &[(&NetNs, &str)]) -> Result<WireHash> {
                 attach_type: BPF_TCX_EGRESS,
                 ..LinkCreateAttr::default()
             };
-            bpf(
+            bpf_fd(
                 BPF_LINK_CREATE,
                 &mut attr,
                 &format!(
@@ -164,21 +171,12 @@ pub(crate) fn egress_programs(ns: &NetNs, ifname: &str) -> Result<u32> {
             attach_type: BPF_TCX_EGRESS,
             ..QueryAttr::default()
         };
-        // SAFETY: as in `bpf`; with no id buffer the kernel only writes the count.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_QUERY,
-                std::ptr::from_mut(&mut attr).cast::<libc::c_void>(),
-                std::mem::size_of::<QueryAttr>() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            return Err(LabError::io(
-                format!("querying the egress programs of {ifname}"),
-                std::io::Error::last_os_error(),
-            ));
-        }
+        // With no id buffer the kernel only writes the count back.
+        sys_bpf(
+            BPF_PROG_QUERY,
+            &mut attr,
+            &format!("querying the egress programs of {ifname}"),
+        )?;
         Ok(attr.prog_cnt)
     })?
 }
