@@ -11,12 +11,9 @@
 //! receiving veth hashes the flow's tuple, and the same connections land on the same CPUs
 //! whichever balancer is under test.
 
-use std::{
-    ffi::CString,
-    os::fd::{FromRawFd as _, OwnedFd},
-};
+use std::os::fd::{FromRawFd as _, OwnedFd};
 
-use crate::{LabError, NetNs, Result};
+use crate::{Lab, LabError, Result};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -100,9 +97,9 @@ pub struct WireHash {
     _links: Vec<OwnedFd>,
 }
 
-/// Makes the veths that receive from `senders` (namespace, interface) hash each packet's own
-/// tuple, as a NIC's RSS does, instead of reusing the sending socket's random hash.
-pub fn hash_like_a_nic(senders: &[(&NetNs, &str)]) -> Result<WireHash> {
+/// Makes the veths that receive from `senders` (namespace label, interface) hash each packet's
+/// own tuple, as a NIC's RSS does, instead of reusing the sending socket's random hash.
+pub fn hash_like_a_nic(lab: &Lab, senders: &[(&str, &str)]) -> Result<WireHash> {
     let license = c"GPL";
     let mut load = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
@@ -115,31 +112,19 @@ pub fn hash_like_a_nic(senders: &[(&NetNs, &str)]) -> Result<WireHash> {
     let prog = bpf_fd(BPF_PROG_LOAD, &mut load, "loading the wire-hash program")?;
     let prog_fd = std::os::fd::AsRawFd::as_raw_fd(&prog) as u32;
     let mut links = Vec::new();
-    for (ns, ifname) in senders {
-        let ifname = CString::new(*ifname)
-            .map_err(|e| LabError::io(format!("interface name {ifname:?}"), e.into()))?;
-        let link = ns.run_in_thread(|| {
-            // SAFETY: a valid NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-            if ifindex == 0 {
-                return Err(LabError::io(
-                    format!("no interface {ifname:?} in {}", ns.name()),
-                    std::io::Error::last_os_error(),
-                ));
-            }
-            let mut attr = LinkCreateAttr {
-                prog_fd,
-                target_ifindex: ifindex,
-                attach_type: BPF_TCX_EGRESS,
-                ..LinkCreateAttr::default()
-            };
+    for &(ns, ifname) in senders {
+        let mut attr = LinkCreateAttr {
+            prog_fd,
+            target_ifindex: lab.ifindex(ns, ifname)?,
+            attach_type: BPF_TCX_EGRESS,
+            ..LinkCreateAttr::default()
+        };
+        // The ifindex names the interface in the calling thread's namespace.
+        let link = lab.ns(ns).run_in_thread(|| {
             bpf_fd(
                 BPF_LINK_CREATE,
                 &mut attr,
-                &format!(
-                    "attaching the wire-hash program to {ifname:?} in {}",
-                    ns.name()
-                ),
+                &format!("attaching the wire-hash program to {ifname} in {ns}"),
             )
         })??;
         links.push(link);
@@ -149,7 +134,7 @@ pub fn hash_like_a_nic(senders: &[(&NetNs, &str)]) -> Result<WireHash> {
 
 /// How many programs run on the egress of `ifname` in `ns` (BPF_PROG_QUERY of its TCX hook).
 #[cfg(test)]
-pub(crate) fn egress_programs(ns: &NetNs, ifname: &str) -> Result<u32> {
+pub(crate) fn egress_programs(lab: &Lab, ns: &str, ifname: &str) -> Result<u32> {
     #[repr(C)]
     #[derive(Default)]
     struct QueryAttr {
@@ -161,24 +146,20 @@ pub(crate) fn egress_programs(ns: &NetNs, ifname: &str) -> Result<u32> {
         prog_cnt: u32,
     }
     const BPF_PROG_QUERY: libc::c_long = 16;
-    let name = CString::new(ifname)
-        .map_err(|e| LabError::io(format!("interface name {ifname:?}"), e.into()))?;
-    ns.run_in_thread(|| {
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        let mut attr = QueryAttr {
-            target_ifindex: ifindex,
-            attach_type: BPF_TCX_EGRESS,
-            ..QueryAttr::default()
-        };
+    let mut attr = QueryAttr {
+        target_ifindex: lab.ifindex(ns, ifname)?,
+        attach_type: BPF_TCX_EGRESS,
+        ..QueryAttr::default()
+    };
+    lab.ns(ns).run_in_thread(|| {
         // With no id buffer the kernel only writes the count back.
         sys_bpf(
             BPF_PROG_QUERY,
             &mut attr,
-            &format!("querying the egress programs of {ifname}"),
-        )?;
-        Ok(attr.prog_cnt)
-    })?
+            &format!("querying the egress programs of {ifname} in {ns}"),
+        )
+    })??;
+    Ok(attr.prog_cnt)
 }
 
 #[cfg(test)]

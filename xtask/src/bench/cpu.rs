@@ -39,15 +39,7 @@ impl PerCpu {
         let cpus: Vec<[u64; 8]> = stat
             .lines()
             .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-            .map(|l| {
-                let v: Vec<u64> = l
-                    .split_whitespace()
-                    .skip(1)
-                    .take(8)
-                    .map(|f| f.parse().ok())
-                    .collect::<Option<_>>()?;
-                v.try_into().ok()
-            })
+            .map(|l| counters(l).map(|(_, c)| c))
             .collect::<Option<_>>()?;
         (!cpus.is_empty()).then_some(Self(cpus))
     }
@@ -92,20 +84,26 @@ pub(super) fn describe(shares: &[CpuShare]) -> String {
         .join(", ")
 }
 
-/// (busy, total) jiffies from the aggregate `cpu` line of /proc/stat: user nice system idle
-/// iowait irq softirq steal (guest time is already inside user).
-fn parse_cpu_line(line: &str) -> Option<(u64, u64)> {
+/// A /proc/stat CPU line's name and its first eight counters: user nice system idle iowait irq
+/// softirq steal (guest time is already inside user).
+fn counters(line: &str) -> Option<(&str, [u64; 8])> {
     let mut fields = line.split_whitespace();
-    if fields.next()? != "cpu" {
-        return None;
-    }
+    let name = fields.next()?;
     let v: Vec<u64> = fields
         .take(8)
         .map(|f| f.parse().ok())
         .collect::<Option<_>>()?;
+    Some((name, v.try_into().ok()?))
+}
+
+/// (busy, total) jiffies from the aggregate `cpu` line of /proc/stat; busy is all but idle and
+/// iowait.
+fn parse_cpu_line(line: &str) -> Option<(u64, u64)> {
+    let ("cpu", v) = counters(line)? else {
+        return None;
+    };
     let total: u64 = v.iter().sum();
-    let idle = v.get(3)? + v.get(4)?;
-    Some((total - idle, total))
+    Some((total - v[3] - v[4], total))
 }
 
 #[cfg(test)]

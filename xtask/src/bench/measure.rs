@@ -2,7 +2,7 @@
 //! echo, iperf3 and wrk run from the client, each outcome kept (a failed test fails its metric,
 //! not the whole run).
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{bail, Context as _};
 
@@ -68,11 +68,12 @@ fn measure_into(
     // The client and the backend stand for other machines: what they send reaches the lb as
     // from a wire, hashed by the lb on receipt. What the lb sends on keeps the hash its own
     // stack or data plane gives it, as that is part of the mode under test.
-    let _wire_hash =
-        edge_tests::hash_like_a_nic(&[(lab.ns(CLIENT), "eth0"), (lab.ns(lab::BACKEND), "eth0")])
-            .context("hashing received packets by their own tuple, as a NIC does")?;
+    let _wire_hash = edge_tests::hash_like_a_nic(&lab, &[(CLIENT, "eth0"), (lab::BACKEND, "eth0")])
+        .context("hashing received packets by their own tuple, as a NIC does")?;
     let client = lab.ns(CLIENT);
-    let target = mode.target();
+    // The VIP in every mode (in `plain` the backend owns it and the lb routes to it), so that
+    // every mode's connections have the same addresses and ports and meet the same placements.
+    let target = IpAddr::V4(lab::VIP);
     load::probe(client, target, Duration::from_secs(15), &|| {
         balancer.check_alive()
     })

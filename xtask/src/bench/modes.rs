@@ -2,7 +2,6 @@
 
 use std::{
     fmt,
-    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -60,13 +59,6 @@ impl Mode {
     /// An edgeProxy agent runs in this mode.
     pub fn is_edgeproxy(self) -> bool {
         matches!(self, Mode::EdgeProxy | Mode::EdgeProxyXdp)
-    }
-
-    /// Where the client sends its traffic: the VIP in every mode (in `plain` the backend owns
-    /// it and the lb routes to it), so that every mode's connections have the same addresses
-    /// and ports, and a NIC-like receive hash places them on the same CPUs (`lab.rs`).
-    pub fn target(self) -> IpAddr {
-        IpAddr::V4(VIP)
     }
 
     /// Whether the VIP goes on the lb's `lo`.
