@@ -25,6 +25,7 @@ mod netns;
 pub mod pop_lab;
 mod process;
 mod procfs;
+mod steering;
 mod topology;
 mod validate;
 mod wire_hash;
@@ -44,6 +45,7 @@ pub use names::{
 };
 pub use netns::NetNs;
 pub use process::LabProcess;
+pub use steering::SteeringOff;
 pub use topology::{End, Topology};
 pub use wire_hash::{hash_like_a_nic, WireHash};
 

@@ -2,6 +2,7 @@
 
 mod cleanup;
 mod processes;
+mod steering;
 mod traffic;
 mod wire_hash;
 

@@ -34,6 +34,22 @@ pub const PORTS: [(&str, u16); 3] = [
     ("echo", ECHO_PORT),
 ];
 
+/// The CPU both ends of the round-trip test run on. On two CPUs the scheduler put the echo
+/// server on the client's CPU in some runs and on the other in others, and a round trip that
+/// has to wake an idle virtual CPU took about 65 us instead of 7: the figure then said where
+/// the scheduler had put two processes, in any mode. On one CPU, with receive steering off for
+/// the test (`Lab::steering_off`), the whole round trip runs where it is sent from, and the
+/// figure is the path's.
+pub const ECHO_CPU: &str = "0";
+
+/// Every veth end of the lab.
+pub const VETHS: [(&str, &str); 4] = [
+    (CLIENT, "eth0"),
+    (LB, "eth0"),
+    (LB, "ovl0"),
+    (BACKEND, "eth0"),
+];
+
 /// The body nginx serves: small, so the HTTP figures measure connection and request handling
 /// rather than bulk transfer.
 pub const HTTP_BODY: &str = "edgeproxy bench\n";
@@ -45,8 +61,8 @@ pub fn topology(with_vip: bool) -> Topology {
         .ns(CLIENT)
         .ns(LB)
         .ns(BACKEND)
-        .veth((CLIENT, "eth0"), (LB, "eth0"))
-        .veth((LB, "ovl0"), (BACKEND, "eth0"))
+        .veth(VETHS[0], VETHS[1])
+        .veth(VETHS[2], VETHS[3])
         // A wire delivers full checksums; veth tx offload would hand the lb partial ones, which
         // an XDP NAT must not be allowed to get away with (see TOOLCHAIN.md). Off in every mode,
         // so that every mode pays the same cost for it.
@@ -111,7 +127,13 @@ pub fn start_backends(lab: &Lab, tools: &Tools) -> anyhow::Result<Backends> {
     let echo_addr = format!("[::]:{ECHO_PORT}");
     let echo = ns.spawn(
         "echo-server",
-        &[&tools.echo_server.to_string_lossy(), &echo_addr],
+        &[
+            "taskset",
+            "--cpu-list",
+            ECHO_CPU,
+            &tools.echo_server.to_string_lossy(),
+            &echo_addr,
+        ],
         &[],
     )?;
     wait_ready(&echo, "echo-server ready", Duration::from_secs(10))?;

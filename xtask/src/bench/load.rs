@@ -282,6 +282,9 @@ pub fn echo(
         client,
         Duration::from_secs(60),
         &[
+            "taskset",
+            "--cpu-list",
+            super::lab::ECHO_CPU,
             &echo_client.to_string_lossy(),
             &addr,
             &ECHO_COUNT.to_string(),

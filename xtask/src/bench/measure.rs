@@ -111,7 +111,15 @@ fn measure_into(
     };
 
     step()?;
-    match load::echo(client, &inputs.tools.echo_client, target, cport + 5) {
+    // One connection's round trips, processed on the CPU that sends each packet wherever the
+    // path allows (see `Lab::steering_off`): the figure is then the path's, the same way in
+    // every mode, not which CPUs the connection's hashes happened to pick.
+    let steering_off = lab
+        .steering_off(&lab::VETHS)
+        .context("turning receive steering off for the round trips")?;
+    let echo = load::echo(client, &inputs.tools.echo_client, target, cport + 5);
+    drop(steering_off);
+    match echo {
         Ok(echo) => {
             println!(
                 "bench: {mode}: echo {} round trips: p50 {:.1} us, p99 {:.1} us",

@@ -1,6 +1,8 @@
 //! Pinned maps whose shape no longer matches this agent's object: aya reuses a pinned map by its
 //! path without comparing, so they are unpinned before the load.
 
+use aya_obj::generated::BPF_F_NO_COMMON_LRU;
+
 use super::{DataPlaneError, MapSizes, PINNED_MAPS};
 use crate::dataplane::{object, pins::PinDir};
 
@@ -21,6 +23,21 @@ impl std::fmt::Display for MapShape {
             "type {}, key {} B, value {} B, {} entries",
             self.map_type, self.key_size, self.value_size, self.max_entries
         )
+    }
+}
+
+/// The capacity the kernel gives an LRU hash map with a list per CPU when asked for `asked`
+/// entries: rounded up to a multiple of the possible CPUs, so that every list gets as many
+/// (down, where rounding up would overflow). Compared with the asked figure, such a pinned map
+/// would look changed on every restart on a machine whose CPU count does not divide it, and be
+/// replaced by an empty one.
+pub fn per_cpu_lru_entries(asked: u32, cpus: usize) -> u32 {
+    let Ok(cpus) = u32::try_from(cpus.max(1)) else {
+        return asked;
+    };
+    match asked.div_ceil(cpus).checked_mul(cpus) {
+        Some(up) => up,
+        None => asked / cpus * cpus,
     }
 }
 
@@ -57,11 +74,17 @@ pub fn retire_mismatched_pins(
         let Some(def) = object.maps.get(name) else {
             return Err(failed("not in this agent's eBPF object".into()));
         };
-        let max_entries = sizes
+        let asked = sizes
             .overrides()
             .into_iter()
             .find_map(|(sized, n)| (sized == name).then_some(n))
             .unwrap_or_else(|| def.max_entries());
+        let max_entries = if def.map_flags() & BPF_F_NO_COMMON_LRU != 0 {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| failed(Box::new(e)))?;
+            per_cpu_lru_entries(asked, cpus)
+        } else {
+            asked
+        };
         let wanted = MapShape {
             map_type: def.map_type(),
             key_size: def.key_size(),
@@ -85,4 +108,19 @@ pub fn retire_mismatched_pins(
         }
     }
     Ok(retired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_cpu_lru_entries;
+
+    #[test]
+    fn a_per_cpu_lru_map_holds_a_multiple_of_the_cpus() {
+        assert_eq!(per_cpu_lru_entries(1_000_000, 2), 1_000_000);
+        assert_eq!(per_cpu_lru_entries(4097, 2), 4098);
+        assert_eq!(per_cpu_lru_entries(131_072, 3), 131_073);
+        assert_eq!(per_cpu_lru_entries(5, 1), 5);
+        assert_eq!(per_cpu_lru_entries(u32::MAX, 2), u32::MAX - 1);
+        assert_eq!(per_cpu_lru_entries(7, 0), 7);
+    }
 }
