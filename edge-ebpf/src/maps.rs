@@ -36,10 +36,7 @@ pub static BACKENDS: Array<BackendValue, { MAX_BACKENDS as usize }> = Array::new
 #[btf_map]
 pub static MAGLEV: Array<u32, { (MAX_RINGS * 1021) as usize }> = Array::new();
 
-/// Established connections (see `edge_common::flow`). Per-CPU LRU lists, as `HALF_OPEN`'s: the
-/// common list's refill (a global lock and a scan of up to 128 nodes per CPU each time its
-/// local free list runs dry) was the largest single cost of a short connection's move from
-/// `HALF_OPEN`, measured with `perf` under `wrk` with a new connection per request.
+/// Established connections (see `edge_common::flow`).
 #[btf_map]
 pub static FLOWS: FlowTable = LruHashMap::new();
 
@@ -51,8 +48,7 @@ pub static FLOWS: FlowTable = LruHashMap::new();
 #[btf_map]
 pub static HALF_OPEN: HalfOpenTable = LruHashMap::new();
 
-pub type FlowTable =
-    LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }, { BPF_F_NO_COMMON_LRU as usize }>;
+pub type FlowTable = LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }>;
 pub type HalfOpenTable =
     LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }, { BPF_F_NO_COMMON_LRU as usize }>;
 
