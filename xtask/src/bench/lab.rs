@@ -3,7 +3,7 @@
 //! changes, and the backend's servers.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -23,7 +23,7 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const BACKEND_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// The lb's and the backend's addresses on the overlay side (edgeProxy's full NAT uses these).
 pub const LB_OVERLAY_V6: &str = "fd00:ee::1";
-pub const BACKEND_OVERLAY_V6: &str = "fd00:ee::2";
+pub const BACKEND_OVERLAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, 2);
 
 pub const IPERF_PORT: u16 = 5201;
 pub const HTTP_PORT: u16 = 8080;

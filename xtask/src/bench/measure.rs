@@ -2,7 +2,7 @@
 //! echo, iperf3 and wrk run from the client, each outcome kept (a failed test fails its metric,
 //! not the whole run).
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
@@ -71,9 +71,7 @@ fn measure_into(
     let _wire_hash = edge_tests::hash_like_a_nic(&lab, &[(CLIENT, "eth0"), (lab::BACKEND, "eth0")])
         .context("hashing received packets by their own tuple, as a NIC does")?;
     let client = lab.ns(CLIENT);
-    // The VIP in every mode (in `plain` the backend owns it and the lb routes to it), so that
-    // every mode's connections have the same addresses and ports and meet the same placements.
-    let target = IpAddr::V4(lab::VIP);
+    let target = mode.target();
     load::probe(client, target, Duration::from_secs(15), &|| {
         balancer.check_alive()
     })

@@ -52,7 +52,8 @@ use serde_json::Value;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Modes to compare, comma-separated, in any order (default: all):
-    /// plain, nft-dnat, haproxy, tokio-proxy, edgeproxy. Ratios are to `plain`.
+    /// plain, plain6, nft-dnat, haproxy, tokio-proxy, edgeproxy, edgeproxy-xdp. Ratios are to
+    /// `plain`.
     #[arg(long, value_enum, value_delimiter = ',')]
     modes: Vec<Mode>,
     /// Duration of each iperf3 and wrk test, in seconds.

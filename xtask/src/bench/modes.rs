@@ -2,6 +2,7 @@
 
 use std::{
     fmt,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -19,6 +20,10 @@ use super::lab::{
 pub enum Mode {
     /// No balancer: the client targets the backend itself, routed by lb.
     Plain,
+    /// No balancer, over IPv6 end to end: the client targets the backend's overlay address,
+    /// routed by lb. What IPv6 itself costs the client's and backend's stacks, beside `plain`:
+    /// edgeproxy's path ends in IPv6 at the backend (NAT46), nftables DNAT's in IPv4.
+    Plain6,
     /// The kernel's own NAT: nftables on lb DNATs VIP:port to the backend.
     NftDnat,
     /// HAProxy in TCP mode on lb.
@@ -36,8 +41,9 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Plain,
+        Mode::Plain6,
         Mode::NftDnat,
         Mode::Haproxy,
         Mode::TokioProxy,
@@ -48,6 +54,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Plain => "plain",
+            Mode::Plain6 => "plain6",
             Mode::NftDnat => "nft-dnat",
             Mode::Haproxy => "haproxy",
             Mode::TokioProxy => "tokio-proxy",
@@ -63,7 +70,17 @@ impl Mode {
 
     /// Whether the VIP goes on the lb's `lo`.
     pub fn has_vip(self) -> bool {
-        self != Mode::Plain
+        !matches!(self, Mode::Plain | Mode::Plain6)
+    }
+
+    /// The address the client connects to: the VIP in every mode but `plain6` (in `plain` the
+    /// backend owns it and the lb routes it), so that those modes' connections have the same
+    /// addresses and ports and meet the same placements.
+    pub fn target(self) -> IpAddr {
+        match self {
+            Mode::Plain6 => IpAddr::V6(BACKEND_OVERLAY_V6),
+            _ => IpAddr::V4(VIP),
+        }
     }
 }
 
@@ -106,7 +123,7 @@ impl Balancer {
 
 pub fn start(mode: Mode, lab: &Lab, inputs: &Inputs<'_>) -> anyhow::Result<Balancer> {
     match mode {
-        Mode::Plain => Ok(Balancer::none()),
+        Mode::Plain | Mode::Plain6 => Ok(Balancer::none()),
         Mode::NftDnat => nft_dnat(lab),
         Mode::Haproxy => haproxy(lab),
         Mode::TokioProxy => tokio_proxy(lab, inputs.tools),
