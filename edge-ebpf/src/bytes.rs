@@ -34,6 +34,20 @@ pub unsafe fn eq16(a: *const [u8; 16], b: *const [u8; 16]) -> bool {
     }
 }
 
+/// Whether the first 12 bytes at `a` and `b` (an address and a /96 prefix) are equal, compared
+/// as three 32-bit words.
+#[inline(always)]
+pub unsafe fn eq12(a: *const u8, b: *const u8) -> bool {
+    let (a, b) = (a.cast::<u32>(), b.cast::<u32>());
+    // SAFETY: the caller passes 12 readable bytes at each, 4-byte aligned.
+    unsafe {
+        (a.read_volatile() ^ b.read_volatile())
+            | (a.add(1).read_volatile() ^ b.add(1).read_volatile())
+            | (a.add(2).read_volatile() ^ b.add(2).read_volatile())
+            == 0
+    }
+}
+
 /// Copies 6 bytes (a MAC address) as a 32-bit and a 16-bit word.
 #[inline(always)]
 pub unsafe fn copy6(dst: *mut [u8; 6], src: *const [u8; 6]) {

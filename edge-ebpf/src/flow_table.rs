@@ -14,7 +14,8 @@ use aya_ebpf::{
 use edge_common::{
     flow::{FLOW_RECOVERED, FLOW_TOMBSTONE, TCP_FIN, TCP_RST, TCP_SYN},
     limits::DEFAULT_FLOWS,
-    FlowKey, FlowValue,
+    pop::POP_SNAT96,
+    FlowKey, FlowValue, PopConfig,
 };
 
 use crate::{
@@ -289,4 +290,47 @@ pub unsafe fn end_flow<const FLAGS: usize>(
         let _ = table.remove(unsafe { &*reverse });
     }
     let _ = table.remove(key);
+}
+
+/// Whether the flow whose reverse half (`reverse_key`, `entry`) the backend's final ACK just
+/// passed through is over: its client sent its FIN too, and the client's address and port are
+/// the source the backend sees (`POP_SNAT96`), so that only this client can reuse the 4-tuple
+/// the backend keeps in TIME_WAIT, as without a POP. A POP source port freed at once could go
+/// to another client's connection, which that TIME_WAIT would refuse: such flows wait out
+/// `closed_timeout_secs` instead. Leaves the forward key in this CPU's scratch slot for
+/// `remove_finished`.
+///
+/// # Safety
+/// `entry` is a reverse entry of `FLOWS`, valid for this run.
+#[inline(always)]
+pub unsafe fn client_closed_too(
+    config: &PopConfig,
+    reverse_key: &FlowKey,
+    entry: *const FlowValue,
+) -> bool {
+    // SAFETY: 12 bytes each; the key's address and the config's prefix are word-aligned.
+    let snat96 = unsafe { bytes::eq12(reverse_key.dst.as_ptr(), config.snat_prefix.as_ptr()) };
+    if config.flags & POP_SNAT96 == 0 || !snat96 {
+        return false;
+    }
+    // SAFETY: the caller's entry.
+    let Some(forward_key) = (unsafe { partner_key(entry) }) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot, just written; the entry is valid for this run.
+    match FLOWS.get_ptr(unsafe { &*forward_key }) {
+        Some(forward) => unsafe { (*forward).tcp_flags & TCP_FIN != 0 },
+        None => false,
+    }
+}
+
+/// Removes both halves of a finished flow: the reverse one by `reverse_key`, the forward one by
+/// the key `client_closed_too` left in this CPU's scratch slot.
+#[inline(always)]
+pub fn remove_finished(reverse_key: &FlowKey) {
+    if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch slot, written by `client_closed_too` in this run.
+        let _ = FLOWS.remove(unsafe { &(*scratch).reverse_key });
+    }
+    let _ = FLOWS.remove(reverse_key);
 }

@@ -19,7 +19,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use edge_common::{
-    flow::{FLOW_REVERSE, FLOW_TOMBSTONE, FLOW_V4_CLIENT, TCP_ACK, TCP_RST, TCP_SYN},
+    flow::{FLOW_REVERSE, FLOW_TOMBSTONE, FLOW_V4_CLIENT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     pop::POP_READY,
     FlowKey, FlowValue, PopConfig, IPPROTO_TCP,
 };
@@ -106,6 +106,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     };
     let tcp_flags = seg.flags;
     // A handshake's SYN-ACK finds its flow in HALF_OPEN; everything after, in FLOWS.
+    let mut established = true;
     let entry = match FLOWS.get_ptr_mut(key) {
         Some(entry) => entry,
         None => match HALF_OPEN.get_ptr_mut(key) {
@@ -140,7 +141,10 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
                     entry
                 }
             }
-            Some(entry) => entry,
+            Some(entry) => {
+                established = false;
+                entry
+            }
             None => {
                 debug_log::reply_miss(config, &key);
                 return Ok(TC_ACT_OK);
@@ -150,8 +154,15 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     let len = ctx.len() as usize;
     let now = clock::now_ns(config);
     // SAFETY: the entry is valid for this run.
-    let (flags, backend_id, new_sport, new_dport, answered_before) = unsafe {
+    let (flags, backend_id, new_sport, new_dport, answered_before, acks_the_last_fin) = unsafe {
         let answered_before = (*entry).tcp_flags & (TCP_SYN | TCP_RST) != 0;
+        // The backend closed first and this acknowledges the client's FIN, which was recorded
+        // only at the number the backend had acknowledged last (`ack`): nothing of this
+        // connection is left to carry.
+        let acks_the_last_fin = established
+            && (*entry).tcp_flags & TCP_FIN != 0
+            && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK
+            && seg.ack == (*entry).ack.wrapping_add(1);
         (*entry).tcp_flags |= tcp_flags;
         if tcp_flags & TCP_ACK != 0 {
             (*entry).ack = seg.ack;
@@ -169,6 +180,7 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
             (*entry).new_sport,
             (*entry).new_dport,
             answered_before,
+            acks_the_last_fin,
         )
     };
     if flags & FLOW_REVERSE == 0 {
@@ -233,7 +245,9 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
     }
     let v4 = flags & FLOW_V4_CLIENT != 0;
     let ip_header = if v4 { 20 } else { 40 };
-    deliver::<L2>(
+    // SAFETY: the entry is valid for this run.
+    let ended = acks_the_last_fin && unsafe { flow_table::client_closed_too(config, &key, entry) };
+    let action = deliver::<L2>(
         ctx,
         config,
         v4,
@@ -241,7 +255,12 @@ fn reply_at<const L2: usize>(ctx: &TcContext, config: &PopConfig) -> Result<i32,
         payload_len.wrapping_add(ip_header),
         now,
         hash,
-    )
+    );
+    if ended {
+        // The entry is not read after this.
+        flow_table::remove_finished(&key);
+    }
+    action
 }
 
 /// Sends a translated packet of `tot_len` bytes at the IP layer (VIP -> client, `entry`'s new
