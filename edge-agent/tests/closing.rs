@@ -7,37 +7,10 @@
 #[macro_use]
 mod support;
 
-use std::net::IpAddr;
-
 use edge_common::flow::TCP_FIN;
-use etherparse::PacketBuilder;
 use support::nat::*;
 
 const SPORT: u16 = 46500;
-
-/// The backend's segment to the client of the translated SYN `syn`, with its FIN if `fin`.
-fn from_backend(
-    syn: &Seen,
-    seq: u32,
-    ack: u32,
-    fin: bool,
-    payload: &[u8],
-) -> Result<Vec<u8>, Error> {
-    let (IpAddr::V6(backend), IpAddr::V6(source)) = (syn.dst, syn.src) else {
-        return Err(format!("the translated SYN is not IPv6: {syn:?}").into());
-    };
-    let mut v = Vec::new();
-    let builder = PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
-        .ipv6(backend.octets(), source.octets(), 64)
-        .tcp(8080, syn.sport, seq, 65000)
-        .ack(ack);
-    if fin {
-        builder.fin().write(&mut v, payload)?;
-    } else {
-        builder.write(&mut v, payload)?;
-    }
-    Ok(v)
-}
 
 /// A request and its answer, then the backend's FIN with the answer (as a server that closes
 /// after one response sends it) and the client's FIN: client ISN 1000, backend ISN 9000, both
@@ -45,7 +18,7 @@ fn from_backend(
 fn closed_by_the_backend(nat: &mut Nat) -> Result<Seen, Error> {
     let syn = nat.handshake4(SPORT)?;
     nat.forward(&segment4(SPORT, 1001, 9001, Flags::Ack, b"GET /")?)?;
-    let (verdict, _) = nat.tc(&from_backend(&syn, 9001, 1006, true, b"200 OK")?)?;
+    let (verdict, _) = nat.tc(&fin_from_backend(&syn, 9001, 1006, b"200 OK")?)?;
     assert_eq!(verdict, TC_ACT_REDIRECT, "the answer and the backend's FIN");
     let (verdict, out) = nat.forward(&segment4(SPORT, 1006, 9008, Flags::Fin, b"")?)?;
     assert_ne!(verdict, Verdict::Drop);
@@ -63,7 +36,7 @@ fn the_backends_ack_of_the_clients_fin_removes_the_flow(hook: Hook) -> TestResul
         2,
         "both halves until the last ACK"
     );
-    let (verdict, out) = nat.tc(&from_backend(&syn, 9008, 1007, false, b"")?)?;
+    let (verdict, out) = nat.tc(&from_backend(&syn, 9008, 1007, b"")?)?;
     assert_eq!(
         verdict, TC_ACT_REDIRECT,
         "the last ACK still reaches the client"
@@ -82,7 +55,7 @@ fn the_backends_ack_of_the_clients_fin_removes_the_flow(hook: Hook) -> TestResul
         (again.src, again.dst, again.sport),
         (syn.src, syn.dst, syn.sport)
     );
-    let (verdict, out) = nat.tc(&from_backend(&syn, 9008, 1007, false, b"")?)?;
+    let (verdict, out) = nat.tc(&from_backend(&syn, 9008, 1007, b"")?)?;
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(check(&out)?.dport, SPORT, "the answer reaches the client");
     Ok(())
@@ -92,7 +65,7 @@ fn an_ack_that_is_not_of_the_clients_fin_removes_nothing(hook: Hook) -> TestResu
     let mut nat = Nat::with(hook, 4096, Some("fd00:ee:ff::/96".parse()?))?;
     let syn = closed_by_the_backend(&mut nat)?;
     // An older acknowledgment (a retransmitted segment of the backend's) is not the last ACK.
-    let (verdict, _) = nat.tc(&from_backend(&syn, 9008, 1006, false, b"")?)?;
+    let (verdict, _) = nat.tc(&from_backend(&syn, 9008, 1006, b"")?)?;
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(nat.established()?.len(), 2);
     Ok(())
@@ -101,7 +74,7 @@ fn an_ack_that_is_not_of_the_clients_fin_removes_nothing(hook: Hook) -> TestResu
 fn without_a_snat_prefix_a_closed_flow_keeps_its_port(hook: Hook) -> TestResult {
     let mut nat = Nat::new(hook)?;
     let syn = closed_by_the_backend(&mut nat)?;
-    let (verdict, _) = nat.tc(&from_backend(&syn, 9008, 1007, false, b"")?)?;
+    let (verdict, _) = nat.tc(&from_backend(&syn, 9008, 1007, b"")?)?;
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(
         nat.established()?.len(),

@@ -18,20 +18,6 @@ use edge_common::{
 use etherparse::PacketBuilder;
 use support::nat::*;
 
-/// The backend's segment to the client of the translated SYN `syn` (backend ISN 9000).
-fn from_backend(syn: &Seen, seq: u32, ack: u32, payload: &[u8]) -> Result<Vec<u8>, Error> {
-    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
-        return Err(format!("the translated SYN is not IPv6: {syn:?}").into());
-    };
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
-        .ipv6(backend.octets(), overlay.octets(), 64)
-        .tcp(8080, syn.sport, seq, 65000)
-        .ack(ack)
-        .write(&mut v, payload)?;
-    Ok(v)
-}
-
 fn states(nat: &mut Nat) -> Result<Vec<TcpState>, Error> {
     let config = FlowConfig::default();
     let now = flows::monotonic_ns();

@@ -308,9 +308,11 @@ pub unsafe fn client_closed_too(
     reverse_key: &FlowKey,
     entry: *const FlowValue,
 ) -> bool {
+    if config.flags & POP_SNAT96 == 0 {
+        return false;
+    }
     // SAFETY: 12 bytes each; the key's address and the config's prefix are word-aligned.
-    let snat96 = unsafe { bytes::eq12(reverse_key.dst.as_ptr(), config.snat_prefix.as_ptr()) };
-    if config.flags & POP_SNAT96 == 0 || !snat96 {
+    if !unsafe { bytes::eq12(reverse_key.dst.as_ptr(), config.snat_prefix.as_ptr()) } {
         return false;
     }
     // SAFETY: the caller's entry.

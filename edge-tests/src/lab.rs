@@ -153,9 +153,7 @@ impl Lab {
                     // veth with an XDP program receives in NAPI mode, whose poll moves between
                     // CPUs: without this, segments of one flow are reordered downstream and
                     // TCP retransmits them, which no wire would cause.
-                    let rps = format!("/sys/class/net/{ifname}/queues/rx-0/rps_cpus");
-                    self.ns(ns)
-                        .exec_ok(&["sh", "-c", &format!("echo {mask} > {rps}")])
+                    crate::steering::write_mask(self, ns, ifname, &mask)
                         .map_err(|e| self.step_failed(&format!("rps {ns}:{ifname}"), e))?;
                 }
             }

@@ -8,6 +8,19 @@ fn rps_file(ifname: &str) -> String {
     format!("/sys/class/net/{ifname}/queues/rx-0/rps_cpus")
 }
 
+/// The CPU mask `ifname` in `ns` steers received packets to (hex, as sysfs writes it).
+pub(crate) fn read_mask(lab: &Lab, ns: &str, ifname: &str) -> Result<String> {
+    let out = lab.ns(ns).exec_ok(&["cat", &rps_file(ifname)])?;
+    Ok(out.stdout.trim().to_owned())
+}
+
+/// Sets the CPU mask `ifname` in `ns` steers received packets to (`0`: none).
+pub(crate) fn write_mask(lab: &Lab, ns: &str, ifname: &str, mask: &str) -> Result<()> {
+    let write = format!("echo {mask} > {}", rps_file(ifname));
+    lab.ns(ns).exec_ok(&["sh", "-c", &write])?;
+    Ok(())
+}
+
 /// Steering turned off on some of a lab's interfaces; dropping this turns it back on, with the
 /// masks they had.
 #[derive(Debug)]
@@ -31,15 +44,8 @@ impl Lab {
             saved: Vec::new(),
         };
         for &(ns, ifname) in ifaces {
-            let file = rps_file(ifname);
-            let mask = self
-                .ns(ns)
-                .exec_ok(&["cat", &file])?
-                .stdout
-                .trim()
-                .to_owned();
-            self.ns(ns)
-                .exec_ok(&["sh", "-c", &format!("echo 0 > {file}")])?;
+            let mask = read_mask(self, ns, ifname)?;
+            write_mask(self, ns, ifname, "0")?;
             guard.saved.push((ns.to_owned(), ifname.to_owned(), mask));
         }
         Ok(guard)
@@ -51,15 +57,7 @@ impl SteeringOff<'_> {
     pub fn masks(&self) -> Result<Vec<String>> {
         self.saved
             .iter()
-            .map(|(ns, ifname, _)| {
-                Ok(self
-                    .lab
-                    .ns(ns)
-                    .exec_ok(&["cat", &rps_file(ifname)])?
-                    .stdout
-                    .trim()
-                    .to_owned())
-            })
+            .map(|(ns, ifname, _)| read_mask(self.lab, ns, ifname))
             .collect()
     }
 }
@@ -67,8 +65,7 @@ impl SteeringOff<'_> {
 impl Drop for SteeringOff<'_> {
     fn drop(&mut self) {
         for (ns, ifname, mask) in &self.saved {
-            let restore = format!("echo {mask} > {}", rps_file(ifname));
-            if let Err(e) = self.lab.ns(ns).exec_ok(&["sh", "-c", &restore]) {
+            if let Err(e) = write_mask(self.lab, ns, ifname, mask) {
                 eprintln!("edge_tests: restoring receive steering on {ns}:{ifname}: {e}");
             }
         }

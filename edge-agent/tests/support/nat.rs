@@ -341,6 +341,39 @@ pub fn syn_ack_to(syn: &Seen, hop_limit: u8, mss: Option<u16>) -> Result<Vec<u8>
     Ok(v)
 }
 
+/// The backend's segment to the client of the translated SYN `syn` (backend ISN 9000).
+pub fn from_backend(syn: &Seen, seq: u32, ack: u32, payload: &[u8]) -> Result<Vec<u8>, Error> {
+    backend_segment(syn, seq, ack, false, payload)
+}
+
+/// The same with the backend's FIN.
+pub fn fin_from_backend(syn: &Seen, seq: u32, ack: u32, payload: &[u8]) -> Result<Vec<u8>, Error> {
+    backend_segment(syn, seq, ack, true, payload)
+}
+
+fn backend_segment(
+    syn: &Seen,
+    seq: u32,
+    ack: u32,
+    fin: bool,
+    payload: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let (IpAddr::V6(backend), IpAddr::V6(overlay)) = (syn.dst, syn.src) else {
+        return Err(format!("the translated SYN is not IPv6: {syn:?}").into());
+    };
+    let mut v = Vec::new();
+    let builder = PacketBuilder::ethernet2(MAC_POP, MAC_CLIENT)
+        .ipv6(backend.octets(), overlay.octets(), 64)
+        .tcp(8080, syn.sport, seq, 65000)
+        .ack(ack);
+    if fin {
+        builder.fin().write(&mut v, payload)?;
+    } else {
+        builder.write(&mut v, payload)?;
+    }
+    Ok(v)
+}
+
 /// The first entry of `entries` of one direction: the reply half (`FLOW_REVERSE`) or the
 /// client's.
 pub fn half(

@@ -2,21 +2,13 @@
 //! still passes, and the lab's masks come back with the guard's drop.
 
 use super::{tcp_echo, three_hosts, CLIENT_V4, SERVER_V4};
-use crate::Result;
+use crate::{steering::read_mask, Result};
 
 #[test]
 fn steering_goes_off_where_named_and_comes_back_with_its_guard() -> Result<()> {
     let lab = three_hosts("steering")?;
     let named = [("router", "cl"), ("server", "eth0")];
-    let on = |ns: &str, ifname: &str| -> Result<String> {
-        let file = format!("/sys/class/net/{ifname}/queues/rx-0/rps_cpus");
-        Ok(lab
-            .ns(ns)
-            .exec_ok(&["cat", &file])?
-            .stdout
-            .trim()
-            .to_owned())
-    };
+    let on = |ns: &str, ifname: &str| read_mask(&lab, ns, ifname);
     let before: Vec<String> = named
         .iter()
         .map(|&(ns, ifname)| on(ns, ifname))
