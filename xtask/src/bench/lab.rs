@@ -91,6 +91,13 @@ pub fn topology(with_vip: bool) -> Topology {
             .sysctl(ns, "net.ipv4.ip_local_port_range", "1024 65535")
             .sysctl(ns, "net.ipv4.tcp_tw_reuse", "1");
     }
+    // The kernel's receive hash of an IPv6 packet with a flow label covers its addresses and
+    // label, not its ports, and each end draws its label at random per connection: IPv6
+    // connections would land on CPUs at random from run to run, IPv4 ones by their ports. A
+    // NIC's RSS hashes addresses and ports in both families; without labels, so does the lab.
+    for ns in [CLIENT, LB, BACKEND] {
+        t = t.sysctl(ns, "net.ipv6.auto_flowlabels", "0");
+    }
     if with_vip {
         t = t.addr(LB, "lo", &format!("{VIP}/32"));
     } else {

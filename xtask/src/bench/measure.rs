@@ -65,10 +65,10 @@ fn measure_into(
     // Declared after the lab, so dropped before it: processes stop before their namespaces go.
     let _backends = lab::start_backends(&lab, inputs.tools).context("starting the backend")?;
     let balancer = modes::start(mode, &lab, inputs).with_context(|| format!("starting {mode}"))?;
-    // The client and the backend stand for other machines: what they send reaches the lb as
-    // from a wire, hashed by the lb on receipt. What the lb sends on keeps the hash its own
-    // stack or data plane gives it, as that is part of the mode under test.
-    let _wire_hash = edge_tests::hash_like_a_nic(&lab, &[(CLIENT, "eth0"), (lab::BACKEND, "eth0")])
+    // Each namespace stands for a machine: what it sends crosses a wire to another, whose NIC
+    // hashes the packet's own tuple with a key of its own. No hash a sender's stack, socket or
+    // data plane left on a packet reaches the next machine, in any mode.
+    let _wire_hash = edge_tests::hash_like_a_nic(&lab, &lab::VETHS)
         .context("hashing received packets by their own tuple, as a NIC does")?;
     let client = lab.ns(CLIENT);
     let target = mode.target();
