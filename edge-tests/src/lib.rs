@@ -22,6 +22,7 @@ mod link;
 mod logdir;
 mod names;
 mod netns;
+mod pinning;
 pub mod pop_lab;
 mod process;
 mod procfs;
@@ -44,6 +45,7 @@ pub use names::{
     bpffs_pin_dir, ns_name, ns_prefix, wg_ifname, RunId, AGENT_RUN_DIR, PREFIX, RUN_ID_LEN,
 };
 pub use netns::NetNs;
+pub use pinning::Pinned;
 pub use process::LabProcess;
 pub use steering::SteeringOff;
 pub use topology::{End, Topology};

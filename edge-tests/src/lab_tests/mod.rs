@@ -1,6 +1,7 @@
 //! Tests that build real labs; they need root, like the harness itself.
 
 mod cleanup;
+mod pinning;
 mod processes;
 mod steering;
 mod traffic;

@@ -34,13 +34,15 @@ pub const PORTS: [(&str, u16); 3] = [
     ("echo", ECHO_PORT),
 ];
 
-/// The CPU both ends of the round-trip test run on. On two CPUs the scheduler put the echo
-/// server on the client's CPU in some runs and on the other in others, and a round trip that
-/// has to wake an idle virtual CPU took about 65 us instead of 7: the figure then said where
-/// the scheduler had put two processes, in any mode. On one CPU, with receive steering off for
-/// the test (`Lab::steering_off`), the whole round trip runs where it is sent from, and the
-/// figure is the path's.
-pub const ECHO_CPU: &str = "0";
+/// The CPU the round-trip and HTTP tests run the whole path on: both ends, the balancer, and
+/// (receive steering off, `Lab::steering_off`) the packets' work, which then runs where each
+/// packet is sent from. On two CPUs the scheduler put the echo server on the client's CPU in
+/// some runs and on the other in others, and a round trip that has to wake an idle virtual CPU
+/// took about 65 us instead of 7; the HTTP rates moved by 7-12% between rounds of one mode,
+/// with which CPUs the connections' hashes and the scheduler picked, and each hop to the other
+/// CPU costs an interrupt the host must deliver. On one CPU a round trip's time and a request
+/// rate count what the path costs, the same way in every mode.
+pub const PATH_CPU: usize = 0;
 
 /// Every veth end of the lab.
 pub const VETHS: [(&str, &str); 4] = [
@@ -137,7 +139,7 @@ pub fn start_backends(lab: &Lab, tools: &Tools) -> anyhow::Result<Backends> {
         &[
             "taskset",
             "--cpu-list",
-            ECHO_CPU,
+            &PATH_CPU.to_string(),
             &tools.echo_server.to_string_lossy(),
             &echo_addr,
         ],

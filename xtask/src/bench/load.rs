@@ -17,9 +17,10 @@ use serde_json::Value;
 /// Headroom over a test's own duration before `timeout` kills the tool.
 const SLACK: Duration = Duration::from_secs(20);
 
-/// wrk's shape for both HTTP tests: one thread per core, enough connections to keep every
-/// stage busy without turning the test into a queueing one.
-pub const WRK_THREADS: u32 = 2;
+/// wrk's shape for both HTTP tests: one thread, as the whole path runs on one CPU
+/// (`lab::PATH_CPU`), and enough connections to keep every stage busy without turning the test
+/// into a queueing one.
+pub const WRK_THREADS: u32 = 1;
 pub const WRK_CONNECTIONS: u32 = 50;
 
 /// Round trips the echo client times, after a warm-up it does not time.
@@ -202,7 +203,11 @@ pub fn wrk(client: &NetNs, target: IpAddr, close: bool, seconds: u64) -> anyhow:
     let threads = WRK_THREADS.to_string();
     let connections = WRK_CONNECTIONS.to_string();
     let duration = format!("{seconds}s");
+    let cpu = super::lab::PATH_CPU.to_string();
     let mut argv = vec![
+        "taskset",
+        "--cpu-list",
+        &cpu,
         "wrk",
         "--threads",
         &threads,
@@ -284,7 +289,7 @@ pub fn echo(
         &[
             "taskset",
             "--cpu-list",
-            super::lab::ECHO_CPU,
+            &super::lab::PATH_CPU.to_string(),
             &echo_client.to_string_lossy(),
             &addr,
             &ECHO_COUNT.to_string(),

@@ -108,15 +108,25 @@ fn measure_into(
         Ok(())
     };
 
+    // The round trips and the request rates count what the whole path costs, on one CPU
+    // (`lab::PATH_CPU`): every process of the lab, the balancer's included (the load
+    // generators start there too), and the packets' work, which with receive steering off runs
+    // where each packet is sent from. Not which CPUs the connections' hashes and the scheduler
+    // happened to pick, the same way in every mode.
+    let one_cpu = |what: &str| -> anyhow::Result<_> {
+        let steering_off = lab
+            .steering_off(&lab::VETHS)
+            .with_context(|| format!("turning receive steering off for the {what}"))?;
+        let pinned = lab
+            .pinned(&[CLIENT, lab::LB, lab::BACKEND], lab::PATH_CPU)
+            .with_context(|| format!("holding the lab's processes on one CPU for the {what}"))?;
+        Ok((steering_off, pinned))
+    };
+
     step()?;
-    // One connection's round trips, processed on the CPU that sends each packet wherever the
-    // path allows (see `Lab::steering_off`): the figure is then the path's, the same way in
-    // every mode, not which CPUs the connection's hashes happened to pick.
-    let steering_off = lab
-        .steering_off(&lab::VETHS)
-        .context("turning receive steering off for the round trips")?;
+    let path_on_one_cpu = one_cpu("round trips")?;
     let echo = load::echo(client, &inputs.tools.echo_client, target, cport + 5);
-    drop(steering_off);
+    drop(path_on_one_cpu);
     match echo {
         Ok(echo) => {
             println!(
@@ -174,6 +184,7 @@ fn measure_into(
             .push(format!("iperf3 retransmits: {}", retransmits.join(", ")));
     }
 
+    let _path_on_one_cpu = one_cpu("request rates")?;
     for (metric, close) in [(Metric::HttpKeepAlive, false), (Metric::HttpClose, true)] {
         step()?;
         let value =

@@ -51,7 +51,8 @@ pub(super) fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) ->
     }
     let mut out = format!(
         "end-to-end, value (ratio to plain) [lowest-highest round], {}{seconds} s per iperf3/wrk test, \
-         wrk {} threads x {} connections, echo {} x {} B round trips:\n",
+         wrk {} thread(s) x {} connections and echo {} x {} B round trips with the whole path \
+         on CPU {}:\n",
         if rounds > 1 {
             format!("median of {rounds} rounds, ")
         } else {
@@ -60,7 +61,8 @@ pub(super) fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) ->
         load::WRK_THREADS,
         load::WRK_CONNECTIONS,
         load::ECHO_COUNT,
-        load::ECHO_SIZE
+        load::ECHO_SIZE,
+        super::lab::PATH_CPU
     );
     out.push_str(&markdown_table(&rows, &[0]));
     out.push_str(
@@ -176,6 +178,7 @@ pub(super) fn to_json(
             "rounds": rounds,
             "wrk_threads": load::WRK_THREADS,
             "wrk_connections": load::WRK_CONNECTIONS,
+            "path_cpu_for_requests_and_round_trips": super::lab::PATH_CPU,
             "echo_round_trips": load::ECHO_COUNT,
             "echo_warmup": load::ECHO_WARMUP,
             "echo_message_bytes": load::ECHO_SIZE,
