@@ -20,11 +20,42 @@ use super::{
 /// A failed request is not a served one: above this share of errors, a wrk rate is discarded.
 const MAX_WRK_ERROR_RATIO: f64 = 0.01;
 
-/// The first of round `round`'s client ports (iperf3's one stream, then its four, then the echo
-/// connection): the same in every mode of the round, others in the next round, so that rounds
-/// sample different placements of the connections on the CPUs and every mode meets each of them.
-pub(super) fn iperf_ports(round: u32) -> u16 {
-    40_000 + (round % 1000) as u16 * 8
+/// Client ports of one round: the same in every mode of the round, others in the next round,
+/// so that every mode meets the same placements of its connections on the CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Ports {
+    /// The echo connection's.
+    pub echo: u16,
+    /// The first port of each iperf3 run: a test's runs follow one another, each with its own
+    /// ports (iperf3 gives a run's streams the ports after its first).
+    iperf_first: u16,
+}
+
+/// How many iperf3 runs, each with its own client ports, one iperf3 figure of a round averages
+/// (fewer when the test lasts fewer seconds). Where four streams run is drawn by their hashes,
+/// one CPU or the other for every hop: one draw put a round's total anywhere between 0.75 and
+/// 1.0 of another's, in every mode (docs/architecture.md, "Several streams"). Five draws per
+/// round narrow that to what the path decides.
+pub(super) const PLACEMENTS: u64 = 5;
+
+/// Ports per round: the echo port, then `PLACEMENTS` runs of up to four streams for each of
+/// the two iperf3 tests.
+const PORTS_PER_ROUND: u16 = 64;
+
+impl Ports {
+    pub(super) fn of_round(round: u32) -> Self {
+        let first = 20_000 + (round % 600) as u16 * PORTS_PER_ROUND;
+        Ports {
+            echo: first,
+            iperf_first: first + 8,
+        }
+    }
+
+    /// The first client port of run `run` of the iperf3 test with `streams` streams (1 or 4).
+    pub(super) fn iperf(self, streams: u32, run: u64) -> u16 {
+        let test = if streams == 1 { 0 } else { 8 };
+        self.iperf_first + test + run as u16 * streams as u16
+    }
 }
 
 pub(super) fn measure_mode(
@@ -42,7 +73,13 @@ pub(super) fn measure_mode(
         background_busy: None,
         samples: Vec::new(),
     };
-    if let Err(e) = measure_into(&mut result, iperf_ports(round), seconds, inputs, run_ids) {
+    if let Err(e) = measure_into(
+        &mut result,
+        Ports::of_round(round),
+        seconds,
+        inputs,
+        run_ids,
+    ) {
         result.error = Some(format!("{e:#}"));
     }
     result
@@ -50,7 +87,7 @@ pub(super) fn measure_mode(
 
 fn measure_into(
     result: &mut ModeResult,
-    cport: u16,
+    ports: Ports,
     seconds: u64,
     inputs: &Inputs<'_>,
     run_ids: &mut Vec<String>,
@@ -125,7 +162,7 @@ fn measure_into(
 
     step()?;
     let path_on_one_cpu = one_cpu("round trips")?;
-    let echo = load::echo(client, &inputs.tools.echo_client, target, cport + 5);
+    let echo = load::echo(client, &inputs.tools.echo_client, target, ports.echo);
     drop(path_on_one_cpu);
     match echo {
         Ok(echo) => {
@@ -144,35 +181,54 @@ fn measure_into(
     }
 
     let mut retransmits = Vec::new();
-    for (metric, streams, cport) in [(Metric::Iperf1, 1, cport), (Metric::Iperf4, 4, cport + 1)] {
+    let runs = PLACEMENTS.min(seconds);
+    let run_seconds = seconds / runs;
+    for (metric, streams) in [(Metric::Iperf1, 1), (Metric::Iperf4, 4)] {
         step()?;
         let before = PerCpu::sample();
-        let value = load::iperf3(client, target, streams, seconds, cport).and_then(|r| {
-            let cpus = before
-                .as_ref()
-                .zip(PerCpu::sample())
-                .map(|(a, b)| describe(&a.shares_until(&b)))
-                .unwrap_or_default();
-            let per_stream: Vec<String> =
-                r.per_stream_gbps.iter().map(|g| format!("{g:.2}")).collect();
-            println!(
-                "bench: {mode}: iperf3 {streams} stream(s): {:.2} Gbit/s ({}), {} retransmits; {cpus}",
-                r.gbps,
-                per_stream.join(" + "),
-                r.retransmits
-            );
-            if streams > 1 {
-                result.notes.push(format!(
-                    "{streams} streams: {} Gbit/s; {cpus}",
-                    per_stream.join(" + ")
-                ));
-            }
-            retransmits.push(format!("{} ({streams} stream(s))", r.retransmits));
-            if r.gbps <= 0.0 {
-                bail!("iperf3 moved no data");
-            }
-            Ok(r.gbps)
-        });
+        let value = (0..runs)
+            .map(|run| {
+                if run > 0 {
+                    // The server takes a moment to be ready for the next test.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                load::iperf3(client, target, streams, run_seconds, ports.iperf(streams, run))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .and_then(|rs| {
+                let cpus = before
+                    .as_ref()
+                    .zip(PerCpu::sample())
+                    .map(|(a, b)| describe(&a.shares_until(&b)))
+                    .unwrap_or_default();
+                let gbps = rs.iter().map(|r| r.gbps).sum::<f64>() / rs.len() as f64;
+                let placements: Vec<String> = rs
+                    .iter()
+                    .map(|r| {
+                        let each: Vec<String> =
+                            r.per_stream_gbps.iter().map(|g| format!("{g:.2}")).collect();
+                        each.join(" + ")
+                    })
+                    .collect();
+                let lost = rs.iter().map(|r| r.retransmits).sum::<f64>();
+                println!(
+                    "bench: {mode}: iperf3 {streams} stream(s): {gbps:.2} Gbit/s (mean of {} runs: {}), {lost} retransmits; {cpus}",
+                    rs.len(),
+                    placements.join(" | "),
+                );
+                if streams > 1 {
+                    result.notes.push(format!(
+                        "{streams} streams, {} runs: {} Gbit/s; {cpus}",
+                        rs.len(),
+                        placements.join(" | ")
+                    ));
+                }
+                retransmits.push(format!("{lost} ({streams} stream(s))"));
+                if rs.iter().any(|r| r.gbps <= 0.0) {
+                    bail!("an iperf3 run moved no data");
+                }
+                Ok(gbps)
+            });
         result
             .values
             .push((metric, value.map_err(|e| format!("{e:#}"))));
@@ -221,4 +277,46 @@ fn measure_into(
         .check_alive()
         .with_context(|| format!("{mode} died during the run"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Every client port a round uses: the echo connection's and every stream of every run.
+    fn used(ports: Ports) -> Vec<u16> {
+        let mut all = vec![ports.echo];
+        for streams in [1, 4] {
+            for run in 0..PLACEMENTS {
+                let first = ports.iperf(streams, run);
+                all.extend((0..streams as u16).map(|s| first + s));
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn a_rounds_connections_never_share_a_port_and_rounds_use_others() {
+        for round in [1, 2, 599, 600, 1000] {
+            let ports = used(Ports::of_round(round));
+            let distinct: HashSet<u16> = ports.iter().copied().collect();
+            assert_eq!(distinct.len(), ports.len(), "round {round}: {ports:?}");
+            let (lo, hi) = (ports.iter().min(), ports.iter().max());
+            let block = Ports::of_round(round).echo;
+            assert!(
+                lo == Some(&block) && hi < Some(&(block + PORTS_PER_ROUND)),
+                "round {round} stays in its block: {lo:?}..{hi:?}"
+            );
+        }
+        let (one, two): (HashSet<u16>, HashSet<u16>) = (
+            used(Ports::of_round(1)).into_iter().collect(),
+            used(Ports::of_round(2)).into_iter().collect(),
+        );
+        assert!(
+            one.is_disjoint(&two),
+            "the next round meets other placements"
+        );
+    }
 }
