@@ -25,17 +25,17 @@ impl Lab {
     /// CPU `cpu` until the guard drops (threads they start later inherit it). Processes started
     /// afterwards are not moved: start them under `taskset`.
     pub fn pinned(&self, namespaces: &[&str], cpu: usize) -> Result<Pinned> {
-        let mut guard = Pinned { saved: Vec::new() };
-        // SAFETY: a cpu_set_t is plain bits; all zero is the empty set.
-        let mut one: libc::cpu_set_t = unsafe { mem::zeroed() };
         if cpu >= libc::CPU_SETSIZE as usize {
             return Err(LabError::io(
                 format!("pinning to CPU {cpu}"),
                 std::io::Error::from(std::io::ErrorKind::InvalidInput),
             ));
         }
+        // SAFETY: a cpu_set_t is plain bits; all zero is the empty set.
+        let mut one: libc::cpu_set_t = unsafe { mem::zeroed() };
         // SAFETY: `cpu` is within the set (checked above).
         unsafe { libc::CPU_SET(cpu, &mut one) };
+        let mut guard = Pinned { saved: Vec::new() };
         for ns in namespaces {
             for pid in self.ns(ns).pids() {
                 for tid in threads(pid) {

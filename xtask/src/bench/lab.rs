@@ -136,13 +136,8 @@ pub fn start_backends(lab: &Lab, tools: &Tools) -> anyhow::Result<Backends> {
     let echo_addr = format!("[::]:{ECHO_PORT}");
     let echo = ns.spawn(
         "echo-server",
-        &[
-            "taskset",
-            "--cpu-list",
-            &PATH_CPU.to_string(),
-            &tools.echo_server.to_string_lossy(),
-            &echo_addr,
-        ],
+        // On the path's CPU with the rest of the lab while the round trips run (`Lab::pinned`).
+        &[&tools.echo_server.to_string_lossy(), &echo_addr],
         &[],
     )?;
     wait_ready(&echo, "echo-server ready", Duration::from_secs(10))?;
@@ -296,6 +291,16 @@ pub fn process_output(process: &LabProcess, log: &Path) -> String {
     let tail: Vec<&str> = file.lines().rev().take(20).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     format!("{}{}", process.output_so_far(), tail.join("\n"))
+}
+
+/// `exec_bounded` for a load generator of the round-trip and HTTP tests: started while the lab
+/// is held on the path's CPU (`Lab::pinned` moves only processes already running), it starts
+/// there too.
+pub fn exec_on_path_cpu(ns: &NetNs, limit: Duration, argv: &[&str]) -> anyhow::Result<String> {
+    let cpu = PATH_CPU.to_string();
+    let mut full = vec!["taskset", "--cpu-list", &cpu];
+    full.extend_from_slice(argv);
+    exec_bounded(ns, limit, &full)
 }
 
 /// Runs `argv` in `ns` under coreutils' `timeout`, so that a broken path fails the step instead

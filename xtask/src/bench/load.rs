@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use edge_tests::NetNs;
 
-use super::lab::{exec_bounded, ECHO_PORT, HTTP_BODY, HTTP_PORT, IPERF_PORT};
+use super::lab::{exec_bounded, exec_on_path_cpu, ECHO_PORT, HTTP_BODY, HTTP_PORT, IPERF_PORT};
 use serde_json::Value;
 
 /// Headroom over a test's own duration before `timeout` kills the tool.
@@ -203,11 +203,7 @@ pub fn wrk(client: &NetNs, target: IpAddr, close: bool, seconds: u64) -> anyhow:
     let threads = WRK_THREADS.to_string();
     let connections = WRK_CONNECTIONS.to_string();
     let duration = format!("{seconds}s");
-    let cpu = super::lab::PATH_CPU.to_string();
     let mut argv = vec![
-        "taskset",
-        "--cpu-list",
-        &cpu,
         "wrk",
         "--threads",
         &threads,
@@ -222,7 +218,7 @@ pub fn wrk(client: &NetNs, target: IpAddr, close: bool, seconds: u64) -> anyhow:
         argv.extend(["--header", "Connection: close"]);
     }
     argv.push(&url);
-    let out = exec_bounded(client, Duration::from_secs(seconds) + SLACK, &argv)?;
+    let out = exec_on_path_cpu(client, Duration::from_secs(seconds) + SLACK, &argv)?;
     parse_wrk(&out)
 }
 
@@ -283,13 +279,10 @@ pub fn echo(
     local_port: u16,
 ) -> anyhow::Result<Echo> {
     let addr = SocketAddr::new(target, ECHO_PORT).to_string();
-    let out = exec_bounded(
+    let out = exec_on_path_cpu(
         client,
         Duration::from_secs(60),
         &[
-            "taskset",
-            "--cpu-list",
-            &super::lab::PATH_CPU.to_string(),
             &echo_client.to_string_lossy(),
             &addr,
             &ECHO_COUNT.to_string(),
