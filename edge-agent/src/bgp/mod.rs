@@ -95,7 +95,10 @@ impl Speaker {
         let (mut bfd_peers, mut bfd_slots, mut bfd_of) = (Vec::new(), Vec::new(), Vec::new());
         for (peer, slot) in config.peers.iter().zip(&bfd_status) {
             let on = peer.bfd.as_ref().and_then(bfd::config::BfdSetting::config);
-            bfd_of.push(on.map(|_| bfd_peers.len()));
+            bfd_of.push(on.map(|c| {
+                let hold = Duration::from_millis(u64::from(c.strict_hold_ms));
+                (bfd_peers.len(), c.strict.then_some(hold))
+            }));
             if let Some(c) = on {
                 bfd_peers.push(bfd::PeerBfd {
                     peer: canonical(peer.address),
@@ -105,10 +108,10 @@ impl Speaker {
                 bfd_slots.push(Arc::clone(slot));
             }
         }
-        let (bfd, bfd_downs) = bfd::Bfd::start(&bfd_peers, bfd_slots);
+        let (bfd, bfd_signals) = bfd::Bfd::start(&bfd_peers, bfd_slots);
         let mut inboxes = HashMap::new();
         let (mut peers, mut tasks) = (Vec::new(), Vec::new());
-        for (peer, bfd_index) in config.peers.iter().zip(bfd_of) {
+        for (peer, bfd_of) in config.peers.iter().zip(bfd_of) {
             let status = Arc::new(Mutex::new(PeerStatus {
                 peer: peer.address,
                 asn: peer.asn,
@@ -135,7 +138,12 @@ impl Speaker {
                 incoming,
                 shutdown: shutdown_rx.clone(),
                 status: Arc::clone(&status),
-                bfd_down: bfd_index.and_then(|i| bfd_downs.get(i).cloned()),
+                bfd: bfd_of.and_then(|(i, strict)| {
+                    bfd_signals.get(i).map(|signal| session::SessionBfd {
+                        signal: signal.clone(),
+                        strict,
+                    })
+                }),
             };
             peers.push(status);
             tasks.push(tokio::spawn(session.run()));

@@ -246,13 +246,7 @@ fn frr_withdraws_a_dead_pop_within_a_second_with_bfd() -> TestResult {
 #[test]
 fn frr_keeps_pop_a_through_ten_restarts_under_load() -> TestResult {
     with_frr(topology_with("frrgr", false), FrrBfd::On, |t, frr| {
-        restarts_under_load(
-            t,
-            frr,
-            &super::restart_lab::pop_a_gr(
-                "\n[bgp.peers.bfd]\nmin_tx_ms = 100\nmin_rx_ms = 100\nmultiplier = 3\n",
-            ),
-        )
+        restarts_under_load(t, frr, &super::restart_lab::pop_a_gr("bfd = true\n"))
     })
 }
 

@@ -22,7 +22,10 @@ impl<'de> Deserialize<'de> for BfdSetting {
             type Value = BfdSetting;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("true, false, or a table with min_tx_ms, min_rx_ms and multiplier")
+                f.write_str(
+                    "true, false, or a table with min_tx_ms, min_rx_ms, multiplier, strict and \
+                     strict_hold_ms",
+                )
             }
 
             fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<BfdSetting, E> {
@@ -63,6 +66,11 @@ pub struct BfdConfig {
     /// Missed packets before the peer declares this side down (its detection time is this
     /// times the agreed interval).
     pub multiplier: u8,
+    /// The BGP session sends its OPEN only once BFD is Up (see `bfd/mod.rs`): off, a router
+    /// without BFD for this session still gets one.
+    pub strict: bool,
+    /// With `strict`, how long BFD must have stayed Up before the OPEN.
+    pub strict_hold_ms: u32,
 }
 
 impl Default for BfdConfig {
@@ -72,6 +80,8 @@ impl Default for BfdConfig {
             min_tx_ms: 300,
             min_rx_ms: 300,
             multiplier: 3,
+            strict: true,
+            strict_hold_ms: 500,
         }
     }
 }
@@ -91,6 +101,12 @@ impl BfdConfig {
         }
         if self.multiplier == 0 {
             return Err("bfd.multiplier must be at least 1".into());
+        }
+        if self.strict_hold_ms > MAX_INTERVAL_MS {
+            return Err(format!(
+                "bfd.strict_hold_ms must be at most {MAX_INTERVAL_MS}, not {}",
+                self.strict_hold_ms
+            ));
         }
         Ok(())
     }
@@ -122,9 +138,21 @@ mod tests {
         let c = fast.bfd.config().ok_or("on")?;
         c.validate()?;
         assert_eq!((c.min_tx_ms, c.min_rx_ms, c.multiplier), (100, 100, 3));
+        assert!(c.strict, "strict unless said otherwise");
+        let loose: P = toml::from_str("[bfd]\nstrict = false")?;
+        assert_eq!(
+            loose.bfd.config().map(|c| (c.strict, c.min_tx_ms)),
+            Some((false, 300))
+        );
         let too_fast = BfdConfig { min_tx_ms: 50, ..c };
         assert!(too_fast.validate().is_err());
         assert!(BfdConfig { multiplier: 0, ..c }.validate().is_err());
+        assert!(BfdConfig {
+            strict_hold_ms: 61_000,
+            ..c
+        }
+        .validate()
+        .is_err());
         let typo = toml::from_str::<P>("[bfd]\nmin_tx = 100")
             .err()
             .map(|e| e.to_string());

@@ -26,6 +26,12 @@
 //! When the session is Up and goes Down while the BGP session is Established, the BGP session is
 //! closed as on hold timer expiry (Cease, subcode 10 "BFD Down", RFC 9384).
 //!
+//! Strict (the default, `strict = false` turns it off): the BGP session sends its OPEN only once
+//! BFD is Up. A restarted agent is back within a few hundred milliseconds, sooner than the
+//! router's BFD detects the old agent gone; a BGP session established by then is torn down by
+//! that late BFD down (FRR: Cease 6/10), a reset where graceful restart was wanted. Waiting for
+//! Up means the router's BFD has already been through Down before the new session exists.
+//!
 //! Here: the speaker's [`Bfd`], which starts the sessions. `config` is the setting, `machine`
 //! the RFC 5880 state machine, `packet` and `socket` the wire, `receive` the receiving side the
 //! sessions share, `runner` one session's task, `status` what it shows.
@@ -63,8 +69,15 @@ pub struct PeerBfd {
     pub config: BfdConfig,
 }
 
-/// What the BGP session of a peer gets: the count of Up -> Down transitions, which it watches.
-pub type DownCount = watch::Receiver<u64>;
+/// What the BGP session of a peer watches: since when BFD is Up (none: not Up), and how many
+/// times it fell from Up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signal {
+    pub up_since: Option<tokio::time::Instant>,
+    pub downs: u64,
+}
+
+pub type SignalWatch = watch::Receiver<Signal>;
 
 /// Every BFD task of the speaker.
 pub struct Bfd {
@@ -76,11 +89,12 @@ pub struct Bfd {
 
 impl Bfd {
     /// Starts a session per peer and a receiver per family in use. `status[i]` is where peer
-    /// `i`'s state is shown; the returned receivers say when each session went down.
+    /// `i`'s state is shown; the returned receivers say whether each session is Up and when it
+    /// went down.
     pub fn start(
         peers: &[PeerBfd],
         status: Vec<Arc<Mutex<Option<BfdStatus>>>>,
-    ) -> (Bfd, Vec<DownCount>) {
+    ) -> (Bfd, Vec<SignalWatch>) {
         let (stop, shutdown) = watch::channel(false);
         let dropped = Arc::new(Dropped::default());
         let mut demux = Demux {
@@ -100,8 +114,8 @@ impl Bfd {
             demux.by_addr.insert(p.peer, i);
             demux.addrs.push(p.peer);
             demux.inboxes.push(tx);
-            let (down_tx, down_rx) = watch::channel(0u64);
-            downs.push(down_rx);
+            let (signal_tx, signal_rx) = watch::channel(Signal::default());
+            downs.push(signal_rx);
             let runner = Runner {
                 peer: p.peer,
                 local: p.local,
@@ -109,7 +123,7 @@ impl Bfd {
                 machine: Machine::new(p.config.timing(), my_disc),
                 inbox: rx,
                 status,
-                down: down_tx,
+                signal: signal_tx,
                 shutdown: shutdown.clone(),
             };
             tasks.push(tokio::spawn(runner.run()));

@@ -1,5 +1,5 @@
 //! One peer's BFD session as a task: the timers, sending, the state machine fed by the
-//! receiving side, and the count of falls from Up the BGP session watches.
+//! receiving side, and the signal (Up, falls from Up) the BGP session watches.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -20,6 +20,7 @@ use super::{
     packet::{self, Control, State},
     socket,
     status::BfdStatus,
+    Signal,
 };
 
 pub(super) struct Runner {
@@ -29,7 +30,7 @@ pub(super) struct Runner {
     pub(super) machine: Machine,
     pub(super) inbox: mpsc::Receiver<Control>,
     pub(super) status: Arc<Mutex<Option<BfdStatus>>>,
-    pub(super) down: watch::Sender<u64>,
+    pub(super) signal: watch::Sender<Signal>,
     pub(super) shutdown: watch::Receiver<bool>,
 }
 
@@ -128,9 +129,12 @@ impl Runner {
                 s.last_down_diag = Some(why);
             }
         });
-        if went_down {
-            self.down.send_modify(|n| *n += 1);
-        }
+        self.signal.send_modify(|s| {
+            s.up_since = (change.to == State::Up).then(Instant::now);
+            if went_down {
+                s.downs += 1;
+            }
+        });
     }
 }
 

@@ -18,6 +18,9 @@ pub struct BfdStatus {
     pub min_tx_ms: u32,
     pub min_rx_ms: u32,
     pub multiplier: u8,
+    /// The BGP session waits for this one to have been Up `strict_hold_ms` before its OPEN.
+    pub strict: bool,
+    pub strict_hold_ms: u32,
     /// Agreed: how often this side sends, how often the peer does, and how long a silence
     /// takes this session down.
     pub tx_interval_ms: f64,
@@ -46,6 +49,8 @@ impl BfdStatus {
             min_tx_ms: config.min_tx_ms,
             min_rx_ms: config.min_rx_ms,
             multiplier: config.multiplier,
+            strict: config.strict,
+            strict_hold_ms: config.strict_hold_ms,
             tx_interval_ms: 0.0,
             rx_interval_ms: 0.0,
             detection_time_ms: 0.0,

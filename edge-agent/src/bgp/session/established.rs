@@ -102,14 +102,12 @@ impl Session {
         self.set(|s| s.graceful_restart.end_of_rib_sent = sent);
         let mut shutdown = self.shutdown.clone();
         // Only a fall of BFD during this session ends it.
-        let mut bfd_down = self.bfd_down.clone();
-        if let Some(b) = bfd_down.as_mut() {
-            b.borrow_and_update();
-        }
+        let mut bfd = self.bfd.as_ref().map(|b| b.signal.clone());
+        let downs_before = bfd.as_mut().map_or(0, |b| b.borrow_and_update().downs);
         loop {
             tokio::select! {
                 () = stopped(&mut shutdown) => return Ok(()),
-                () = bfd_fell(&mut bfd_down) => {
+                () = bfd_fell(&mut bfd, downs_before) => {
                     // As on hold timer expiry: the peer is unreachable, so the NOTIFICATION
                     // (Cease 10, BFD Down: RFC 9384) is best effort.
                     return Err(SessionError::Sent(Notify::new(
@@ -156,11 +154,12 @@ impl Session {
     }
 }
 
-/// Resolves when the BFD session falls from Up; never without BFD.
-async fn bfd_fell(down: &mut Option<bfd::DownCount>) {
-    match down {
-        Some(d) => {
-            if d.changed().await.is_err() {
+/// Resolves when the BFD session has fallen from Up more than `before` times; never without
+/// BFD.
+async fn bfd_fell(signal: &mut Option<bfd::SignalWatch>, before: u64) {
+    match signal {
+        Some(s) => {
+            if s.wait_for(|s| s.downs > before).await.is_err() {
                 // The BFD task ended (shutdown): nothing more to watch.
                 std::future::pending::<()>().await;
             }

@@ -27,7 +27,7 @@ use tokio::{
     sync::{mpsc, watch},
     time::Instant,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 use self::{
     conn::{unexpected, Conn, End, SessionError},
@@ -129,8 +129,16 @@ pub struct Session {
     pub incoming: Option<mpsc::Receiver<TcpStream>>,
     pub shutdown: watch::Receiver<bool>,
     pub status: Arc<Mutex<PeerStatus>>,
-    /// Counts the BFD session's falls from Up, when BFD is on for this peer.
-    pub bfd_down: Option<super::bfd::DownCount>,
+    /// The BFD session with this peer, when BFD is on for it.
+    pub bfd: Option<SessionBfd>,
+}
+
+/// What a BGP session knows of its peer's BFD session.
+pub struct SessionBfd {
+    /// Up now, and the count of falls from Up.
+    pub signal: super::bfd::SignalWatch,
+    /// Strict: the OPEN only once BFD has been Up this long (see `bfd/mod.rs`).
+    pub strict: Option<Duration>,
 }
 
 impl Session {
@@ -262,6 +270,14 @@ impl Session {
             write_wait: OPEN_WAIT,
             torn: false,
         };
+        match self.bfd_ready().await {
+            Ok(true) => {}
+            Ok(false) => {
+                conn.close(&Notify::administrative_shutdown()).await;
+                return End::Shutdown;
+            }
+            Err(error) => return End::Failed(error),
+        }
         let hold = self.peer.hold_time_secs.unwrap_or(self.local.hold_time);
         match self.establish(&mut conn, hold, router_id, local_addr).await {
             Ok(Some((negotiated, speaking))) => {
@@ -272,6 +288,46 @@ impl Session {
                 End::Shutdown
             }
             Err(error) => conn.fail(error).await,
+        }
+    }
+
+    /// With strict BFD, waits (at most [`OPEN_WAIT`]) until the peer's BFD session has been Up
+    /// for the hold before the OPEN; `false` when shutdown came first. The peer's OPEN, if it
+    /// sent one, waits in the socket meanwhile.
+    ///
+    /// The hold: routers act on BFD coming Up too (FRR starts a connection of its own), and an
+    /// OPEN at that very moment races with it; FRR 8.4 was seen to tear down the session this
+    /// OPEN had just established when its own connection attempt failed.
+    async fn bfd_ready(&mut self) -> Result<bool, String> {
+        let Some((signal, hold)) = self
+            .bfd
+            .as_ref()
+            .and_then(|b| b.strict.map(|hold| (b.signal.clone(), hold)))
+        else {
+            return Ok(true);
+        };
+        if signal
+            .borrow()
+            .up_since
+            .is_some_and(|since| since.elapsed() >= hold)
+        {
+            return Ok(true);
+        }
+        info!(peer = %self.peer.address, hold_ms = hold.as_millis() as u64, "BGP waits for BFD to be up before its OPEN (bfd strict)");
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            up = tokio::time::timeout(OPEN_WAIT, up_for(signal, hold)) => match up {
+                Ok(true) => Ok(true),
+                // The BFD tasks ended: the speaker is stopping.
+                Ok(false) => Ok(false),
+                Err(_) => Err(format!(
+                    "BFD with the peer did not come up within {} s; with bfd strict (the \
+                     default) the BGP session waits for it: is BFD on for this session on the \
+                     router, or set `strict = false`",
+                    OPEN_WAIT.as_secs()
+                )),
+            },
+            () = stopped(&mut shutdown) => Ok(false),
         }
     }
 
@@ -337,6 +393,27 @@ impl Session {
     }
 }
 
+/// Resolves once BFD has stayed Up for `hold` (`true`), or the BFD task ended (`false`).
+async fn up_for(mut signal: super::bfd::SignalWatch, hold: Duration) -> bool {
+    loop {
+        let since = match signal.wait_for(|s| s.up_since.is_some()).await {
+            Ok(s) => s.up_since,
+            Err(_) => return false,
+        };
+        let Some(since) = since else { continue };
+        let fell = async {
+            signal
+                .wait_for(|s| s.up_since != Some(since))
+                .await
+                .is_err()
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(since + hold) => return true,
+            ended = fell => if ended { return false },
+        }
+    }
+}
+
 /// Resolves once the speaker stops (the guard `wait_for` returns is not `Send`).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
@@ -344,4 +421,51 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 fn hold_duration(secs: u16) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(u64::from(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bgp::bfd::Signal;
+
+    const HOLD: Duration = Duration::from_millis(500);
+
+    fn up(s: &watch::Sender<Signal>) {
+        s.send_modify(|s| s.up_since = Some(Instant::now()));
+    }
+
+    fn down(s: &watch::Sender<Signal>) {
+        s.send_modify(|s| {
+            s.up_since = None;
+            s.downs += 1;
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn strict_bfd_opens_only_after_bfd_stayed_up_for_the_hold() {
+        let (tx, rx) = watch::channel(Signal::default());
+        let start = Instant::now();
+        let waiting = tokio::spawn(up_for(rx, HOLD));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        up(&tx);
+        // Falls before the hold is over: the hold starts again at the next Up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        down(&tx);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "BFD fell during the hold");
+        up(&tx);
+        let ready = waiting.await.unwrap_or(false);
+        assert!(ready);
+        assert_eq!(start.elapsed(), Duration::from_millis(600) + HOLD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn strict_bfd_gives_up_when_the_bfd_task_ends() {
+        let (tx, rx) = watch::channel(Signal::default());
+        let waiting = tokio::spawn(up_for(rx, HOLD));
+        up(&tx);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(tx);
+        assert!(!waiting.await.unwrap_or(true));
+    }
 }
