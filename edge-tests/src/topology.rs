@@ -126,13 +126,6 @@ impl Topology {
         self.offload(ns, ifname, "tx", false)
     }
 
-    /// Turns on GRO on an interface (`ethtool -K <if> gro on`): a veth then receives in NAPI
-    /// mode and coalesces a flow's segments before the stack and the TC programs see them, as a
-    /// NIC's driver does (veth's default is off).
-    pub fn gro_on(self, ns: &str, ifname: &str) -> Self {
-        self.offload(ns, ifname, "gro", true)
-    }
-
     fn offload(mut self, ns: &str, ifname: &str, feature: &'static str, on: bool) -> Self {
         self.steps.push(Step::Offload {
             ns: ns.to_owned(),

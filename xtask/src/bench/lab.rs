@@ -100,11 +100,6 @@ pub fn topology(with_vip: bool) -> Topology {
     for ns in [CLIENT, LB, BACKEND] {
         t = t.sysctl(ns, "net.ipv6.auto_flowlabels", "0");
     }
-    if std::env::var_os("EDGE_BENCH_GRO").is_some() {
-        for (ns, ifname) in VETHS {
-            t = t.gro_on(ns, ifname);
-        }
-    }
     if with_vip {
         t = t.addr(LB, "lo", &format!("{VIP}/32"));
     } else {
