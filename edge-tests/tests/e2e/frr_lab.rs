@@ -243,6 +243,9 @@ fn frr_withdraws_a_dead_pop_within_a_second_with_bfd() -> TestResult {
     })
 }
 
+/// With the agent's BFD at its default, 300 ms x 3: the restarted agent is back (225-300 ms)
+/// before FRR's BFD notices the old one gone (900 ms), which is where a session established
+/// before BFD came back was torn down by FRR's late BFD down (strict BFD prevents it).
 #[test]
 fn frr_keeps_pop_a_through_ten_restarts_under_load() -> TestResult {
     with_frr(topology_with("frrgr", false), FrrBfd::On, |t, frr| {
