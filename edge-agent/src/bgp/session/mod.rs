@@ -135,7 +135,7 @@ pub struct Session {
 
 /// What a BGP session knows of its peer's BFD session.
 pub struct SessionBfd {
-    /// Up now, and the count of falls from Up.
+    /// Since when it is Up, and the count of its falls from Up.
     pub signal: super::bfd::SignalWatch,
     /// Strict: the OPEN only once BFD has been Up this long (see `bfd/mod.rs`).
     pub strict: Option<Duration>,
