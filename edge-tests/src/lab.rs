@@ -54,7 +54,7 @@ impl Lab {
         lab.apply_each(steps, |step| {
             matches!(step, Step::Sysctl { .. }) && !sets_default(step)
         })?;
-        lab.apply_each(steps, |step| matches!(step, Step::Offload { .. }))?;
+        lab.apply_each(steps, |step| matches!(step, Step::TxChecksumOff { .. }))?;
         lab.set_links_up(steps)?;
         lab.apply_each(steps, |step| matches!(step, Step::Addr { .. }))?;
         lab.apply_each(steps, |step| matches!(step, Step::Route { .. }))?;
@@ -170,20 +170,9 @@ impl Lab {
                 let peer = ["peer", "name", &b.1, "netns", self.ns(&b.0).name()];
                 self.ns(&a.0).ip(&[&args[..], &peer[..]].concat()).map(drop)
             }
-            Step::Offload {
-                ns,
-                ifname,
-                feature,
-                on,
-            } => self
+            Step::TxChecksumOff { ns, ifname } => self
                 .ns(ns)
-                .exec_ok(&[
-                    "ethtool",
-                    "-K",
-                    ifname,
-                    feature,
-                    if *on { "on" } else { "off" },
-                ])
+                .exec_ok(&["ethtool", "-K", ifname, "tx", "off"])
                 .map(drop),
             Step::Addr { ns, ifname, cidr } => {
                 let mut args = vec!["addr", "add", cidr, "dev", ifname];

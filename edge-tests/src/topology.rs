@@ -27,12 +27,9 @@ pub(crate) enum Step {
         a: (String, String),
         b: (String, String),
     },
-    /// `ethtool -K <ifname> <feature> on|off`.
-    Offload {
+    TxChecksumOff {
         ns: String,
         ifname: String,
-        feature: &'static str,
-        on: bool,
     },
     Addr {
         ns: String,
@@ -53,7 +50,7 @@ impl Step {
         match self {
             Step::Veth { a, b } => vec![&a.0, &b.0],
             Step::Sysctl { ns, .. }
-            | Step::Offload { ns, .. }
+            | Step::TxChecksumOff { ns, .. }
             | Step::Addr { ns, .. }
             | Step::Route { ns, .. } => vec![ns],
         }
@@ -64,15 +61,7 @@ impl Step {
         match self {
             Step::Sysctl { ns, key, value } => format!("sysctl {ns}: {key}={value}"),
             Step::Veth { a, b } => format!("veth {}:{} <-> {}:{}", a.0, a.1, b.0, b.1),
-            Step::Offload {
-                ns,
-                ifname,
-                feature,
-                on,
-            } => format!(
-                "ethtool {ns}:{ifname} {feature} {}",
-                if *on { "on" } else { "off" }
-            ),
+            Step::TxChecksumOff { ns, ifname } => format!("tx checksum off {ns}:{ifname}"),
             Step::Addr { ns, ifname, cidr } => format!("addr {ns}:{ifname} {cidr}"),
             Step::Route { ns, dest, via, dev } => match dev {
                 Some(dev) => format!("route {ns}: {dest} via {via} dev {dev}"),
@@ -122,16 +111,10 @@ impl Topology {
 
     /// Turns off tx checksum offload on an interface (`ethtool -K <if> tx off`),
     /// so that packets rewritten by XDP/TC carry real checksums.
-    pub fn tx_checksum_off(self, ns: &str, ifname: &str) -> Self {
-        self.offload(ns, ifname, "tx", false)
-    }
-
-    fn offload(mut self, ns: &str, ifname: &str, feature: &'static str, on: bool) -> Self {
-        self.steps.push(Step::Offload {
+    pub fn tx_checksum_off(mut self, ns: &str, ifname: &str) -> Self {
+        self.steps.push(Step::TxChecksumOff {
             ns: ns.to_owned(),
             ifname: ifname.to_owned(),
-            feature,
-            on,
         });
         self
     }
@@ -201,7 +184,7 @@ impl Topology {
                     check_ifname(&a.1)?;
                     check_ifname(&b.1)?;
                 }
-                Step::Offload { ifname, .. } => check_ifname(ifname)?,
+                Step::TxChecksumOff { ifname, .. } => check_ifname(ifname)?,
                 Step::Addr { ifname, cidr, .. } => {
                     check_ifname(ifname)?;
                     parse_cidr(cidr)?;

@@ -103,7 +103,7 @@ impl Bfd {
             addrs: Vec::new(),
             inboxes: Vec::new(),
         };
-        let (mut tasks, mut downs) = (Vec::new(), Vec::new());
+        let (mut tasks, mut signals) = (Vec::new(), Vec::new());
         for (i, (p, status)) in peers.iter().zip(status).enumerate() {
             let mut my_disc = fastrand::u32(1..);
             while demux.by_disc.contains_key(&my_disc) {
@@ -115,7 +115,7 @@ impl Bfd {
             demux.addrs.push(p.peer);
             demux.inboxes.push(tx);
             let (signal_tx, signal_rx) = watch::channel(Signal::default());
-            downs.push(signal_rx);
+            signals.push(signal_rx);
             let runner = Runner {
                 peer: p.peer,
                 local: p.local,
@@ -152,7 +152,7 @@ impl Bfd {
                 receivers,
                 dropped,
             },
-            downs,
+            signals,
         )
     }
 
