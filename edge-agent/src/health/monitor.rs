@@ -15,7 +15,7 @@ use super::{
     passive::{Passive, Sample},
     probe::Target,
     spec::{HealthConfig, Timing},
-    tracker::Tracker,
+    tracker::{Outcome, Tracker},
 };
 use crate::{
     balancing::plan::HealthView, model::BackendAddr, model::Health, model::HealthStatus,
@@ -153,8 +153,17 @@ impl Monitor {
                 self.replan_now = true;
             }
             self.changed.insert(result.backend_id.clone());
-        } else if tracker.reason != reason_before {
-            self.changed.insert(result.backend_id.clone());
+        } else {
+            // A failure short of `fall` moves nothing, but an operator (and a lab) needs to
+            // see what failed and why, as HAProxy's `log-health-checks` shows.
+            if matches!(result.outcome, Outcome::Fail { .. })
+                && tracker.status != HealthStatus::Down
+            {
+                info!(backend = %result.backend_id, reason = %tracker.reason, "health check failed");
+            }
+            if tracker.reason != reason_before {
+                self.changed.insert(result.backend_id.clone());
+            }
         }
         if tracker.reweigh() {
             self.replan_soon = true;
