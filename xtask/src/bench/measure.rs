@@ -72,6 +72,7 @@ pub(super) fn measure_mode(
         notes: Vec::new(),
         background_busy: None,
         samples: Vec::new(),
+        runs: Vec::new(),
     };
     if let Err(e) = measure_into(
         &mut result,
@@ -224,6 +225,7 @@ fn measure_into(
                     ));
                 }
                 retransmits.push(format!("{lost} ({streams} stream(s))"));
+                result.runs.push((metric, rs.iter().map(|r| r.gbps).collect()));
                 if rs.iter().any(|r| r.gbps <= 0.0) {
                     bail!("an iperf3 run moved no data");
                 }

@@ -80,6 +80,9 @@ pub(super) struct ModeResult {
     pub(super) background_busy: Option<f64>,
     /// Every round's value of each metric (after merging rounds; empty before).
     pub(super) samples: Vec<(Metric, Vec<f64>)>,
+    /// Each run a figure is the mean of (the iperf3 runs, `measure::PLACEMENTS` per round),
+    /// every round's together after merging.
+    pub(super) runs: Vec<(Metric, Vec<f64>)>,
 }
 
 impl ModeResult {
@@ -101,6 +104,23 @@ impl ModeResult {
         let min = values.iter().copied().reduce(f64::min)?;
         let max = values.iter().copied().reduce(f64::max)?;
         Some((min, max))
+    }
+
+    /// How much one run varies from the next: the runs' standard deviation over their mean.
+    /// Over every run of every round this compares how steady two modes are on far more
+    /// samples than the five round figures `spread` takes its ends from.
+    pub(super) fn run_variation(&self, metric: Metric) -> Option<f64> {
+        let (_, runs) = self.runs.iter().find(|(m, _)| *m == metric)?;
+        if runs.len() < 2 {
+            return None;
+        }
+        let n = runs.len() as f64;
+        let mean = runs.iter().sum::<f64>() / n;
+        if mean <= 0.0 {
+            return None;
+        }
+        let variance = runs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        Some(variance.sqrt() / mean)
     }
 
     pub(super) fn failed(&self) -> bool {

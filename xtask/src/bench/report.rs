@@ -83,6 +83,23 @@ pub(super) fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) ->
             busy.join(", ")
         ));
     }
+    for metric in Metric::ALL {
+        let each: Vec<String> = results
+            .iter()
+            .filter_map(|r| {
+                let cv = r.run_variation(metric)?;
+                let n = r.runs.iter().find(|(m, _)| *m == metric)?.1.len();
+                Some(format!("{} {:.1}% ({n} runs)", r.mode, cv * 100.0))
+            })
+            .collect();
+        if !each.is_empty() {
+            out.push_str(&format!(
+                "{}, run to run (standard deviation / mean over every run of every round): {}\n",
+                metric.label(),
+                each.join(", ")
+            ));
+        }
+    }
     for r in results {
         for note in &r.notes {
             out.push_str(&format!("note: {}: {note}\n", r.mode));
@@ -125,6 +142,7 @@ pub(super) fn to_json(
                                 "max": max,
                                 "max_over_min": if min > 0.0 { Some(max / min) } else { None },
                             })),
+                        "run_variation": r.run_variation(metric),
                             "rounds": r
                                 .samples
                                 .iter()
@@ -261,6 +279,8 @@ mod tests {
                 notes: vec![],
                 background_busy: Some(0.02),
                 samples: vec![(Metric::Iperf1, vec![9.0, 10.0, 12.5])],
+                // Mean 10, sample standard deviation 1.
+                runs: vec![(Metric::Iperf1, vec![9.0, 10.0, 11.0])],
             },
             ModeResult {
                 mode: Mode::Haproxy,
@@ -273,6 +293,7 @@ mod tests {
                 notes: vec!["x".into()],
                 background_busy: None,
                 samples: vec![],
+                runs: vec![],
             },
             ModeResult {
                 mode: Mode::EdgeProxy,
@@ -281,6 +302,7 @@ mod tests {
                 notes: vec![],
                 background_busy: None,
                 samples: vec![],
+                runs: vec![],
             },
         ]
     }
@@ -294,6 +316,10 @@ mod tests {
         assert!(table.contains("50.0 (1.25)"), "{table}");
         assert!(table.contains("FAILED: edgeproxy: agent exited"), "{table}");
         assert!(table.contains("error: haproxy / HTTP"), "{table}");
+        assert!(
+            table.contains("every round): plain 10.0% (3 runs)"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -320,6 +346,10 @@ mod tests {
         assert_eq!(
             iperf.pointer("/modes/plain/spread/max_over_min"),
             Some(&json!(12.5 / 9.0))
+        );
+        assert_eq!(
+            iperf.pointer("/modes/plain/run_variation"),
+            Some(&json!(0.1))
         );
     }
 }

@@ -58,6 +58,18 @@ pub(super) fn merge_rounds(modes: &[Mode], rounds: &[Vec<ModeResult>]) -> Vec<Mo
                 .iter()
                 .flat_map(|(i, r)| r.notes.iter().map(move |n| label(*i, n)))
                 .collect();
+            let pooled = Metric::ALL
+                .iter()
+                .map(|&metric| {
+                    let all: Vec<f64> = runs
+                        .iter()
+                        .flat_map(|(_, r)| r.runs.iter().filter(|(m, _)| *m == metric))
+                        .flat_map(|(_, v)| v.iter().copied())
+                        .collect();
+                    (metric, all)
+                })
+                .filter(|(_, all)| !all.is_empty())
+                .collect();
             let background_busy = runs
                 .iter()
                 .filter_map(|(_, r)| r.background_busy)
@@ -69,6 +81,7 @@ pub(super) fn merge_rounds(modes: &[Mode], rounds: &[Vec<ModeResult>]) -> Vec<Mo
                 notes,
                 background_busy,
                 samples,
+                runs: pooled,
             })
         })
         .collect()
@@ -98,6 +111,7 @@ mod tests {
             notes: vec!["n".into()],
             background_busy: Some(busy),
             samples: vec![],
+            runs: vec![(Metric::Iperf1, vec![iperf - 0.5, iperf + 0.5])],
         };
         let rounds = vec![
             vec![round(3.0, Ok(10.0), 0.1)],
@@ -117,6 +131,11 @@ mod tests {
         assert_eq!(
             h.samples.first(),
             Some(&(Metric::Iperf1, vec![3.0, 1.0, 2.0]))
+        );
+        assert_eq!(
+            h.runs,
+            vec![(Metric::Iperf1, vec![2.5, 3.5, 0.5, 1.5, 1.5, 2.5])],
+            "every round's runs, pooled"
         );
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&[]), None);
