@@ -133,7 +133,9 @@ impl HealthConfig {
             (Profile::Default, CheckKind::Http { .. } | CheckKind::Grpc { .. }) => (10_000, 2_000),
         };
         let interval = spec.interval_ms.or(self.interval_ms).unwrap_or(interval);
-        // A timeout longer than the interval would let checks of one backend overlap.
+        // A backend's checks run one after another (the next waits for the last), so a
+        // timeout longer than the interval would stretch the time between checks, and with
+        // it how long `fall` failures take; capped, a check starts at least every two intervals.
         let timeout = spec
             .timeout_ms
             .or(self.timeout_ms)
