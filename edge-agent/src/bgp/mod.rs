@@ -111,7 +111,7 @@ impl Speaker {
         let (bfd, bfd_signals) = bfd::Bfd::start(&bfd_peers, bfd_slots);
         let mut inboxes = HashMap::new();
         let (mut peers, mut tasks) = (Vec::new(), Vec::new());
-        for (peer, bfd_of) in config.peers.iter().zip(bfd_of) {
+        for (peer, peer_bfd) in config.peers.iter().zip(bfd_of) {
             let status = Arc::new(Mutex::new(PeerStatus {
                 peer: peer.address,
                 asn: peer.asn,
@@ -138,7 +138,7 @@ impl Speaker {
                 incoming,
                 shutdown: shutdown_rx.clone(),
                 status: Arc::clone(&status),
-                bfd: bfd_of.and_then(|(i, strict)| {
+                bfd: peer_bfd.and_then(|(i, strict)| {
                     bfd_signals.get(i).map(|signal| session::SessionBfd {
                         signal: signal.clone(),
                         strict,

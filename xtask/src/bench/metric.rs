@@ -106,11 +106,19 @@ impl ModeResult {
         Some((min, max))
     }
 
+    /// The runs of `metric` (none for a metric measured once per round).
+    pub(super) fn runs_of(&self, metric: Metric) -> &[f64] {
+        self.runs
+            .iter()
+            .find(|(m, _)| *m == metric)
+            .map_or(&[], |(_, runs)| runs.as_slice())
+    }
+
     /// How much one run varies from the next: the runs' standard deviation over their mean.
     /// Over every run of every round this compares how steady two modes are on far more
     /// samples than the five round figures `spread` takes its ends from.
     pub(super) fn run_variation(&self, metric: Metric) -> Option<f64> {
-        let (_, runs) = self.runs.iter().find(|(m, _)| *m == metric)?;
+        let runs = self.runs_of(metric);
         if runs.len() < 2 {
             return None;
         }

@@ -88,7 +88,7 @@ pub(super) fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) ->
             .iter()
             .filter_map(|r| {
                 let cv = r.run_variation(metric)?;
-                let n = r.runs.iter().find(|(m, _)| *m == metric)?.1.len();
+                let n = r.runs_of(metric).len();
                 Some(format!("{} {:.1}% ({n} runs)", r.mode, cv * 100.0))
             })
             .collect();
@@ -142,7 +142,7 @@ pub(super) fn to_json(
                                 "max": max,
                                 "max_over_min": if min > 0.0 { Some(max / min) } else { None },
                             })),
-                        "run_variation": r.run_variation(metric),
+                            "run_variation": r.run_variation(metric),
                             "rounds": r
                                 .samples
                                 .iter()

@@ -32,6 +32,7 @@ pub(super) fn merge_rounds(modes: &[Mode], rounds: &[Vec<ModeResult>]) -> Vec<Mo
                 .find_map(|(i, r)| r.error.as_deref().map(|e| label(*i, e)));
             let mut values = Vec::new();
             let mut samples = Vec::new();
+            let mut pooled = Vec::new();
             for metric in Metric::ALL {
                 let got: Vec<(usize, &Result<f64, String>)> = runs
                     .iter()
@@ -53,22 +54,17 @@ pub(super) fn merge_rounds(modes: &[Mode], rounds: &[Vec<ModeResult>]) -> Vec<Mo
                 if !oks.is_empty() {
                     samples.push((metric, oks));
                 }
+                let every_run: Vec<f64> = runs
+                    .iter()
+                    .flat_map(|(_, r)| r.runs_of(metric).iter().copied())
+                    .collect();
+                if !every_run.is_empty() {
+                    pooled.push((metric, every_run));
+                }
             }
             let notes = runs
                 .iter()
                 .flat_map(|(i, r)| r.notes.iter().map(move |n| label(*i, n)))
-                .collect();
-            let pooled = Metric::ALL
-                .iter()
-                .map(|&metric| {
-                    let all: Vec<f64> = runs
-                        .iter()
-                        .flat_map(|(_, r)| r.runs.iter().filter(|(m, _)| *m == metric))
-                        .flat_map(|(_, v)| v.iter().copied())
-                        .collect();
-                    (metric, all)
-                })
-                .filter(|(_, all)| !all.is_empty())
                 .collect();
             let background_busy = runs
                 .iter()
