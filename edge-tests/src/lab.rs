@@ -54,7 +54,7 @@ impl Lab {
         lab.apply_each(steps, |step| {
             matches!(step, Step::Sysctl { .. }) && !sets_default(step)
         })?;
-        lab.apply_each(steps, |step| matches!(step, Step::TxChecksumOff { .. }))?;
+        lab.apply_each(steps, |step| matches!(step, Step::Offload { .. }))?;
         lab.set_links_up(steps)?;
         lab.apply_each(steps, |step| matches!(step, Step::Addr { .. }))?;
         lab.apply_each(steps, |step| matches!(step, Step::Route { .. }))?;
@@ -170,9 +170,20 @@ impl Lab {
                 let peer = ["peer", "name", &b.1, "netns", self.ns(&b.0).name()];
                 self.ns(&a.0).ip(&[&args[..], &peer[..]].concat()).map(drop)
             }
-            Step::TxChecksumOff { ns, ifname } => self
+            Step::Offload {
+                ns,
+                ifname,
+                feature,
+                on,
+            } => self
                 .ns(ns)
-                .exec_ok(&["ethtool", "-K", ifname, "tx", "off"])
+                .exec_ok(&[
+                    "ethtool",
+                    "-K",
+                    ifname,
+                    feature,
+                    if *on { "on" } else { "off" },
+                ])
                 .map(drop),
             Step::Addr { ns, ifname, cidr } => {
                 let mut args = vec!["addr", "add", cidr, "dev", ifname];

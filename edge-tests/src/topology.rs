@@ -27,9 +27,12 @@ pub(crate) enum Step {
         a: (String, String),
         b: (String, String),
     },
-    TxChecksumOff {
+    /// `ethtool -K <ifname> <feature> on|off`.
+    Offload {
         ns: String,
         ifname: String,
+        feature: &'static str,
+        on: bool,
     },
     Addr {
         ns: String,
@@ -50,7 +53,7 @@ impl Step {
         match self {
             Step::Veth { a, b } => vec![&a.0, &b.0],
             Step::Sysctl { ns, .. }
-            | Step::TxChecksumOff { ns, .. }
+            | Step::Offload { ns, .. }
             | Step::Addr { ns, .. }
             | Step::Route { ns, .. } => vec![ns],
         }
@@ -61,7 +64,12 @@ impl Step {
         match self {
             Step::Sysctl { ns, key, value } => format!("sysctl {ns}: {key}={value}"),
             Step::Veth { a, b } => format!("veth {}:{} <-> {}:{}", a.0, a.1, b.0, b.1),
-            Step::TxChecksumOff { ns, ifname } => format!("tx checksum off {ns}:{ifname}"),
+            Step::Offload {
+                ns,
+                ifname,
+                feature,
+                on,
+            } => format!("{feature} {} {ns}:{ifname}", if *on { "on" } else { "off" }),
             Step::Addr { ns, ifname, cidr } => format!("addr {ns}:{ifname} {cidr}"),
             Step::Route { ns, dest, via, dev } => match dev {
                 Some(dev) => format!("route {ns}: {dest} via {via} dev {dev}"),
@@ -111,10 +119,22 @@ impl Topology {
 
     /// Turns off tx checksum offload on an interface (`ethtool -K <if> tx off`),
     /// so that packets rewritten by XDP/TC carry real checksums.
-    pub fn tx_checksum_off(mut self, ns: &str, ifname: &str) -> Self {
-        self.steps.push(Step::TxChecksumOff {
+    pub fn tx_checksum_off(self, ns: &str, ifname: &str) -> Self {
+        self.offload(ns, ifname, "tx", false)
+    }
+
+    /// Turns on receive coalescing (`ethtool -K <if> gro on`; a veth then receives through
+    /// NAPI), as a NIC's driver does by default: a TC program on it sees coalesced segments.
+    pub fn gro_on(self, ns: &str, ifname: &str) -> Self {
+        self.offload(ns, ifname, "gro", true)
+    }
+
+    fn offload(mut self, ns: &str, ifname: &str, feature: &'static str, on: bool) -> Self {
+        self.steps.push(Step::Offload {
             ns: ns.to_owned(),
             ifname: ifname.to_owned(),
+            feature,
+            on,
         });
         self
     }
@@ -184,7 +204,7 @@ impl Topology {
                     check_ifname(&a.1)?;
                     check_ifname(&b.1)?;
                 }
-                Step::TxChecksumOff { ifname, .. } => check_ifname(ifname)?,
+                Step::Offload { ifname, .. } => check_ifname(ifname)?,
                 Step::Addr { ifname, cidr, .. } => {
                     check_ifname(ifname)?;
                     parse_cidr(cidr)?;

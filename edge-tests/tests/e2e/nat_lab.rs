@@ -1,6 +1,8 @@
 //! The full-NAT data plane end to end: a thousand concurrent IPv4 and IPv6 connections to the
 //! VIPs, echoed by three backends behind the overlay, every byte checked; each flow lands on the
 //! backend the Maglev table predicts for its 5-tuple; backends see the POP's overlay address.
+//! Also with the POP's interfaces coalescing what they receive (GRO), as a NIC's driver does by
+//! default: the TC program then translates segments of up to 64 KB, not one MTU each.
 
 use std::{
     collections::BTreeMap,
@@ -40,17 +42,43 @@ fn predicted_backend(table: &[u32], client: SocketAddr, vip: SocketAddr) -> Stri
 /// With `forward_hook = "auto"`, which picks TC on these veth interfaces.
 #[test]
 fn a_thousand_connections_are_echoed_intact_through_the_vips() -> TestResult {
-    thousand_connections("nat", &[], "tc")
+    thousand_connections("nat", &[], "tc", Receive::Segments)
 }
 
 /// The same through the XDP hook.
 #[test]
 fn a_thousand_connections_are_echoed_intact_through_the_xdp_hook() -> TestResult {
-    thousand_connections("natx", &["--forward-hook", "xdp"], "xdp")
+    thousand_connections("natx", &["--forward-hook", "xdp"], "xdp", Receive::Segments)
 }
 
-fn thousand_connections(name: &str, args: &[&str], hook: &str) -> TestResult {
-    let lab = topology(name, BACKENDS).up()?;
+/// The same through TC with the POP's interfaces coalescing, both ways: NAT46 (which lowers a
+/// coalesced packet's segment size by the 20 bytes the IPv6 header adds) and the checksums on
+/// packets segmented again further on. Such a packet is longer than the overlay's MTU: the
+/// program redirects it whole on a cached next hop and lets the stack forward it otherwise.
+#[test]
+fn a_thousand_connections_are_echoed_intact_when_the_pop_coalesces_what_it_receives() -> TestResult
+{
+    thousand_connections("natg", &[], "tc", Receive::Coalesced)
+}
+
+/// What the POP's interfaces hand the data plane.
+#[derive(PartialEq)]
+enum Receive {
+    /// One packet per wire segment: XDP's view, and TC's without GRO.
+    Segments,
+    /// Coalesced by GRO.
+    Coalesced,
+}
+
+/// The largest frame one wire segment makes on the lab's 1500-byte links.
+const WIRE_FRAME: u64 = 1514;
+
+fn thousand_connections(name: &str, args: &[&str], hook: &str, receive: Receive) -> TestResult {
+    let mut topology = topology(name, BACKENDS);
+    if receive == Receive::Coalesced {
+        topology = topology.gro_on("pop", "eth0").gro_on("pop", "ovl0");
+    }
+    let lab = topology.up()?;
     let _servers = echo_backends(&lab, BACKENDS)?;
     let mut argv = vec!["--reset"];
     argv.extend_from_slice(args);
@@ -101,6 +129,31 @@ fn thousand_connections(name: &str, args: &[&str], hook: &str) -> TestResult {
     )?;
     let list = doc["flows"].as_array().ok_or("no flows array")?;
     assert_eq!(list.len(), 1000, "one flow per connection");
+    // The program counts each packet it translates with its whole length.
+    let largest = |bytes: &str, packets: &str| {
+        list.iter()
+            .filter_map(|f| Some(f[bytes].as_u64()? / f[packets].as_u64()?.max(1)))
+            .max()
+            .unwrap_or(0)
+    };
+    let (client_side, backend_side) = (
+        largest("bytes_in", "packets_in"),
+        largest("bytes_out", "packets_out"),
+    );
+    eprintln!(
+        "largest mean bytes per packet: {client_side} from clients, {backend_side} from backends"
+    );
+    match receive {
+        Receive::Coalesced => assert!(
+            client_side > WIRE_FRAME && backend_side > WIRE_FRAME,
+            "the program saw coalesced packets both ways: mean bytes per packet at most \
+             {client_side} from clients, {backend_side} from backends"
+        ),
+        Receive::Segments => assert!(
+            client_side <= WIRE_FRAME,
+            "one wire segment per packet from clients, but a flow averaged {client_side} bytes"
+        ),
+    }
 
     // The agent hashes each backend by its id, `<service>/<backend>` for configured services.
     let table_of = |service: &str| {
