@@ -58,7 +58,8 @@ pub const HTTP_BODY: &str = "edgeproxy bench\n";
 
 /// The three namespaces. `with_vip` puts the VIP on the lb's `lo` as a /32, for the modes where
 /// a process or the kernel's NAT on lb owns it; without, the backend owns it and lb routes it.
-pub fn topology(with_vip: bool) -> Topology {
+/// `gro`: every veth end coalesces what it receives, as a NIC's driver does.
+pub fn topology(with_vip: bool, gro: bool) -> Topology {
     let mut t = Topology::new("bench")
         .ns(CLIENT)
         .ns(LB)
@@ -99,6 +100,11 @@ pub fn topology(with_vip: bool) -> Topology {
     // NIC's RSS hashes addresses and ports in both families; without labels, so does the lab.
     for ns in [CLIENT, LB, BACKEND] {
         t = t.sysctl(ns, "net.ipv6.auto_flowlabels", "0");
+    }
+    if gro {
+        for (ns, ifname) in VETHS {
+            t = t.gro_on(ns, ifname);
+        }
     }
     if with_vip {
         t = t.addr(LB, "lo", &format!("{VIP}/32"));

@@ -94,7 +94,7 @@ fn measure_into(
     run_ids: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let mode = result.mode;
-    let lab = lab::topology(mode.has_vip())
+    let lab = lab::topology(mode.has_vip(), inputs.gro)
         .up()
         .context("bringing up the lab")?;
     let run_id = lab.run_id().to_string();

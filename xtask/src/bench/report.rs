@@ -39,7 +39,21 @@ fn cell(results: &[ModeResult], r: &ModeResult, metric: Metric) -> String {
     }
 }
 
-pub(super) fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) -> String {
+/// How a run of the end-to-end section was made: what its table and JSON state beside the figures.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunSettings {
+    pub seconds: u64,
+    pub rounds: u32,
+    /// Every lab interface coalesced what it received (`--gro`).
+    pub gro: bool,
+}
+
+pub(super) fn render_table(results: &[ModeResult], run: RunSettings) -> String {
+    let RunSettings {
+        seconds,
+        rounds,
+        gro,
+    } = run;
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header = vec!["metric".to_owned()];
     header.extend(results.iter().map(|r| r.mode.to_string()));
@@ -52,7 +66,7 @@ pub(super) fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) ->
     let mut out = format!(
         "end-to-end, value (ratio to plain) [lowest-highest round], {}{seconds} s per iperf3/wrk test, \
          wrk {} thread(s) x {} connections and echo {} x {} B round trips with the whole path \
-         on CPU {}:\n",
+         on CPU {}{}:\n",
         if rounds > 1 {
             format!("median of {rounds} rounds, ")
         } else {
@@ -62,7 +76,12 @@ pub(super) fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) ->
         load::WRK_CONNECTIONS,
         load::ECHO_COUNT,
         load::ECHO_SIZE,
-        super::lab::PATH_CPU
+        super::lab::PATH_CPU,
+        if gro {
+            ", every lab interface coalescing what it receives (GRO)"
+        } else {
+            ""
+        }
     );
     out.push_str(&markdown_table(&rows, &[0]));
     out.push_str(
@@ -116,12 +135,12 @@ pub(super) fn render_table(results: &[ModeResult], seconds: u64, rounds: u32) ->
     out
 }
 
-pub(super) fn to_json(
-    results: &[ModeResult],
-    seconds: u64,
-    rounds: u32,
-    elapsed: Duration,
-) -> Value {
+pub(super) fn to_json(results: &[ModeResult], run: RunSettings, elapsed: Duration) -> Value {
+    let RunSettings {
+        seconds,
+        rounds,
+        gro,
+    } = run;
     let unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -194,6 +213,7 @@ pub(super) fn to_json(
         "settings": {
             "seconds_per_test": seconds,
             "rounds": rounds,
+            "gro_on_lab_interfaces": gro,
             "wrk_threads": load::WRK_THREADS,
             "wrk_connections": load::WRK_CONNECTIONS,
             "path_cpu_for_requests_and_round_trips": super::lab::PATH_CPU,
@@ -212,8 +232,7 @@ pub(super) fn to_json(
 pub(super) fn write_json(
     path: &std::path::Path,
     results: &[ModeResult],
-    seconds: u64,
-    rounds: u32,
+    run: RunSettings,
     elapsed: Duration,
 ) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
@@ -221,7 +240,7 @@ pub(super) fn write_json(
     }
     std::fs::write(
         path,
-        serde_json::to_string_pretty(&to_json(results, seconds, rounds, elapsed))?,
+        serde_json::to_string_pretty(&to_json(results, run, elapsed))?,
     )
     .with_context(|| format!("writing {}", path.display()))
 }
@@ -265,6 +284,12 @@ pub(super) fn markdown_table(rows: &[Vec<String>], rules_after: &[usize]) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TEST_RUN: RunSettings = RunSettings {
+        seconds: 5,
+        rounds: 1,
+        gro: false,
+    };
 
     fn sample() -> Vec<ModeResult> {
         vec![
@@ -310,7 +335,7 @@ mod tests {
     #[test]
     fn table_shows_values_ratios_and_failures() {
         let results = sample();
-        let table = render_table(&results, 5, 1);
+        let table = render_table(&results, TEST_RUN);
         assert!(table.contains("10.00 (1.00) [9.00-12.50]"), "{table}");
         assert!(table.contains("5.00 (0.50)"), "{table}");
         assert!(table.contains("50.0 (1.25)"), "{table}");
@@ -325,8 +350,9 @@ mod tests {
     #[test]
     fn json_report_parses_back() {
         let results = sample();
-        let text = serde_json::to_string_pretty(&to_json(&results, 5, 1, Duration::from_secs(3)))
-            .unwrap_or_default();
+        let text =
+            serde_json::to_string_pretty(&to_json(&results, TEST_RUN, Duration::from_secs(3)))
+                .unwrap_or_default();
         let doc: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let Some(Value::Array(metrics)) = doc.get("metrics") else {
             panic!("no metrics in {text}");
