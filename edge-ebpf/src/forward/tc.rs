@@ -6,8 +6,8 @@
 //! tables for the next hop and `bpf_redirect` hands the frame to the overlay device, skipping the
 //! IP stack on the way (`next_hop` keeps its answers briefly). Where it cannot (no
 //! neighbour entry yet: the kernel resolves it; an L3 overlay such as WireGuard; a packet over
-//! the route's MTU; a hop limit about to expire), the translated packet goes up the stack
-//! instead, as from XDP.
+//! the route's MTU, a coalesced one by its segments; a hop limit about to expire), the
+//! translated packet goes up the stack instead, as from XDP.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -219,6 +219,9 @@ pub(crate) fn redirect(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop>
         // The kernel answers with Time Exceeded.
         return Ok(TC_ACT_OK);
     }
+    let Some(wire_len) = largest_segment(ctx, tot_len) else {
+        return Ok(TC_ACT_OK);
+    };
     // SAFETY: bounds-checked addresses of the packet.
     let hop = unsafe {
         next_hop::resolve(
@@ -226,7 +229,7 @@ pub(crate) fn redirect(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop>
             false,
             &raw const (*ip).src_addr,
             &raw const (*ip).dst_addr,
-            tot_len,
+            wire_len,
             clock::now_ns(config),
         )
     };
@@ -243,4 +246,24 @@ pub(crate) fn redirect(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop>
         return Err(Drop::RedirectFailed);
     }
     Ok(action as i32)
+}
+
+/// The IP-layer length of the largest packet this one goes on the wire as: itself, or, for a
+/// coalesced TCP packet (GRO on the way in, the translation having lowered its segment size by
+/// the 20 bytes IPv6 adds), each segment the stack will cut it into. That is what the route's
+/// MTU must carry, as the kernel's own forwarding checks it: judged by its whole length, a
+/// coalesced packet would never fit, and would always take the stack's way. `None`: a coalesced
+/// packet whose TCP header is out of reach.
+#[inline(always)]
+fn largest_segment(ctx: &TcContext, tot_len: u16) -> Option<u16> {
+    // SAFETY: the context's own skb.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return Some(tot_len);
+    }
+    let frame = ptr_at::<_, [u8; V6_TCP + 13]>(ctx, 0)?;
+    // SAFETY: bounds-checked.
+    let data_offset = unsafe { (*frame)[V6_TCP + 12] } >> 4;
+    let headers = Ipv6Hdr::LEN as u32 + u32::from(data_offset) * 4;
+    Some(gso_size.saturating_add(headers).min(u32::from(tot_len)) as u16)
 }

@@ -53,8 +53,8 @@ fn a_thousand_connections_are_echoed_intact_through_the_xdp_hook() -> TestResult
 
 /// The same through TC with the POP's interfaces coalescing, both ways: NAT46 (which lowers a
 /// coalesced packet's segment size by the 20 bytes the IPv6 header adds) and the checksums on
-/// packets segmented again further on. Such a packet is longer than the overlay's MTU: the
-/// program redirects it whole on a cached next hop and lets the stack forward it otherwise.
+/// packets segmented again further on. Such a packet is longer than the overlay's MTU; its
+/// segments are not, and it goes to the next hop whole, as the kernel's forwarding would send it.
 #[test]
 fn a_thousand_connections_are_echoed_intact_when_the_pop_coalesces_what_it_receives() -> TestResult
 {
