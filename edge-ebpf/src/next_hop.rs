@@ -10,13 +10,16 @@ use aya_ebpf::{
 };
 use edge_common::IPPROTO_TCP;
 
-use crate::{bytes, maps::SCRATCH};
+use crate::{bytes, ctx::ptr_at, maps::SCRATCH};
 
 const SLOTS: u32 = 1024;
 const TTL_NS: u64 = 100_000_000;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_SUCCESS: i64 = 0;
+const ETH: usize = 14;
+const V4_TCP: usize = ETH + 20;
+const V6_TCP: usize = ETH + 40;
 
 /// One cached answer: where packets to `dst` (IPv4-mapped for IPv4) leave, and the Ethernet
 /// addresses they leave with.
@@ -96,6 +99,32 @@ pub fn resolve(
         (*hop).expires_ns = now + TTL_NS;
     }
     Some(hop)
+}
+
+/// The IP-layer length of the largest packet a translated packet of `tot_len` bytes (an
+/// Ethernet frame, IPv4 when `v4`) goes on the wire as: itself, or, for a coalesced TCP packet
+/// (GRO on the way in, or TSO from the sender; the translation having moved its segment size by
+/// the 20 bytes between the two IP headers), each segment the stack will cut it into. That is
+/// what the route's MTU must carry, as the kernel's own forwarding checks it: by its whole
+/// length a coalesced packet would never fit, and never reach the next hop directly. `None`: a
+/// coalesced packet whose TCP header is out of reach.
+#[inline(always)]
+pub fn largest_segment(ctx: &TcContext, v4: bool, tot_len: u16) -> Option<u16> {
+    // SAFETY: the context's own skb.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return Some(tot_len);
+    }
+    // SAFETY (both): bounds-checked.
+    let (ip_header, data_offset) = if v4 {
+        let frame = ptr_at::<_, [u8; V4_TCP + 13]>(ctx, 0)?;
+        (20, unsafe { (*frame)[V4_TCP + 12] } >> 4)
+    } else {
+        let frame = ptr_at::<_, [u8; V6_TCP + 13]>(ctx, 0)?;
+        (40, unsafe { (*frame)[V6_TCP + 12] } >> 4)
+    };
+    let headers = ip_header + u32::from(data_offset) * 4;
+    Some(gso_size.saturating_add(headers).min(u32::from(tot_len)) as u16)
 }
 
 /// Writes the next hop's Ethernet header (addresses and `ether_type`) over the frame's first 14

@@ -290,16 +290,16 @@ pub fn deliver<const L2: usize>(
     crate::ctx::keep_flow_hash(ctx, hash);
     let ether_type = if v4 { ETH_P_IP } else { ETH_P_IPV6 };
     // SAFETY: the entry is valid for this run; its addresses are the packet's new ones.
-    let hop = unsafe {
+    let hop = next_hop::largest_segment(ctx, v4, tot_len).and_then(|wire_len| unsafe {
         next_hop::resolve(
             ctx,
             v4,
             &raw const (*entry).new_src,
             &raw const (*entry).new_dst,
-            tot_len,
+            wire_len,
             now,
         )
-    };
+    });
     let action = match (hop, ptr_at::<_, [u8; 14]>(ctx, 0)) {
         (Some(hop), Some(frame)) => {
             // SAFETY: bounds-checked; the cache slot is valid for this run.

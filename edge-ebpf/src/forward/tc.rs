@@ -219,7 +219,7 @@ pub(crate) fn redirect(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop>
         // The kernel answers with Time Exceeded.
         return Ok(TC_ACT_OK);
     }
-    let Some(wire_len) = largest_segment(ctx, tot_len) else {
+    let Some(wire_len) = next_hop::largest_segment(ctx, false, tot_len) else {
         return Ok(TC_ACT_OK);
     };
     // SAFETY: bounds-checked addresses of the packet.
@@ -246,24 +246,4 @@ pub(crate) fn redirect(ctx: &TcContext, config: &PopConfig) -> Result<i32, Drop>
         return Err(Drop::RedirectFailed);
     }
     Ok(action as i32)
-}
-
-/// The IP-layer length of the largest packet this one goes on the wire as: itself, or, for a
-/// coalesced TCP packet (GRO on the way in, the translation having lowered its segment size by
-/// the 20 bytes IPv6 adds), each segment the stack will cut it into. That is what the route's
-/// MTU must carry, as the kernel's own forwarding checks it: judged by its whole length, a
-/// coalesced packet would never fit, and would always take the stack's way. `None`: a coalesced
-/// packet whose TCP header is out of reach.
-#[inline(always)]
-fn largest_segment(ctx: &TcContext, tot_len: u16) -> Option<u16> {
-    // SAFETY: the context's own skb.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if gso_size == 0 {
-        return Some(tot_len);
-    }
-    let frame = ptr_at::<_, [u8; V6_TCP + 13]>(ctx, 0)?;
-    // SAFETY: bounds-checked.
-    let data_offset = unsafe { (*frame)[V6_TCP + 12] } >> 4;
-    let headers = Ipv6Hdr::LEN as u32 + u32::from(data_offset) * 4;
-    Some(gso_size.saturating_add(headers).min(u32::from(tot_len)) as u16)
 }
