@@ -10,16 +10,18 @@ use aya_ebpf::{
 };
 use edge_common::IPPROTO_TCP;
 
-use crate::{bytes, ctx::ptr_at, maps::SCRATCH};
+use crate::{
+    bytes,
+    ctx::ptr_at,
+    forward::{V4_TCP, V6_TCP},
+    maps::SCRATCH,
+};
 
 const SLOTS: u32 = 1024;
 const TTL_NS: u64 = 100_000_000;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_SUCCESS: i64 = 0;
-const ETH: usize = 14;
-const V4_TCP: usize = ETH + 20;
-const V6_TCP: usize = ETH + 40;
 
 /// One cached answer: where packets to `dst` (IPv4-mapped for IPv4) leave, and the Ethernet
 /// addresses they leave with.

@@ -45,8 +45,9 @@ use crate::{
 use new_flow::{decode, new_flow, RECOVER};
 
 const ETH_LEN: usize = 14;
-const V4_TCP: usize = ETH_LEN + 20;
-const V6_TCP: usize = ETH_LEN + 40;
+/// Where the TCP header starts in an Ethernet frame of IPv4 (no options) and of IPv6.
+pub(crate) const V4_TCP: usize = ETH_LEN + 20;
+pub(crate) const V6_TCP: usize = ETH_LEN + 40;
 /// NAT46 grows the IP header from 20 to 40 bytes.
 const NAT46_GROWTH: usize = 20;
 
