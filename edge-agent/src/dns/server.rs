@@ -123,7 +123,12 @@ async fn tcp_connection(
     }
 }
 
-/// UDP, then TCP on the port UDP got (they differ only when asked for port 0).
+/// How many ports to try when asked for port 0 (see `bind`).
+const PORT_PICKS: usize = 16;
+
+/// UDP, then TCP on the port UDP got (they differ only when asked for port 0). Asked for port
+/// 0, the kernel picks a port free for UDP, which any TCP socket on the host (a client's
+/// connection included) may hold: then another pick.
 async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), DnsError> {
     let err = |addr, proto| {
         move |source| DnsError::Bind {
@@ -132,10 +137,16 @@ async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), 
             source,
         }
     };
-    let udp = UdpSocket::bind(addr).await.map_err(err(addr, "udp"))?;
-    let bound = udp.local_addr().map_err(err(addr, "udp"))?;
-    let tcp = crate::listen::bind(bound).map_err(err(bound, "tcp"))?;
-    Ok((udp, tcp, bound))
+    let mut picks = if addr.port() == 0 { PORT_PICKS } else { 1 };
+    loop {
+        let udp = UdpSocket::bind(addr).await.map_err(err(addr, "udp"))?;
+        let bound = udp.local_addr().map_err(err(addr, "udp"))?;
+        match crate::listen::bind(bound) {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e) if picks > 1 && e.kind() == std::io::ErrorKind::AddrInUse => picks -= 1,
+            Err(e) => return Err(err(bound, "tcp")(e)),
+        }
+    }
 }
 
 fn record_map(zone: &Zone, serial: u32) -> BTreeMap<RrKey, Arc<RecordSet>> {
