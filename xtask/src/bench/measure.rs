@@ -61,7 +61,6 @@ impl Ports {
 pub(super) fn measure_mode(
     mode: Mode,
     round: u32,
-    seconds: u64,
     inputs: &Inputs<'_>,
     run_ids: &mut Vec<String>,
 ) -> ModeResult {
@@ -74,13 +73,7 @@ pub(super) fn measure_mode(
         samples: Vec::new(),
         runs: Vec::new(),
     };
-    if let Err(e) = measure_into(
-        &mut result,
-        Ports::of_round(round),
-        seconds,
-        inputs,
-        run_ids,
-    ) {
+    if let Err(e) = measure_into(&mut result, Ports::of_round(round), inputs, run_ids) {
         result.error = Some(format!("{e:#}"));
     }
     result
@@ -89,12 +82,12 @@ pub(super) fn measure_mode(
 fn measure_into(
     result: &mut ModeResult,
     ports: Ports,
-    seconds: u64,
     inputs: &Inputs<'_>,
     run_ids: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let mode = result.mode;
-    let lab = lab::topology(mode.has_vip(), inputs.gro)
+    let seconds = inputs.run.seconds;
+    let lab = lab::topology(mode.has_vip(), inputs.run.gro)
         .up()
         .context("bringing up the lab")?;
     let run_id = lab.run_id().to_string();

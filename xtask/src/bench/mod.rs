@@ -45,7 +45,7 @@ use crate::{setup, shell};
 use lab::Tools;
 use measure::measure_mode;
 use modes::{Inputs, Mode};
-use report::{render_table, to_json, write_json, RunSettings};
+use report::{render_table, to_json, write_json};
 use rounds::merge_rounds;
 use serde_json::Value;
 
@@ -95,6 +95,16 @@ pub enum Section {
     Health,
     Overlay,
     Flood,
+}
+
+/// How the end-to-end section runs: what each mode's measurement follows, and what its table and
+/// JSON state beside the figures.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunSettings {
+    pub seconds: u64,
+    pub rounds: u32,
+    /// Every lab interface coalesces what it receives (`--gro`).
+    pub gro: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -175,15 +185,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let inputs = Inputs {
-        tools: &tools,
-        agent: &agent,
-        gro: args.gro,
-    };
     let run = RunSettings {
         seconds: args.seconds,
         rounds: args.rounds,
         gro: args.gro,
+    };
+    let inputs = Inputs {
+        tools: &tools,
+        agent: &agent,
+        run,
     };
     let mut run_ids = Vec::new();
     let mut rounds = Vec::new();
@@ -207,7 +217,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             } else {
                 println!("\nbench: === {mode} ===");
             }
-            let result = measure_mode(mode, round, args.seconds, &inputs, &mut run_ids);
+            let result = measure_mode(mode, round, &inputs, &mut run_ids);
             if let Some(e) = &result.error {
                 eprintln!("bench: {mode} FAILED: {e}");
             }

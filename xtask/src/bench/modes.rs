@@ -95,8 +95,8 @@ pub struct Inputs<'a> {
     pub tools: &'a Tools,
     /// The release edge-agent, or why there is none (a failed build fails only this mode).
     pub agent: &'a Result<PathBuf, String>,
-    /// `--gro`: the lab's interfaces coalesce what they receive.
-    pub gro: bool,
+    /// `--seconds`, `--rounds`, `--gro`.
+    pub run: super::RunSettings,
 }
 
 /// A running balancer; dropping it stops its processes (the lab's teardown removes the rest:

@@ -11,6 +11,7 @@ use super::{
     load,
     metric::{Metric, ModeResult},
     modes::Mode,
+    RunSettings,
 };
 
 /// `value / plain`, when both exist.
@@ -37,15 +38,6 @@ fn cell(results: &[ModeResult], r: &ModeResult, metric: Metric) -> String {
             text
         }
     }
-}
-
-/// How a run of the end-to-end section was made: what its table and JSON state beside the figures.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RunSettings {
-    pub seconds: u64,
-    pub rounds: u32,
-    /// Every lab interface coalesced what it received (`--gro`).
-    pub gro: bool,
 }
 
 pub(super) fn render_table(results: &[ModeResult], run: RunSettings) -> String {
