@@ -13,6 +13,7 @@ use edge_tests::{Lab, LabProcess};
 
 use super::lab::{
     self, wait_ready, Tools, BACKEND_OVERLAY_V6, BACKEND_V4, LB, LB_OVERLAY_V6, PORTS, VIP,
+    WIRE_MTU,
 };
 
 /// The configurations compared, in the order of the table's columns.
@@ -258,7 +259,7 @@ pub fn agent_config(hook: &str) -> String {
          [overlay]\n\
          iface = \"ovl0\"\n\
          addr = \"{LB_OVERLAY_V6}\"\n\
-         mtu = 1420\n\
+         mtu = {WIRE_MTU}\n\
          # IPv4 clients keep their address and port (no port pool, no TIME_WAIT collisions);\n\
          # the backend's default route already leads back to the lb.\n\
          snat_prefix = \"fd00:ee:ff::/96\"\n"
@@ -341,7 +342,7 @@ mod tests {
         let toml = agent_config("tc");
         assert!(toml.starts_with("# Written"));
         assert!(toml.contains("iface = \"eth0\"\nforward_hook = \"tc\"\n"));
-        assert!(toml.contains("[overlay]\niface = \"ovl0\"\naddr = \"fd00:ee::1\"\nmtu = 1420\n"));
+        assert!(toml.contains("[overlay]\niface = \"ovl0\"\naddr = \"fd00:ee::1\"\nmtu = 1500\n"));
         assert!(toml.contains("snat_prefix = \"fd00:ee:ff::/96\""));
         for port in [5201, 8080, 7007] {
             assert!(toml.contains(&format!(
